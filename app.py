@@ -1,0 +1,3 @@
+from whatsdesk import create_app
+
+app = create_app()

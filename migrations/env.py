@@ -1,0 +1,44 @@
+"""Alembic environment: the database URL comes from whatsdesk's settings."""
+
+from alembic import context
+
+from whatsdesk import models  # noqa: F401  (registers the tables)
+from whatsdesk.config import Config
+from whatsdesk.db import Base, get_engine
+
+target_metadata = Base.metadata
+
+
+def database_url() -> str:
+    # Tests and tools may pass a URL explicitly; everything else follows DATABASE_URL.
+    return context.config.attributes.get("database_url") or Config.from_env().database_url
+
+
+def run_migrations_offline() -> None:
+    context.configure(
+        url=database_url(),
+        target_metadata=target_metadata,
+        literal_binds=True,
+        render_as_batch=True,
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    with get_engine(database_url()).connect() as connection:
+        context.configure(
+            connection=connection,
+            target_metadata=target_metadata,
+            render_as_batch=True,
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

@@ -1,0 +1,103 @@
+"""whatsdesk: a WhatsApp support desk with SLA automation."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, current_app, g
+from flask_login import LoginManager
+from flask_wtf.csrf import CSRFProtect
+from sqlalchemy.orm import Session
+
+from .alarms import Alarms
+from .config import PROJECT_ROOT, Config
+from .db import session_factory
+
+csrf = CSRFProtect()
+login_manager = LoginManager()
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """The application: configuration, extensions, blueprints, error handlers."""
+    config = config or Config.from_env()
+    config.check()
+    app = Flask(
+        __name__,
+        template_folder=str(PROJECT_ROOT / "templates"),
+        static_folder=str(PROJECT_ROOT / "static"),
+    )
+    configure(app, config)
+    register_extensions(app)
+    register_blueprints(app)
+    register_errorhandlers(app)
+    register_commands(app)
+    return app
+
+
+def configure(app: Flask, config: Config) -> None:
+    app.config.update(
+        SECRET_KEY=config.secret_key,
+        MAX_CONTENT_LENGTH=config.max_content_length,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=config.public_url.startswith("https://"),
+        REMEMBER_COOKIE_HTTPONLY=True,
+        REMEMBER_COOKIE_SAMESITE="Lax",
+        WTF_CSRF_TIME_LIMIT=None,
+    )
+    app.extensions["whatsdesk.config"] = config
+    app.extensions["whatsdesk.sessions"] = session_factory(config.database_url)
+    app.extensions["whatsdesk.alarms"] = Alarms(config.redis_url, config.queue_name)
+    logging.basicConfig(level=logging.INFO)
+
+
+def register_extensions(app: Flask) -> None:
+    csrf.init_app(app)
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    app.teardown_appcontext(close_session)
+    app.context_processor(lambda: {"config_simulator": current_config().simulator})
+
+
+def register_blueprints(app: Flask) -> None:
+    from .web import auth, health, queue, simulator, webhooks
+
+    csrf.exempt(webhooks.bp)  # Twilio signs these instead
+    for blueprint in (webhooks.bp, auth.bp, queue.bp, health.bp, simulator.bp):
+        app.register_blueprint(blueprint)
+
+
+def register_errorhandlers(app: Flask) -> None:
+    from .web.errors import register
+
+    register(app)
+
+
+def register_commands(app: Flask) -> None:
+    from .cli import register
+
+    register(app)
+
+
+def get_session() -> Session:
+    """The request's database session, opened on first use."""
+    if "db_session" not in g:
+        g.db_session = current_app.extensions["whatsdesk.sessions"]()
+    session: Session = g.db_session
+    return session
+
+
+def current_config() -> Config:
+    config: Config = current_app.extensions["whatsdesk.config"]
+    return config
+
+
+def current_alarms() -> Alarms:
+    alarms: Alarms = current_app.extensions["whatsdesk.alarms"]
+    return alarms
+
+
+def close_session(_exc: BaseException | None) -> None:
+    session = g.pop("db_session", None)
+    if session is not None:
+        session.close()

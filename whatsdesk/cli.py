@@ -1,0 +1,102 @@
+"""flask commands: pipeline load/dump, users create, demo."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+from flask import Flask
+from flask.cli import AppGroup
+
+from . import accounts, get_session, pipeline_store, pipelines
+from .config import PROJECT_ROOT
+from .db import utcnow
+
+DEFAULT_PIPELINE_FILE = PROJECT_ROOT / "pipelines" / "default.yaml"
+DEMO_PASSWORD = "whatsdesk-demo"
+DEMO_STAFF = [
+    ("Ana Agent", "agent@whatsdesk.test", "agent", "+15550000001"),
+    ("Bruno Agent", "agent2@whatsdesk.test", "agent", "+15550000002"),
+    ("Sofia Supervisor", "supervisor@whatsdesk.test", "supervisor", "+15550000003"),
+]
+
+pipeline_cli = AppGroup("pipeline", help="Pipelines, stages and SLAs as YAML.")
+users_cli = AppGroup("users", help="Staff accounts.")
+
+
+def register(app: Flask) -> None:
+    app.cli.add_command(pipeline_cli)
+    app.cli.add_command(users_cli)
+    app.cli.add_command(demo)
+
+
+def load_file(path: Path) -> int:
+    """Load a pipeline file in one transaction; returns how many pipelines it held."""
+    specs = pipelines.parse(path.read_text(encoding="utf-8"))
+    session = get_session()
+    try:
+        pipeline_store.load(session, specs)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    return len(specs)
+
+
+@pipeline_cli.command("load")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+def pipeline_load(file: Path) -> None:
+    """Create or update the pipelines in FILE (YAML). Nothing changes if it has a mistake."""
+    try:
+        count = load_file(file)
+    except pipelines.PipelineFileError as exc:
+        click.echo(f"{file}: not loaded, the running configuration is unchanged:", err=True)
+        for problem in exc.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(1)
+    click.echo(f"Loaded {count} pipeline(s) from {file}.")
+
+
+@pipeline_cli.command("dump")
+def pipeline_dump() -> None:
+    """Print every pipeline as YAML, in the form `pipeline load` reads."""
+    click.echo(pipelines.dump(pipeline_store.dump(get_session())), nl=False)
+
+
+@users_cli.command("create")
+@click.option("--name", required=True)
+@click.option("--email", required=True)
+@click.option("--role", required=True, type=click.Choice(["agent", "supervisor", "admin"]))
+@click.option("--whatsapp", default=None, help="E.164 number that receives alerts, e.g. +14155550100")
+@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
+def users_create(name: str, email: str, role: str, whatsapp: str | None, password: str) -> None:
+    """Create a staff account."""
+    session = get_session()
+    try:
+        user = accounts.create_user(
+            session, name=name, email=email, role=role, whatsapp=whatsapp,
+            password=password, now=utcnow(),
+        )
+        session.commit()
+    except accounts.AccountError as exc:
+        session.rollback()
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"Created {user.role} {user.name} <{user.email}>.")
+
+
+@click.command("demo")
+def demo() -> None:
+    """Demo staff (if missing) and the default pipeline; prints the logins."""
+    session = get_session()
+    for name, email, role, phone in DEMO_STAFF:
+        if accounts.find_by_email(session, email) is None:
+            accounts.create_user(
+                session, name=name, email=email, role=role, whatsapp=phone,
+                password=DEMO_PASSWORD, now=utcnow(),
+            )
+    session.commit()
+    load_file(DEFAULT_PIPELINE_FILE)
+    click.echo("Demo logins (password for all: %s):" % DEMO_PASSWORD)
+    for name, email, role, phone in DEMO_STAFF:
+        click.echo(f"  {role:<10} {email:<28} {name} (WhatsApp {phone})")

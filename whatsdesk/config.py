@@ -1,0 +1,71 @@
+"""Settings, read from the environment in this one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+INSTANCE_DIR = PROJECT_ROOT / "instance"
+DEFAULT_SECRET_KEY = "dev-insecure-change-me"
+DEFAULT_DATABASE_URL = f"sqlite:///{INSTANCE_DIR / 'whatsdesk.db'}"
+# The private Redis started by `make run` listens on this socket only.
+PRIVATE_REDIS_SOCKET = INSTANCE_DIR / "redis" / "redis.sock"
+DEFAULT_REDIS_URL = f"unix://{PRIVATE_REDIS_SOCKET}"
+DEFAULT_TWILIO_API_URL = "https://api.twilio.com"
+# Far above a Twilio form (1600-char body, ten media URLs), far below anything abusive.
+DEFAULT_MAX_CONTENT_LENGTH = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the desk can be told from outside."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    redis_url_is_private: bool = True
+    secret_key: str = DEFAULT_SECRET_KEY
+    twilio_account_sid: str = ""
+    twilio_auth_token: str = ""
+    twilio_whatsapp_from: str = "whatsapp:+14155238886"
+    twilio_api_url: str = DEFAULT_TWILIO_API_URL
+    public_url: str = ""
+    queue_name: str = "whatsdesk"
+    production: bool = False
+    max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Config:
+        """Read the settings table of the README from the environment."""
+        env = dict(os.environ if environ is None else environ)
+        redis_url = env.get("REDIS_URL", "").strip()
+        return cls(
+            database_url=env.get("DATABASE_URL", "").strip() or DEFAULT_DATABASE_URL,
+            redis_url=redis_url or DEFAULT_REDIS_URL,
+            redis_url_is_private=not redis_url,
+            secret_key=env.get("SECRET_KEY", "").strip() or DEFAULT_SECRET_KEY,
+            twilio_account_sid=env.get("TWILIO_ACCOUNT_SID", "").strip(),
+            twilio_auth_token=env.get("TWILIO_AUTH_TOKEN", "").strip(),
+            twilio_whatsapp_from=env.get("TWILIO_WHATSAPP_FROM", "").strip()
+            or cls.twilio_whatsapp_from,
+            twilio_api_url=(env.get("TWILIO_API_URL", "").strip() or DEFAULT_TWILIO_API_URL),
+            public_url=env.get("PUBLIC_URL", "").strip().rstrip("/"),
+            production=env.get("WHATSDESK_ENV", "").strip().lower() == "production",
+        )
+
+    @property
+    def simulator(self) -> bool:
+        """Without Twilio credentials the desk talks to the local outbox instead."""
+        return not (self.twilio_account_sid and self.twilio_auth_token)
+
+    def with_(self, **changes: object) -> Config:
+        """A copy with some settings changed (tests, launchers)."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+    def check(self) -> None:
+        """Refuse settings that must never run."""
+        if self.production and self.secret_key == DEFAULT_SECRET_KEY:
+            raise RuntimeError("SECRET_KEY must be set when WHATSDESK_ENV=production")
+        if self.twilio_account_sid and not self.twilio_auth_token:
+            raise RuntimeError("TWILIO_AUTH_TOKEN is required with TWILIO_ACCOUNT_SID")

@@ -1,0 +1,206 @@
+"""Use-cases of the desk on a database session: receive, open, move, queue, status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, joinedload
+
+from . import bot, sla
+from .models import Card, Contact, Message, Pipeline, Stage, StageVisit, User
+from .whatsapp import Inbound
+
+
+class DeskError(Exception):
+    """A use-case cannot go ahead; the text says why, for a person."""
+
+
+@dataclass
+class Received:
+    message: Message
+    card: Card | None
+    duplicate: bool = False
+    new_visit: StageVisit | None = None
+    outbound: list[Message] = field(default_factory=list)
+
+
+def default_pipeline(session: Session) -> Pipeline:
+    pipeline = session.scalars(
+        select(Pipeline).order_by(Pipeline.is_default.desc(), Pipeline.id).limit(1)
+    ).first()
+    if pipeline is None or not pipeline.stages:
+        raise DeskError("no pipeline is configured: load one with `flask pipeline load`")
+    return pipeline
+
+
+def upsert_contact(session: Session, inbound: Inbound, now: datetime) -> Contact:
+    contact = session.scalars(
+        select(Contact).where(Contact.address == inbound.from_address)
+    ).one_or_none()
+    if contact is None:
+        contact = Contact(address=inbound.from_address, created_at=now)
+        session.add(contact)
+    if inbound.profile_name:
+        contact.profile_name = inbound.profile_name
+    if inbound.wa_id:
+        contact.wa_id = inbound.wa_id
+    contact.last_inbound_at = now
+    return contact
+
+
+def open_card_of(session: Session, contact: Contact) -> Card | None:
+    return session.scalars(
+        select(Card).where(Card.contact_id == contact.id, Card.status == "open").limit(1)
+    ).first()
+
+
+def receive_message(session: Session, inbound: Inbound, now: datetime) -> Received:
+    """Store a customer's message once per MessageSid, on their open card or a new one."""
+    existing = session.scalars(select(Message).where(Message.sid == inbound.sid)).one_or_none()
+    if existing is not None:
+        return Received(message=existing, card=existing.card, duplicate=True)
+    contact = upsert_contact(session, inbound, now)
+    session.flush()
+    card = open_card_of(session, contact)
+    new_visit = None
+    outbound = []
+    if card is None:
+        card, new_visit = open_card(session, contact, default_pipeline(session), now)
+        ack = bot.acknowledgement(contact.profile_name, card.pipeline.name, card.stage.sla_seconds)
+        outbound.append(
+            queue_outbound(
+                session, to=contact.address, body=ack, card=card, contact=contact,
+                dedupe_key=f"ack-{inbound.sid}", now=now,
+            )
+        )
+    if card.waiting_since is None:
+        card.waiting_since = now
+    message = Message(
+        sid=inbound.sid, direction="in", card=card, contact=contact,
+        from_address=inbound.from_address, to_address=inbound.to_address,
+        body=inbound.body, media=inbound.media, status="received",
+        created_at=now, updated_at=now,
+    )
+    session.add(message)
+    session.flush()
+    return Received(message, card, new_visit=new_visit, outbound=outbound)
+
+
+def open_card(
+    session: Session, contact: Contact, pipeline: Pipeline, now: datetime
+) -> tuple[Card, StageVisit]:
+    first = pipeline.stages[0]
+    card = Card(contact=contact, pipeline=pipeline, stage=first, status="open", opened_at=now)
+    session.add(card)
+    session.flush()
+    return card, enter_stage(session, card, first, now)
+
+
+def current_visit(session: Session, card: Card) -> StageVisit | None:
+    return session.scalars(
+        select(StageVisit).where(StageVisit.card_id == card.id, StageVisit.left_at.is_(None))
+    ).first()
+
+
+def enter_stage(session: Session, card: Card, stage: Stage, now: datetime) -> StageVisit:
+    """Close the card's current stage visit and open one in `stage` with its timers."""
+    visit = current_visit(session, card)
+    if visit is not None:
+        visit.left_at = now
+        visit.wall_seconds = int((now - visit.entered_at).total_seconds())
+    timers = sla.timers_for(now, stage.sla_seconds, stage.warning_seconds)
+    card.stage = stage
+    new = StageVisit(
+        card=card, stage=stage, entered_at=now,
+        warning_at=timers.warning_at, deadline_at=timers.deadline_at,
+    )
+    session.add(new)
+    session.flush()
+    return new
+
+
+def move_card(session: Session, card_id: int, stage_key: str, now: datetime) -> StageVisit:
+    """Move an open card to another stage of its pipeline."""
+    card = session.get(Card, card_id)
+    if card is None or card.status != "open":
+        raise DeskError(f"card {card_id} is not open")
+    stage = next((s for s in card.pipeline.stages if s.key == stage_key), None)
+    if stage is None:
+        raise DeskError(f"pipeline {card.pipeline.key!r} has no stage {stage_key!r}")
+    return enter_stage(session, card, stage, now)
+
+
+def queue_outbound(
+    session: Session, *, to: str, body: str, now: datetime, dedupe_key: str,
+    card: Card | None = None, contact: Contact | None = None, user: User | None = None,
+    sla_event_id: int | None = None, from_address: str = "",
+) -> Message:
+    """Record a message to send; the send job carries it out and stores Twilio's answer."""
+    message = Message(
+        direction="out", to_address=to, from_address=from_address, body=body,
+        card=card, contact=contact, user=user, sla_event_id=sla_event_id,
+        dedupe_key=dedupe_key, status="pending", media=[], created_at=now, updated_at=now,
+    )
+    session.add(message)
+    return message
+
+
+# Status callbacks arrive out of order; a status never moves back down this ladder.
+STATUS_RANK = {
+    "pending": 0, "retrying": 0, "sending": 1, "accepted": 2, "scheduled": 2, "queued": 3,
+    "sent": 4, "failed": 5, "undelivered": 5, "canceled": 5, "delivered": 6, "read": 7,
+}
+
+
+def apply_status(
+    session: Session, sid: str, status: str, error_code: str | None, now: datetime
+) -> bool:
+    """Take a delivery status for an outbound message; False when it changes nothing."""
+    message = session.scalars(select(Message).where(Message.sid == sid)).one_or_none()
+    if message is None or status not in STATUS_RANK:
+        return False
+    if STATUS_RANK[status] <= STATUS_RANK.get(message.status, 0):
+        return False
+    message.status = status
+    message.error_code = error_code or message.error_code
+    message.updated_at = now
+    return True
+
+
+@dataclass(frozen=True)
+class QueueRow:
+    card: Card
+    waiting_seconds: float | None
+    state: str
+    seconds_left: float | None
+    last_message: Message | None
+
+
+def waiting_queue(session: Session, now: datetime, limit: int = 200) -> list[QueueRow]:
+    """Open cards, the customer waiting longest first (ix_cards_queue), then the answered."""
+    options = (joinedload(Card.contact), joinedload(Card.stage), joinedload(Card.owner))
+    open_cards = select(Card).where(Card.status == "open").options(*options)
+    waiting = session.scalars(
+        open_cards.where(Card.waiting_since.is_not(None))
+        .order_by(Card.waiting_since, Card.id)
+        .limit(limit)
+    ).all()
+    answered = session.scalars(
+        open_cards.where(Card.waiting_since.is_(None))
+        .order_by(Card.opened_at, Card.id)
+        .limit(max(0, limit - len(waiting)))
+    ).all()
+    return [_queue_row(session, card, now) for card in [*waiting, *answered]]
+
+
+def _queue_row(session: Session, card: Card, now: datetime) -> QueueRow:
+    visit = current_visit(session, card)
+    timers = sla.Timers(visit.warning_at, visit.deadline_at) if visit else sla.Timers(None, None)
+    last = session.scalars(
+        select(Message).where(Message.card_id == card.id, Message.direction == "in")
+        .order_by(Message.created_at.desc(), Message.id.desc()).limit(1)
+    ).first()
+    waited = (now - card.waiting_since).total_seconds() if card.waiting_since else None
+    return QueueRow(card, waited, sla.state_at(now, timers), sla.seconds_left(now, timers), last)

@@ -1,0 +1,84 @@
+"""Who is told what when a stage visit's warning or breach comes."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from . import sla
+from .desk import queue_outbound
+from .durations import humanize
+from .models import Message, SlaEvent, StageVisit, User
+
+
+def visit_is_live(visit: StageVisit | None) -> bool:
+    """Still the card's current stage, on a card still open."""
+    return visit is not None and visit.left_at is None and visit.card.status == "open"
+
+
+def recorded_kinds(session: Session, visit_id: int) -> set[str]:
+    return set(session.scalars(select(SlaEvent.kind).where(SlaEvent.visit_id == visit_id)))
+
+
+def fire(session: Session, visit_id: int, kind: str, now: datetime) -> list[Message] | None:
+    """Record the event and queue its alerts; None when not due, moved on or recorded.
+
+    A concurrent firing of the same event fails the unique (visit, kind) constraint on flush
+    or commit, which rolls back its alerts too: the event and its messages happen once.
+    """
+    visit = session.get(StageVisit, visit_id)
+    if visit is None or not visit_is_live(visit):
+        return None
+    timers = sla.Timers(visit.warning_at, visit.deadline_at)
+    if not sla.is_due(now, timers, kind) or kind in recorded_kinds(session, visit_id):
+        return None
+    event = SlaEvent(visit_id=visit.id, kind=kind, due_at=timers.instant(kind), fired_at=now)
+    session.add(event)
+    session.flush()
+    text = alert_text(visit, kind, now)
+    messages = [
+        queue_outbound(
+            session, to=str(user.whatsapp), body=text, user=user, card=visit.card,
+            sla_event_id=event.id, dedupe_key=f"sla-{event.id}-user-{user.id}", now=now,
+        )
+        for user in recipients(session, visit, kind)
+    ]
+    session.flush()
+    return messages
+
+
+def recipients(session: Session, visit: StageVisit, kind: str) -> list[User]:
+    """Warning → the owner, or the stage's alert list; breach → every supervisor."""
+    if kind == sla.WARNING:
+        owner = visit.card.owner
+        people = [owner] if owner is not None else list(visit.stage.alert_users)
+    else:
+        people = list(
+            session.scalars(
+                select(User).where(User.role.in_(("supervisor", "admin"))).order_by(User.id)
+            )
+        )
+    return [p for p in people if p.active and p.whatsapp]
+
+
+def alert_text(visit: StageVisit, kind: str, now: datetime) -> str:
+    """The WhatsApp text of an alert: who, where, how long, what is at stake."""
+    card = visit.card
+    who = f"{card.contact.display_name} ({card.contact.phone})"
+    where = f"{card.pipeline.name} › {visit.stage.name}"
+    since = card.waiting_since or visit.entered_at
+    waited = humanize((now - since).total_seconds())
+    if kind == sla.WARNING:
+        assert visit.deadline_at is not None
+        left = humanize((visit.deadline_at - now).total_seconds())
+        return (
+            f"⚠️ SLA warning — {who} in {where} has waited {waited}. "
+            f"The deadline is in {left} ({visit.deadline_at:%H:%M:%S} UTC). Card #{card.id}."
+        )
+    sla_len = humanize(visit.stage.sla_seconds or 0)
+    return (
+        f"🚨 SLA breached — {who} has waited {waited} in {where} "
+        f"(SLA {sla_len}). Card #{card.id}."
+    )

@@ -1,0 +1,171 @@
+"""RQ entry points: take ids, open a session, call the domain, nothing else."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from . import escalation, sla
+from .alarms import MAX_SEND_ATTEMPTS, Alarms, send_job_id, timer_job_id
+from .config import Config
+from .db import session_scope, utcnow
+from .models import Message, SlaEvent, StageVisit
+from .whatsapp import PermanentSendError, TransientSendError, sender_for
+
+log = logging.getLogger(__name__)
+# RQ's scheduler keeps whole seconds and polls each second: a job can wake up to ~1 s early.
+EARLY_WAIT_LIMIT = 3.0
+# Outbound messages still pending this long after being queued have lost their job.
+STALE_SEND_SECONDS = 30
+
+
+def _config() -> Config:
+    return Config.from_env()
+
+
+def _alarms(config: Config) -> Alarms:
+    return Alarms(config.redis_url, config.queue_name)
+
+
+def fire_sla_event(visit_id: int, kind: str) -> str:
+    """Timer job: record one warning/breach of a visit at most once and send its alerts."""
+    config = _config()
+    with session_scope(config.database_url) as session:
+        visit = session.get(StageVisit, visit_id)
+        instant = sla.Timers(visit.warning_at, visit.deadline_at).instant(kind) if visit else None
+    if instant is None:
+        return "no such timer"
+    early = (instant - utcnow()).total_seconds()
+    if early > EARLY_WAIT_LIMIT:
+        _alarms(config).schedule_timer(visit_id, kind, instant)
+        return "rescheduled"
+    if early > 0:
+        time.sleep(early)
+    return "fired" if fire_and_send(config, visit_id, kind, utcnow()) else "nothing to do"
+
+
+def fire_and_send(config: Config, visit_id: int, kind: str, now: datetime) -> bool:
+    """Fire the event in its own transaction; after commit, hand its alerts to the sender."""
+    try:
+        with session_scope(config.database_url) as session:
+            messages = escalation.fire(session, visit_id, kind, now)
+            ids = [m.id for m in messages or []]
+    except IntegrityError:
+        log.info("sla event %s/%s already recorded by another worker", visit_id, kind)
+        return False
+    if messages is None:
+        return False
+    alarms = _alarms(config)
+    for message_id in ids:
+        alarms.enqueue_send(message_id)
+    return True
+
+
+def send_message(message_id: int) -> str:
+    """Send job: one outbound message through Twilio (or the simulator's outbox), once."""
+    config = _config()
+    with session_scope(config.database_url) as session:
+        # Claiming with a conditional update means two copies of this job cannot both send.
+        claimed = session.execute(
+            update(Message)
+            .where(Message.id == message_id, Message.status.in_(("pending", "retrying")))
+            .values(status="sending", attempts=Message.attempts + 1, updated_at=utcnow())
+        ).rowcount
+        message = session.get(Message, message_id)
+        if not claimed or message is None:
+            return "already handled"
+        to, body, attempts = message.to_address, message.body, message.attempts
+    try:
+        sent = sender_for(config).send(to, body)
+    except TransientSendError as exc:
+        final = attempts >= MAX_SEND_ATTEMPTS
+        _record_failure(config, message_id, "failed" if final else "retrying", None, str(exc))
+        if final:
+            return "failed"
+        raise  # RQ retries with backoff (alarms.SEND_RETRY_INTERVALS)
+    except PermanentSendError as exc:
+        _record_failure(config, message_id, "failed", exc.code, exc.message)
+        return "failed"
+    with session_scope(config.database_url) as session:
+        message = session.get(Message, message_id)
+        assert message is not None
+        message.sid, message.status, message.updated_at = sent.sid, sent.status, utcnow()
+        message.error_message = None
+    return "sent"
+
+
+def _record_failure(
+    config: Config, message_id: int, status: str, code: str | None, text: str
+) -> None:
+    with session_scope(config.database_url) as session:
+        message = session.get(Message, message_id)
+        if message is not None:
+            message.status, message.error_code, message.error_message = status, code, text
+            message.updated_at = utcnow()
+
+
+def sweep() -> dict[str, int]:
+    """Periodic reconciler: fire what is overdue, re-arm lost timers, resend lost sends."""
+    return reconcile(_config(), utcnow())
+
+
+def reconcile(config: Config, now: datetime) -> dict[str, int]:
+    """Make Redis agree with the database, which is the source of truth."""
+    alarms = _alarms(config)
+    counts = {"fired": 0, "rearmed": 0, "resent": 0}
+    for visit_id, timers, recorded in _open_timers(config):
+        for kind in sla.EVENT_KINDS:
+            instant = timers.instant(kind)
+            if instant is None or kind in recorded:
+                continue
+            if instant <= now:
+                counts["fired"] += fire_and_send(config, visit_id, kind, now)
+            elif not alarms.is_live(timer_job_id(visit_id, kind)):
+                alarms.schedule_timer(visit_id, kind, instant)
+                counts["rearmed"] += 1
+    for message_id in _stale_sends(config, now):
+        if not alarms.is_live(send_job_id(message_id)):
+            alarms.enqueue_send(message_id)
+            counts["resent"] += 1
+    if any(counts.values()):
+        log.info("sweep: %s", counts)
+    return counts
+
+
+def _open_timers(config: Config) -> list[tuple[int, sla.Timers, set[str]]]:
+    with session_scope(config.database_url) as session:
+        visits = session.scalars(
+            select(StageVisit).where(
+                StageVisit.left_at.is_(None), StageVisit.deadline_at.is_not(None)
+            )
+        ).all()
+        recorded: dict[int, set[str]] = {}
+        for visit_id, kind in session.execute(
+            select(SlaEvent.visit_id, SlaEvent.kind).join(StageVisit).where(
+                StageVisit.left_at.is_(None)
+            )
+        ):
+            recorded.setdefault(visit_id, set()).add(kind)
+        return [
+            (v.id, sla.Timers(v.warning_at, v.deadline_at), recorded.get(v.id, set()))
+            for v in visits
+            if len(recorded.get(v.id, ())) < len(sla.EVENT_KINDS)
+        ]
+
+
+def _stale_sends(config: Config, now: datetime) -> list[int]:
+    cutoff = now - timedelta(seconds=STALE_SEND_SECONDS)
+    with session_scope(config.database_url) as session:
+        return list(
+            session.scalars(
+                select(Message.id).where(
+                    Message.direction == "out",
+                    Message.status.in_(("pending", "retrying")),
+                    Message.updated_at <= cutoff,
+                )
+            )
+        )

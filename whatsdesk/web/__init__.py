@@ -1,0 +1,1 @@
+"""Blueprints: webhooks, auth, queue, health, simulator."""

@@ -1,0 +1,39 @@
+"""Clear answers for bad input, and 503 (so Twilio retries) when a backing service is down."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, render_template, request
+from redis.exceptions import RedisError
+from sqlalchemy.exc import DBAPIError
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+def register(app: Flask) -> None:
+    app.register_error_handler(HTTPException, http_error)
+    app.register_error_handler(DBAPIError, unavailable("database"))
+    app.register_error_handler(RedisError, unavailable("redis"))
+
+
+def _wants_text() -> bool:
+    return request.path.startswith("/twilio/") or request.path == "/healthz"
+
+
+def http_error(exc: HTTPException) -> Response | tuple[str, int]:
+    if _wants_text():
+        return Response(f"{exc.code} {exc.name}: {exc.description}\n", exc.code, mimetype="text/plain")
+    return render_template("error.html", error=exc), exc.code or 500
+
+
+def unavailable(what: str):  # type: ignore[no-untyped-def]
+    def handler(exc: Exception) -> Response:
+        log.warning("%s unavailable: %s", what, type(exc).__name__)
+        return Response(
+            f"503 Service Unavailable: the {what} does not answer; try again shortly.\n",
+            503, mimetype="text/plain", headers={"Retry-After": "5"},
+        )
+
+    return handler

@@ -1,0 +1,96 @@
+"""Twilio's webhooks: inbound WhatsApp messages and delivery status callbacks."""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Blueprint, Response, abort, request
+from redis.exceptions import RedisError
+from sqlalchemy.exc import IntegrityError
+from twilio.twiml.messaging_response import MessagingResponse
+
+from .. import current_alarms, current_config, desk, get_session, sla, whatsapp
+from ..db import utcnow
+
+bp = Blueprint("webhooks", __name__, url_prefix="/twilio")
+log = logging.getLogger(__name__)
+
+
+def signed_url() -> str:
+    """The URL Twilio called: PUBLIC_URL behind a proxy, and the raw (undecoded) query."""
+    base = current_config().public_url or request.host_url.rstrip("/")
+    url = base + request.script_root + request.path
+    query = request.query_string.decode("latin-1")
+    return f"{url}?{query}" if query else url
+
+
+def require_signature() -> None:
+    token = whatsapp.webhook_token(current_config())
+    signature = request.headers.get("X-Twilio-Signature", "")
+    if not whatsapp.signature_valid(token, signed_url(), request.form, signature):
+        abort(403, "invalid or missing X-Twilio-Signature")
+
+
+def twiml(response: MessagingResponse | None = None) -> Response:
+    return Response(str(response or MessagingResponse()), mimetype="text/xml")
+
+
+@bp.post("/whatsapp")
+def inbound() -> Response:
+    require_signature()
+    try:
+        message = whatsapp.parse_inbound(request.form)
+    except whatsapp.BadInbound as exc:
+        abort(400, str(exc))
+    alarms = current_alarms()
+    alarms.ping()  # Redis down → 503 before anything is written; Twilio retries
+    received = _store(message)
+    if not received.duplicate:
+        _arm(received)
+    return twiml()
+
+
+def _store(message: whatsapp.Inbound) -> desk.Received:
+    """Commit the message; a concurrent twin (same sid, same new contact) wins or we retry."""
+    session = get_session()
+    for attempt in (1, 2):
+        try:
+            received = desk.receive_message(session, message, utcnow())
+            session.commit()
+            return received
+        except IntegrityError:
+            session.rollback()
+            if attempt == 2:
+                raise
+        except desk.DeskError as exc:
+            session.rollback()
+            log.error("inbound %s not stored: %s", message.sid, exc)
+            abort(503, str(exc))
+    raise AssertionError("unreachable")
+
+
+def _arm(received: desk.Received) -> None:
+    """Hand the new timers and sends to Redis; if it fails now, the sweep re-arms them."""
+    alarms = current_alarms()
+    try:
+        if received.new_visit is not None:
+            visit = received.new_visit
+            alarms.schedule_timers(visit.id, sla.Timers(visit.warning_at, visit.deadline_at))
+        for out in received.outbound:
+            alarms.enqueue_send(out.id)
+    except RedisError as exc:
+        log.warning("could not arm jobs for %s (%s); the sweep will", received.message.sid, exc)
+
+
+@bp.post("/status")
+def status() -> tuple[str, int]:
+    require_signature()
+    sid = request.form.get("MessageSid", "")
+    state = request.form.get("MessageStatus", "")
+    missing = [n for n, v in (("MessageSid", sid), ("MessageStatus", state)) if not v]
+    if missing:
+        abort(400, f"missing required field(s): {', '.join(missing)}")
+    session = get_session()
+    desk.apply_status(session, sid, state.lower(), request.form.get("ErrorCode") or None, utcnow())
+    session.commit()
+    return "", 200

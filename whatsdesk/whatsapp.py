@@ -1,0 +1,186 @@
+"""The only module that talks Twilio: signatures, inbound forms, outbound sends."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import requests
+from twilio.base.exceptions import TwilioRestException
+from twilio.http.http_client import TwilioHttpClient
+from twilio.request_validator import RequestValidator
+from twilio.rest import Client
+
+from .config import DEFAULT_TWILIO_API_URL, Config
+
+REQUEST_TIMEOUT_SECONDS = 10
+# Twilio's rate-limit codes: too many requests, and WhatsApp's per-sender throttle.
+TRANSIENT_CODES = {20429, 63018}
+ADDRESS_RE = re.compile(r"^whatsapp:\+[1-9]\d{6,14}$")
+SID_RE = re.compile(r"^[A-Za-z0-9]{10,64}$")
+
+
+# --- signatures -------------------------------------------------------------------------------
+
+
+def webhook_token(config: Config) -> str:
+    """The key webhooks are signed with: the auth token, or the simulator's own key."""
+    if config.twilio_auth_token:
+        return config.twilio_auth_token
+    return hmac.new(config.secret_key.encode(), b"whatsdesk-simulator", hashlib.sha1).hexdigest()
+
+
+def sign(token: str, url: str, form: Mapping[str, str]) -> str:
+    """X-Twilio-Signature exactly as Twilio computes it."""
+    return str(RequestValidator(token).compute_signature(url, dict(form)))
+
+
+def signature_valid(token: str, url: str, form: Any, signature: str) -> bool:
+    """Check X-Twilio-Signature against the URL Twilio called and every posted field."""
+    if not signature:
+        return False
+    return bool(RequestValidator(token).validate(url, form, signature))
+
+
+# --- inbound ----------------------------------------------------------------------------------
+
+
+class BadInbound(ValueError):
+    """A signed form that is not a message we can store; the text says why."""
+
+
+@dataclass(frozen=True)
+class Inbound:
+    sid: str
+    from_address: str
+    to_address: str
+    body: str
+    profile_name: str | None
+    wa_id: str | None
+    media: list[dict[str, str]] = field(default_factory=list)
+
+
+def parse_inbound(form: Mapping[str, str]) -> Inbound:
+    """Read Twilio's inbound form; raise BadInbound naming what is missing or wrong."""
+    sid = form.get("MessageSid") or form.get("SmsMessageSid") or form.get("SmsSid") or ""
+    sender = form.get("From", "")
+    missing = [name for name, value in (("MessageSid", sid), ("From", sender)) if not value]
+    if missing:
+        raise BadInbound(f"missing required field(s): {', '.join(missing)}")
+    if not SID_RE.match(sid):
+        raise BadInbound("MessageSid is not a Twilio message SID")
+    if not ADDRESS_RE.match(sender):
+        raise BadInbound("From must be a WhatsApp address like whatsapp:+14155550100")
+    return Inbound(
+        sid=sid,
+        from_address=sender,
+        to_address=form.get("To", ""),
+        body=form.get("Body", ""),
+        profile_name=form.get("ProfileName") or None,
+        wa_id=form.get("WaId") or None,
+        media=_media(form),
+    )
+
+
+def _media(form: Mapping[str, str]) -> list[dict[str, str]]:
+    raw = form.get("NumMedia", "0") or "0"
+    if not raw.isdigit() or int(raw) > 10:
+        raise BadInbound("NumMedia must be a whole number from 0 to 10")
+    items = []
+    for n in range(int(raw)):
+        url = form.get(f"MediaUrl{n}", "")
+        if not url:
+            raise BadInbound(f"NumMedia is {raw} but MediaUrl{n} is missing")
+        items.append({"url": url, "content_type": form.get(f"MediaContentType{n}", "")})
+    return items
+
+
+# --- outbound ---------------------------------------------------------------------------------
+
+
+class TransientSendError(Exception):
+    """Twilio could not take the message now; trying again later can help."""
+
+
+class PermanentSendError(Exception):
+    """Twilio refused the message; trying again cannot help."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Sent:
+    sid: str
+    status: str
+
+
+class Sender(Protocol):
+    def send(self, to: str, body: str) -> Sent: ...
+
+
+class SimulatorSender:
+    """Simulator mode: the message is 'delivered' to the local outbox (the messages table)."""
+
+    def send(self, to: str, body: str) -> Sent:
+        return Sent(sid="SM" + uuid.uuid4().hex, status="delivered")
+
+
+class _ApiUrlHttpClient(TwilioHttpClient):
+    """Points twilio-python at TWILIO_API_URL (a Twilio-compatible server) when set."""
+
+    def __init__(self, api_url: str, timeout: float) -> None:
+        super().__init__(timeout=timeout)
+        self.api_url = api_url.rstrip("/")
+
+    def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        if url.startswith(DEFAULT_TWILIO_API_URL):
+            url = self.api_url + url[len(DEFAULT_TWILIO_API_URL) :]
+        return super().request(method, url, *args, **kwargs)
+
+
+class TwilioSender:
+    """Sends through twilio-python's REST client, built on first use."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            http = _ApiUrlHttpClient(self.config.twilio_api_url, REQUEST_TIMEOUT_SECONDS)
+            self._client = Client(
+                self.config.twilio_account_sid, self.config.twilio_auth_token, http_client=http
+            )
+        return self._client
+
+    def send(self, to: str, body: str) -> Sent:
+        params: dict[str, Any] = {"to": to, "from_": self.config.twilio_whatsapp_from, "body": body}
+        if self.config.public_url:
+            params["status_callback"] = f"{self.config.public_url}/twilio/status"
+        try:
+            message = self.client.messages.create(**params)
+        except TwilioRestException as exc:
+            raise _classify(exc) from exc
+        except requests.RequestException as exc:
+            raise TransientSendError(f"Twilio unreachable: {type(exc).__name__}") from exc
+        return Sent(sid=str(message.sid), status=str(message.status or "queued"))
+
+
+def _classify(exc: TwilioRestException) -> Exception:
+    if exc.status == 429 or exc.status >= 500 or exc.code in TRANSIENT_CODES:
+        return TransientSendError(f"Twilio answered {exc.status} (code {exc.code})")
+    return PermanentSendError(str(exc.code or exc.status), exc.msg or "refused by Twilio")
+
+
+def sender_for(config: Config) -> Sender:
+    """The simulator's outbox without credentials, Twilio with them."""
+    return SimulatorSender() if config.simulator else TwilioSender(config)

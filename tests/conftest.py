@@ -1,0 +1,246 @@
+"""Fixtures: real Redis (own database number per run), real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from flask import Flask
+from flask.testing import FlaskClient
+from redis import Redis
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from whatsdesk import accounts, create_app, pipeline_store, pipelines, whatsapp
+from whatsdesk.config import PROJECT_ROOT, Config
+from whatsdesk.db import Base, get_engine, session_factory
+from whatsdesk.redis_server import PrivateRedis
+
+PASSWORD = "correct-horse-42"
+BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("TEST_DATABASE_URL") else [])
+RUN_ID = uuid.uuid4().hex[:8]
+
+# --- Redis --------------------------------------------------------------------------------------
+
+
+def _free_database_number(base_url: str) -> str:
+    """Claim a Redis database number no other test run holds (a lock key inside it)."""
+    for number in range(1, 16):
+        url = f"{base_url.rstrip('/')}/{number}"
+        if Redis.from_url(url).set("whatsdesk-test-run", RUN_ID, nx=True, ex=3600):
+            return url
+    raise RuntimeError("all Redis databases 1-15 are claimed by other test runs")
+
+
+@pytest.fixture(scope="session")
+def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """TEST_REDIS_URL, else the machine's Redis, else a private redis-server for this run."""
+    url = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379")
+    try:
+        Redis.from_url(url, socket_connect_timeout=1).ping()
+        yield url
+        return
+    except Exception:
+        pass
+    # A unix socket path must stay short, so not under pytest's deep tmp folders.
+    folder = Path("/tmp") / f"wd-redis-{RUN_ID}"
+    private = PrivateRedis(folder, persist=False)
+    yield private.start()
+    private.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_base: str) -> Iterator[str]:
+    url = _free_database_number(redis_base)
+    yield url
+    Redis.from_url(url).flushdb()
+
+
+@pytest.fixture
+def redis(redis_url: str) -> Redis:
+    conn = Redis.from_url(redis_url)
+    conn.flushdb()
+    conn.set("whatsdesk-test-run", RUN_ID, ex=3600)
+    return conn
+
+
+# --- Databases ----------------------------------------------------------------------------------
+
+
+def migrate(url: str) -> None:
+    cfg = AlembicConfig(str(PROJECT_ROOT / "alembic.ini"))
+    cfg.attributes["database_url"] = url
+    command.upgrade(cfg, "head")
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One migrated SQLite file, copied for each test."""
+    path = tmp_path_factory.mktemp("template") / "template.db"
+    url = f"sqlite:///{path}"
+    migrate(url)
+    get_engine(url).dispose()
+    return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A schema of its own for this run in TEST_DATABASE_URL, migrated once."""
+    base = os.environ["TEST_DATABASE_URL"]
+    schema = f"wd_test_{RUN_ID}"
+    admin = create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    rendered = url.render_as_string(hide_password=False)
+    migrate(rendered)
+    yield rendered
+    get_engine(rendered).dispose()
+    with admin.begin() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        path = tmp_path / "whatsdesk.db"
+        shutil.copy(request.getfixturevalue("sqlite_template"), path)
+        return f"sqlite:///{path}"
+    url: str = request.getfixturevalue("postgres_url")
+    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
+    with get_engine(url).begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    return url
+
+
+# --- The app ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def config(database_url: str, redis_url: str, redis: Redis) -> Config:
+    return Config(
+        database_url=database_url,
+        redis_url=redis_url,
+        redis_url_is_private=False,
+        secret_key="test-secret",
+        queue_name=f"whatsdesk-test-{RUN_ID}",
+    )
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, config: Config) -> Config:
+    """The environment a worker process would have, so jobs can run in-process."""
+    monkeypatch.setenv("DATABASE_URL", config.database_url)
+    monkeypatch.setenv("REDIS_URL", config.redis_url)
+    monkeypatch.setenv("SECRET_KEY", config.secret_key)
+    for name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "PUBLIC_URL", "TWILIO_API_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(Config, "queue_name", config.queue_name)
+    return config
+
+
+@pytest.fixture
+def app(config: Config) -> Flask:
+    app = create_app(config)
+    app.config["TESTING"] = True
+    return app
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def session(config: Config) -> Iterator[Session]:
+    s = session_factory(config.database_url)()
+    yield s
+    s.close()
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+STAFF = [
+    ("Ana Agent", "ana@example.com", "agent", "+15550000001"),
+    ("Bruno Agent", "bruno@example.com", "agent", "+15550000002"),
+    ("Sofia Supervisor", "sofia@example.com", "supervisor", "+15550000003"),
+    ("Otto Supervisor", "otto@example.com", "supervisor", "+15550000004"),
+]
+
+PIPELINE_YAML = """
+pipelines:
+  - key: support
+    name: Support
+    default: true
+    stages:
+      - key: new
+        name: New
+        sla: {sla}
+        warning: {warning}
+        alert: [ana@example.com, bruno@example.com]
+      - key: open
+        name: In progress
+        sla: 1h
+      - key: waiting
+        name: Waiting on customer
+"""
+
+
+def seed(database_url: str, sla: str = "2m", warning: str = "1m") -> None:
+    """Staff and a default pipeline whose first stage has the given SLA."""
+    with session_factory(database_url)() as s:
+        for name, email, role, phone in STAFF:
+            accounts.create_user(
+                s, name=name, email=email, role=role, whatsapp=phone, password=PASSWORD, now=now()
+            )
+        pipeline_store.load(s, pipelines.parse(PIPELINE_YAML.format(sla=sla, warning=warning)))
+        s.commit()
+
+
+@pytest.fixture
+def seeded(config: Config) -> Config:
+    seed(config.database_url)
+    return config
+
+
+def login(client: FlaskClient, email: str = "ana@example.com") -> None:
+    """Log in through the real form, CSRF token included."""
+    page = client.get("/login").get_data(as_text=True)
+    token = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+    answer = client.post("/login", data={"email": email, "password": PASSWORD, "csrf_token": token})
+    assert answer.status_code == 302, answer.get_data(as_text=True)
+
+
+def inbound_form(
+    phone: str = "+5511999990000", body: str = "Hello", name: str = "Maria", sid: str | None = None
+) -> dict[str, str]:
+    return {
+        "MessageSid": sid or "SM" + uuid.uuid4().hex,
+        "AccountSid": "AC" + "0" * 32,
+        "From": f"whatsapp:{phone}",
+        "To": "whatsapp:+14155238886",
+        "Body": body,
+        "NumMedia": "0",
+        "ProfileName": name,
+        "WaId": phone.lstrip("+"),
+    }
+
+
+def signed_post(
+    client: FlaskClient, config: Config, path: str, form: dict[str, str],
+    base: str = "http://localhost",
+) -> object:
+    signature = whatsapp.sign(whatsapp.webhook_token(config), base + path, form)
+    return client.post(path, data=form, headers={"X-Twilio-Signature": signature})

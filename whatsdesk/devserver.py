@@ -50,8 +50,14 @@ def main() -> int:
             redis.stop()
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _watch(children: dict[str, subprocess.Popen[bytes]]) -> int:
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Installed explicitly: a shell that starts us in the background ignores SIGINT.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         while True:
             for name, child in children.items():

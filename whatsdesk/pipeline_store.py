@@ -95,7 +95,8 @@ def dump(session: Session) -> list[PipelineSpec]:
             stages=[
                 StageSpec(
                     key=s.key, name=s.name, sla_seconds=s.sla_seconds,
-                    warning_seconds=s.warning_seconds, alert=[u.email for u in s.alert_users],
+                    warning_seconds=s.warning_seconds,
+                    alert=sorted(u.email for u in s.alert_users),  # a set: stable order
                 )
                 for s in p.stages
             ],

@@ -141,18 +141,27 @@ def parse(source: str) -> list[PipelineSpec]:
     try:
         root = yaml.compose(source, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        raise PipelineFileError([f"not valid YAML: {exc}"]) from exc
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"line {mark.line + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PipelineFileError([f"{where}file: not valid YAML: {problem}"]) from exc
     reader = _Reader()
     if root is None:
-        raise PipelineFileError(["the file is empty; expected `pipelines:` with a list"])
+        raise PipelineFileError(
+            ["line 1: file: the file is empty; expected `pipelines:` with a list"]
+        )
     top = reader.mapping(root, "file", {"pipelines"})
     nodes = reader.sequence(top.get("pipelines"), "pipelines")
     if not nodes and not reader.problems:
         reader.fail(root, "pipelines", "at least one pipeline is required")
     specs = [_pipeline(reader, node, f"pipelines[{i}]") for i, node in enumerate(nodes)]
     _check_unique(reader, [(s.key, s.line) for s in specs], "pipelines", "pipeline key")
-    if sum(s.default for s in specs) > 1:
-        reader.problems.append("pipelines: only one pipeline can be `default: true`")
+    defaults = [(i, s) for i, s in enumerate(specs) if s.default]
+    for i, spec in defaults[1:]:
+        reader.problems.append(
+            f"line {spec.line}: pipelines[{i}].default: only one pipeline can be `default: true`"
+            f" (pipelines[{defaults[0][0]}] already is)"
+        )
     if reader.problems:
         raise PipelineFileError(reader.problems)
     return specs

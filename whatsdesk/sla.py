@@ -67,6 +67,7 @@ def state_at(now: datetime, timers: Timers) -> str:
 
 def is_due(now: datetime, timers: Timers, kind: str) -> bool:
     """Has the instant of this event come?"""
+    _require_aware(now)
     instant = timers.instant(kind)
     return instant is not None and now >= instant
 
@@ -79,6 +80,7 @@ def due_kinds(now: datetime, timers: Timers, recorded: Iterable[str]) -> list[st
 
 def seconds_left(now: datetime, timers: Timers) -> float | None:
     """Seconds to the deadline (negative once breached); None without an SLA."""
+    _require_aware(now)
     if timers.deadline_at is None:
         return None
     return (timers.deadline_at - now).total_seconds()

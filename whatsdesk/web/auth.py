@@ -36,7 +36,8 @@ def load_user(user_id: str) -> User | None:
 
 def _safe_next(target: str | None) -> str:
     """Only same-site paths, so a login link cannot send people elsewhere."""
-    if target and target.startswith("/") and not target.startswith("//"):
+    # Browsers read a backslash as a slash: "/\\evil.example" would leave the site.
+    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
         if not urlsplit(target).netloc:
             return target
     return url_for("queue.index")

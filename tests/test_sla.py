@@ -1,0 +1,127 @@
+"""SLA timers and states: pure functions, time passed in explicitly."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from whatsdesk import sla
+from whatsdesk.durations import humanize
+
+ENTERED = datetime(2025, 3, 4, 9, 0, tzinfo=UTC)
+SECOND = timedelta(seconds=1)
+MICRO = timedelta(microseconds=1)
+
+
+def two_minute_timers() -> sla.Timers:
+    """Entered at 09:00:00, SLA 2 min, warning 1 min before: 09:01:00 and 09:02:00."""
+    return sla.timers_for(ENTERED, 120, 60)
+
+
+def test_deadline_is_entry_plus_sla() -> None:
+    assert sla.timers_for(ENTERED, 120, None).deadline_at == datetime(
+        2025, 3, 4, 9, 2, tzinfo=UTC
+    )
+
+
+def test_warning_comes_its_lead_time_before_the_deadline() -> None:
+    timers = sla.timers_for(ENTERED, 3600, 900)
+    assert timers.warning_at == datetime(2025, 3, 4, 9, 45, tzinfo=UTC)
+    assert timers.instant(sla.WARNING) == timers.warning_at
+    assert timers.instant(sla.BREACH) == datetime(2025, 3, 4, 10, 0, tzinfo=UTC)
+
+
+def test_stage_without_sla_has_no_timers() -> None:
+    assert sla.timers_for(ENTERED, None, 60) == sla.Timers(None, None)
+    assert sla.timers_for(ENTERED, 0, None) == sla.Timers(None, None)
+
+
+@pytest.mark.parametrize("warning", [120, 300])
+def test_warning_not_shorter_than_the_sla_is_ignored(warning: int) -> None:
+    timers = sla.timers_for(ENTERED, 120, warning)
+    assert timers.warning_at is None
+    assert timers.deadline_at == ENTERED + timedelta(seconds=120)
+
+
+def test_on_time_until_the_warning_instant() -> None:
+    timers = two_minute_timers()
+    assert sla.state_at(ENTERED, timers) == sla.ON_TIME
+    assert sla.state_at(ENTERED + 60 * SECOND - MICRO, timers) == sla.ON_TIME
+
+
+def test_approaching_from_the_warning_instant_until_the_deadline() -> None:
+    timers = two_minute_timers()
+    assert sla.state_at(ENTERED + 60 * SECOND, timers) == sla.APPROACHING
+    assert sla.state_at(ENTERED + 120 * SECOND - MICRO, timers) == sla.APPROACHING
+
+
+def test_breached_from_the_deadline_instant_on() -> None:
+    timers = two_minute_timers()
+    assert sla.state_at(ENTERED + 120 * SECOND, timers) == sla.BREACHED
+    assert sla.state_at(ENTERED + timedelta(days=3), timers) == sla.BREACHED
+
+
+def test_without_warning_on_time_goes_straight_to_breached() -> None:
+    timers = sla.timers_for(ENTERED, 120, None)
+    assert sla.state_at(ENTERED + 120 * SECOND - MICRO, timers) == sla.ON_TIME
+    assert sla.state_at(ENTERED + 120 * SECOND, timers) == sla.BREACHED
+
+
+def test_no_sla_state() -> None:
+    assert sla.state_at(ENTERED, sla.Timers(None, None)) == sla.NO_SLA
+    assert sla.STATE_LABELS[sla.NO_SLA] == "No SLA"
+
+
+def test_due_kinds_are_the_instants_that_have_come_in_order() -> None:
+    timers = two_minute_timers()
+    assert sla.due_kinds(ENTERED + 60 * SECOND - MICRO, timers, []) == []
+    assert sla.due_kinds(ENTERED + 60 * SECOND, timers, []) == [sla.WARNING]
+    assert sla.due_kinds(ENTERED + 120 * SECOND, timers, []) == [sla.WARNING, sla.BREACH]
+
+
+def test_due_kinds_skips_recorded_kinds() -> None:
+    timers = two_minute_timers()
+    late = ENTERED + timedelta(hours=1)
+    assert sla.due_kinds(late, timers, [sla.WARNING]) == [sla.BREACH]
+    assert sla.due_kinds(late, timers, {sla.BREACH}) == [sla.WARNING]
+    assert sla.due_kinds(late, timers, (sla.BREACH, sla.WARNING)) == []
+
+
+def test_seconds_left_counts_down_and_goes_negative_after_the_deadline() -> None:
+    timers = two_minute_timers()
+    assert sla.seconds_left(ENTERED + 30 * SECOND, timers) == 90.0
+    assert sla.seconds_left(ENTERED + 150 * SECOND, timers) == -30.0
+    assert sla.seconds_left(ENTERED, sla.Timers(None, None)) is None
+
+
+def test_naive_datetimes_are_refused() -> None:
+    naive = datetime(2025, 3, 4, 9, 0)
+    timers = two_minute_timers()
+    with pytest.raises(ValueError, match="naive"):
+        sla.timers_for(naive, 120, 60)
+    with pytest.raises(ValueError, match="naive"):
+        sla.state_at(naive, timers)
+    with pytest.raises(ValueError, match="naive"):
+        sla.due_kinds(naive, timers, [])
+    with pytest.raises(ValueError, match="naive"):
+        sla.seconds_left(naive, timers)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0, "0s"),
+        (45, "45s"),
+        (59.9, "59s"),
+        (60, "1m 00s"),
+        (185, "3m 05s"),
+        (3600, "1h 00m"),
+        (7620, "2h 07m"),
+        (86400, "1d 0h"),
+        (3 * 86400 + 4 * 3600 + 59 * 60, "3d 4h"),
+        (-30, "0s"),
+    ],
+)
+def test_humanize(seconds: float, text: str) -> None:
+    assert humanize(seconds) == text

@@ -20,6 +20,8 @@
   async function refresh() {
     try {
       const answer = await fetch(tbody.dataset.src, {credentials: "same-origin"});
+      // Logged out meanwhile: the fragment was redirected to the login page; show it whole.
+      if (answer.redirected) { window.location.reload(); return; }
       if (answer.ok) { tbody.innerHTML = await answer.text(); tick(); }
     } catch (e) { /* offline for a moment: keep the last rows */ }
   }

@@ -133,7 +133,6 @@ def config(database_url: str, redis_url: str, redis: Redis) -> Config:
         redis_url=redis_url,
         redis_url_is_private=False,
         secret_key="test-secret",
-        queue_name=f"whatsdesk-test-{RUN_ID}",
     )
 
 
@@ -145,7 +144,6 @@ def env(monkeypatch: pytest.MonkeyPatch, config: Config) -> Config:
     monkeypatch.setenv("SECRET_KEY", config.secret_key)
     for name in ("TWILIO_ACCOUNT_SID", "TWILIO_AUTH_TOKEN", "PUBLIC_URL", "TWILIO_API_URL"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(Config, "queue_name", config.queue_name)
     return config
 
 

@@ -104,8 +104,12 @@ def test_dump_then_parse_gives_the_same_pipelines() -> None:
 
     def without_lines(items: list[PipelineSpec]) -> list[tuple[object, ...]]:
         return [
-            (p.key, p.name, p.default, [(s.key, s.name, s.sla_seconds, s.warning_seconds,
-                                          s.alert) for s in p.stages])
+            (
+                p.key,
+                p.name,
+                p.default,
+                [(s.key, s.name, s.sla_seconds, s.warning_seconds, s.alert) for s in p.stages],
+            )
             for p in items
         ]
 
@@ -392,8 +396,7 @@ def test_several_mistakes_are_all_reported() -> None:
         "line 2: pipelines[0].key: 'Bad Key' must be lowercase letters, digits, - or _",
         "line 9: pipelines[0].stages[0].colour: unknown field (known: alert, key, name, sla, "
         "warning)",
-        "line 8: pipelines[0].stages[0].sla: '2x' is not a duration such as 90s, 15m, 2h or "
-        "1h30m",
+        "line 8: pipelines[0].stages[0].sla: '2x' is not a duration such as 90s, 15m, 2h or 1h30m",
         "line 13: pipelines[0].stages[1].warning: must be shorter than the sla",
         "line 14: pipelines[0].stages[1].alert[0]: expected a staff member's email",
         "line 10: pipelines[0].stages: stage key 's' is used twice",

@@ -20,9 +20,7 @@ def two_minute_timers() -> sla.Timers:
 
 
 def test_deadline_is_entry_plus_sla() -> None:
-    assert sla.timers_for(ENTERED, 120, None).deadline_at == datetime(
-        2025, 3, 4, 9, 2, tzinfo=UTC
-    )
+    assert sla.timers_for(ENTERED, 120, None).deadline_at == datetime(2025, 3, 4, 9, 2, tzinfo=UTC)
 
 
 def test_warning_comes_its_lead_time_before_the_deadline() -> None:
@@ -106,6 +104,8 @@ def test_naive_datetimes_are_refused() -> None:
         sla.due_kinds(naive, timers, [])
     with pytest.raises(ValueError, match="naive"):
         sla.seconds_left(naive, timers)
+    with pytest.raises(ValueError, match="naive"):  # even where there is nothing to compare
+        sla.due_kinds(naive, sla.Timers(None, None), [])
 
 
 @pytest.mark.parametrize(

@@ -5,8 +5,11 @@ from __future__ import annotations
 import threading
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from xml.etree import ElementTree
 
+import pytest
+from conftest import inbound_form, signed_post
 from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
@@ -20,7 +23,6 @@ from werkzeug.test import TestResponse
 from whatsdesk import create_app, whatsapp
 from whatsdesk.config import Config
 from whatsdesk.models import Card, Contact, Message, StageVisit
-from conftest import inbound_form, signed_post
 
 INBOUND = "/twilio/whatsapp"
 STATUS = "/twilio/status"
@@ -36,8 +38,14 @@ def post(client: FlaskClient, config: Config, path: str, form: dict[str, str]) -
     return answer
 
 
+def fresh(session: Session) -> None:
+    """Forget what the session has seen, to read what the app's connections committed."""
+    session.rollback()
+    session.expire_all()
+
+
 def count(session: Session, model: type) -> int:
-    session.rollback()  # a fresh look at what other connections committed
+    fresh(session)
     return int(session.scalar(select(func.count()).select_from(model)) or 0)
 
 
@@ -54,14 +62,10 @@ def assert_empty_twiml(answer: TestResponse) -> None:
 
 
 def messages(session: Session, direction: str) -> list[Message]:
-    session.rollback()
+    fresh(session)
     return list(
         session.scalars(select(Message).where(Message.direction == direction).order_by(Message.id))
     )
-
-
-def within(moment: datetime, start: datetime, end: datetime) -> bool:
-    return start - timedelta(seconds=1) <= moment <= end + timedelta(seconds=1)
 
 
 # --- inbound: a new conversation --------------------------------------------------------------
@@ -90,7 +94,7 @@ def test_first_message_from_new_number_opens_card_and_queues_acknowledgement(
     )
     visit = session.scalars(select(StageVisit)).one()
     assert visit.card_id == card.id and visit.stage_id == card.stage_id and visit.left_at is None
-    assert within(visit.entered_at, before, after)
+    assert before <= visit.entered_at <= after
     assert visit.deadline_at == visit.entered_at + timedelta(minutes=2)
     assert visit.warning_at == visit.deadline_at - timedelta(minutes=1)
 
@@ -108,6 +112,21 @@ def test_first_message_from_new_number_opens_card_and_queues_acknowledgement(
     assert ack.dedupe_key == f"ack-{form['MessageSid']}"
     assert ack.body == (
         "Hi Maria! Thanks for your message, it has reached us. "
+        "A person from our Support team will answer within 2m 00s."
+    )
+
+
+def test_acknowledgement_without_a_profile_name_greets_plainly(
+    client: FlaskClient, seeded: Config, session: Session
+) -> None:
+    form = inbound_form()
+    del form["ProfileName"]
+    assert post(client, seeded, INBOUND, form).status_code == 200
+
+    assert session.scalars(select(Contact)).one().profile_name is None
+    [ack] = messages(session, "out")
+    assert ack.body == (
+        "Hi! Thanks for your message, it has reached us. "
         "A person from our Support team will answer within 2m 00s."
     )
 
@@ -144,7 +163,6 @@ def test_second_message_joins_the_open_card_without_a_second_acknowledgement(
     assert [m.body for m in inbound] == ["Hello?", "Anyone there?"]
     assert {m.card_id for m in inbound} == {card.id}
     assert len(messages(session, "out")) == 1
-    session.refresh(card)
     assert card.waiting_since == inbound[0].created_at < inbound[1].created_at
 
 
@@ -160,35 +178,72 @@ def test_same_message_sid_delivered_twice_is_stored_once(
     assert count(session, Card) == 1 and count(session, StageVisit) == 1
 
 
-def test_same_message_sid_posted_concurrently_is_stored_once(
-    app: Flask, seeded: Config, session: Session
-) -> None:
-    form = inbound_form()
-    threads = 6
-    start = threading.Barrier(threads)
+def post_all_at_once(app: Flask, config: Config, forms: list[dict[str, str]]) -> list[int]:
+    """Post each form from its own thread and client, all released together."""
+    start = threading.Barrier(len(forms))
     statuses: list[int] = []
     errors: list[BaseException] = []
 
-    def deliver() -> None:
+    def deliver(form: dict[str, str]) -> None:
         client = app.test_client()
         try:
             start.wait(timeout=10)
-            statuses.append(post(client, seeded, INBOUND, form).status_code)
+            statuses.append(post(client, config, INBOUND, form).status_code)
         except BaseException as exc:  # reported below, not lost in the thread
             errors.append(exc)
 
-    workers = [threading.Thread(target=deliver) for _ in range(threads)]
+    workers = [threading.Thread(target=deliver, args=(form,)) for form in forms]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join(timeout=60)
-
     assert errors == []
-    assert statuses == [200] * threads
+    return statuses
+
+
+def test_same_message_sid_posted_concurrently_is_stored_once(
+    app: Flask, seeded: Config, session: Session
+) -> None:
+    form = inbound_form()
+    assert post_all_at_once(app, seeded, [form] * 6) == [200] * 6
+
     assert [m.sid for m in messages(session, "in")] == [form["MessageSid"]]
     assert len(messages(session, "out")) == 1
     assert count(session, Contact) == 1 and count(session, Card) == 1
     assert count(session, StageVisit) == 1
+
+
+def test_messages_sent_at_once_by_a_new_number_share_one_card(
+    app: Flask, seeded: Config, session: Session
+) -> None:
+    forms = [inbound_form(body=f"part {n}") for n in range(5)]
+    assert post_all_at_once(app, seeded, forms) == [200] * 5
+
+    card = session.scalars(select(Card)).one()
+    inbound = messages(session, "in")
+    assert sorted(m.body for m in inbound) == [f"part {n}" for n in range(5)]
+    assert {m.card_id for m in inbound} == {card.id}
+    assert len(messages(session, "out")) == 1
+    assert count(session, Contact) == 1 and count(session, StageVisit) == 1
+
+
+def test_messages_sent_at_once_by_a_returning_customer_open_one_new_card(
+    app: Flask, client: FlaskClient, seeded: Config, session: Session
+) -> None:
+    assert post(client, seeded, INBOUND, inbound_form(body="last week")).status_code == 200
+    old = session.scalars(select(Card)).one()
+    old.status, old.resolved_at, old.waiting_since = "resolved", datetime.now(UTC), None
+    session.commit()
+
+    forms = [inbound_form(body=f"again {n}") for n in range(5)]
+    assert post_all_at_once(app, seeded, forms) == [200] * 5
+
+    fresh(session)
+    new = session.scalars(select(Card).where(Card.status == "open")).one()
+    assert new.id != old.id
+    again = [m for m in messages(session, "in") if m.body.startswith("again")]
+    assert len(again) == 5 and {m.card_id for m in again} == {new.id}
+    assert len(messages(session, "out")) == 2  # one acknowledgement per conversation
 
 
 # --- inbound: refused requests ----------------------------------------------------------------
@@ -266,6 +321,25 @@ def test_sender_that_is_not_a_whatsapp_e164_address_is_refused(
     assert nothing_stored(session)
 
 
+def test_message_sid_that_is_not_a_twilio_sid_is_refused(
+    client: FlaskClient, seeded: Config, session: Session
+) -> None:
+    answer = post(client, seeded, INBOUND, inbound_form(sid="SM-1; DROP TABLE messages"))
+    assert answer.status_code == 400
+    assert "MessageSid is not a Twilio message SID" in answer.get_data(as_text=True)
+    assert nothing_stored(session)
+
+
+def test_media_count_without_its_url_is_refused_naming_the_field(
+    client: FlaskClient, seeded: Config, session: Session
+) -> None:
+    form = {**inbound_form(body=""), "NumMedia": "2", "MediaUrl0": "https://example.com/0"}
+    answer = post(client, seeded, INBOUND, form)
+    assert answer.status_code == 400
+    assert "NumMedia is 2 but MediaUrl1 is missing" in answer.get_data(as_text=True)
+    assert nothing_stored(session)
+
+
 def test_oversize_request_is_refused_and_nothing_stored(
     app: Flask, client: FlaskClient, seeded: Config, session: Session
 ) -> None:
@@ -293,9 +367,7 @@ def test_media_only_message_is_stored_with_its_media(
     assert count(session, Card) == 1
 
 
-def test_emoji_body_is_stored_intact(
-    client: FlaskClient, seeded: Config, session: Session
-) -> None:
+def test_emoji_body_is_stored_intact(client: FlaskClient, seeded: Config, session: Session) -> None:
     body = "Olá 👋🏽 ação — 你好 👨‍👩‍👧"
     assert_empty_twiml(post(client, seeded, INBOUND, inbound_form(body=body, name="Zoë 🌸")))
 
@@ -362,7 +434,9 @@ def test_auth_token_signs_webhooks_when_twilio_credentials_are_set(
     config = seeded.with_(twilio_account_sid="AC" + "1" * 32, twilio_auth_token="tok-12345")
     client = create_app(config).test_client()
     form = inbound_form()
-    simulator_signed = whatsapp.sign(whatsapp.webhook_token(seeded), "http://localhost" + INBOUND, form)
+    simulator_signed = whatsapp.sign(
+        whatsapp.webhook_token(seeded), "http://localhost" + INBOUND, form
+    )
     refused = client.post(INBOUND, data=form, headers={"X-Twilio-Signature": simulator_signed})
     assert refused.status_code == 403
     assert nothing_stored(session)
@@ -388,8 +462,17 @@ def test_redis_down_answers_503_with_retry_after_and_stores_nothing(
     assert nothing_stored(session)
 
 
-def test_database_down_answers_503_with_retry_after(seeded: Config) -> None:
-    config = seeded.with_(database_url=CLOSED_DATABASE)
+@pytest.mark.parametrize("dead", ["postgresql-closed-port", "sqlite-impossible-path"])
+def test_database_down_answers_503_with_retry_after(
+    seeded: Config, dead: str, tmp_path: Path
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")  # a file where the database's folder should be (root-proof)
+    url = {
+        "postgresql-closed-port": CLOSED_DATABASE,
+        "sqlite-impossible-path": f"sqlite:///{blocker}/whatsdesk/whatsdesk.db",
+    }[dead]
+    config = seeded.with_(database_url=url)
     client = create_app(config).test_client()
     answer = post(client, config, INBOUND, inbound_form())
     assert answer.status_code == 503
@@ -412,8 +495,15 @@ def test_no_pipeline_configured_answers_503_and_stores_nothing(
 def outbound(session: Session, status: str = "queued") -> Message:
     now = datetime.now(UTC)
     message = Message(
-        sid="SM" + uuid.uuid4().hex, direction="out", to_address=ADDRESS, from_address="",
-        body="Hi!", status=status, media=[], created_at=now, updated_at=now,
+        sid="SM" + uuid.uuid4().hex,
+        direction="out",
+        to_address=ADDRESS,
+        from_address="",
+        body="Hi!",
+        status=status,
+        media=[],
+        created_at=now,
+        updated_at=now,
     )
     session.add(message)
     session.commit()
@@ -422,14 +512,20 @@ def outbound(session: Session, status: str = "queued") -> Message:
 
 def status_form(sid: str, status: str, **extra: str) -> dict[str, str]:
     return {
-        "MessageSid": sid, "SmsSid": sid, "MessageStatus": status, "SmsStatus": status,
-        "AccountSid": "AC" + "0" * 32, "To": ADDRESS, "From": "whatsapp:+14155238886",
-        "ApiVersion": "2010-04-01", **extra,
+        "MessageSid": sid,
+        "SmsSid": sid,
+        "MessageStatus": status,
+        "SmsStatus": status,
+        "AccountSid": "AC" + "0" * 32,
+        "To": ADDRESS,
+        "From": "whatsapp:+14155238886",
+        "ApiVersion": "2010-04-01",
+        **extra,
     }
 
 
 def stored(session: Session, message_id: int) -> Message:
-    session.rollback()
+    fresh(session)
     found = session.get(Message, message_id)
     assert found is not None
     return found

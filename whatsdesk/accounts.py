@@ -31,8 +31,14 @@ def whatsapp_address(number: str) -> str:
 
 
 def create_user(
-    session: Session, *, name: str, email: str, role: str, password: str,
-    whatsapp: str | None, now: datetime,
+    session: Session,
+    *,
+    name: str,
+    email: str,
+    role: str,
+    password: str,
+    whatsapp: str | None,
+    now: datetime,
 ) -> User:
     """A new staff account; AccountError on anything a person must correct."""
     email = email.strip().lower()
@@ -50,8 +56,13 @@ def create_user(
     if address and session.scalars(select(User).where(User.whatsapp == address)).first():
         raise AccountError(f"another account already uses WhatsApp {address}")
     user = User(
-        name=name.strip(), email=email, role=role, whatsapp=address,
-        password_hash=generate_password_hash(password), active=True, created_at=now,
+        name=name.strip(),
+        email=email,
+        role=role,
+        whatsapp=address,
+        password_hash=generate_password_hash(password),
+        active=True,
+        created_at=now,
     )
     session.add(user)
     session.flush()

@@ -5,7 +5,9 @@ from __future__ import annotations
 from .durations import humanize
 
 
-def acknowledgement(name: str | None, pipeline_name: str, first_response_seconds: int | None) -> str:
+def acknowledgement(
+    name: str | None, pipeline_name: str, first_response_seconds: int | None
+) -> str:
     """The immediate reply to a new conversation, honest about the promised wait."""
     greeting = f"Hi {name}!" if name else "Hi!"
     promise = (

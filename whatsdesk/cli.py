@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 from flask import Flask
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from . import accounts, get_session, pipeline_store, pipelines
 from .config import PROJECT_ROOT
@@ -68,15 +68,22 @@ def pipeline_dump() -> None:
 @click.option("--name", required=True)
 @click.option("--email", required=True)
 @click.option("--role", required=True, type=click.Choice(["agent", "supervisor", "admin"]))
-@click.option("--whatsapp", default=None, help="E.164 number that receives alerts, e.g. +14155550100")
+@click.option(
+    "--whatsapp", default=None, help="E.164 number that receives alerts, e.g. +14155550100"
+)
 @click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True)
 def users_create(name: str, email: str, role: str, whatsapp: str | None, password: str) -> None:
     """Create a staff account."""
     session = get_session()
     try:
         user = accounts.create_user(
-            session, name=name, email=email, role=role, whatsapp=whatsapp,
-            password=password, now=utcnow(),
+            session,
+            name=name,
+            email=email,
+            role=role,
+            whatsapp=whatsapp,
+            password=password,
+            now=utcnow(),
         )
         session.commit()
     except accounts.AccountError as exc:
@@ -86,17 +93,23 @@ def users_create(name: str, email: str, role: str, whatsapp: str | None, passwor
 
 
 @click.command("demo")
+@with_appcontext  # AppGroup commands get this themselves; a plain command does not
 def demo() -> None:
     """Demo staff (if missing) and the default pipeline; prints the logins."""
     session = get_session()
     for name, email, role, phone in DEMO_STAFF:
         if accounts.find_by_email(session, email) is None:
             accounts.create_user(
-                session, name=name, email=email, role=role, whatsapp=phone,
-                password=DEMO_PASSWORD, now=utcnow(),
+                session,
+                name=name,
+                email=email,
+                role=role,
+                whatsapp=phone,
+                password=DEMO_PASSWORD,
+                now=utcnow(),
             )
     session.commit()
     load_file(DEFAULT_PIPELINE_FILE)
-    click.echo("Demo logins (password for all: %s):" % DEMO_PASSWORD)
+    click.echo(f"Demo logins (password for all: {DEMO_PASSWORD}):")
     for name, email, role, phone in DEMO_STAFF:
         click.echo(f"  {role:<10} {email:<28} {name} (WhatsApp {phone})")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -74,7 +74,9 @@ def get_engine(url: str) -> Engine:
 def _make_parent_dir(url: str) -> None:
     database = make_url(url).database
     if database and database != ":memory:":
-        Path(database).parent.mkdir(parents=True, exist_ok=True)
+        # If it cannot be made, connecting fails later: a 503 and /healthz "down", not a crash.
+        with suppress(OSError):
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
 
 
 def session_factory(url: str) -> sessionmaker[Session]:

@@ -68,23 +68,37 @@ def receive_message(session: Session, inbound: Inbound, now: datetime) -> Receiv
     outbound = []
     if card is None:
         card, new_visit = open_card(session, contact, default_pipeline(session), now)
-        ack = bot.acknowledgement(contact.profile_name, card.pipeline.name, card.stage.sla_seconds)
-        outbound.append(
-            queue_outbound(
-                session, to=contact.address, body=ack, card=card, contact=contact,
-                dedupe_key=f"ack-{inbound.sid}", now=now,
-            )
-        )
     if card.waiting_since is None:
         card.waiting_since = now
     message = Message(
-        sid=inbound.sid, direction="in", card=card, contact=contact,
-        from_address=inbound.from_address, to_address=inbound.to_address,
-        body=inbound.body, media=inbound.media, status="received",
-        created_at=now, updated_at=now,
+        sid=inbound.sid,
+        direction="in",
+        card=card,
+        contact=contact,
+        from_address=inbound.from_address,
+        to_address=inbound.to_address,
+        body=inbound.body,
+        media=inbound.media,
+        status="received",
+        created_at=now,
+        updated_at=now,
     )
     session.add(message)
-    session.flush()
+    session.flush()  # before the reply, so the thread reads in order (same created_at)
+    if new_visit is not None:
+        ack = bot.acknowledgement(contact.profile_name, card.pipeline.name, card.stage.sla_seconds)
+        outbound.append(
+            queue_outbound(
+                session,
+                to=contact.address,
+                body=ack,
+                card=card,
+                contact=contact,
+                dedupe_key=f"ack-{inbound.sid}",
+                now=now,
+            )
+        )
+        session.flush()
     return Received(message, card, new_visit=new_visit, outbound=outbound)
 
 
@@ -113,8 +127,11 @@ def enter_stage(session: Session, card: Card, stage: Stage, now: datetime) -> St
     timers = sla.timers_for(now, stage.sla_seconds, stage.warning_seconds)
     card.stage = stage
     new = StageVisit(
-        card=card, stage=stage, entered_at=now,
-        warning_at=timers.warning_at, deadline_at=timers.deadline_at,
+        card=card,
+        stage=stage,
+        entered_at=now,
+        warning_at=timers.warning_at,
+        deadline_at=timers.deadline_at,
     )
     session.add(new)
     session.flush()
@@ -133,15 +150,33 @@ def move_card(session: Session, card_id: int, stage_key: str, now: datetime) -> 
 
 
 def queue_outbound(
-    session: Session, *, to: str, body: str, now: datetime, dedupe_key: str,
-    card: Card | None = None, contact: Contact | None = None, user: User | None = None,
-    sla_event_id: int | None = None, from_address: str = "",
+    session: Session,
+    *,
+    to: str,
+    body: str,
+    now: datetime,
+    dedupe_key: str,
+    card: Card | None = None,
+    contact: Contact | None = None,
+    user: User | None = None,
+    sla_event_id: int | None = None,
+    from_address: str = "",
 ) -> Message:
     """Record a message to send; the send job carries it out and stores Twilio's answer."""
     message = Message(
-        direction="out", to_address=to, from_address=from_address, body=body,
-        card=card, contact=contact, user=user, sla_event_id=sla_event_id,
-        dedupe_key=dedupe_key, status="pending", media=[], created_at=now, updated_at=now,
+        direction="out",
+        to_address=to,
+        from_address=from_address,
+        body=body,
+        card=card,
+        contact=contact,
+        user=user,
+        sla_event_id=sla_event_id,
+        dedupe_key=dedupe_key,
+        status="pending",
+        media=[],
+        created_at=now,
+        updated_at=now,
     )
     session.add(message)
     return message
@@ -149,8 +184,18 @@ def queue_outbound(
 
 # Status callbacks arrive out of order; a status never moves back down this ladder.
 STATUS_RANK = {
-    "pending": 0, "retrying": 0, "sending": 1, "accepted": 2, "scheduled": 2, "queued": 3,
-    "sent": 4, "failed": 5, "undelivered": 5, "canceled": 5, "delivered": 6, "read": 7,
+    "pending": 0,
+    "retrying": 0,
+    "sending": 1,
+    "accepted": 2,
+    "scheduled": 2,
+    "queued": 3,
+    "sent": 4,
+    "failed": 5,
+    "undelivered": 5,
+    "canceled": 5,
+    "delivered": 6,
+    "read": 7,
 }
 
 
@@ -199,8 +244,10 @@ def _queue_row(session: Session, card: Card, now: datetime) -> QueueRow:
     visit = current_visit(session, card)
     timers = sla.Timers(visit.warning_at, visit.deadline_at) if visit else sla.Timers(None, None)
     last = session.scalars(
-        select(Message).where(Message.card_id == card.id, Message.direction == "in")
-        .order_by(Message.created_at.desc(), Message.id.desc()).limit(1)
+        select(Message)
+        .where(Message.card_id == card.id, Message.direction == "in")
+        .order_by(Message.created_at.desc(), Message.id.desc())
+        .limit(1)
     ).first()
     waited = (now - card.waiting_since).total_seconds() if card.waiting_since else None
     return QueueRow(card, waited, sla.state_at(now, timers), sla.seconds_left(now, timers), last)

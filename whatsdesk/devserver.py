@@ -23,11 +23,27 @@ def main() -> int:
     redis_url = redis.start() if redis else config.redis_url
     env = {**os.environ, "REDIS_URL": redis_url}
     commands = {
-        "worker": [str(BIN / "rq"), "worker", "--with-scheduler", "--url", redis_url,
-                   config.queue_name],
+        "worker": [
+            str(BIN / "rq"),
+            "worker",
+            "--with-scheduler",
+            "--url",
+            redis_url,
+            config.queue_name,
+        ],
         "sweep": [str(BIN / "rq"), "cron", "whatsdesk.cron", "--url", redis_url],
-        "web": [str(BIN / "gunicorn"), "app:app", "--bind", f"127.0.0.1:{port}",
-                "--workers", "2", "--threads", "4", "--access-logfile", "-"],
+        "web": [
+            str(BIN / "gunicorn"),
+            "app:app",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            "2",
+            "--threads",
+            "4",
+            "--access-logfile",
+            "-",
+        ],
     }
     children = {
         name: subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env) for name, cmd in commands.items()

@@ -40,8 +40,14 @@ def fire(session: Session, visit_id: int, kind: str, now: datetime) -> list[Mess
     text = alert_text(visit, kind, now)
     messages = [
         queue_outbound(
-            session, to=str(user.whatsapp), body=text, user=user, card=visit.card,
-            sla_event_id=event.id, dedupe_key=f"sla-{event.id}-user-{user.id}", now=now,
+            session,
+            to=str(user.whatsapp),
+            body=text,
+            user=user,
+            card=visit.card,
+            sla_event_id=event.id,
+            dedupe_key=f"sla-{event.id}-user-{user.id}",
+            now=now,
         )
         for user in recipients(session, visit, kind)
     ]
@@ -79,6 +85,5 @@ def alert_text(visit: StageVisit, kind: str, now: datetime) -> str:
         )
     sla_len = humanize(visit.stage.sla_seconds or 0)
     return (
-        f"🚨 SLA breached — {who} has waited {waited} in {where} "
-        f"(SLA {sla_len}). Card #{card.id}."
+        f"🚨 SLA breached — {who} has waited {waited} in {where} (SLA {sla_len}). Card #{card.id}."
     )

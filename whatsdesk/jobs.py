@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 EARLY_WAIT_LIMIT = 3.0
 # Outbound messages still pending this long after being queued have lost their job.
 STALE_SEND_SECONDS = 30
+# A send still "sending" this long was interrupted (killed worker, lost connection).
+INTERRUPTED_SEND_SECONDS = 300
 
 
 def _config() -> Config:
@@ -41,8 +43,9 @@ def fire_sla_event(visit_id: int, kind: str) -> str:
         return "no such timer"
     early = (instant - utcnow()).total_seconds()
     if early > EARLY_WAIT_LIMIT:
-        _alarms(config).schedule_timer(visit_id, kind, instant)
-        return "rescheduled"
+        # A stale schedule (the instant moved later). Re-arming it from inside the job would
+        # be undone when the worker marks this job finished; the sweep re-arms it instead.
+        return "not due yet"
     if early > 0:
         time.sleep(early)
     return "fired" if fire_and_send(config, visit_id, kind, utcnow()) else "nothing to do"
@@ -116,7 +119,7 @@ def sweep() -> dict[str, int]:
 def reconcile(config: Config, now: datetime) -> dict[str, int]:
     """Make Redis agree with the database, which is the source of truth."""
     alarms = _alarms(config)
-    counts = {"fired": 0, "rearmed": 0, "resent": 0}
+    counts = {"fired": 0, "rearmed": 0, "resent": 0, "interrupted": 0}
     for visit_id, timers, recorded in _open_timers(config):
         for kind in sla.EVENT_KINDS:
             instant = timers.instant(kind)
@@ -131,6 +134,7 @@ def reconcile(config: Config, now: datetime) -> dict[str, int]:
         if not alarms.is_live(send_job_id(message_id)):
             alarms.enqueue_send(message_id)
             counts["resent"] += 1
+    counts["interrupted"] = _fail_interrupted_sends(config, alarms, now)
     if any(counts.values()):
         log.info("sweep: %s", counts)
     return counts
@@ -145,9 +149,9 @@ def _open_timers(config: Config) -> list[tuple[int, sla.Timers, set[str]]]:
         ).all()
         recorded: dict[int, set[str]] = {}
         for visit_id, kind in session.execute(
-            select(SlaEvent.visit_id, SlaEvent.kind).join(StageVisit).where(
-                StageVisit.left_at.is_(None)
-            )
+            select(SlaEvent.visit_id, SlaEvent.kind)
+            .join(StageVisit)
+            .where(StageVisit.left_at.is_(None))
         ):
             recorded.setdefault(visit_id, set()).add(kind)
         return [
@@ -155,6 +159,26 @@ def _open_timers(config: Config) -> list[tuple[int, sla.Timers, set[str]]]:
             for v in visits
             if len(recorded.get(v.id, ())) < len(sla.EVENT_KINDS)
         ]
+
+
+def _fail_interrupted_sends(config: Config, alarms: Alarms, now: datetime) -> int:
+    """Sends cut off mid-call: Twilio may or may not have the message, so rather than risk a
+    duplicate they are marked failed, where supervisors see them."""
+    cutoff = now - timedelta(seconds=INTERRUPTED_SEND_SECONDS)
+    with session_scope(config.database_url) as session:
+        stuck = session.scalars(
+            select(Message).where(
+                Message.direction == "out",
+                Message.status == "sending",
+                Message.updated_at <= cutoff,
+            )
+        ).all()
+        interrupted = [m for m in stuck if not alarms.is_live(send_job_id(m.id))]
+        for message in interrupted:
+            message.status = "failed"
+            message.error_message = "interrupted while sending; not retried to avoid a duplicate"
+            message.updated_at = now
+        return len(interrupted)
 
 
 def _stale_sends(config: Config, now: datetime) -> list[int]:

@@ -86,7 +86,6 @@ class Pipeline(Base):
     )
 
 
-
 class StageAlertRecipient(Base):
     """Who is warned about an unowned card in a stage."""
 
@@ -95,7 +94,9 @@ class StageAlertRecipient(Base):
     stage_id: Mapped[int] = mapped_column(
         ForeignKey("stages.id", ondelete="CASCADE"), primary_key=True
     )
-    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), primary_key=True)
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
 
 
 class Stage(Base):

@@ -59,7 +59,12 @@ def _removal_problems(session: Session, pipeline: Pipeline, spec: PipelineSpec) 
 
 
 def _has_history(session: Session, stage: Stage) -> bool:
-    return session.scalars(select(StageVisit.id).where(StageVisit.stage_id == stage.id).limit(1)).first() is not None
+    return (
+        session.scalars(
+            select(StageVisit.id).where(StageVisit.stage_id == stage.id).limit(1)
+        ).first()
+        is not None
+    )
 
 
 def _upsert(session: Session, spec: PipelineSpec, users: dict[str, User]) -> Pipeline:
@@ -91,10 +96,14 @@ def dump(session: Session) -> list[PipelineSpec]:
     """Every pipeline as it stands, ready for pipelines.dump."""
     return [
         PipelineSpec(
-            key=p.key, name=p.name, default=p.is_default,
+            key=p.key,
+            name=p.name,
+            default=p.is_default,
             stages=[
                 StageSpec(
-                    key=s.key, name=s.name, sla_seconds=s.sla_seconds,
+                    key=s.key,
+                    name=s.name,
+                    sla_seconds=s.sla_seconds,
                     warning_seconds=s.warning_seconds,
                     alert=sorted(u.email for u in s.alert_users),  # a set: stable order
                 )

@@ -85,7 +85,11 @@ class _Reader:
         for key_node, value_node in node.value:
             key = str(key_node.value)
             if key not in allowed:
-                self.fail(key_node, f"{path}.{key}", f"unknown field (known: {', '.join(sorted(allowed))})")
+                self.fail(
+                    key_node,
+                    f"{path}.{key}",
+                    f"unknown field (known: {', '.join(sorted(allowed))})",
+                )
             elif key in fields:
                 self.fail(key_node, f"{path}.{key}", "given twice")
             else:
@@ -100,8 +104,14 @@ class _Reader:
             return []
         return list(node.value)
 
-    def text(self, fields: dict[str, yaml.Node], name: str, path: str, parent: yaml.Node,
-             pattern: re.Pattern[str] | None = None) -> str:
+    def text(
+        self,
+        fields: dict[str, yaml.Node],
+        name: str,
+        path: str,
+        parent: yaml.Node,
+        pattern: re.Pattern[str] | None = None,
+    ) -> str:
         node = fields.get(name)
         if node is None:
             self.fail(parent, f"{path}.{name}", "is required")
@@ -111,14 +121,18 @@ class _Reader:
             return ""
         value = str(node.value).strip()
         if pattern is not None and not pattern.match(value):
-            self.fail(node, f"{path}.{name}", f"{value!r} must be lowercase letters, digits, - or _")
+            self.fail(
+                node, f"{path}.{name}", f"{value!r} must be lowercase letters, digits, - or _"
+            )
         return value
 
     def duration(self, fields: dict[str, yaml.Node], name: str, path: str) -> int | None:
         node = fields.get(name)
         if node is None or (isinstance(node, yaml.ScalarNode) and node.value in ("", "null", "~")):
             return None
-        value: Any = yaml.safe_load(yaml.serialize(node)) if isinstance(node, yaml.ScalarNode) else None
+        value: Any = (
+            yaml.safe_load(yaml.serialize(node)) if isinstance(node, yaml.ScalarNode) else None
+        )
         try:
             return parse_duration(value)
         except ValueError as exc:
@@ -143,7 +157,8 @@ def parse(source: str) -> list[PipelineSpec]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"line {mark.line + 1}: " if mark is not None else ""
-        problem = getattr(exc, "problem", None) or str(exc)
+        said = [getattr(exc, "context", None), getattr(exc, "problem", None)]
+        problem = ", ".join(part for part in said if part) or str(exc)
         raise PipelineFileError([f"{where}file: not valid YAML: {problem}"]) from exc
     reader = _Reader()
     if root is None:

@@ -44,9 +44,18 @@ class PrivateRedis:
         save = ["--save", "60 1", "--appendonly", "yes"] if self.persist else ["--save", ""]
         self.process = subprocess.Popen(
             [
-                redis_server_binary(), "--port", "0", "--unixsocket", str(self.socket),
-                "--unixsocketperm", "700", "--dir", str(self.folder),
-                "--logfile", str(self.folder / "redis.log"), *save,
+                redis_server_binary(),
+                "--port",
+                "0",
+                "--unixsocket",
+                str(self.socket),
+                "--unixsocketperm",
+                "700",
+                "--dir",
+                str(self.folder),
+                "--logfile",
+                str(self.folder / "redis.log"),
+                *save,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -64,7 +73,7 @@ class PrivateRedis:
             except (RedisError, OSError):
                 time.sleep(0.05)
         self.stop()
-        raise RuntimeError("redis-server did not answer within %.0f s" % timeout)
+        raise RuntimeError(f"redis-server did not answer within {timeout:.0f} s")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

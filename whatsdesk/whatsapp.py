@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import requests
-from twilio.base.exceptions import TwilioRestException
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
@@ -169,16 +169,18 @@ class TwilioSender:
         try:
             message = self.client.messages.create(**params)
         except TwilioRestException as exc:
-            raise _classify(exc) from exc
+            raise _classify(exc.status, exc.code, exc.msg) from exc
+        except TwilioServiceException as exc:  # the API's newer RFC 9457 error format
+            raise _classify(exc.status, exc.code, exc.detail or exc.title) from exc
         except requests.RequestException as exc:
             raise TransientSendError(f"Twilio unreachable: {type(exc).__name__}") from exc
         return Sent(sid=str(message.sid), status=str(message.status or "queued"))
 
 
-def _classify(exc: TwilioRestException) -> Exception:
-    if exc.status == 429 or exc.status >= 500 or exc.code in TRANSIENT_CODES:
-        return TransientSendError(f"Twilio answered {exc.status} (code {exc.code})")
-    return PermanentSendError(str(exc.code or exc.status), exc.msg or "refused by Twilio")
+def _classify(status: int, code: int | None, text: str | None) -> Exception:
+    if status == 429 or status >= 500 or code in TRANSIENT_CODES:
+        return TransientSendError(f"Twilio answered {status} (code {code})")
+    return PermanentSendError(str(code or status), text or "refused by Twilio")
 
 
 def sender_for(config: Config) -> Sender:

@@ -24,7 +24,9 @@ def _wants_text() -> bool:
 
 def http_error(exc: HTTPException) -> Response | tuple[str, int]:
     if _wants_text():
-        return Response(f"{exc.code} {exc.name}: {exc.description}\n", exc.code, mimetype="text/plain")
+        return Response(
+            f"{exc.code} {exc.name}: {exc.description}\n", exc.code, mimetype="text/plain"
+        )
     return render_template("error.html", error=exc), exc.code or 500
 
 
@@ -33,7 +35,9 @@ def unavailable(what: str):  # type: ignore[no-untyped-def]
         log.warning("%s unavailable: %s", what, type(exc).__name__)
         return Response(
             f"503 Service Unavailable: the {what} does not answer; try again shortly.\n",
-            503, mimetype="text/plain", headers={"Retry-After": "5"},
+            503,
+            mimetype="text/plain",
+            headers={"Retry-After": "5"},
         )
 
     return handler

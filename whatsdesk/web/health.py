@@ -13,8 +13,10 @@ bp = Blueprint("health", __name__)
 
 @bp.get("/healthz")
 def healthz() -> ResponseReturnValue:
-    checks = {"database": _check(lambda: get_session().execute(text("SELECT 1"))),
-              "redis": _check(lambda: current_alarms().ping())}
+    checks = {
+        "database": _check(lambda: get_session().execute(text("SELECT 1"))),
+        "redis": _check(lambda: current_alarms().ping()),
+    }
     healthy = all(v == "ok" for v in checks.values())
     return jsonify(status="ok" if healthy else "unavailable", **checks), 200 if healthy else 503
 

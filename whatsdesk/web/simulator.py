@@ -72,8 +72,12 @@ def phones() -> ResponseReturnValue:
         address = f"whatsapp:{phone}"
         customer = _thread(session, address)
     staff = [
-        {"name": u.name, "role": u.role, "whatsapp": u.whatsapp,
-         "messages": _thread(session, str(u.whatsapp))}
+        {
+            "name": u.name,
+            "role": u.role,
+            "whatsapp": u.whatsapp,
+            "messages": _thread(session, str(u.whatsapp)),
+        }
         for u in session.scalars(
             select(User).where(User.whatsapp.is_not(None)).order_by(User.role.desc(), User.id)
         )
@@ -89,7 +93,11 @@ def _thread(session, address: str) -> list[dict[str, str]]:  # type: ignore[no-u
         .limit(50)
     ).all()
     return [
-        {"direction": m.direction, "body": m.body, "status": m.status,
-         "at": m.created_at.isoformat()}
+        {
+            "direction": m.direction,
+            "body": m.body,
+            "status": m.status,
+            "at": m.created_at.isoformat(),
+        }
         for m in reversed(messages)
     ]

@@ -1,0 +1,67 @@
+"""GET /healthz: what a load balancer or an operator sees."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from whatsdesk import create_app
+from whatsdesk.config import Config
+
+CLOSED_REDIS = "redis://127.0.0.1:1/0"
+CLOSED_DATABASE = "postgresql+psycopg://postgres@127.0.0.1:1/none"
+
+
+@pytest.fixture(params=["postgresql-closed-port", "sqlite-impossible-path"])
+def dead_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A database URL nothing answers at: a closed port, or a file no one can create."""
+    if request.param == "postgresql-closed-port":
+        return CLOSED_DATABASE
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")  # a file where the database's folder should be (root-proof)
+    return f"sqlite:///{blocker}/whatsdesk/whatsdesk.db"
+
+
+def test_healthy_when_database_and_redis_answer(client: FlaskClient) -> None:
+    answer = client.get("/healthz")
+    assert answer.status_code == 200
+    assert answer.get_json() == {"status": "ok", "database": "ok", "redis": "ok"}
+
+
+def test_unavailable_when_redis_does_not_answer(config: Config) -> None:
+    client = create_app(config.with_(redis_url=CLOSED_REDIS)).test_client()
+    answer = client.get("/healthz")
+    assert answer.status_code == 503
+    assert answer.get_json() == {
+        "status": "unavailable",
+        "database": "ok",
+        "redis": "down (ConnectionError)",
+    }
+
+
+def test_unavailable_when_the_database_does_not_answer(config: Config, dead_database: str) -> None:
+    client = create_app(config.with_(database_url=dead_database)).test_client()
+    answer = client.get("/healthz")
+    assert answer.status_code == 503
+    assert answer.get_json() == {
+        "status": "unavailable",
+        "database": "down (OperationalError)",
+        "redis": "ok",
+    }
+
+
+def test_unavailable_when_neither_answers(config: Config) -> None:
+    broken = config.with_(redis_url=CLOSED_REDIS, database_url=CLOSED_DATABASE)
+    answer = create_app(broken).test_client().get("/healthz")
+    assert answer.status_code == 503
+    data = answer.get_json()
+    assert data["status"] == "unavailable"
+    assert data["database"].startswith("down") and data["redis"].startswith("down")
+
+
+def test_health_needs_no_login(client: FlaskClient) -> None:
+    answer = client.get("/healthz", follow_redirects=False)
+    assert answer.status_code == 200
+    assert answer.mimetype == "application/json"

@@ -1,0 +1,507 @@
+"""SLA events and sends as the worker runs them: real database, real Redis, jobs in-process."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from conftest import RUN_ID, STAFF, inbound_form, seed, signed_post
+from flask.testing import FlaskClient
+from redis import Redis
+from rq import Queue, SimpleWorker
+from rq.job import Job, JobStatus
+from rq.registry import ScheduledJobRegistry
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from twilio_server import TwilioServer
+
+from whatsdesk import desk, escalation, jobs, sla, whatsapp
+from whatsdesk.alarms import MAX_SEND_ATTEMPTS, Alarms
+from whatsdesk.config import Config
+from whatsdesk.db import session_factory, utcnow
+from whatsdesk.models import Message, SlaEvent, StageVisit, User
+
+# The seeded first stage "New": SLA 2 min, warning 1 min before; alerts go to Ana and Bruno.
+T0 = datetime(2025, 3, 4, 9, 0, tzinfo=UTC)
+WARNING_AT = T0 + timedelta(minutes=1)
+BREACH_AT = T0 + timedelta(minutes=2)
+CUSTOMER = "+5511999990000"
+ADDRESS = {email.split("@")[0]: f"whatsapp:{phone}" for _, email, _, phone in STAFF}
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def open_card(session: Session, at: datetime = T0, name: str = "Maria") -> desk.Received:
+    """A customer's first message opens a card in the first stage; committed."""
+    inbound = whatsapp.parse_inbound(inbound_form(phone=CUSTOMER, name=name))
+    received = desk.receive_message(session, inbound, at)
+    session.commit()
+    assert received.new_visit is not None
+    return received
+
+
+def sla_events(config: Config) -> list[SlaEvent]:
+    with session_factory(config.database_url)() as s:
+        return list(s.scalars(select(SlaEvent).order_by(SlaEvent.id)))
+
+
+def alerts(config: Config) -> list[Message]:
+    """Outbound messages that belong to an SLA event."""
+    with session_factory(config.database_url)() as s:
+        return list(
+            s.scalars(select(Message).where(Message.sla_event_id.is_not(None)).order_by(Message.id))
+        )
+
+
+def message(config: Config, message_id: int) -> Message:
+    with session_factory(config.database_url)() as s:
+        found = s.get(Message, message_id)
+        assert found is not None
+        return found
+
+
+def queue_of(config: Config, redis: Redis) -> Queue:
+    return Queue(config.queue_name, connection=redis)
+
+
+def queued_ids(config: Config, redis: Redis) -> list[str]:
+    return queue_of(config, redis).job_ids
+
+
+def scheduled(config: Config, redis: Redis) -> dict[str, datetime]:
+    """Job id → the instant RQ's scheduler will enqueue it."""
+    registry = ScheduledJobRegistry(queue=queue_of(config, redis))
+    return {job_id: registry.get_scheduled_time(job_id) for job_id in registry.get_job_ids()}
+
+
+def whole_second(instant: datetime) -> datetime:
+    """RQ keeps scheduled times in whole seconds."""
+    return instant.replace(microsecond=0)
+
+
+def lose_redis_data(redis: Redis) -> None:
+    """Redis restarted without persistence; keep this run's claim on the database number."""
+    redis.flushdb()
+    redis.set("whatsdesk-test-run", RUN_ID, ex=3600)
+
+
+def send_jobs_for(messages: list[Message]) -> set[str]:
+    return {f"send-{m.id}" for m in messages}
+
+
+# --- who is told what ---------------------------------------------------------------------------
+
+
+def test_warning_goes_to_each_member_of_the_stage_alert_list(
+    seeded: Config, session: Session
+) -> None:
+    visit = open_card(session).new_visit
+    assert visit is not None
+
+    escalation.fire(session, visit.id, "warning", WARNING_AT)
+    session.commit()
+
+    [event] = sla_events(seeded)
+    assert (event.visit_id, event.kind) == (visit.id, "warning")
+    assert event.due_at == WARNING_AT and event.fired_at == WARNING_AT
+    sent = alerts(seeded)
+    assert sorted(m.to_address for m in sent) == sorted([ADDRESS["ana"], ADDRESS["bruno"]])
+    for m in sent:
+        assert (m.direction, m.status, m.sla_event_id) == ("out", "pending", event.id)
+        assert "SLA warning" in m.body
+        assert f"Maria ({CUSTOMER})" in m.body
+        assert "Support › New" in m.body
+        assert "waited 1m 00s" in m.body
+        assert "deadline is in 1m 00s" in m.body
+
+
+def test_warning_goes_only_to_the_card_owner_when_there_is_one(
+    seeded: Config, session: Session
+) -> None:
+    received = open_card(session)
+    assert received.card is not None and received.new_visit is not None
+    bruno = session.scalars(select(User).where(User.email == "bruno@example.com")).one()
+    received.card.owner = bruno
+    session.commit()
+
+    escalation.fire(session, received.new_visit.id, "warning", WARNING_AT)
+    session.commit()
+
+    [event] = sla_events(seeded)
+    [alert] = alerts(seeded)
+    assert alert.to_address == ADDRESS["bruno"]
+    assert alert.user_id == bruno.id and alert.sla_event_id == event.id
+    assert "Maria" in alert.body
+
+
+def test_breach_goes_to_every_supervisor_naming_customer_stage_and_wait(
+    seeded: Config, session: Session, redis: Redis
+) -> None:
+    visit = open_card(session).new_visit
+    assert visit is not None
+
+    assert jobs.fire_and_send(seeded, visit.id, "breach", BREACH_AT + timedelta(seconds=5))
+
+    [event] = sla_events(seeded)
+    assert (event.kind, event.due_at) == ("breach", BREACH_AT)
+    sent = alerts(seeded)
+    assert sorted(m.to_address for m in sent) == sorted([ADDRESS["sofia"], ADDRESS["otto"]])
+    for m in sent:
+        assert "SLA breached" in m.body
+        assert f"Maria ({CUSTOMER})" in m.body
+        assert "Support › New" in m.body
+        assert "waited 2m 05s" in m.body
+    assert set(queued_ids(seeded, redis)) == send_jobs_for(sent)
+
+
+# --- once, and only when due --------------------------------------------------------------------
+
+
+def test_firing_the_same_event_twice_records_and_queues_it_once(
+    seeded: Config, session: Session
+) -> None:
+    visit = open_card(session).new_visit
+    assert visit is not None
+
+    first = escalation.fire(session, visit.id, "warning", WARNING_AT)
+    session.commit()
+    again = escalation.fire(session, visit.id, "warning", WARNING_AT + timedelta(seconds=3))
+    session.commit()
+
+    assert first is not None and len(first) == 2
+    assert again is None
+    assert len(sla_events(seeded)) == 1
+    assert len(alerts(seeded)) == 2
+
+
+def test_fire_and_send_twice_records_sends_and_enqueues_once(
+    seeded: Config, session: Session, redis: Redis
+) -> None:
+    visit = open_card(session).new_visit
+    assert visit is not None
+
+    assert jobs.fire_and_send(seeded, visit.id, "breach", BREACH_AT) is True
+    assert jobs.fire_and_send(seeded, visit.id, "breach", BREACH_AT) is False
+
+    assert len(sla_events(seeded)) == 1
+    sent = alerts(seeded)
+    assert len(sent) == 2
+    assert sorted(queued_ids(seeded, redis)) == sorted(send_jobs_for(sent))
+
+
+def test_firing_before_the_instant_does_nothing(
+    seeded: Config, session: Session, redis: Redis
+) -> None:
+    visit = open_card(session).new_visit
+    assert visit is not None
+
+    just_before = WARNING_AT - timedelta(microseconds=1)
+    assert jobs.fire_and_send(seeded, visit.id, "warning", just_before) is False
+    assert jobs.fire_and_send(seeded, visit.id, "breach", BREACH_AT - timedelta(seconds=1)) is False
+
+    assert sla_events(seeded) == []
+    assert alerts(seeded) == []
+    assert queued_ids(seeded, redis) == []
+
+
+def test_timers_of_a_stage_the_card_has_left_do_nothing(
+    seeded: Config, session: Session, redis: Redis
+) -> None:
+    received = open_card(session)
+    assert received.card is not None and received.new_visit is not None
+    old_visit_id = received.new_visit.id
+    desk.move_card(session, received.card.id, "open", T0 + timedelta(seconds=30))
+    session.commit()
+
+    assert jobs.fire_and_send(seeded, old_visit_id, "warning", WARNING_AT) is False
+    assert jobs.fire_and_send(seeded, old_visit_id, "breach", BREACH_AT) is False
+
+    assert sla_events(seeded) == []
+    assert alerts(seeded) == []
+    assert queued_ids(seeded, redis) == []
+
+
+def test_two_workers_firing_at_once_record_one_event_and_one_set_of_alerts(
+    seeded: Config, session: Session, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    visit = open_card(session).new_visit
+    assert visit is not None
+    # Both workers have seen "not recorded yet" before either writes: the worst interleaving.
+    both_checked = threading.Barrier(2)
+    real_recorded_kinds = escalation.recorded_kinds
+
+    def recorded_kinds_then_wait(s: Session, visit_id: int) -> set[str]:
+        kinds = real_recorded_kinds(s, visit_id)
+        both_checked.wait(timeout=10)
+        return kinds
+
+    monkeypatch.setattr(escalation, "recorded_kinds", recorded_kinds_then_wait)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [
+            pool.submit(jobs.fire_and_send, seeded, visit.id, "warning", WARNING_AT)
+            for _ in range(2)
+        ]
+        results = sorted(f.result(timeout=30) for f in futures)
+
+    assert results == [False, True]
+    [event] = sla_events(seeded)
+    assert event.kind == "warning"
+    sent = alerts(seeded)
+    assert sorted(m.to_address for m in sent) == sorted([ADDRESS["ana"], ADDRESS["bruno"]])
+    assert {m.sla_event_id for m in sent} == {event.id}
+    assert sorted(queued_ids(seeded, redis)) == sorted(send_jobs_for(sent))
+
+
+# --- the timer job ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def short_sla(env: Config) -> Config:
+    """The first stage with an SLA of 2 s and a warning at 1 s; jobs read the environment."""
+    seed(env.database_url, sla="2s", warning="1s")
+    return env
+
+
+def test_timer_job_woken_a_little_early_waits_for_the_instant_then_fires(
+    short_sla: Config, session: Session, redis: Redis
+) -> None:
+    visit = open_card(session, at=utcnow()).new_visit
+    assert visit is not None and visit.warning_at is not None
+    assert visit.warning_at > utcnow()  # about one second early, as RQ's scheduler can be
+
+    assert jobs.fire_sla_event(visit.id, "warning") == "fired"
+
+    [event] = sla_events(short_sla)
+    assert event.kind == "warning" and event.due_at == visit.warning_at
+    assert event.due_at <= event.fired_at < event.due_at + timedelta(seconds=1)
+    sent = alerts(short_sla)
+    assert sorted(m.to_address for m in sent) == sorted([ADDRESS["ana"], ADDRESS["bruno"]])
+    assert sorted(queued_ids(short_sla, redis)) == sorted(send_jobs_for(sent))
+
+
+def test_timer_job_woken_far_too_early_does_nothing_and_the_sweep_rearms_it(
+    env: Config, seeded: Config, session: Session, redis: Redis
+) -> None:
+    visit = open_card(session, at=utcnow()).new_visit  # breach two minutes from now
+    assert visit is not None and visit.deadline_at is not None
+
+    assert jobs.fire_sla_event(visit.id, "breach") == "not due yet"
+    assert sla_events(env) == []
+    assert alerts(env) == []
+
+    jobs.reconcile(env, utcnow())
+    assert scheduled(env, redis)[f"sla-{visit.id}-breach"] == whole_second(visit.deadline_at)
+
+
+def test_opening_a_card_by_webhook_schedules_its_timers(
+    seeded: Config, client: FlaskClient, redis: Redis
+) -> None:
+    answer = signed_post(client, seeded, "/twilio/whatsapp", inbound_form(phone=CUSTOMER))
+    assert answer.status_code == 200
+
+    with session_factory(seeded.database_url)() as s:
+        visit = s.scalars(select(StageVisit)).one()
+    assert visit.warning_at is not None and visit.deadline_at is not None
+    assert visit.deadline_at - visit.entered_at == timedelta(minutes=2)
+    assert scheduled(seeded, redis) == {
+        f"sla-{visit.id}-warning": whole_second(visit.warning_at),
+        f"sla-{visit.id}-breach": whole_second(visit.deadline_at),
+    }
+    job = Job.fetch(f"sla-{visit.id}-breach", connection=redis)
+    assert (job.func_name, job.args) == ("whatsdesk.jobs.fire_sla_event", (visit.id, "breach"))
+
+
+# --- reconciling after Redis lost its data ------------------------------------------------------
+
+
+def test_reconcile_rearms_future_timers_redis_lost(
+    seeded: Config, session: Session, redis: Redis
+) -> None:
+    visit = open_card(session).new_visit
+    assert visit is not None
+    Alarms(seeded.redis_url, seeded.queue_name).schedule_timers(
+        visit.id, sla.Timers(visit.warning_at, visit.deadline_at)
+    )
+    lose_redis_data(redis)
+    assert scheduled(seeded, redis) == {}
+
+    counts = jobs.reconcile(seeded, T0 + timedelta(seconds=10))
+
+    assert counts["rearmed"] == 2 and counts["fired"] == 0
+    assert scheduled(seeded, redis) == {
+        f"sla-{visit.id}-warning": WARNING_AT,
+        f"sla-{visit.id}-breach": BREACH_AT,
+    }
+    assert jobs.reconcile(seeded, T0 + timedelta(seconds=11))["rearmed"] == 0
+    assert sla_events(seeded) == []
+
+
+def test_reconcile_fires_overdue_timers_exactly_once(
+    seeded: Config, session: Session, redis: Redis
+) -> None:
+    visit = open_card(session).new_visit
+    assert visit is not None
+    lose_redis_data(redis)
+
+    first = jobs.reconcile(seeded, WARNING_AT + timedelta(seconds=30))
+    second = jobs.reconcile(seeded, WARNING_AT + timedelta(seconds=40))
+
+    assert (first["fired"], second["fired"]) == (1, 0)
+    [event] = sla_events(seeded)
+    assert (event.kind, event.due_at) == ("warning", WARNING_AT)
+    assert event.fired_at == WARNING_AT + timedelta(seconds=30)
+    sent = alerts(seeded)
+    assert sorted(m.to_address for m in sent) == sorted([ADDRESS["ana"], ADDRESS["bruno"]])
+    assert send_jobs_for(sent) <= set(queued_ids(seeded, redis))
+    # The breach, still to come, is back on the clock.
+    assert scheduled(seeded, redis) == {f"sla-{visit.id}-breach": BREACH_AT}
+
+
+def test_reconcile_reenqueues_pending_sends_whose_job_is_gone(
+    seeded: Config, session: Session, redis: Redis
+) -> None:
+    ack = open_card(session).outbound[0]  # pending since T0, its send job never reached Redis
+    assert message(seeded, ack.id).status == "pending"
+
+    too_soon = jobs.reconcile(seeded, T0 + timedelta(seconds=29))
+    assert too_soon["resent"] == 0
+    assert f"send-{ack.id}" not in queued_ids(seeded, redis)
+
+    stale = jobs.reconcile(seeded, T0 + timedelta(seconds=31))
+    assert stale["resent"] == 1
+    assert queued_ids(seeded, redis).count(f"send-{ack.id}") == 1
+
+    again = jobs.reconcile(seeded, T0 + timedelta(seconds=45))
+    assert again["resent"] == 0  # its job is waiting in the queue
+    assert queued_ids(seeded, redis).count(f"send-{ack.id}") == 1
+
+
+# --- sending ------------------------------------------------------------------------------------
+
+
+def test_simulator_send_stores_a_sid_and_delivered_once(env: Config, session: Session) -> None:
+    seed(env.database_url)
+    ack = open_card(session).outbound[0]
+
+    assert jobs.send_message(ack.id) == "sent"
+    sent = message(env, ack.id)
+    assert sent.sid is not None and len(sent.sid) == 34 and sent.sid.startswith("SM")
+    assert (sent.status, sent.attempts) == ("delivered", 1)
+
+    assert jobs.send_message(ack.id) == "already handled"
+    again = message(env, ack.id)
+    assert (again.sid, again.status, again.attempts) == (sent.sid, "delivered", 1)
+
+
+@pytest.fixture
+def twilio(env: Config, monkeypatch: pytest.MonkeyPatch) -> Iterator[TwilioServer]:
+    """A local Twilio the send job talks to (the environment names it)."""
+    seed(env.database_url)
+    with TwilioServer() as server:
+        for name, value in server.environ().items():
+            monkeypatch.setenv(name, value)
+        yield server
+
+
+def test_twilio_send_stores_twilios_sid_and_status(
+    twilio: TwilioServer, env: Config, session: Session
+) -> None:
+    ack = open_card(session).outbound[0]
+
+    assert jobs.send_message(ack.id) == "sent"
+
+    [form] = twilio.messages
+    assert form["To"] == f"whatsapp:{CUSTOMER}"
+    assert form["From"] == "whatsapp:+14155238886"
+    assert form["Body"] == ack.body and "Maria" in form["Body"]
+    sent = message(env, ack.id)
+    assert (sent.sid, sent.status, sent.attempts) == (twilio.sids[0], "queued", 1)
+    assert jobs.send_message(ack.id) == "already handled"
+    assert len(twilio.requests) == 1
+
+
+@pytest.mark.parametrize(("status", "code"), [(429, 20429), (500, 20500)])
+def test_twilio_busy_marks_the_message_retrying_and_raises_for_rq(
+    twilio: TwilioServer, env: Config, session: Session, status: int, code: int
+) -> None:
+    ack = open_card(session).outbound[0]
+    twilio.fail_next(status, code)
+
+    with pytest.raises(whatsapp.TransientSendError, match=str(status)):
+        jobs.send_message(ack.id)
+
+    retrying = message(env, ack.id)
+    assert (retrying.status, retrying.attempts, retrying.sid) == ("retrying", 1, None)
+    assert twilio.messages == [] and len(twilio.requests) == 1
+    # The next attempt goes through.
+    assert jobs.send_message(ack.id) == "sent"
+    assert message(env, ack.id).sid == twilio.sids[0]
+
+
+def test_rq_schedules_a_retry_of_a_send_twilio_was_too_busy_for(
+    twilio: TwilioServer, env: Config, session: Session, redis: Redis
+) -> None:
+    ack = open_card(session).outbound[0]
+    twilio.fail_next(429, 20429)
+    alarms = Alarms(env.redis_url, env.queue_name)
+    alarms.enqueue_send(ack.id)
+
+    SimpleWorker([alarms.queue], connection=redis).work(burst=True)
+
+    job = Job.fetch(f"send-{ack.id}", connection=redis)
+    assert job.get_status() == JobStatus.SCHEDULED
+    assert job.retries_left == MAX_SEND_ATTEMPTS - 2
+    assert f"send-{ack.id}" in scheduled(env, redis)
+    assert message(env, ack.id).status == "retrying"
+
+
+def test_twilio_busy_on_every_attempt_fails_the_message_after_the_last(
+    twilio: TwilioServer, env: Config, session: Session
+) -> None:
+    ack = open_card(session).outbound[0]
+    twilio.fail_next(429, 20429, times=MAX_SEND_ATTEMPTS)
+
+    for _ in range(MAX_SEND_ATTEMPTS - 1):
+        with pytest.raises(whatsapp.TransientSendError):
+            jobs.send_message(ack.id)
+        assert message(env, ack.id).status == "retrying"
+    assert jobs.send_message(ack.id) == "failed"  # no exception: RQ has no retry left
+
+    failed = message(env, ack.id)
+    assert (failed.status, failed.attempts) == ("failed", MAX_SEND_ATTEMPTS)
+    assert jobs.send_message(ack.id) == "already handled"
+    assert len(twilio.requests) == MAX_SEND_ATTEMPTS and twilio.messages == []
+
+
+def test_twilio_refusal_fails_the_message_without_retry(
+    twilio: TwilioServer, env: Config, session: Session
+) -> None:
+    ack = open_card(session).outbound[0]
+    twilio.fail_next(400, 63016, message="Outside the allowed window")
+
+    assert jobs.send_message(ack.id) == "failed"
+
+    failed = message(env, ack.id)
+    assert (failed.status, failed.error_code, failed.sid) == ("failed", "63016", None)
+    assert "Outside the allowed window" in (failed.error_message or "")
+    assert jobs.send_message(ack.id) == "already handled"
+    assert len(twilio.requests) == 1
+
+
+def test_wrong_twilio_credentials_fail_the_message(
+    twilio: TwilioServer, env: Config, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ack = open_card(session).outbound[0]
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", "not-the-token")
+
+    assert jobs.send_message(ack.id) == "failed"
+
+    failed = message(env, ack.id)
+    assert (failed.status, failed.error_code) == ("failed", "20003")
+    assert twilio.requests == [] and twilio.messages == []

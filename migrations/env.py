@@ -4,7 +4,7 @@ from alembic import context
 
 from whatsdesk import models  # noqa: F401  (registers the tables)
 from whatsdesk.config import Config
-from whatsdesk.db import Base, get_engine
+from whatsdesk.db import Base, UTCDateTime, get_engine
 
 target_metadata = Base.metadata
 
@@ -14,12 +14,20 @@ def database_url() -> str:
     return context.config.attributes.get("database_url") or Config.from_env().database_url
 
 
+def render_item(type_: str, obj: object, _autogen_context: object) -> str | bool:
+    """Migrations name plain SQLAlchemy types, so they never import application code."""
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
 def run_migrations_offline() -> None:
     context.configure(
         url=database_url(),
         target_metadata=target_metadata,
         literal_binds=True,
         render_as_batch=True,
+        render_item=render_item,
         compare_type=True,
     )
     with context.begin_transaction():
@@ -32,6 +40,7 @@ def run_migrations_online() -> None:
             connection=connection,
             target_metadata=target_metadata,
             render_as_batch=True,
+            render_item=render_item,
             compare_type=True,
         )
         with context.begin_transaction():

@@ -237,7 +237,10 @@ def inbound_form(
 
 
 def signed_post(
-    client: FlaskClient, config: Config, path: str, form: dict[str, str],
+    client: FlaskClient,
+    config: Config,
+    path: str,
+    form: dict[str, str],
     base: str = "http://localhost",
 ) -> object:
     signature = whatsapp.sign(whatsapp.webhook_token(config), base + path, form)

@@ -20,9 +20,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
-from whatsdesk import create_app, whatsapp
+from whatsdesk import create_app, desk, whatsapp
 from whatsdesk.config import Config
-from whatsdesk.models import Card, Contact, Message, StageVisit
+from whatsdesk.db import utcnow
+from whatsdesk.models import Card, Contact, EarlyStatus, Message, StageVisit
 
 INBOUND = "/twilio/whatsapp"
 STATUS = "/twilio/status"
@@ -597,3 +598,23 @@ def test_status_with_bad_signature_is_refused(
     answer = client.post(STATUS, data=form, headers={"X-Twilio-Signature": forged})
     assert answer.status_code == 403
     assert stored(session, message.id).status == "queued"
+
+
+def test_status_that_beats_the_send_job_to_the_sid_is_applied_when_it_lands(
+    client: FlaskClient, config: Config, session: Session
+) -> None:
+    """Twilio can call back (e.g. a fast 63016 failure) before the send job stores the sid."""
+    sid = "SM" + uuid.uuid4().hex
+    answer = post(client, config, STATUS, status_form(sid, "failed", ErrorCode="63016"))
+    assert answer.status_code == 200
+    pending = desk.queue_outbound(
+        session, to="whatsapp:+5511999990000", body="Hi", now=utcnow(), dedupe_key="early-test"
+    )
+    session.flush()
+
+    desk.record_sent(session, pending, sid, "queued", utcnow())
+    session.commit()
+
+    row = stored(session, pending.id)
+    assert (row.sid, row.status, row.error_code) == (sid, "failed", "63016")
+    assert count(session, EarlyStatus) == 0

@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, joinedload
 
 from . import bot, sla
-from .models import Card, Contact, Message, Pipeline, Stage, StageVisit, User
+from .models import Card, Contact, EarlyStatus, Message, Pipeline, Stage, StageVisit, User
 from .whatsapp import Inbound
 
 
@@ -202,10 +202,34 @@ STATUS_RANK = {
 def apply_status(
     session: Session, sid: str, status: str, error_code: str | None, now: datetime
 ) -> bool:
-    """Take a delivery status for an outbound message; False when it changes nothing."""
-    message = session.scalars(select(Message).where(Message.sid == sid)).one_or_none()
-    if message is None or status not in STATUS_RANK:
+    """Take a delivery status for an outbound message; False when it changes nothing.
+
+    A callback for a sid not stored yet (Twilio answered the send job, which has not saved
+    the sid) is kept, and the send job applies it when it does.
+    """
+    if status not in STATUS_RANK:
         return False
+    message = session.scalars(select(Message).where(Message.sid == sid)).one_or_none()
+    if message is None:
+        session.add(EarlyStatus(sid=sid, status=status, error_code=error_code, received_at=now))
+        return False
+    return _raise_status(message, status, error_code, now)
+
+
+def record_sent(session: Session, message: Message, sid: str, status: str, now: datetime) -> None:
+    """Store Twilio's answer to a send, then any status callback that arrived before it."""
+    message.sid, message.status, message.updated_at = sid, status, now
+    message.error_message = None
+    session.flush()
+    early = session.scalars(
+        select(EarlyStatus).where(EarlyStatus.sid == sid).order_by(EarlyStatus.id)
+    ).all()
+    for callback in early:
+        _raise_status(message, callback.status, callback.error_code, now)
+        session.delete(callback)
+
+
+def _raise_status(message: Message, status: str, error_code: str | None, now: datetime) -> bool:
     if STATUS_RANK[status] <= STATUS_RANK.get(message.status, 0):
         return False
     message.status = status

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from . import escalation, sla
+from . import desk, escalation, sla
 from .alarms import MAX_SEND_ATTEMPTS, Alarms, send_job_id, timer_job_id
 from .config import Config
 from .db import session_scope, utcnow
@@ -96,8 +96,7 @@ def send_message(message_id: int) -> str:
     with session_scope(config.database_url) as session:
         message = session.get(Message, message_id)
         assert message is not None
-        message.sid, message.status, message.updated_at = sent.sid, sent.status, utcnow()
-        message.error_message = None
+        desk.record_sent(session, message, sent.sid, sent.status, utcnow())
     return "sent"
 
 

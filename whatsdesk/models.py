@@ -203,3 +203,15 @@ class Message(Base):
     card: Mapped[Card | None] = relationship()
     contact: Mapped[Contact | None] = relationship()
     user: Mapped[User | None] = relationship()
+
+
+class EarlyStatus(Base):
+    """A status callback that beat the send job to storing the message's sid."""
+
+    __tablename__ = "early_statuses"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sid: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16))
+    error_code: Mapped[str | None] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)

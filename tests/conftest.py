@@ -52,7 +52,7 @@ def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pass
     # A unix socket path must stay short, so not under pytest's deep tmp folders.
     folder = Path("/tmp") / f"wd-redis-{RUN_ID}"
-    private = PrivateRedis(folder, persist=False)
+    private = PrivateRedis(folder / "redis.sock", persist=False)
     yield private.start()
     private.stop()
     shutil.rmtree(folder, ignore_errors=True)

@@ -4,9 +4,12 @@ acknowledgement, warning and breach arriving at a Twilio-compatible server."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,7 +20,7 @@ from redis import Redis
 from sqlalchemy import select
 from twilio_server import TwilioServer
 
-from whatsdesk import create_app, jobs
+from whatsdesk import create_app, jobs, procfile, whatsapp
 from whatsdesk.config import PROJECT_ROOT, Config
 from whatsdesk.db import session_factory, utcnow
 from whatsdesk.models import Message, SlaEvent
@@ -29,19 +32,35 @@ AGENTS = {"whatsapp:+15550000001", "whatsapp:+15550000002"}  # the stage's alert
 SUPERVISORS = {"whatsapp:+15550000003", "whatsapp:+15550000004"}
 
 
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @contextmanager
-def processes(config: Config, twilio: TwilioServer, *commands: list[str]) -> Iterator[None]:
-    """Run the desk's own processes (as the Procfile does) against the test databases."""
+def processes(config: Config, twilio: TwilioServer, *names: str) -> Iterator[str]:
+    """Run the Procfile's processes against the test databases; yields the web base URL."""
+    port = free_port()
     env = {
         **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "DATABASE_URL": config.database_url,
         "REDIS_URL": config.redis_url,
         "SECRET_KEY": config.secret_key,
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "WEB_CONCURRENCY": "1",
         **twilio.environ(),
     }
-    running = [subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env) for cmd in commands]
+    running = [
+        subprocess.Popen(procfile.command(name, env), cwd=PROJECT_ROOT, env=env) for name in names
+    ]
+    base = f"http://127.0.0.1:{port}"
     try:
-        yield
+        if "web" in names:
+            assert eventually(lambda: answers(base + "/healthz"), timeout=30), "web did not start"
+        yield base
     finally:
         for proc in running:
             proc.terminate()
@@ -49,19 +68,24 @@ def processes(config: Config, twilio: TwilioServer, *commands: list[str]) -> Ite
             proc.wait(timeout=30)
 
 
-def worker(config: Config) -> list[str]:
-    return [
-        str(BIN / "rq"),
-        "worker",
-        "--with-scheduler",
-        "--url",
-        config.redis_url,
-        config.queue_name,
-    ]
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
 
 
-def sweep(config: Config) -> list[str]:
-    return [str(BIN / "rq"), "cron", "whatsdesk.cron", "--url", config.redis_url]
+def post_signed(base: str, token: str, form: dict[str, str]) -> int:
+    """POST to the running web process exactly as Twilio does: form-encoded and signed."""
+    url = base + "/twilio/whatsapp"
+    request = urllib.request.Request(
+        url,
+        data=urllib.parse.urlencode(form).encode(),
+        headers={"X-Twilio-Signature": whatsapp.sign(token, url, form)},
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        return int(answer.status)
 
 
 def twilio_config(config: Config, twilio: TwilioServer) -> Config:
@@ -99,18 +123,15 @@ def events(config: Config) -> list[SlaEvent]:
 
 def test_a_message_is_acknowledged_warned_and_escalated_on_time(config: Config) -> None:
     seed(config.database_url, sla="6s", warning="3s")
-    with TwilioServer() as twilio, processes(config, twilio, worker(config)):
-        app = create_app(twilio_config(config, twilio))
-        answer = signed_post(
-            app.test_client(),
-            app.extensions["whatsdesk.config"],
-            "/twilio/whatsapp",
-            inbound_form(phone="+5511987654321", name="Maria Silva", body="My order is late"),
-        )
-        assert answer.status_code == 200
+    with (
+        TwilioServer() as twilio,
+        processes(config, twilio, "web", "worker", "sweep") as web,
+    ):
+        form = inbound_form(phone="+5511987654321", name="Maria Silva", body="My order is late")
+        assert post_signed(web, twilio.auth_token, form) == 200
 
         ack = twilio.wait_for(to(CUSTOMER), timeout=15)
-        assert "within 6s" in next(m["Body"] for m in ack if m["To"] == CUSTOMER)
+        assert "within 6 seconds" in next(m["Body"] for m in ack if m["To"] == CUSTOMER)
         twilio.wait_for(to(AGENTS), timeout=20)
         sent = twilio.wait_for(to(SUPERVISORS), timeout=20)
 
@@ -142,7 +163,7 @@ def test_a_redis_that_lost_its_data_loses_no_deadline(config: Config, redis: Red
         )
         assert answer.status_code == 200
         redis.flushdb()  # a restart without persistence: timers and the ack's send job gone
-        with processes(config, twilio, worker(config), sweep(config)):
+        with processes(config, twilio, "worker", "sweep"):
             sent = twilio.wait_for(to({CUSTOMER, *AGENTS, *SUPERVISORS}), timeout=40)
         assert sorted(m["To"] for m in sent) == sorted([CUSTOMER, *AGENTS, *SUPERVISORS])
         assert [e.kind for e in events(config)] == ["warning", "breach"]

@@ -75,15 +75,30 @@ def test_due_kinds_are_the_instants_that_have_come_in_order() -> None:
     timers = two_minute_timers()
     assert sla.due_kinds(ENTERED + 60 * SECOND - MICRO, timers, []) == []
     assert sla.due_kinds(ENTERED + 60 * SECOND, timers, []) == [sla.WARNING]
-    assert sla.due_kinds(ENTERED + 120 * SECOND, timers, []) == [sla.WARNING, sla.BREACH]
+    assert sla.due_kinds(ENTERED + 120 * SECOND - MICRO, timers, []) == [sla.WARNING]
+
+
+def test_a_warning_not_sent_by_the_deadline_is_superseded_by_the_breach() -> None:
+    timers = two_minute_timers()
+    assert sla.due_kinds(ENTERED + 120 * SECOND, timers, []) == [sla.BREACH]
+    assert sla.is_superseded(ENTERED + 120 * SECOND, timers, sla.WARNING)
+    assert not sla.is_superseded(ENTERED + 120 * SECOND, timers, sla.BREACH)
 
 
 def test_due_kinds_skips_recorded_kinds() -> None:
     timers = two_minute_timers()
     late = ENTERED + timedelta(hours=1)
     assert sla.due_kinds(late, timers, [sla.WARNING]) == [sla.BREACH]
-    assert sla.due_kinds(late, timers, {sla.BREACH}) == [sla.WARNING]
-    assert sla.due_kinds(late, timers, (sla.BREACH, sla.WARNING)) == []
+    assert sla.due_kinds(late, timers, {sla.BREACH}) == []
+    assert sla.due_kinds(ENTERED + 90 * SECOND, timers, {sla.WARNING}) == []
+
+
+def test_upcoming_kinds_are_the_unrecorded_instants_still_ahead() -> None:
+    timers = two_minute_timers()
+    assert sla.upcoming_kinds(ENTERED, timers, []) == [sla.WARNING, sla.BREACH]
+    assert sla.upcoming_kinds(ENTERED + 60 * SECOND, timers, []) == [sla.BREACH]
+    assert sla.upcoming_kinds(ENTERED, timers, [sla.BREACH]) == [sla.WARNING]
+    assert sla.upcoming_kinds(ENTERED + 120 * SECOND, timers, []) == []
 
 
 def test_seconds_left_counts_down_and_goes_negative_after_the_deadline() -> None:

@@ -10,9 +10,9 @@ from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
 from .models import ROLES, User
+from .whatsapp import E164_RE
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 MIN_PASSWORD_LENGTH = 8
 # Spent on unknown emails too, so timing does not tell which accounts exist.
 _DUMMY_HASH = generate_password_hash("whatsdesk-timing-equaliser")

@@ -7,15 +7,13 @@ from functools import lru_cache
 
 from redis import Redis
 from rq import Queue, Retry
-from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 
-from .sla import Timers
+from .sla import EVENT_KINDS, Timers
 
 # Backoff for sends Twilio could not take (429, 5xx, time-outs): 2 s … 2 min.
 SEND_RETRY_INTERVALS = [2, 5, 15, 45, 120]
 MAX_SEND_ATTEMPTS = len(SEND_RETRY_INTERVALS) + 1
-LIVE_STATUSES = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.STARTED, JobStatus.DEFERRED}
 
 
 @lru_cache(maxsize=8)
@@ -44,7 +42,7 @@ class Alarms:
 
     def schedule_timers(self, visit_id: int, timers: Timers) -> None:
         """A job at each instant; the same id again moves the job instead of adding one."""
-        for kind in ("warning", "breach"):
+        for kind in EVENT_KINDS:
             instant = timers.instant(kind)
             if instant is not None:
                 self.schedule_timer(visit_id, kind, instant)
@@ -68,10 +66,8 @@ class Alarms:
             result_ttl=3600,
         )
 
-    def is_live(self, job_id: str) -> bool:
-        """Is a job with this id waiting or running in Redis?"""
-        try:
-            job = Job.fetch(job_id, connection=self.redis)
-        except NoSuchJobError:
-            return False
-        return job.get_status(refresh=False) in LIVE_STATUSES
+    def live_job_ids(self) -> set[str]:
+        """Ids of the jobs waiting (scheduled or queued) or running, read in three calls."""
+        scheduled = ScheduledJobRegistry(queue=self.queue).get_job_ids()
+        running = StartedJobRegistry(queue=self.queue).get_job_ids()
+        return {*scheduled, *self.queue.get_job_ids(), *running}

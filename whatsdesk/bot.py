@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .durations import humanize
+from .durations import spoken
 
 
 def acknowledgement(
@@ -12,7 +12,7 @@ def acknowledgement(
     greeting = f"Hi {name}!" if name else "Hi!"
     promise = (
         f" A person from our {pipeline_name} team will answer within "
-        f"{humanize(first_response_seconds)}."
+        f"{spoken(first_response_seconds)}."
         if first_response_seconds
         else f" A person from our {pipeline_name} team will answer as soon as possible."
     )

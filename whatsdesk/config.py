@@ -33,6 +33,7 @@ class Config:
     public_url: str = ""
     queue_name: str = "whatsdesk"
     production: bool = False
+    port: int = 5000
     max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH
 
     @classmethod
@@ -52,6 +53,7 @@ class Config:
             twilio_api_url=(env.get("TWILIO_API_URL", "").strip() or DEFAULT_TWILIO_API_URL),
             public_url=env.get("PUBLIC_URL", "").strip().rstrip("/"),
             production=env.get("WHATSDESK_ENV", "").strip().lower() == "production",
+            port=_port(env.get("PORT", "")),
         )
 
     @property
@@ -65,7 +67,23 @@ class Config:
 
     def check(self) -> None:
         """Refuse settings that must never run."""
-        if self.production and self.secret_key == DEFAULT_SECRET_KEY:
-            raise RuntimeError("SECRET_KEY must be set when WHATSDESK_ENV=production")
         if self.twilio_account_sid and not self.twilio_auth_token:
             raise RuntimeError("TWILIO_AUTH_TOKEN is required with TWILIO_ACCOUNT_SID")
+        if self.secret_key == DEFAULT_SECRET_KEY and (self.production or not self.simulator):
+            # Anyone could forge a session cookie signed with a key printed in the source.
+            raise RuntimeError(
+                "SECRET_KEY must be set (a long random string) in production and whenever "
+                "Twilio credentials are set"
+            )
+        if self.production and self.simulator:
+            raise RuntimeError(
+                "WHATSDESK_ENV=production needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN: "
+                "the simulator is for trying the desk, not for running it"
+            )
+
+
+def _port(raw: str) -> int:
+    raw = raw.strip() or "5000"
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise RuntimeError(f"PORT must be a TCP port number, not {raw!r}")
+    return int(raw)

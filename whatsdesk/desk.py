@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
 
 from . import bot, sla
@@ -229,6 +229,23 @@ def record_sent(session: Session, message: Message, sid: str, status: str, now: 
         session.delete(callback)
 
 
+def settle_early_statuses(session: Session, now: datetime, keep_hours: int = 24) -> int:
+    """Apply kept callbacks whose message now has its sid (the race record_sent can miss);
+    forget those older than `keep_hours` that never found their message."""
+    settled = 0
+    for callback, message in session.execute(
+        select(EarlyStatus, Message).join(Message, Message.sid == EarlyStatus.sid)
+    ).all():
+        _raise_status(message, callback.status, callback.error_code, now)
+        session.delete(callback)
+        settled += 1
+    for stale in session.scalars(
+        select(EarlyStatus).where(EarlyStatus.received_at < now - timedelta(hours=keep_hours))
+    ):
+        session.delete(stale)
+    return settled
+
+
 def _raise_status(message: Message, status: str, error_code: str | None, now: datetime) -> bool:
     if STATUS_RANK[status] <= STATUS_RANK.get(message.status, 0):
         return False
@@ -249,7 +266,12 @@ class QueueRow:
 
 def waiting_queue(session: Session, now: datetime, limit: int = 200) -> list[QueueRow]:
     """Open cards, the customer waiting longest first (ix_cards_queue), then the answered."""
-    options = (joinedload(Card.contact), joinedload(Card.stage), joinedload(Card.owner))
+    options = (
+        joinedload(Card.contact),
+        joinedload(Card.pipeline),
+        joinedload(Card.stage),
+        joinedload(Card.owner),
+    )
     open_cards = select(Card).where(Card.status == "open").options(*options)
     waiting = session.scalars(
         open_cards.where(Card.waiting_since.is_not(None))
@@ -261,17 +283,28 @@ def waiting_queue(session: Session, now: datetime, limit: int = 200) -> list[Que
         .order_by(Card.opened_at, Card.id)
         .limit(max(0, limit - len(waiting)))
     ).all()
-    return [_queue_row(session, card, now) for card in [*waiting, *answered]]
+    cards = [*waiting, *answered]
+    ids = [card.id for card in cards]
+    visits = {
+        v.card_id: v
+        for v in session.scalars(
+            select(StageVisit).where(StageVisit.card_id.in_(ids), StageVisit.left_at.is_(None))
+        )
+    }
+    latest_inbound = (
+        select(func.max(Message.id))
+        .where(Message.card_id.in_(ids), Message.direction == "in")
+        .group_by(Message.card_id)
+    )
+    last = {
+        m.card_id: m for m in session.scalars(select(Message).where(Message.id.in_(latest_inbound)))
+    }
+    return [_queue_row(card, visits.get(card.id), last.get(card.id), now) for card in cards]
 
 
-def _queue_row(session: Session, card: Card, now: datetime) -> QueueRow:
-    visit = current_visit(session, card)
-    timers = sla.Timers(visit.warning_at, visit.deadline_at) if visit else sla.Timers(None, None)
-    last = session.scalars(
-        select(Message)
-        .where(Message.card_id == card.id, Message.direction == "in")
-        .order_by(Message.created_at.desc(), Message.id.desc())
-        .limit(1)
-    ).first()
+def _queue_row(
+    card: Card, visit: StageVisit | None, last: Message | None, now: datetime
+) -> QueueRow:
+    timers = visit.timers if visit else sla.Timers(None, None)
     waited = (now - card.waiting_since).total_seconds() if card.waiting_since else None
     return QueueRow(card, waited, sla.state_at(now, timers), sla.seconds_left(now, timers), last)

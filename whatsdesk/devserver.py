@@ -1,59 +1,61 @@
-"""`make run`: Redis (private unless REDIS_URL is set), an RQ worker with the scheduler,
-the reconciling sweep (rq cron) and the web server; Ctrl-C stops all of it."""
+"""`make run`: Redis (private unless REDIS_URL is set) and the Procfile's worker, sweep and
+web processes, on this machine only; Ctrl-C stops all of it."""
 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from .config import INSTANCE_DIR, PROJECT_ROOT, Config
+from . import procfile
+from .config import INSTANCE_DIR, PRIVATE_REDIS_SOCKET, PROJECT_ROOT, Config
 from .redis_server import PrivateRedis
 
 BIN = Path(sys.executable).parent
+PROCESSES = ("worker", "sweep", "web")
+SECRET_KEY_FILE = INSTANCE_DIR / "secret_key"
+
+
+def local_secret_key() -> str:
+    """A random key kept in instance/, so sessions survive restarts of `make run`."""
+    if not SECRET_KEY_FILE.exists():
+        SECRET_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
+        SECRET_KEY_FILE.write_text(secrets.token_urlsafe(48), encoding="utf-8")
+        SECRET_KEY_FILE.chmod(0o600)
+    return SECRET_KEY_FILE.read_text(encoding="utf-8").strip()
 
 
 def main() -> int:
     config = Config.from_env()
-    port = os.environ.get("PORT", "5000")
-    redis = PrivateRedis(INSTANCE_DIR / "redis") if config.redis_url_is_private else None
+    redis = PrivateRedis(PRIVATE_REDIS_SOCKET) if config.redis_url_is_private else None
     redis_url = redis.start() if redis else config.redis_url
-    env = {**os.environ, "REDIS_URL": redis_url}
-    commands = {
-        "worker": [
-            str(BIN / "rq"),
-            "worker",
-            "--with-scheduler",
-            "--url",
-            redis_url,
-            config.queue_name,
-        ],
-        "sweep": [str(BIN / "rq"), "cron", "whatsdesk.cron", "--url", redis_url],
-        "web": [
-            str(BIN / "gunicorn"),
-            "app:app",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "2",
-            "--threads",
-            "4",
-            "--access-logfile",
-            "-",
-        ],
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "REDIS_URL": redis_url,
+        "HOST": "127.0.0.1",
+        "PORT": str(config.port),
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or local_secret_key(),
     }
+    # Own sessions: Ctrl-C reaches only us, and each child gets exactly one SIGTERM (a
+    # second signal would make RQ kill a running job).
     children = {
-        name: subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env) for name, cmd in commands.items()
+        name: subprocess.Popen(
+            procfile.command(name, env), cwd=PROJECT_ROOT, env=env, start_new_session=True
+        )
+        for name in PROCESSES
     }
+    base = f"http://127.0.0.1:{config.port}"
     mode = "simulator mode (no Twilio credentials)" if config.simulator else "Twilio mode"
     print(
         f"\nwhatsdesk is running in {mode}.\n"
-        f"  Queue:      http://127.0.0.1:{port}/queue\n"
-        f"  Simulator:  http://127.0.0.1:{port}/simulator\n"
-        f"  Health:     http://127.0.0.1:{port}/healthz\n"
+        f"  Queue:      {base}/queue\n"
+        + (f"  Simulator:  {base}/simulator\n" if config.simulator else "")
+        + f"  Health:     {base}/healthz\n"
         f"  Redis:      {redis_url}{' (private)' if redis else ''}\n"
         "Press Ctrl-C to stop everything.\n",
         flush=True,
@@ -82,7 +84,7 @@ def _watch(children: dict[str, subprocess.Popen[bytes]]) -> int:
                     return child.returncode or 1
             time.sleep(0.5)
     except KeyboardInterrupt:
-        print("\nStopping…")
+        print("\nStopping…", flush=True)
         return 0
 
 
@@ -92,7 +94,7 @@ def _stop(children: dict[str, subprocess.Popen[bytes]]) -> None:
             child.send_signal(signal.SIGTERM)
     for child in children.values():
         try:
-            child.wait(timeout=15)
+            child.wait(timeout=30)
         except subprocess.TimeoutExpired:
             child.kill()
 

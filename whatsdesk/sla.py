@@ -72,10 +72,30 @@ def is_due(now: datetime, timers: Timers, kind: str) -> bool:
     return instant is not None and now >= instant
 
 
+def is_superseded(now: datetime, timers: Timers, kind: str) -> bool:
+    """A warning whose deadline has passed would only arrive beside the breach: skip it."""
+    return kind == WARNING and timers.deadline_at is not None and now >= timers.deadline_at
+
+
 def due_kinds(now: datetime, timers: Timers, recorded: Iterable[str]) -> list[str]:
-    """Events whose instant has come and that nobody has recorded yet, in order."""
+    """Events to fire now: their instant has come, nobody recorded them, none superseded."""
     done = set(recorded)
-    return [kind for kind in EVENT_KINDS if kind not in done and is_due(now, timers, kind)]
+    return [
+        kind
+        for kind in EVENT_KINDS
+        if kind not in done and is_due(now, timers, kind) and not is_superseded(now, timers, kind)
+    ]
+
+
+def upcoming_kinds(now: datetime, timers: Timers, recorded: Iterable[str]) -> list[str]:
+    """Events still ahead: an instant in the future, nothing recorded."""
+    _require_aware(now)
+    done = set(recorded)
+    return [
+        kind
+        for kind in EVENT_KINDS
+        if kind not in done and (instant := timers.instant(kind)) is not None and instant > now
+    ]
 
 
 def seconds_left(now: datetime, timers: Timers) -> float | None:

@@ -21,7 +21,11 @@ from .config import DEFAULT_TWILIO_API_URL, Config
 REQUEST_TIMEOUT_SECONDS = 10
 # Twilio's rate-limit codes: too many requests, and WhatsApp's per-sender throttle.
 TRANSIENT_CODES = {20429, 63018}
-ADDRESS_RE = re.compile(r"^whatsapp:\+[1-9]\d{6,14}$")
+E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
+ADDRESS_RE = re.compile(r"^whatsapp:" + E164_RE.pattern.removeprefix("^"))
+# TwiML for "no reply": the desk answers through the REST API, from its jobs.
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response />'
+
 SID_RE = re.compile(r"^[A-Za-z0-9]{10,64}$")
 
 
@@ -123,13 +127,13 @@ class Sent:
 
 
 class Sender(Protocol):
-    def send(self, to: str, body: str) -> Sent: ...
+    def send(self, to: str, body: str, sender: str) -> Sent: ...
 
 
 class SimulatorSender:
     """Simulator mode: the message is 'delivered' to the local outbox (the messages table)."""
 
-    def send(self, to: str, body: str) -> Sent:
+    def send(self, to: str, body: str, sender: str) -> Sent:
         return Sent(sid="SM" + uuid.uuid4().hex, status="delivered")
 
 
@@ -162,8 +166,8 @@ class TwilioSender:
             )
         return self._client
 
-    def send(self, to: str, body: str) -> Sent:
-        params: dict[str, Any] = {"to": to, "from_": self.config.twilio_whatsapp_from, "body": body}
+    def send(self, to: str, body: str, sender: str) -> Sent:
+        params: dict[str, Any] = {"to": to, "from_": sender, "body": body}
         if self.config.public_url:
             params["status_callback"] = f"{self.config.public_url}/twilio/status"
         try:
@@ -172,6 +176,11 @@ class TwilioSender:
             raise _classify(exc.status, exc.code, exc.msg) from exc
         except TwilioServiceException as exc:  # the API's newer RFC 9457 error format
             raise _classify(exc.status, exc.code, exc.detail or exc.title) from exc
+        except requests.ReadTimeout as exc:
+            # The request reached Twilio, which may have accepted it: a retry could send twice.
+            raise PermanentSendError(
+                "timeout", "Twilio did not answer in time; not retried in case it was sent"
+            ) from exc
         except requests.RequestException as exc:
             raise TransientSendError(f"Twilio unreachable: {type(exc).__name__}") from exc
         return Sent(sid=str(message.sid), status=str(message.status or "queued"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 
 from flask import Blueprint, abort, current_app, jsonify, render_template, request, url_for
@@ -12,10 +11,10 @@ from sqlalchemy import or_, select
 
 from .. import current_config, get_session, whatsapp
 from ..models import Message, User
+from .webhooks import public_url_for
 
 bp = Blueprint("simulator", __name__, url_prefix="/simulator")
 SIM_ACCOUNT_SID = "AC" + "0" * 32
-PHONE_RE = re.compile(r"^\+[1-9]\d{6,14}$")
 
 
 @bp.before_request
@@ -36,7 +35,7 @@ def send() -> ResponseReturnValue:
     """Post a customer's message to the webhook, signed exactly as Twilio signs it."""
     phone = request.form.get("phone", "").strip()
     body = request.form.get("body", "")
-    if not PHONE_RE.match(phone):
+    if not whatsapp.E164_RE.match(phone):
         return jsonify(error="phone must be in E.164 form, e.g. +5511999990000"), 400
     if not body.strip():
         return jsonify(error="write a message first"), 400
@@ -52,12 +51,13 @@ def send() -> ResponseReturnValue:
         "MessageType": "text",
         "ApiVersion": "2010-04-01",
     }
-    base = current_config().public_url or request.host_url.rstrip("/")
     path = url_for("webhooks.inbound")
-    signature = whatsapp.sign(whatsapp.webhook_token(current_config()), base + path, form)
-    answer = current_app.test_client().post(
-        path, data=form, base_url=request.host_url, headers={"X-Twilio-Signature": signature}
-    )
+    signature = whatsapp.sign(whatsapp.webhook_token(current_config()), public_url_for(path), form)
+    # A fresh app context: the webhook gets its own database session and no logged-in user.
+    with current_app.app_context():
+        answer = current_app.test_client().post(
+            path, data=form, base_url=request.host_url, headers={"X-Twilio-Signature": signature}
+        )
     return jsonify(status=answer.status_code, sid=form["MessageSid"]), answer.status_code
 
 
@@ -68,7 +68,7 @@ def phones() -> ResponseReturnValue:
     phone = request.args.get("phone", "").strip()
     session = get_session()
     customer = []
-    if PHONE_RE.match(phone):
+    if whatsapp.E164_RE.match(phone):
         address = f"whatsapp:{phone}"
         customer = _thread(session, address)
     staff = [

@@ -7,19 +7,28 @@ import logging
 from flask import Blueprint, Response, abort, request
 from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
-from twilio.twiml.messaging_response import MessagingResponse
 
-from .. import current_alarms, current_config, desk, get_session, sla, whatsapp
+from .. import current_alarms, current_config, desk, get_session, whatsapp
 from ..db import utcnow
 
 bp = Blueprint("webhooks", __name__, url_prefix="/twilio")
 log = logging.getLogger(__name__)
 
 
+def public_url_for(path: str) -> str:
+    """The URL Twilio uses for `path` (an app path such as /twilio/whatsapp).
+
+    PUBLIC_URL, when set, is the whole base Twilio calls, mount prefix included.
+    """
+    public = current_config().public_url
+    if public:
+        return public + path
+    return request.host_url.rstrip("/") + request.script_root + path
+
+
 def signed_url() -> str:
-    """The URL Twilio called: PUBLIC_URL behind a proxy, and the raw (undecoded) query."""
-    base = current_config().public_url or request.host_url.rstrip("/")
-    url = base + request.script_root + request.path
+    """The URL Twilio called, with the raw (undecoded) query string it signed."""
+    url = public_url_for(request.path)
     query = request.query_string.decode("latin-1")
     return f"{url}?{query}" if query else url
 
@@ -29,10 +38,6 @@ def require_signature() -> None:
     signature = request.headers.get("X-Twilio-Signature", "")
     if not whatsapp.signature_valid(token, signed_url(), request.form, signature):
         abort(403, "invalid or missing X-Twilio-Signature")
-
-
-def twiml(response: MessagingResponse | None = None) -> Response:
-    return Response(str(response or MessagingResponse()), mimetype="text/xml")
 
 
 @bp.post("/whatsapp")
@@ -47,7 +52,7 @@ def inbound() -> Response:
     received = _store(message)
     if not received.duplicate:
         _arm(received)
-    return twiml()
+    return Response(whatsapp.EMPTY_TWIML, mimetype="text/xml")
 
 
 def _store(message: whatsapp.Inbound) -> desk.Received:
@@ -65,7 +70,14 @@ def _store(message: whatsapp.Inbound) -> desk.Received:
         except desk.DeskError as exc:
             session.rollback()
             log.error("inbound %s not stored: %s", message.sid, exc)
-            abort(503, str(exc))
+            abort(
+                Response(
+                    f"503 Service Unavailable: {exc}\n",
+                    503,
+                    mimetype="text/plain",
+                    headers={"Retry-After": "60"},
+                )
+            )
     raise AssertionError("unreachable")
 
 
@@ -75,7 +87,7 @@ def _arm(received: desk.Received) -> None:
     try:
         if received.new_visit is not None:
             visit = received.new_visit
-            alarms.schedule_timers(visit.id, sla.Timers(visit.warning_at, visit.deadline_at))
+            alarms.schedule_timers(visit.id, visit.timers)
         for out in received.outbound:
             alarms.enqueue_send(out.id)
     except RedisError as exc:

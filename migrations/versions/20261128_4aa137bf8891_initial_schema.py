@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: f50db494c0c2
+Revision ID: 4aa137bf8891
 Revises:
-Create Date: 2026-11-28 22:09:52.932824
+Create Date: 2026-11-28 22:41:06.701894
 """
 
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "f50db494c0c2"
+revision: str = "4aa137bf8891"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -28,6 +28,18 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_contacts")),
         sa.UniqueConstraint("address", name=op.f("uq_contacts_address")),
     )
+    op.create_table(
+        "early_statuses",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("sid", sa.String(length=64), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("error_code", sa.String(length=16), nullable=True),
+        sa.Column("received_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_early_statuses")),
+    )
+    with op.batch_alter_table("early_statuses", schema=None) as batch_op:
+        batch_op.create_index(batch_op.f("ix_early_statuses_sid"), ["sid"], unique=False)
+
     op.create_table(
         "pipelines",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -93,6 +105,13 @@ def upgrade() -> None:
     with op.batch_alter_table("cards", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_cards_contact_id"), ["contact_id"], unique=False)
         batch_op.create_index("ix_cards_queue", ["status", "waiting_since", "id"], unique=False)
+        batch_op.create_index(
+            "uq_cards_open_contact",
+            ["contact_id"],
+            unique=True,
+            sqlite_where=sa.text("status = 'open'"),
+            postgresql_where=sa.text("status = 'open'"),
+        )
 
     op.create_table(
         "stage_alert_recipients",
@@ -208,6 +227,11 @@ def downgrade() -> None:
     op.drop_table("stage_visits")
     op.drop_table("stage_alert_recipients")
     with op.batch_alter_table("cards", schema=None) as batch_op:
+        batch_op.drop_index(
+            "uq_cards_open_contact",
+            sqlite_where=sa.text("status = 'open'"),
+            postgresql_where=sa.text("status = 'open'"),
+        )
         batch_op.drop_index("ix_cards_queue")
         batch_op.drop_index(batch_op.f("ix_cards_contact_id"))
 
@@ -215,4 +239,8 @@ def downgrade() -> None:
     op.drop_table("stages")
     op.drop_table("users")
     op.drop_table("pipelines")
+    with op.batch_alter_table("early_statuses", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_early_statuses_sid"))
+
+    op.drop_table("early_statuses")
     op.drop_table("contacts")

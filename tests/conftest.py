@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from alembic.config import Config as AlembicConfig
 from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
@@ -213,10 +214,31 @@ def seeded(config: Config) -> Config:
     return config
 
 
+def csrf_token(page: str) -> str:
+    """The CSRF token of the first form in the page, as a browser would post it."""
+    match = re.search(r'name="csrf_token"[^>]*?value="([^"]+)"', page)
+    assert match, page
+    return match.group(1)
+
+
+def page_token(client: FlaskClient, path: str = "/login") -> str:
+    return csrf_token(client.get(path).get_data(as_text=True))
+
+
+def fresh(session: Session) -> None:
+    """Forget what the session has seen, to read what the app's connections committed."""
+    session.rollback()
+    session.expire_all()
+
+
+def count(session: Session, model: type) -> int:
+    fresh(session)
+    return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+
 def login(client: FlaskClient, email: str = "ana@example.com") -> None:
     """Log in through the real form, CSRF token included."""
-    page = client.get("/login").get_data(as_text=True)
-    token = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
+    token = page_token(client)
     answer = client.post("/login", data={"email": email, "password": PASSWORD, "csrf_token": token})
     assert answer.status_code == 302, answer.get_data(as_text=True)
 

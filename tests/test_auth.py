@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import re
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
-from conftest import PASSWORD, login
 from flask.testing import FlaskClient
 from sqlalchemy import update
 from werkzeug.test import TestResponse
@@ -15,21 +13,13 @@ from whatsdesk.config import Config
 from whatsdesk.db import session_factory
 from whatsdesk.models import User
 
-
-def form_token(client: FlaskClient, path: str = "/login") -> str:
-    """The CSRF token a browser would find in the page's form."""
-    page = client.get(path).get_data(as_text=True)
-    match = re.search(r'name="csrf_token" type="hidden" value="([^"]+)"', page) or re.search(
-        r'<meta name="csrf-token" content="([^"]+)"', page
-    )
-    assert match, page
-    return match.group(1)
+from conftest import PASSWORD, login, page_token
 
 
 def post_login(
     client: FlaskClient, email: str, password: str, next_url: str | None = None
 ) -> TestResponse:
-    token = form_token(client)
+    token = page_token(client)
     path = "/login" if next_url is None else "/login?" + urlencode({"next": next_url})
     return client.post(path, data={"email": email, "password": password, "csrf_token": token})
 
@@ -134,7 +124,7 @@ def test_login_with_a_forged_csrf_token_is_refused(client: FlaskClient, seeded: 
 
 def test_logout_with_csrf_ends_the_session(client: FlaskClient, seeded: Config) -> None:
     login(client)
-    token = form_token(client, "/queue")
+    token = page_token(client, "/queue")
 
     answer = client.post("/logout", data={"csrf_token": token})
 

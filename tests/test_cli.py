@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 from click.testing import Result
-from conftest import PASSWORD, STAFF, inbound_form, now, signed_post
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
@@ -17,6 +16,8 @@ from whatsdesk.cli import DEFAULT_PIPELINE_FILE, DEMO_PASSWORD, DEMO_STAFF
 from whatsdesk.config import Config
 from whatsdesk.db import session_factory
 from whatsdesk.models import Card, Pipeline, Stage, StageAlertRecipient, User
+
+from conftest import PASSWORD, STAFF, inbound_form, now, signed_post
 
 GOOD_FILE = """\
 pipelines:

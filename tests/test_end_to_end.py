@@ -15,15 +15,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import inbound_form, seed, signed_post
 from redis import Redis
 from sqlalchemy import select
-from twilio_server import TwilioServer
 
 from whatsdesk import create_app, jobs, procfile, whatsapp
 from whatsdesk.config import PROJECT_ROOT, Config
 from whatsdesk.db import session_factory, utcnow
 from whatsdesk.models import Message, SlaEvent
+
+from conftest import inbound_form, seed, signed_post
+from twilio_server import TwilioServer
 
 pytestmark = pytest.mark.e2e
 BIN = Path(sys.executable).parent

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import threading
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import RUN_ID, STAFF, inbound_form, seed, signed_post
 from flask.testing import FlaskClient
 from redis import Redis
 from rq import Queue, SimpleWorker
@@ -16,13 +17,15 @@ from rq.job import Job, JobStatus
 from rq.registry import ScheduledJobRegistry
 from sqlalchemy import select
 from sqlalchemy.orm import Session
-from twilio_server import TwilioServer
 
 from whatsdesk import desk, escalation, jobs, sla, whatsapp
 from whatsdesk.alarms import MAX_SEND_ATTEMPTS, Alarms
 from whatsdesk.config import Config
 from whatsdesk.db import session_factory, utcnow
-from whatsdesk.models import Message, SlaEvent, StageVisit, User
+from whatsdesk.models import EarlyStatus, Message, SlaEvent, StageVisit, User
+
+from conftest import RUN_ID, STAFF, inbound_form, seed, signed_post
+from twilio_server import TwilioServer
 
 # The seeded first stage "New": SLA 2 min, warning 1 min before; alerts go to Ana and Bruno.
 T0 = datetime(2025, 3, 4, 9, 0, tzinfo=UTC)
@@ -30,6 +33,9 @@ WARNING_AT = T0 + timedelta(minutes=1)
 BREACH_AT = T0 + timedelta(minutes=2)
 CUSTOMER = "+5511999990000"
 ADDRESS = {email.split("@")[0]: f"whatsapp:{phone}" for _, email, _, phone in STAFF}
+SUPERVISORS = sorted([ADDRESS["sofia"], ADDRESS["otto"]])
+# Nothing listens on port 1: connections are refused at once.
+CLOSED_TWILIO_URL = "http://127.0.0.1:1"
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -87,6 +93,29 @@ def lose_redis_data(redis: Redis) -> None:
     """Redis restarted without persistence; keep this run's claim on the database number."""
     redis.flushdb()
     redis.set("whatsdesk-test-run", RUN_ID, ex=3600)
+
+
+def set_user(session: Session, email: str, **values: object) -> User:
+    """Change a seeded staff member (not committed)."""
+    user = session.scalars(select(User).where(User.email == email)).one()
+    for name, value in values.items():
+        setattr(user, name, value)
+    return user
+
+
+def early_statuses(config: Config) -> list[EarlyStatus]:
+    with session_factory(config.database_url)() as s:
+        return list(s.scalars(select(EarlyStatus).order_by(EarlyStatus.id)))
+
+
+def outbound_since(session: Session, at: datetime, status: str, sid: str | None = None) -> Message:
+    """An outbound message in `status` since `at` (not tied to a card); committed."""
+    out = desk.queue_outbound(
+        session, to=ADDRESS["ana"], body="Hi", now=at, dedupe_key="test-" + uuid.uuid4().hex
+    )
+    out.status, out.sid = status, sid
+    session.commit()
+    return out
 
 
 def send_jobs_for(messages: list[Message]) -> set[str]:
@@ -158,6 +187,65 @@ def test_breach_goes_to_every_supervisor_naming_customer_stage_and_wait(
     assert set(queued_ids(seeded, redis)) == send_jobs_for(sent)
 
 
+@pytest.mark.parametrize("alert_list", ["empty", "nobody reachable"])
+def test_warning_nobody_on_the_alert_list_can_get_goes_to_the_supervisors(
+    seeded: Config, session: Session, alert_list: str
+) -> None:
+    visit = open_card(session).new_visit  # unowned
+    assert visit is not None
+    if alert_list == "empty":
+        visit.stage.alert_users.clear()
+    else:
+        set_user(session, "ana@example.com", active=False)
+        set_user(session, "bruno@example.com", whatsapp=None)
+    session.commit()
+
+    escalation.fire(session, visit.id, "warning", WARNING_AT)
+    session.commit()
+
+    [event] = sla_events(seeded)
+    assert event.kind == "warning"
+    sent = alerts(seeded)
+    assert sorted(m.to_address for m in sent) == SUPERVISORS
+    assert all("SLA warning" in m.body and m.sla_event_id == event.id for m in sent)
+
+
+def test_warning_to_an_owner_without_whatsapp_goes_to_the_reachable_alert_list(
+    seeded: Config, session: Session
+) -> None:
+    received = open_card(session)
+    assert received.card is not None and received.new_visit is not None
+    received.card.owner = set_user(session, "bruno@example.com", whatsapp=None)
+    session.commit()
+
+    escalation.fire(session, received.new_visit.id, "warning", WARNING_AT)
+    session.commit()
+
+    [alert] = alerts(seeded)  # Bruno is on the alert list too, but cannot be reached
+    assert alert.to_address == ADDRESS["ana"]
+    assert "SLA warning" in alert.body
+
+
+def test_breach_with_no_reachable_supervisor_is_recorded_without_messages(
+    seeded: Config, session: Session, caplog: pytest.LogCaptureFixture
+) -> None:
+    visit = open_card(session).new_visit
+    assert visit is not None
+    set_user(session, "sofia@example.com", active=False)
+    set_user(session, "otto@example.com", whatsapp=None)
+    session.commit()
+
+    with caplog.at_level(logging.WARNING, logger="whatsdesk.escalation"):
+        sent = escalation.fire(session, visit.id, "breach", BREACH_AT)
+        session.commit()
+
+    assert sent == []
+    [event] = sla_events(seeded)
+    assert (event.visit_id, event.kind) == (visit.id, "breach")
+    assert alerts(seeded) == []  # the agents, reachable as they are, are not told instead
+    assert f"breach of visit {visit.id} reaches nobody" in caplog.text
+
+
 # --- once, and only when due --------------------------------------------------------------------
 
 
@@ -223,6 +311,21 @@ def test_timers_of_a_stage_the_card_has_left_do_nothing(
     assert sla_events(seeded) == []
     assert alerts(seeded) == []
     assert queued_ids(seeded, redis) == []
+
+
+def test_warning_not_fired_by_the_deadline_is_never_fired(
+    env: Config, seeded: Config, session: Session
+) -> None:
+    visit = open_card(session).new_visit
+    assert visit is not None
+
+    assert escalation.fire(session, visit.id, "warning", BREACH_AT) is None
+    assert escalation.fire(session, visit.id, "warning", BREACH_AT + timedelta(hours=1)) is None
+    session.commit()
+    assert jobs.fire_sla_event(visit.id, "warning") == "nothing to do"  # a timer job woken late
+
+    assert sla_events(env) == []
+    assert alerts(env) == []
 
 
 def test_two_workers_firing_at_once_record_one_event_and_one_set_of_alerts(
@@ -381,6 +484,117 @@ def test_reconcile_reenqueues_pending_sends_whose_job_is_gone(
     assert queued_ids(seeded, redis).count(f"send-{ack.id}") == 1
 
 
+def test_sweep_after_the_deadline_with_nothing_recorded_sends_only_the_breach(
+    seeded: Config, session: Session, redis: Redis
+) -> None:
+    visit = open_card(session).new_visit
+    assert visit is not None
+    lose_redis_data(redis)  # both timers lost; the sweep runs only after the deadline
+
+    counts = jobs.reconcile(seeded, BREACH_AT + timedelta(seconds=10))
+    later = jobs.reconcile(seeded, BREACH_AT + timedelta(minutes=5))
+
+    assert (counts["fired"], later["fired"]) == (1, 0)
+    [event] = sla_events(seeded)
+    assert (event.kind, event.due_at) == ("breach", BREACH_AT)
+    sent = alerts(seeded)
+    assert sorted(m.to_address for m in sent) == SUPERVISORS
+    assert all("SLA breached" in m.body and "warning" not in m.body for m in sent)
+    assert scheduled(seeded, redis) == {}  # nothing left to arm
+
+
+def test_reconcile_ignores_overdue_visits_of_resolved_cards(
+    seeded: Config, session: Session, redis: Redis
+) -> None:
+    received = open_card(session)
+    assert received.card is not None
+    received.card.status = "resolved"
+    received.card.resolved_at = T0 + timedelta(seconds=30)
+    session.commit()
+    lose_redis_data(redis)
+
+    before = jobs.reconcile(seeded, T0 + timedelta(seconds=40))
+    after = jobs.reconcile(seeded, BREACH_AT + timedelta(minutes=1))
+
+    assert (before["rearmed"], before["fired"]) == (0, 0)
+    assert (after["rearmed"], after["fired"]) == (0, 0)
+    assert sla_events(seeded) == []
+    assert alerts(seeded) == []
+    assert scheduled(seeded, redis) == {}
+
+
+def test_reconcile_does_not_rearm_timers_already_in_redis(
+    seeded: Config, client: FlaskClient, redis: Redis
+) -> None:
+    answer = signed_post(client, seeded, "/twilio/whatsapp", inbound_form(phone=CUSTOMER))
+    assert answer.status_code == 200
+    armed = scheduled(seeded, redis)
+    assert len(armed) == 2
+
+    first = jobs.reconcile(seeded, utcnow())
+    second = jobs.reconcile(seeded, utcnow())
+    assert (first["rearmed"], second["rearmed"]) == (0, 0)
+    assert scheduled(seeded, redis) == armed
+
+    lose_redis_data(redis)
+    assert jobs.reconcile(seeded, utcnow())["rearmed"] == 2
+    assert scheduled(seeded, redis) == armed
+    assert jobs.reconcile(seeded, utcnow())["rearmed"] == 0
+
+
+def test_reconcile_fails_a_send_interrupted_over_five_minutes_ago_and_does_not_resend_it(
+    config: Config, session: Session, redis: Redis
+) -> None:
+    now = T0 + timedelta(hours=1)
+    stuck = outbound_since(session, now - timedelta(minutes=5, seconds=1), "sending")
+    recent = outbound_since(session, now - timedelta(minutes=4), "sending")
+
+    counts = jobs.reconcile(config, now)
+
+    assert (counts["interrupted"], counts["resent"]) == (1, 0)
+    failed = message(config, stuck.id)
+    assert failed.status == "failed"
+    assert failed.error_message == "interrupted while sending; not retried to avoid a duplicate"
+    assert message(config, recent.id).status == "sending"  # may still be talking to Twilio
+    assert queued_ids(config, redis) == []
+    assert jobs.reconcile(config, now + timedelta(seconds=30))["resent"] == 0
+    assert message(config, stuck.id).status == "failed"
+
+
+def test_reconcile_applies_a_status_callback_the_send_job_missed(
+    config: Config, session: Session
+) -> None:
+    """The callback was stored as early while the send job, not seeing it yet, saved the sid."""
+    sid = "SM" + uuid.uuid4().hex
+    session.add(EarlyStatus(sid=sid, status="failed", error_code="63016", received_at=T0))
+    sent = outbound_since(session, T0, "queued", sid=sid)
+
+    counts = jobs.reconcile(config, T0 + timedelta(minutes=1))
+
+    assert counts["late_statuses"] == 1
+    row = message(config, sent.id)
+    assert (row.status, row.error_code) == ("failed", "63016")
+    assert early_statuses(config) == []
+
+
+def test_reconcile_forgets_status_callbacks_that_matched_nothing_for_a_day(
+    config: Config, session: Session
+) -> None:
+    now = T0 + timedelta(days=3)
+    for age in (timedelta(hours=24, seconds=1), timedelta(hours=23)):
+        sid = "SM" + uuid.uuid4().hex
+        session.add(
+            EarlyStatus(sid=sid, status="delivered", error_code=None, received_at=now - age)
+        )
+    session.commit()
+
+    counts = jobs.reconcile(config, now)
+
+    assert counts["late_statuses"] == 0
+    [kept] = early_statuses(config)
+    assert kept.received_at == now - timedelta(hours=23)
+
+
 # --- sending ------------------------------------------------------------------------------------
 
 
@@ -425,7 +639,45 @@ def test_twilio_send_stores_twilios_sid_and_status(
     assert len(twilio.requests) == 1
 
 
-@pytest.mark.parametrize(("status", "code"), [(429, 20429), (500, 20500)])
+def test_send_records_the_business_number_it_sent_from(
+    twilio: TwilioServer, env: Config, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TWILIO_WHATSAPP_FROM", "whatsapp:+15557654321")
+    ack = open_card(session).outbound[0]
+    assert ack.from_address == ""
+
+    assert jobs.send_message(ack.id) == "sent"
+
+    [form] = twilio.messages
+    assert form["From"] == "whatsapp:+15557654321"
+    assert message(env, ack.id).from_address == "whatsapp:+15557654321"
+
+
+def test_send_keeps_the_number_a_message_was_queued_from(
+    twilio: TwilioServer, env: Config, session: Session
+) -> None:
+    out = desk.queue_outbound(
+        session,
+        to=f"whatsapp:{CUSTOMER}",
+        body="Hello from the second line",
+        now=utcnow(),
+        dedupe_key="second-line",
+        from_address="whatsapp:+15550009999",
+    )
+    session.commit()
+
+    assert jobs.send_message(out.id) == "sent"
+
+    [form] = twilio.messages
+    assert form["From"] == "whatsapp:+15550009999"
+    assert message(env, out.id).from_address == "whatsapp:+15550009999"
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    # 63018: WhatsApp's per-sender rate limit; the code alone makes it worth retrying.
+    [(429, 20429), (500, 20500), (429, 63018), (400, 63018)],
+)
 def test_twilio_busy_marks_the_message_retrying_and_raises_for_rq(
     twilio: TwilioServer, env: Config, session: Session, status: int, code: int
 ) -> None:
@@ -441,6 +693,40 @@ def test_twilio_busy_marks_the_message_retrying_and_raises_for_rq(
     # The next attempt goes through.
     assert jobs.send_message(ack.id) == "sent"
     assert message(env, ack.id).sid == twilio.sids[0]
+
+
+def test_twilio_unreachable_marks_the_message_retrying_and_raises_for_rq(
+    twilio: TwilioServer, env: Config, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ack = open_card(session).outbound[0]
+    monkeypatch.setenv("TWILIO_API_URL", CLOSED_TWILIO_URL)
+
+    with pytest.raises(whatsapp.TransientSendError, match="Twilio unreachable"):
+        jobs.send_message(ack.id)
+
+    retrying = message(env, ack.id)
+    assert (retrying.status, retrying.attempts, retrying.sid) == ("retrying", 1, None)
+    assert "Twilio unreachable" in (retrying.error_message or "")
+    # Twilio back: the retry goes through.
+    monkeypatch.setenv("TWILIO_API_URL", twilio.url)
+    assert jobs.send_message(ack.id) == "sent"
+    assert [form["Body"] for form in twilio.messages] == [ack.body]
+
+
+def test_twilio_answering_too_late_fails_the_message_without_retry(
+    twilio: TwilioServer, env: Config, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ack = open_card(session).outbound[0]
+    monkeypatch.setattr(whatsapp, "REQUEST_TIMEOUT_SECONDS", 0.5)
+    twilio.hang_next(30)  # Twilio takes the message but its answer comes too late
+
+    assert jobs.send_message(ack.id) == "failed"  # no exception, so RQ does not retry
+
+    failed = message(env, ack.id)
+    assert (failed.status, failed.error_code, failed.sid) == ("failed", "timeout", None)
+    assert "did not answer in time" in (failed.error_message or "")
+    assert jobs.send_message(ack.id) == "already handled"
+    assert len(twilio.requests) == 1  # sent once: a second try could reach the customer twice
 
 
 def test_rq_schedules_a_retry_of_a_send_twilio_was_too_busy_for(

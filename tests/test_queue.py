@@ -7,7 +7,6 @@ import re
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from conftest import inbound_form, login, signed_post
 from flask.testing import FlaskClient
 from sqlalchemy import event, select, text
 
@@ -15,6 +14,8 @@ from whatsdesk import desk
 from whatsdesk.config import Config
 from whatsdesk.db import get_engine, session_factory, utcnow
 from whatsdesk.models import Card, Contact, StageVisit, User
+
+from conftest import inbound_form, login, signed_post
 
 ROW_RE = re.compile(r'<tr class="sla-[a-z_]+" data-card="(\d+)">(.*?)</tr>', re.S)
 CELL_RE = re.compile(r"<td[^>]*>(.*?)</td>", re.S)
@@ -192,6 +193,34 @@ def test_queue_shows_each_sla_state_in_words(client: FlaskClient, agent: Config)
     assert rows["Olga"]["sla"] == "✓ On time 2h 59m left"
     assert re.fullmatch(r"⏳ Approaching 59m 5\ds left", rows["Paulo"]["sla"]), rows["Paulo"]
     assert rows["Rita"]["sla"] == "⚠ Breached 3h 00m over"
+
+
+def test_each_row_shows_its_cards_current_stage_sla_and_newest_customer_message(
+    client: FlaskClient, agent: Config
+) -> None:
+    olga = customer_writes(client, agent, "+5511900000001", "Olga", body="Olga here")
+    paulo = customer_writes(client, agent, "+5511900000002", "Paulo", body="First question")
+    customer_writes(client, agent, "+5511900000002", "Paulo", body="Are you there?")
+    rita = customer_writes(client, agent, "+5511900000003", "Rita", body="Rita here")
+    current = utcnow()
+    for card in (olga, paulo, rita):  # all breached in the first stage, "New"
+        set_timers(agent, card, current - timedelta(hours=2), current - timedelta(hours=1))
+    with session_factory(agent.database_url)() as s:
+        desk.move_card(s, paulo, "open", current)  # "In progress": SLA 1 h from now
+        desk.move_card(s, rita, "waiting", current)  # "Waiting on customer": no SLA
+        s.commit()
+
+    rows = {r["customer"].split()[0]: r for r in queue_rows(queue_page(client))}
+
+    assert rows["Olga"]["where"] == "Support · New"
+    assert rows["Olga"]["sla"] == "⚠ Breached 1h 00m over"
+    assert rows["Olga"]["last"] == "Olga here"
+    assert rows["Paulo"]["where"] == "Support · In progress"
+    assert re.fullmatch(r"✓ On time 59m 5\ds left", rows["Paulo"]["sla"]), rows["Paulo"]
+    assert rows["Paulo"]["last"] == "Are you there?"
+    assert rows["Rita"]["where"] == "Support · Waiting on customer"
+    assert rows["Rita"]["sla"] == "– No SLA"
+    assert rows["Rita"]["last"] == "Rita here"
 
 
 def test_queue_says_when_a_stage_has_no_sla(client: FlaskClient, agent: Config) -> None:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from conftest import login, seed
 from flask.testing import FlaskClient
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
 from whatsdesk import create_app, jobs
 from whatsdesk.config import Config
 from whatsdesk.models import Card, Contact, Message
+
+from conftest import count, csrf_token, fresh, login, page_token, seed
 
 PHONE = "+5511987654321"
 ADDRESS = f"whatsapp:{PHONE}"
@@ -25,7 +26,7 @@ def send_token(client: FlaskClient) -> str:
     page = client.get("/simulator")
     assert page.status_code == 200
     form = page.get_data(as_text=True).split('id="sim-form"')[1].split("</form>")[0]
-    return form.split('name="csrf_token" value="')[1].split('"')[0]
+    return csrf_token(form)
 
 
 def send(
@@ -40,17 +41,6 @@ def phone_thread(client: FlaskClient, phone: str = PHONE) -> list[dict[str, str]
     assert answer.status_code == 200
     customer: list[dict[str, str]] = answer.get_json()["customer"]
     return customer
-
-
-def fresh(session: Session) -> None:
-    """Forget what the session has seen, to read what the app's connections committed."""
-    session.rollback()
-    session.expire_all()
-
-
-def count(session: Session, model: type) -> int:
-    fresh(session)
-    return int(session.scalar(select(func.count()).select_from(model)) or 0)
 
 
 def test_simulator_page_requires_login(client: FlaskClient, seeded: Config) -> None:
@@ -68,9 +58,7 @@ def test_phones_require_login(client: FlaskClient, seeded: Config) -> None:
 def test_send_requires_login_and_stores_nothing(
     client: FlaskClient, seeded: Config, session: Session
 ) -> None:
-    page = client.get("/login").get_data(as_text=True)
-    token = page.split('name="csrf_token" type="hidden" value="')[1].split('"')[0]
-    data = {"phone": PHONE, "name": "Maria", "body": "Hello", "csrf_token": token}
+    data = {"phone": PHONE, "name": "Maria", "body": "Hello", "csrf_token": page_token(client)}
     answer = client.post("/simulator/send", data=data)
     assert answer.status_code == 302
     assert answer.headers["Location"].startswith("/login")
@@ -175,9 +163,7 @@ def test_send_is_absent_when_twilio_credentials_are_set(seeded: Config, session:
     config = seeded.with_(twilio_account_sid="AC" + "1" * 32, twilio_auth_token="tok-12345")
     client = create_app(config).test_client()
     login(client)
-    page = client.get("/queue").get_data(as_text=True)  # every page carries the token
-    token = page.split('<meta name="csrf-token" content="')[1].split('"')[0]
-    data = {"phone": PHONE, "body": "Hello", "csrf_token": token}
+    data = {"phone": PHONE, "body": "Hello", "csrf_token": page_token(client, "/queue")}
     answer = client.post("/simulator/send", data=data)
     assert answer.status_code == 404
     assert count(session, Message) == 0

@@ -9,14 +9,13 @@ from pathlib import Path
 from xml.etree import ElementTree
 
 import pytest
-from conftest import inbound_form, signed_post
 from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
 from rq import Queue
 from rq.job import Job
 from rq.registry import ScheduledJobRegistry
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
@@ -24,6 +23,8 @@ from whatsdesk import create_app, desk, whatsapp
 from whatsdesk.config import Config
 from whatsdesk.db import utcnow
 from whatsdesk.models import Card, Contact, EarlyStatus, Message, StageVisit
+
+from conftest import count, fresh, inbound_form, signed_post
 
 INBOUND = "/twilio/whatsapp"
 STATUS = "/twilio/status"
@@ -37,17 +38,6 @@ def post(client: FlaskClient, config: Config, path: str, form: dict[str, str]) -
     answer = signed_post(client, config, path, form)
     assert isinstance(answer, TestResponse)
     return answer
-
-
-def fresh(session: Session) -> None:
-    """Forget what the session has seen, to read what the app's connections committed."""
-    session.rollback()
-    session.expire_all()
-
-
-def count(session: Session, model: type) -> int:
-    fresh(session)
-    return int(session.scalar(select(func.count()).select_from(model)) or 0)
 
 
 def nothing_stored(session: Session) -> bool:

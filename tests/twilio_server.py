@@ -5,12 +5,15 @@
         monkeypatch.setenv("TWILIO_AUTH_TOKEN", twilio.auth_token)     #   twilio.environ().items()
         monkeypatch.setenv("TWILIO_API_URL", twilio.url)
         twilio.fail_next(429, 20429)            # the next POST is refused (rate limit)
+        twilio.hang_next(5)                     # the next POST is answered 5 s late
         ...
         forms = twilio.wait_for(lambda messages: len(messages) >= 2, timeout=10)
 
 `.messages` holds the form (To, From, Body, ...) of every message the server accepted and
 `.sids` the SID it answered for each; `.requests` holds every authenticated POST to the
 Messages endpoint, refused ones included. A wrong account SID or auth token gets a 401.
+A hung POST is taken (recorded) at once and only its answer is late, as when Twilio accepts a
+message but the reply is slow; stopping the server releases any answer still held back.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class TwilioServer:
         self.sids: list[str] = []
         self.requests: list[dict[str, str]] = []
         self._failures: list[tuple[int, int, str]] = []
+        self._hangs: list[float] = []
+        self._stopping = threading.Event()
         self._changed = threading.Condition()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -49,6 +54,7 @@ class TwilioServer:
     # --- lifecycle ------------------------------------------------------------------------------
 
     def start(self) -> TwilioServer:
+        self._stopping.clear()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -58,6 +64,7 @@ class TwilioServer:
         return self
 
     def stop(self) -> None:
+        self._stopping.set()  # release answers held back by hang_next
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -94,6 +101,11 @@ class TwilioServer:
         with self._changed:
             self._failures.extend([(status, code, message or f"fake error {code}")] * times)
 
+    def hang_next(self, seconds: float) -> None:
+        """Take the next POST as usual but hold its answer back `seconds` (a slow Twilio)."""
+        with self._changed:
+            self._hangs.append(seconds)
+
     def wait_for(
         self, predicate: Callable[[list[dict[str, str]]], bool], timeout: float = 5.0
     ) -> list[dict[str, str]]:
@@ -106,6 +118,15 @@ class TwilioServer:
             return list(self.messages)
 
     # --- called by the handler ------------------------------------------------------------------
+
+    def _delay(self) -> float:
+        """How long to hold back the answer to the POST being handled."""
+        with self._changed:
+            return self._hangs.pop(0) if self._hangs else 0.0
+
+    def _hold(self, seconds: float) -> None:
+        if seconds > 0:
+            self._stopping.wait(seconds)
 
     def _answer(self, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         with self._changed:
@@ -168,7 +189,13 @@ def _handler_for(server: TwilioServer) -> type[BaseHTTPRequestHandler]:
             form = {
                 name: values[-1] for name, values in parse_qs(raw, keep_blank_values=True).items()
             }
-            self._reply(*server._answer(form))
+            delay = server._delay()
+            answer = server._answer(form)
+            server._hold(delay)
+            try:
+                self._reply(*answer)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client stopped waiting for a held-back answer
 
         def _reply(self, status: int, payload: dict[str, Any]) -> None:
             body = json.dumps(payload).encode()

@@ -84,6 +84,7 @@ class Config:
 
 def _port(raw: str) -> int:
     raw = raw.strip() or "5000"
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
+    # isdigit() alone lets through '²', which int() then refuses with an unclear ValueError.
+    if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) < 65536:
         raise RuntimeError(f"PORT must be a TCP port number, not {raw!r}")
     return int(raw)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime
 
 from sqlalchemy import select
@@ -92,7 +93,7 @@ def alert_text(visit: StageVisit, kind: str, now: datetime) -> str:
     waited = humanize((now - since).total_seconds())
     if kind == sla.WARNING:
         assert visit.deadline_at is not None
-        left = humanize((visit.deadline_at - now).total_seconds())
+        left = humanize(math.ceil((visit.deadline_at - now).total_seconds()))
         return (
             f"⚠️ SLA warning — {who} in {where} has waited {waited}. "
             f"The deadline is in {left} ({visit.deadline_at:%H:%M:%S} UTC). Card #{card.id}."

@@ -29,7 +29,8 @@ def command(name: str, env: Mapping[str, str], path: Path = PROCFILE) -> list[st
     def value(match: re.Match[str]) -> str:
         variable, default = match.group(1), match.group(2)
         if env.get(variable):
-            return env[variable]
+            # Quoted so the value stays one argument, as written, whatever it contains.
+            return shlex.quote(env[variable])
         if default is None:
             raise KeyError(f"Procfile process {name!r} needs {variable} to be set")
         return default

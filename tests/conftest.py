@@ -204,7 +204,8 @@ def seed(database_url: str, sla: str = "2m", warning: str = "1m") -> None:
             accounts.create_user(
                 s, name=name, email=email, role=role, whatsapp=phone, password=PASSWORD, now=now()
             )
-        pipeline_store.load(s, pipelines.parse(PIPELINE_YAML.format(sla=sla, warning=warning)))
+        config = pipelines.parse(PIPELINE_YAML.format(sla=sla, warning=warning))
+        pipeline_store.load(s, config, now())
         s.commit()
 
 

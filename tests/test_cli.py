@@ -212,7 +212,9 @@ def test_pipeline_load_then_dump_prints_the_same_pipelines(
     assert result.exit_code == 0, result.output
     assert result.stdout == f"Loaded 2 pipeline(s) from {path}.\n"
     dumped = stored_yaml(app)
-    assert without_lines(pipelines.parse(dumped)) == without_lines(pipelines.parse(GOOD_FILE))
+    assert without_lines(pipelines.parse(dumped).pipelines) == without_lines(
+        pipelines.parse(GOOD_FILE).pipelines
+    )
     assert count(config, Pipeline) == 2
     assert count(config, Stage) == 4
 
@@ -351,8 +353,8 @@ pipelines:
     result = run(app, "pipeline", "load", str(write(tmp_path, only_later)))
 
     assert result.exit_code == 0, result.output
-    assert without_lines(pipelines.parse(stored_yaml(app))) == without_lines(
-        pipelines.parse(only_later)
+    assert without_lines(pipelines.parse(stored_yaml(app)).pipelines) == without_lines(
+        pipelines.parse(only_later).pipelines
     )
     assert count(seeded, Stage, Stage.key == "new") == 0
     assert count(seeded, StageAlertRecipient, StageAlertRecipient.stage_id == new_id) == 0
@@ -370,7 +372,7 @@ pipelines:
     result = run(app, "pipeline", "load", str(write(tmp_path, other)))
 
     assert result.exit_code == 0, result.output
-    dumped = {p.key: p.default for p in pipelines.parse(stored_yaml(app))}
+    dumped = {p.key: p.default for p in pipelines.parse(stored_yaml(app)).pipelines}
     assert dumped == {"support": False, "vip": True}
 
 
@@ -391,8 +393,8 @@ def test_demo_creates_staff_and_the_default_pipeline_and_prints_logins(
             assert user is not None, email
             assert (user.name, user.role, user.whatsapp) == (name, role, f"whatsapp:{phone}")
     assert count(config, User) == len(DEMO_STAFF)
-    expected = pipelines.parse(DEFAULT_PIPELINE_FILE.read_text(encoding="utf-8"))
-    assert without_lines(pipelines.parse(stored_yaml(app))) == without_lines(expected)
+    expected = pipelines.parse(DEFAULT_PIPELINE_FILE.read_text(encoding="utf-8")).pipelines
+    assert without_lines(pipelines.parse(stored_yaml(app)).pipelines) == without_lines(expected)
     assert [p.key for p in expected if p.default] == ["support"]
 
 

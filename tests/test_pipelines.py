@@ -63,7 +63,7 @@ def one_stage(extra: str) -> str:
 
 
 def test_valid_file_parses_with_every_duration_form() -> None:
-    specs = parse(VALID)
+    specs = parse(VALID).pipelines
 
     assert specs == [
         PipelineSpec(
@@ -113,7 +113,7 @@ def test_dump_then_parse_gives_the_same_pipelines() -> None:
             for p in items
         ]
 
-    assert without_lines(again) == without_lines(specs)
+    assert without_lines(again.pipelines) == without_lines(specs.pipelines)
     assert "sla: 1h30m" in text and "sla: 1d" in text
     assert dump(again) == text
 
@@ -160,7 +160,7 @@ def test_unknown_field_is_refused_with_its_path() -> None:
     problem = only_problem(one_stage("color: red\n"))
 
     assert problem.startswith("line 7: pipelines[0].stages[0].color: unknown field")
-    assert "known: alert, key, name, sla, warning" in problem
+    assert "known: alert, calendar, key, name, sla, warning" in problem
 
 
 def test_unknown_top_level_field_is_refused() -> None:
@@ -394,8 +394,8 @@ def test_several_mistakes_are_all_reported() -> None:
 
     assert problems == [
         "line 2: pipelines[0].key: 'Bad Key' must be lowercase letters, digits, - or _",
-        "line 9: pipelines[0].stages[0].colour: unknown field (known: alert, key, name, sla, "
-        "warning)",
+        "line 9: pipelines[0].stages[0].colour: unknown field (known: alert, calendar, key, "
+        "name, sla, warning)",
         "line 8: pipelines[0].stages[0].sla: '2x' is not a duration such as 90s, 15m, 2h or 1h30m",
         "line 13: pipelines[0].stages[1].warning: must be shorter than the sla",
         "line 14: pipelines[0].stages[1].alert[0]: expected a staff member's email",

@@ -33,15 +33,15 @@ def register(app: Flask) -> None:
 
 def load_file(path: Path) -> int:
     """Load a pipeline file in one transaction; returns how many pipelines it held."""
-    specs = pipelines.parse(path.read_text(encoding="utf-8"))
+    desk = pipelines.parse(path.read_text(encoding="utf-8"))
     session = get_session()
     try:
-        pipeline_store.load(session, specs)
+        pipeline_store.load(session, desk, utcnow())
         session.commit()
     except BaseException:
         session.rollback()
         raise
-    return len(specs)
+    return len(desk.pipelines)
 
 
 @pipeline_cli.command("load")

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
 
-from . import bot, sla
+from . import bot, calendars, clock, sla
 from .models import Card, Contact, EarlyStatus, Message, Pipeline, Stage, StageVisit, User
 from .whatsapp import Inbound
 
@@ -122,9 +122,9 @@ def enter_stage(session: Session, card: Card, stage: Stage, now: datetime) -> St
     """Close the card's current stage visit and open one in `stage` with its timers."""
     visit = current_visit(session, card)
     if visit is not None:
-        visit.left_at = now
-        visit.wall_seconds = int((now - visit.entered_at).total_seconds())
-    timers = sla.timers_for(now, stage.sla_seconds, stage.warning_seconds)
+        leave(visit, now)
+    calendar = calendars.for_stage(stage, now)
+    timers = sla.timers_for(now, stage.sla_seconds, stage.warning_seconds, calendar)
     card.stage = stage
     new = StageVisit(
         card=card,
@@ -136,6 +136,14 @@ def enter_stage(session: Session, card: Card, stage: Stage, now: datetime) -> St
     session.add(new)
     session.flush()
     return new
+
+
+def leave(visit: StageVisit, now: datetime) -> None:
+    """End a stage visit, recording the time spent in wall and business seconds."""
+    visit.left_at = now
+    visit.wall_seconds = int((now - visit.entered_at).total_seconds())
+    calendar = calendars.for_stage(visit.stage, visit.entered_at)
+    visit.business_seconds = int(clock.business_seconds_between(calendar, visit.entered_at, now))
 
 
 def move_card(session: Session, card_id: int, stage_key: str, now: datetime) -> StageVisit:

@@ -77,6 +77,26 @@ class Contact(Base):
         return self.address.removeprefix("whatsapp:")
 
 
+class BusinessCalendar(Base):
+    """Opening hours in a timezone, and the days the business is closed."""
+
+    __tablename__ = "calendars"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(120))
+    timezone: Mapped[str] = mapped_column(String(64))
+    hours: Mapped[dict[str, list[str]]] = mapped_column(JSON)  # {"mon-fri": ["09:00-18:00"]}
+    holiday_country: Mapped[str | None] = mapped_column(String(8))
+    holiday_subdivision: Mapped[str | None] = mapped_column(String(16))
+    # [{"date": "2026-12-24", "yearly": false}, …]: the business's own closed days.
+    closed_dates: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    ics_source: Mapped[str | None] = mapped_column(Text)
+    # Days read from the .ics file or URL when the configuration was loaded.
+    ics_dates: Mapped[list[str]] = mapped_column(JSON, default=list)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Pipeline(Base):
     __tablename__ = "pipelines"
 
@@ -84,6 +104,9 @@ class Pipeline(Base):
     key: Mapped[str] = mapped_column(String(64), unique=True)
     name: Mapped[str] = mapped_column(String(120))
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    # None: the clock runs 24/7.
+    calendar_id: Mapped[int | None] = mapped_column(ForeignKey("calendars.id"))
+    calendar: Mapped[BusinessCalendar | None] = relationship()
     stages: Mapped[list[Stage]] = relationship(
         back_populates="pipeline", order_by="Stage.position", cascade="all, delete-orphan"
     )
@@ -113,8 +136,12 @@ class Stage(Base):
     position: Mapped[int] = mapped_column(Integer)
     sla_seconds: Mapped[int | None] = mapped_column(Integer)
     warning_seconds: Mapped[int | None] = mapped_column(Integer)
+    # Its own calendar, or 24/7 whatever the pipeline keeps; neither: the pipeline's.
+    calendar_id: Mapped[int | None] = mapped_column(ForeignKey("calendars.id"))
+    always_open: Mapped[bool] = mapped_column(Boolean, default=False)
 
     pipeline: Mapped[Pipeline] = relationship(back_populates="stages")
+    calendar: Mapped[BusinessCalendar | None] = relationship()
     alert_users: Mapped[list[User]] = relationship(secondary="stage_alert_recipients")
 
 
@@ -162,6 +189,7 @@ class StageVisit(Base):
     warning_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     wall_seconds: Mapped[int | None] = mapped_column(Integer)
+    business_seconds: Mapped[int | None] = mapped_column(Integer)
 
     card: Mapped[Card] = relationship()
     stage: Mapped[Stage] = relationship()

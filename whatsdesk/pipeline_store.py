@@ -1,30 +1,101 @@
-"""Pipelines between the database and their YAML form."""
+"""Pipelines and calendars between the database and their YAML form."""
 
 from __future__ import annotations
+
+from datetime import date, datetime
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .models import Pipeline, Stage, StageVisit, User
-from .pipelines import PipelineFileError, PipelineSpec, StageSpec
+from . import calendars
+from .models import BusinessCalendar, Pipeline, Stage, StageVisit, User
+from .pipelines import (
+    ALWAYS_OPEN,
+    CalendarSpec,
+    DeskSpec,
+    HolidayDate,
+    PipelineFileError,
+    PipelineSpec,
+    StageSpec,
+)
 
 
-def load(session: Session, specs: list[PipelineSpec]) -> list[Pipeline]:
-    """Create or update each pipeline of the file; refuses, changing nothing, on any problem."""
+def load(session: Session, desk: DeskSpec, now: datetime) -> list[Pipeline]:
+    """Create or update each calendar and pipeline of the file; refuses, changing nothing,
+    on any problem. SLA changes apply to stage visits that start afterwards."""
+    specs = desk.pipelines
     problems: list[str] = []
+    resolved = [_resolve_calendar(spec, now, problems) for spec in desk.calendars]
     users = _alert_users(session, specs, problems)
+    known = {c.key for c in desk.calendars} | set(session.scalars(select(BusinessCalendar.key)))
+    problems += _calendar_reference_problems(specs, known)
     for spec in specs:
         pipeline = session.scalars(select(Pipeline).where(Pipeline.key == spec.key)).first()
         if pipeline is not None:
             problems += _removal_problems(session, pipeline, spec)
     if problems:
         raise PipelineFileError(problems)
+    for calendar in resolved:
+        _upsert_calendar(session, calendar, now)
+    session.flush()
+    calendars = {c.key: c for c in session.scalars(select(BusinessCalendar))}
     if any(spec.default for spec in specs):
         for other in session.scalars(select(Pipeline).where(Pipeline.is_default.is_(True))):
             other.is_default = False
-    loaded = [_upsert(session, spec, users) for spec in specs]
+    loaded = [_upsert(session, spec, users, calendars) for spec in specs]
     session.flush()
     return loaded
+
+
+def _resolve_calendar(
+    spec: CalendarSpec, now: datetime, problems: list[str]
+) -> tuple[CalendarSpec, list[str]]:
+    """Check the holiday sources now, and read the .ics days once, at load time."""
+    where = f"line {spec.line}: calendar {spec.key!r}.holidays"
+    if spec.country:
+        try:
+            calendars.country_holidays(
+                spec.country, spec.subdivision, range(now.year, now.year + 1)
+            )
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+    ics_days: list[str] = []
+    if spec.ics:
+        try:
+            ics_days = [d.isoformat() for d in calendars.read_ics(spec.ics)]
+        except (OSError, ValueError) as exc:
+            problems.append(f"{where}.ics: cannot read {spec.ics}: {exc}")
+    return spec, ics_days
+
+
+def _calendar_reference_problems(specs: list[PipelineSpec], known: set[str]) -> list[str]:
+    problems = []
+    for pipeline in specs:
+        places = [(pipeline.line, f"pipeline {pipeline.key!r}", pipeline.calendar)]
+        places += [(s.line, f"stage {s.key!r}", s.calendar) for s in pipeline.stages]
+        for line, what, key in places:
+            if key and key != ALWAYS_OPEN and key not in known:
+                problems.append(
+                    f"line {line}: {what}.calendar: no calendar {key!r} "
+                    f"(define it under `calendars:`, or use {ALWAYS_OPEN})"
+                )
+    return problems
+
+
+def _upsert_calendar(
+    session: Session, resolved: tuple[CalendarSpec, list[str]], now: datetime
+) -> BusinessCalendar:
+    spec, ics_days = resolved
+    row = session.scalars(select(BusinessCalendar).where(BusinessCalendar.key == spec.key)).first()
+    if row is None:
+        row = BusinessCalendar(key=spec.key)
+        session.add(row)
+    row.name, row.timezone, row.hours = spec.name, spec.timezone, spec.hours
+    row.holiday_country, row.holiday_subdivision = spec.country, spec.subdivision
+    row.closed_dates = [{"date": d.day.isoformat(), "yearly": d.yearly} for d in spec.dates]
+    row.ics_source, row.ics_dates = spec.ics, ics_days
+    row.updated_at = now
+    return row
 
 
 def _alert_users(
@@ -67,48 +138,90 @@ def _has_history(session: Session, stage: Stage) -> bool:
     )
 
 
-def _upsert(session: Session, spec: PipelineSpec, users: dict[str, User]) -> Pipeline:
+def _upsert(
+    session: Session,
+    spec: PipelineSpec,
+    users: dict[str, User],
+    calendars: dict[str, BusinessCalendar],
+) -> Pipeline:
     pipeline = session.scalars(select(Pipeline).where(Pipeline.key == spec.key)).first()
     if pipeline is None:
         pipeline = Pipeline(key=spec.key)
         session.add(pipeline)
     pipeline.name = spec.name
     pipeline.is_default = spec.default
+    pipeline.calendar = calendars.get(spec.calendar) if spec.calendar else None
     by_key = {s.key: s for s in pipeline.stages}
     stages = []
     for position, stage_spec in enumerate(spec.stages):
         stage = by_key.get(stage_spec.key) or Stage(key=stage_spec.key)
-        _apply_stage(stage, stage_spec, position, users)
+        _apply_stage(stage, stage_spec, position, users, calendars)
         stages.append(stage)
     pipeline.stages = stages
     return pipeline
 
 
-def _apply_stage(stage: Stage, spec: StageSpec, position: int, users: dict[str, User]) -> None:
+def _apply_stage(
+    stage: Stage,
+    spec: StageSpec,
+    position: int,
+    users: dict[str, User],
+    calendars: dict[str, BusinessCalendar],
+) -> None:
     stage.name = spec.name
     stage.position = position
     stage.sla_seconds = spec.sla_seconds
     stage.warning_seconds = spec.warning_seconds
     stage.alert_users = [users[email] for email in spec.alert]
+    stage.always_open = spec.calendar == ALWAYS_OPEN
+    own = spec.calendar if spec.calendar and spec.calendar != ALWAYS_OPEN else None
+    stage.calendar = calendars[own] if own else None
 
 
-def dump(session: Session) -> list[PipelineSpec]:
-    """Every pipeline as it stands, ready for pipelines.dump."""
-    return [
-        PipelineSpec(
-            key=p.key,
-            name=p.name,
-            default=p.is_default,
-            stages=[
-                StageSpec(
-                    key=s.key,
-                    name=s.name,
-                    sla_seconds=s.sla_seconds,
-                    warning_seconds=s.warning_seconds,
-                    alert=sorted(u.email for u in s.alert_users),  # a set: stable order
-                )
-                for s in p.stages
-            ],
-        )
-        for p in session.scalars(select(Pipeline).order_by(Pipeline.id))
-    ]
+def dump(session: Session) -> DeskSpec:
+    """Every calendar and pipeline as it stands, ready for pipelines.dump."""
+    return DeskSpec(
+        calendars=[
+            _calendar_spec(c)
+            for c in session.scalars(select(BusinessCalendar).order_by(BusinessCalendar.id))
+        ],
+        pipelines=[
+            _pipeline_spec(p) for p in session.scalars(select(Pipeline).order_by(Pipeline.id))
+        ],
+    )
+
+
+def _calendar_spec(row: BusinessCalendar) -> CalendarSpec:
+    return CalendarSpec(
+        key=row.key,
+        name=row.name,
+        timezone=row.timezone,
+        hours=row.hours,
+        country=row.holiday_country,
+        subdivision=row.holiday_subdivision,
+        dates=[
+            HolidayDate(date.fromisoformat(d["date"]), bool(d.get("yearly")))
+            for d in row.closed_dates or []
+        ],
+        ics=row.ics_source,
+    )
+
+
+def _pipeline_spec(pipeline: Pipeline) -> PipelineSpec:
+    return PipelineSpec(
+        key=pipeline.key,
+        name=pipeline.name,
+        default=pipeline.is_default,
+        calendar=pipeline.calendar.key if pipeline.calendar else None,
+        stages=[
+            StageSpec(
+                key=s.key,
+                name=s.name,
+                sla_seconds=s.sla_seconds,
+                warning_seconds=s.warning_seconds,
+                alert=sorted(u.email for u in s.alert_users),  # a set: stable order
+                calendar=ALWAYS_OPEN if s.always_open else (s.calendar.key if s.calendar else None),
+            )
+            for s in pipeline.stages
+        ],
+    )

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+
+from . import clock
 
 DURATION_RE = re.compile(r"^(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?$")
 KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -20,6 +24,29 @@ class PipelineFileError(ValueError):
         self.problems = problems
 
 
+# A stage's `calendar:` that means "the clock always runs", whatever its pipeline says.
+ALWAYS_OPEN = "24/7"
+
+
+@dataclass
+class HolidayDate:
+    day: date
+    yearly: bool = False
+
+
+@dataclass
+class CalendarSpec:
+    key: str
+    name: str
+    timezone: str
+    hours: dict[str, list[str]]
+    country: str | None = None
+    subdivision: str | None = None
+    dates: list[HolidayDate] = field(default_factory=list)
+    ics: str | None = None
+    line: int = 0
+
+
 @dataclass
 class StageSpec:
     key: str
@@ -27,6 +54,7 @@ class StageSpec:
     sla_seconds: int | None = None
     warning_seconds: int | None = None
     alert: list[str] = field(default_factory=list)
+    calendar: str | None = None  # a calendar key, ALWAYS_OPEN, or None: the pipeline's
     line: int = 0
 
 
@@ -36,7 +64,16 @@ class PipelineSpec:
     name: str
     default: bool = False
     stages: list[StageSpec] = field(default_factory=list)
+    calendar: str | None = None  # a calendar key, or None: 24/7
     line: int = 0
+
+
+@dataclass
+class DeskSpec:
+    """Everything a configuration file holds."""
+
+    pipelines: list[PipelineSpec] = field(default_factory=list)
+    calendars: list[CalendarSpec] = field(default_factory=list)
 
 
 def parse_duration(value: Any) -> int:
@@ -126,6 +163,15 @@ class _Reader:
             )
         return value
 
+    def optional_text(self, fields: dict[str, yaml.Node], name: str, path: str) -> str | None:
+        node = fields.get(name)
+        if node is None:
+            return None
+        if not isinstance(node, yaml.ScalarNode) or not str(node.value).strip():
+            self.fail(node, f"{path}.{name}", "expected a non-empty text")
+            return None
+        return str(node.value).strip()
+
     def duration(self, fields: dict[str, yaml.Node], name: str, path: str) -> int | None:
         node = fields.get(name)
         if node is None or (isinstance(node, yaml.ScalarNode) and node.value in ("", "null", "~")):
@@ -150,8 +196,8 @@ class _Reader:
         return value
 
 
-def parse(source: str) -> list[PipelineSpec]:
-    """Read and check a pipeline file; PipelineFileError lists every problem found."""
+def parse(source: str) -> DeskSpec:
+    """Read and check a configuration file; PipelineFileError lists every problem found."""
     try:
         root = yaml.compose(source, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
@@ -165,7 +211,12 @@ def parse(source: str) -> list[PipelineSpec]:
         raise PipelineFileError(
             ["line 1: file: the file is empty; expected `pipelines:` with a list"]
         )
-    top = reader.mapping(root, "file", {"pipelines"})
+    top = reader.mapping(root, "file", {"pipelines", "calendars"})
+    calendars = [
+        _calendar(reader, node, f"calendars[{i}]")
+        for i, node in enumerate(reader.sequence(top.get("calendars"), "calendars"))
+    ]
+    _check_unique(reader, [(c.key, c.line) for c in calendars], "calendars", "calendar key")
     nodes = reader.sequence(top.get("pipelines"), "pipelines")
     if not nodes and not reader.problems:
         reader.fail(root, "pipelines", "at least one pipeline is required")
@@ -179,17 +230,20 @@ def parse(source: str) -> list[PipelineSpec]:
         )
     if reader.problems:
         raise PipelineFileError(reader.problems)
-    return specs
+    return DeskSpec(pipelines=specs, calendars=calendars)
 
 
 def _pipeline(reader: _Reader, node: yaml.Node, path: str) -> PipelineSpec:
-    fields = reader.mapping(node, path, {"key", "name", "default", "stages"})
+    fields = reader.mapping(node, path, {"key", "name", "default", "stages", "calendar"})
     spec = PipelineSpec(
         key=reader.text(fields, "key", path, node, KEY_RE),
         name=reader.text(fields, "name", path, node),
         default=reader.flag(fields, "default", path),
+        calendar=reader.optional_text(fields, "calendar", path),
         line=node.start_mark.line + 1,
     )
+    if spec.calendar == ALWAYS_OPEN:
+        spec.calendar = None
     stage_nodes = reader.sequence(fields.get("stages"), f"{path}.stages")
     if not stage_nodes:
         reader.fail(node, f"{path}.stages", "at least one stage is required")
@@ -199,12 +253,14 @@ def _pipeline(reader: _Reader, node: yaml.Node, path: str) -> PipelineSpec:
 
 
 def _stage(reader: _Reader, node: yaml.Node, path: str) -> StageSpec:
-    fields = reader.mapping(node, path, {"key", "name", "sla", "warning", "alert"})
+    allowed = {"key", "name", "sla", "warning", "alert", "calendar"}
+    fields = reader.mapping(node, path, allowed)
     spec = StageSpec(
         key=reader.text(fields, "key", path, node, KEY_RE),
         name=reader.text(fields, "name", path, node),
         sla_seconds=reader.duration(fields, "sla", path),
         warning_seconds=reader.duration(fields, "warning", path),
+        calendar=reader.optional_text(fields, "calendar", path),
         line=node.start_mark.line + 1,
     )
     if spec.warning_seconds and not spec.sla_seconds:
@@ -219,6 +275,98 @@ def _stage(reader: _Reader, node: yaml.Node, path: str) -> StageSpec:
     return spec
 
 
+def _calendar(reader: _Reader, node: yaml.Node, path: str) -> CalendarSpec:
+    fields = reader.mapping(node, path, {"key", "name", "timezone", "hours", "holidays"})
+    spec = CalendarSpec(
+        key=reader.text(fields, "key", path, node, KEY_RE),
+        name=reader.optional_text(fields, "name", path) or "",
+        timezone=reader.text(fields, "timezone", path, node),
+        hours=_hours(reader, fields.get("hours"), f"{path}.hours", node),
+        line=node.start_mark.line + 1,
+    )
+    spec.name = spec.name or spec.key
+    if spec.timezone and not _known_timezone(spec.timezone):
+        reader.fail(
+            fields["timezone"],
+            f"{path}.timezone",
+            f"unknown timezone {spec.timezone!r} (use an IANA name such as America/Sao_Paulo)",
+        )
+    elif spec.timezone and "hours" in fields:
+        try:
+            clock.Calendar.from_hours(spec.timezone, spec.hours)
+        except ValueError as exc:
+            reader.fail(fields["hours"], f"{path}.hours", str(exc))
+    holidays = fields.get("holidays")
+    if holidays is not None:
+        _holidays(reader, holidays, f"{path}.holidays", spec)
+    return spec
+
+
+def _known_timezone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _hours(
+    reader: _Reader, node: yaml.Node | None, path: str, parent: yaml.Node
+) -> dict[str, list[str]]:
+    if node is None:
+        reader.fail(parent, path, 'is required, e.g. mon-fri: ["09:00-18:00"]')
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        reader.fail(node, path, 'expected days with their hours, e.g. mon-fri: ["09:00-18:00"]')
+        return {}
+    hours: dict[str, list[str]] = {}
+    for key_node, value_node in node.value:
+        days = str(key_node.value).strip().lower()
+        items = reader.sequence(value_node, f"{path}.{days}")
+        if not all(isinstance(i, yaml.ScalarNode) for i in items):
+            reader.fail(value_node, f"{path}.{days}", 'expected a list like ["09:00-18:00"]')
+            continue
+        hours[days] = [str(i.value).strip() for i in items]
+    return hours
+
+
+def _holidays(reader: _Reader, node: yaml.Node, path: str, spec: CalendarSpec) -> None:
+    fields = reader.mapping(node, path, {"country", "subdivision", "dates", "ics"})
+    spec.country = reader.optional_text(fields, "country", path)
+    spec.subdivision = reader.optional_text(fields, "subdivision", path)
+    spec.ics = reader.optional_text(fields, "ics", path)
+    if spec.subdivision and not spec.country:
+        reader.fail(node, f"{path}.subdivision", "needs a `country`")
+    for i, item in enumerate(reader.sequence(fields.get("dates"), f"{path}.dates")):
+        holiday = _holiday_date(reader, item, f"{path}.dates[{i}]")
+        if holiday is not None:
+            spec.dates.append(holiday)
+
+
+def _holiday_date(reader: _Reader, node: yaml.Node, path: str) -> HolidayDate | None:
+    yearly = False
+    day_node: yaml.Node | None = node
+    if isinstance(node, yaml.MappingNode):
+        fields = reader.mapping(node, path, {"date", "yearly"})
+        day_node = fields.get("date")
+        yearly = reader.flag(fields, "yearly", path)
+        if day_node is None:
+            reader.fail(node, f"{path}.date", "is required")
+            return None
+    value = (
+        yaml.safe_load(yaml.serialize(day_node)) if isinstance(day_node, yaml.ScalarNode) else None
+    )
+    if isinstance(value, str):
+        try:
+            value = date.fromisoformat(value.strip())
+        except ValueError:
+            value = None
+    if not isinstance(value, date):
+        reader.fail(day_node, path, "expected a date such as 2026-12-24")
+        return None
+    return HolidayDate(day=value, yearly=yearly)
+
+
 def _check_unique(reader: _Reader, keyed: list[tuple[str, int]], path: str, what: str) -> None:
     seen: set[str] = set()
     for key, line in keyed:
@@ -227,16 +375,41 @@ def _check_unique(reader: _Reader, keyed: list[tuple[str, int]], path: str, what
         seen.add(key)
 
 
-def dump(specs: list[PipelineSpec]) -> str:
-    """The YAML text that `parse` reads back as the same pipelines."""
-    data: dict[str, Any] = {"pipelines": [_pipeline_dict(p) for p in specs]}
+def dump(spec: DeskSpec) -> str:
+    """The YAML text that `parse` reads back as the same configuration."""
+    data: dict[str, Any] = {}
+    if spec.calendars:
+        data["calendars"] = [_calendar_dict(c) for c in spec.calendars]
+    data["pipelines"] = [_pipeline_dict(p) for p in spec.pipelines]
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def _calendar_dict(spec: CalendarSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {"key": spec.key, "name": spec.name, "timezone": spec.timezone}
+    out["hours"] = spec.hours
+    holidays: dict[str, Any] = {}
+    if spec.country:
+        holidays["country"] = spec.country
+    if spec.subdivision:
+        holidays["subdivision"] = spec.subdivision
+    if spec.dates:
+        holidays["dates"] = [
+            {"date": d.day.isoformat(), "yearly": True} if d.yearly else d.day.isoformat()
+            for d in spec.dates
+        ]
+    if spec.ics:
+        holidays["ics"] = spec.ics
+    if holidays:
+        out["holidays"] = holidays
+    return out
 
 
 def _pipeline_dict(spec: PipelineSpec) -> dict[str, Any]:
     out: dict[str, Any] = {"key": spec.key, "name": spec.name}
     if spec.default:
         out["default"] = True
+    if spec.calendar:
+        out["calendar"] = spec.calendar
     out["stages"] = [_stage_dict(s) for s in spec.stages]
     return out
 
@@ -249,4 +422,6 @@ def _stage_dict(spec: StageSpec) -> dict[str, Any]:
         out["warning"] = format_duration(spec.warning_seconds)
     if spec.alert:
         out["alert"] = list(spec.alert)
+    if spec.calendar:
+        out["calendar"] = spec.calendar
     return out

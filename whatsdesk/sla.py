@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
+
+from .clock import Calendar, add_business_time
 
 WARNING = "warning"
 BREACH = "breach"
@@ -40,16 +42,20 @@ def _require_aware(moment: datetime) -> None:
 
 
 def timers_for(
-    entered_at: datetime, sla_seconds: int | None, warning_seconds: int | None
+    entered_at: datetime,
+    sla_seconds: int | None,
+    warning_seconds: int | None,
+    calendar: Calendar | None = None,
 ) -> Timers:
-    """Deadline = entry + SLA; the warning comes `warning_seconds` before it (24/7 clock)."""
+    """Deadline = entry + SLA of open time in the calendar (None: 24/7); the warning comes
+    when `warning_seconds` of open time are left."""
     _require_aware(entered_at)
     if not sla_seconds:
         return Timers(None, None)
-    deadline = entered_at + timedelta(seconds=sla_seconds)
+    deadline = add_business_time(calendar, entered_at, sla_seconds)
     warning = None
     if warning_seconds and 0 < warning_seconds < sla_seconds:
-        warning = deadline - timedelta(seconds=warning_seconds)
+        warning = add_business_time(calendar, entered_at, sla_seconds - warning_seconds)
     return Timers(warning, deadline)
 
 

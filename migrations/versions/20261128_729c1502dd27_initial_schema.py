@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 4aa137bf8891
+Revision ID: 729c1502dd27
 Revises:
-Create Date: 2026-11-28 22:41:06.701894
+Create Date: 2026-11-28 23:11:50.997322
 """
 
 from collections.abc import Sequence
@@ -10,13 +10,29 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "4aa137bf8891"
+revision: str = "729c1502dd27"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    op.create_table(
+        "calendars",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("key", sa.String(length=64), nullable=False),
+        sa.Column("name", sa.String(length=120), nullable=False),
+        sa.Column("timezone", sa.String(length=64), nullable=False),
+        sa.Column("hours", sa.JSON(), nullable=False),
+        sa.Column("holiday_country", sa.String(length=8), nullable=True),
+        sa.Column("holiday_subdivision", sa.String(length=16), nullable=True),
+        sa.Column("closed_dates", sa.JSON(), nullable=False),
+        sa.Column("ics_source", sa.Text(), nullable=True),
+        sa.Column("ics_dates", sa.JSON(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_calendars")),
+        sa.UniqueConstraint("key", name=op.f("uq_calendars_key")),
+    )
     op.create_table(
         "contacts",
         sa.Column("id", sa.Integer(), nullable=False),
@@ -41,15 +57,6 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f("ix_early_statuses_sid"), ["sid"], unique=False)
 
     op.create_table(
-        "pipelines",
-        sa.Column("id", sa.Integer(), nullable=False),
-        sa.Column("key", sa.String(length=64), nullable=False),
-        sa.Column("name", sa.String(length=120), nullable=False),
-        sa.Column("is_default", sa.Boolean(), nullable=False),
-        sa.PrimaryKeyConstraint("id", name=op.f("pk_pipelines")),
-        sa.UniqueConstraint("key", name=op.f("uq_pipelines_key")),
-    )
-    op.create_table(
         "users",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("name", sa.String(length=120), nullable=False),
@@ -64,6 +71,19 @@ def upgrade() -> None:
         sa.UniqueConstraint("whatsapp", name=op.f("uq_users_whatsapp")),
     )
     op.create_table(
+        "pipelines",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("key", sa.String(length=64), nullable=False),
+        sa.Column("name", sa.String(length=120), nullable=False),
+        sa.Column("is_default", sa.Boolean(), nullable=False),
+        sa.Column("calendar_id", sa.Integer(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["calendar_id"], ["calendars.id"], name=op.f("fk_pipelines_calendar_id_calendars")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_pipelines")),
+        sa.UniqueConstraint("key", name=op.f("uq_pipelines_key")),
+    )
+    op.create_table(
         "stages",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("pipeline_id", sa.Integer(), nullable=False),
@@ -72,6 +92,11 @@ def upgrade() -> None:
         sa.Column("position", sa.Integer(), nullable=False),
         sa.Column("sla_seconds", sa.Integer(), nullable=True),
         sa.Column("warning_seconds", sa.Integer(), nullable=True),
+        sa.Column("calendar_id", sa.Integer(), nullable=True),
+        sa.Column("always_open", sa.Boolean(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["calendar_id"], ["calendars.id"], name=op.f("fk_stages_calendar_id_calendars")
+        ),
         sa.ForeignKeyConstraint(
             ["pipeline_id"],
             ["pipelines.id"],
@@ -141,6 +166,7 @@ def upgrade() -> None:
         sa.Column("warning_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("deadline_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("wall_seconds", sa.Integer(), nullable=True),
+        sa.Column("business_seconds", sa.Integer(), nullable=True),
         sa.ForeignKeyConstraint(
             ["card_id"],
             ["cards.id"],
@@ -237,10 +263,11 @@ def downgrade() -> None:
 
     op.drop_table("cards")
     op.drop_table("stages")
-    op.drop_table("users")
     op.drop_table("pipelines")
+    op.drop_table("users")
     with op.batch_alter_table("early_statuses", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_early_statuses_sid"))
 
     op.drop_table("early_statuses")
     op.drop_table("contacts")
+    op.drop_table("calendars")

@@ -1,0 +1,264 @@
+"""Business calendars in the configuration file, the database and the SLA timers."""
+
+from __future__ import annotations
+
+import textwrap
+from datetime import UTC, date, datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from whatsdesk import clock, desk, pipeline_store, pipelines
+from whatsdesk.calendars import read_ics
+from whatsdesk.config import Config
+from whatsdesk.models import BusinessCalendar, Card, StageVisit
+from whatsdesk.whatsapp import Inbound
+
+SAO_PAULO = ZoneInfo("America/Sao_Paulo")
+FILE = """
+calendars:
+  - key: office
+    name: Office
+    timezone: America/Sao_Paulo
+    hours:
+      mon-fri: ["09:00-18:00"]
+    holidays:
+      country: BR
+      subdivision: SP
+      dates:
+        - 2026-12-24
+        - {date: 2025-12-31, yearly: true}
+pipelines:
+  - key: support
+    name: Support
+    default: true
+    calendar: office
+    stages:
+      - key: new
+        name: New
+        sla: 2h
+        warning: 30m
+      - key: urgent
+        name: Urgent
+        sla: 2h
+        calendar: 24/7
+"""
+
+
+def local(*parts: int) -> datetime:
+    return datetime(*parts, tzinfo=SAO_PAULO).astimezone(UTC)
+
+
+def load(session: Session, text: str, now: datetime | None = None) -> None:
+    pipeline_store.load(session, pipelines.parse(text), now or datetime.now(UTC))
+    session.commit()
+
+
+def problems_of(session: Session, text: str) -> list[str]:
+    with pytest.raises(pipelines.PipelineFileError) as refused:
+        load(session, textwrap.dedent(text))
+    session.rollback()
+    return refused.value.problems
+
+
+def customer_writes(session: Session, at: datetime) -> Card:
+    inbound = Inbound(
+        sid=f"SM{int(at.timestamp())}aaaaaaaaaaaaaaaaaaaaaaaa",
+        from_address=f"whatsapp:+55119{int(at.timestamp()) % 100000000:08d}",
+        to_address="whatsapp:+14155238886",
+        body="Hello",
+        profile_name="Maria",
+        wa_id=None,
+    )
+    received = desk.receive_message(session, inbound, at)
+    session.commit()
+    assert received.card is not None
+    return received.card
+
+
+def visit_of(session: Session, card: Card) -> StageVisit:
+    visit = desk.current_visit(session, card)
+    assert visit is not None
+    return visit
+
+
+def test_a_two_hour_sla_on_friday_afternoon_falls_on_monday_morning(
+    config: Config, session: Session
+) -> None:
+    load(session, FILE)
+    card = customer_writes(session, local(2026, 11, 27, 17, 30))  # Friday, 30 open minutes left
+
+    visit = visit_of(session, card)
+    assert visit.deadline_at == local(2026, 11, 30, 10, 30)
+    assert visit.warning_at == local(2026, 11, 30, 10, 0)  # 30 open minutes before
+
+
+def test_a_message_at_night_starts_its_clock_at_the_next_opening(
+    config: Config, session: Session
+) -> None:
+    load(session, FILE)
+    card = customer_writes(session, local(2026, 11, 24, 23, 59))  # Tuesday night
+
+    assert visit_of(session, card).deadline_at == local(2026, 11, 25, 11, 0)
+
+
+def test_public_and_own_holidays_are_closed(config: Config, session: Session) -> None:
+    load(session, FILE)
+    # 2026-04-21, Tiradentes (national); 2026-07-09 São Paulo's own; 12-24 and 12-31 the firm's.
+    before_tiradentes = customer_writes(session, local(2026, 4, 20, 17, 0))
+    before_sp_day = customer_writes(session, local(2026, 7, 8, 17, 0))
+    before_new_year = customer_writes(session, local(2026, 12, 30, 17, 0))
+
+    assert visit_of(session, before_tiradentes).deadline_at == local(2026, 4, 22, 10, 0)
+    assert visit_of(session, before_sp_day).deadline_at == local(2026, 7, 10, 10, 0)
+    assert visit_of(session, before_new_year).deadline_at == local(2027, 1, 4, 10, 0)
+
+
+def test_a_24_7_stage_ignores_its_pipelines_calendar_and_records_business_time(
+    config: Config, session: Session
+) -> None:
+    load(session, FILE)
+    card = customer_writes(session, local(2026, 11, 27, 17, 0))  # Friday, 1 open hour left
+
+    urgent = desk.move_card(session, card.id, "urgent", local(2026, 11, 28, 12, 0))
+    session.commit()
+
+    assert urgent.deadline_at == local(2026, 11, 28, 14, 0)
+    first = session.scalars(
+        select(StageVisit).where(StageVisit.card_id == card.id).order_by(StageVisit.id)
+    ).first()
+    assert first is not None
+    assert (first.wall_seconds, first.business_seconds) == (19 * 3600, 3600)
+
+
+def test_calendars_round_trip_through_dump(config: Config, session: Session) -> None:
+    load(session, FILE)
+    dumped = pipelines.dump(pipeline_store.dump(session))
+
+    again = pipelines.parse(dumped)
+    [calendar] = again.calendars
+    assert (calendar.key, calendar.timezone, calendar.hours) == (
+        "office",
+        "America/Sao_Paulo",
+        {"mon-fri": ["09:00-18:00"]},
+    )
+    assert (calendar.country, calendar.subdivision) == ("BR", "SP")
+    assert [(d.day, d.yearly) for d in calendar.dates] == [
+        (date(2026, 12, 24), False),
+        (date(2025, 12, 31), True),
+    ]
+    assert again.pipelines[0].calendar == "office"
+    assert [s.calendar for s in again.pipelines[0].stages] == [None, "24/7"]
+
+
+def test_an_ics_file_closes_its_days(config: Config, session: Session, tmp_path: Path) -> None:
+    ics = tmp_path / "closures.ics"
+    ics.write_text(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//whatsdesk test//EN\r\n"
+        "BEGIN:VEVENT\r\nUID:1\r\nDTSTART;VALUE=DATE:20261125\r\nDTEND;VALUE=DATE:20261127\r\n"
+        "SUMMARY:Team offsite\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+    assert read_ics(str(ics)) == [date(2026, 11, 25), date(2026, 11, 26)]
+    yearly = "        - {date: 2025-12-31, yearly: true}\n"
+    load(session, FILE.replace(yearly, f"{yearly}      ics: {ics}\n"))
+
+    card = customer_writes(session, local(2026, 11, 24, 17, 0))  # Tuesday; Wed–Thu closed
+
+    assert visit_of(session, card).deadline_at == local(2026, 11, 27, 10, 0)
+    stored = session.scalars(select(BusinessCalendar)).one()
+    assert stored.ics_dates == ["2026-11-25", "2026-11-26"]
+
+
+def test_calendar_mistakes_in_the_file_are_refused_naming_line_and_field() -> None:
+    with pytest.raises(pipelines.PipelineFileError) as refused:
+        pipelines.parse(
+            textwrap.dedent(
+                """
+                calendars:
+                  - key: office
+                    timezone: Mars/Olympus
+                    hours:
+                      mon-fri: ["09:00-18:00"]
+                  - key: shop
+                    timezone: Europe/London
+                    hours:
+                      mon: ["09:00-13:00", "12:00-18:00"]
+                    holidays:
+                      subdivision: SP
+                      dates: [not-a-date]
+                pipelines:
+                  - key: support
+                    name: Support
+                    stages: [{key: new, name: New}]
+                """
+            )
+        )
+    problems = refused.value.problems
+    assert problems[0].startswith("line 4: calendars[0].timezone: unknown timezone 'Mars/Olympus'")
+    assert problems[1].startswith("line 10: calendars[1].hours: ") and "overlap" in problems[1]
+    assert problems[2] == "line 12: calendars[1].holidays.subdivision: needs a `country`"
+    assert problems[3] == (
+        "line 13: calendars[1].holidays.dates[0]: expected a date such as 2026-12-24"
+    )
+
+
+def test_calendar_sources_that_cannot_be_used_are_refused_and_nothing_is_stored(
+    config: Config, session: Session, tmp_path: Path
+) -> None:
+    problems = problems_of(
+        session,
+        f"""
+        calendars:
+          - key: shop
+            timezone: Europe/London
+            hours:
+              mon-fri: ["09:00-17:00"]
+            holidays:
+              country: XX
+              ics: {tmp_path / "missing.ics"}
+        pipelines:
+          - key: support
+            name: Support
+            calendar: nowhere
+            stages: [{{key: new, name: New, calendar: elsewhere}}]
+        """,
+    )
+
+    assert problems[0] == "line 3: calendar 'shop'.holidays: Country XX not available"
+    assert problems[1].startswith("line 3: calendar 'shop'.holidays.ics: cannot read")
+    assert problems[2].startswith("line 11: pipeline 'support'.calendar: no calendar 'nowhere'")
+    assert problems[3].startswith("line 14: stage 'new'.calendar: no calendar 'elsewhere'")
+    assert session.scalars(select(BusinessCalendar)).all() == []
+
+
+def test_a_calendar_that_never_opens_is_refused(config: Config, session: Session) -> None:
+    problems = problems_of(
+        session,
+        """
+        calendars:
+          - key: never
+            timezone: UTC
+            hours: {}
+        pipelines:
+          - key: support
+            name: Support
+            stages: [{key: new, name: New}]
+        """,
+    )
+    assert any("calendars[0].hours" in p for p in problems), problems
+
+
+def test_arithmetic_calendar_of_a_stored_one_has_its_holidays(
+    config: Config, session: Session
+) -> None:
+    load(session, FILE)
+    stored = session.scalars(select(BusinessCalendar)).one()
+    from whatsdesk.calendars import to_clock
+
+    calendar = to_clock(stored, 2026)
+    assert date(2026, 12, 25) in calendar.holidays  # Christmas, from the holidays package
+    assert date(2027, 12, 31) in calendar.holidays  # the firm's own, yearly
+    assert not clock.is_open(calendar, local(2026, 12, 25, 10, 0))

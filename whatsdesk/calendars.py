@@ -1,0 +1,107 @@
+"""Business calendars from the database, their closed days resolved: a country's public
+holidays (the `holidays` package), the business's own dates, and an iCalendar file or URL."""
+
+from __future__ import annotations
+
+import urllib.request
+from datetime import date, datetime
+from pathlib import Path
+
+import holidays as public_holidays
+import icalendar
+
+from . import clock
+from .models import BusinessCalendar, Stage
+
+ICS_TIMEOUT_SECONDS = 10
+# Holidays are resolved for the years around an instant: enough for any SLA that ends in them.
+YEARS_BEFORE, YEARS_AFTER = 1, 3
+
+
+def for_stage(stage: Stage, around: datetime) -> clock.Calendar | None:
+    """The calendar a stage's clock follows (None: 24/7)."""
+    row = None if stage.always_open else (stage.calendar or stage.pipeline.calendar)
+    return None if row is None else to_clock(row, around.year)
+
+
+def to_clock(row: BusinessCalendar, year: int) -> clock.Calendar:
+    """The arithmetic form of a stored calendar, with closed days for the years around `year`.
+
+    Cached per calendar version (`updated_at` changes with every load of the configuration).
+    """
+    key = (row.id, row.updated_at, year)
+    if key not in _resolved:
+        if len(_resolved) > 256:
+            _resolved.clear()
+        _resolved[key] = build(row, range(year - YEARS_BEFORE, year + YEARS_AFTER + 1))
+    return _resolved[key]
+
+
+_resolved: dict[tuple[int, datetime, int], clock.Calendar] = {}
+
+
+def build(row: BusinessCalendar, years: range) -> clock.Calendar:
+    """A stored calendar with every closed day of `years` resolved."""
+    days: set[date] = set()
+    if row.holiday_country:
+        days |= set(country_holidays(row.holiday_country, row.holiday_subdivision, years))
+    for closed in row.closed_dates or []:
+        days |= set(
+            own_dates(date.fromisoformat(closed["date"]), bool(closed.get("yearly")), years)
+        )
+    days |= {date.fromisoformat(d) for d in row.ics_dates or []}
+    return clock.Calendar.from_hours(row.timezone, row.hours, frozenset(days))
+
+
+def country_holidays(country: str, subdivision: str | None, years: range) -> list[date]:
+    """Public holidays; ValueError naming an unknown country or subdivision."""
+    try:
+        found = public_holidays.country_holidays(country, subdiv=subdivision, years=list(years))
+    except NotImplementedError as exc:
+        raise ValueError(str(exc)) from exc
+    return list(found.keys())
+
+
+def own_dates(day: date, yearly: bool, years: range) -> list[date]:
+    """A business's own closed day, every year when yearly (29 Feb: leap years only)."""
+    if not yearly:
+        return [day]
+    repeated = []
+    for year in years:
+        try:
+            repeated.append(day.replace(year=year))
+        except ValueError:
+            continue
+    return repeated
+
+
+def read_ics(source: str) -> list[date]:
+    """Every day covered by the events of an iCalendar file (a path) or URL (http/https)."""
+    if source.startswith(("http://", "https://")):
+        with urllib.request.urlopen(source, timeout=ICS_TIMEOUT_SECONDS) as answer:  # noqa: S310
+            raw = answer.read()
+    else:
+        raw = Path(source).read_bytes()
+    try:
+        parsed = icalendar.Calendar.from_ical(raw)
+    except ValueError as exc:
+        raise ValueError(f"not an iCalendar file: {exc}") from exc
+    days: set[date] = set()
+    for event in parsed.walk("VEVENT"):
+        days |= set(_event_days(event))
+    return sorted(days)
+
+
+def _event_days(event: icalendar.Event) -> list[date]:
+    start = event.decoded("DTSTART", None)
+    if start is None:
+        return []
+    end = event.decoded("DTEND", None)
+    first = start.date() if isinstance(start, datetime) else start
+    if end is None:
+        return [first]
+    # DTEND is exclusive for all-day events; a timed event closes the days it touches.
+    last = end.date() if isinstance(end, datetime) else end
+    if not isinstance(end, datetime):
+        last = date.fromordinal(last.toordinal() - 1)
+    return [date.fromordinal(n) for n in range(first.toordinal(), last.toordinal() + 1)]

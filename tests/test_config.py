@@ -83,3 +83,11 @@ def test_port_that_is_not_a_tcp_port_number_is_refused_naming_it(raw: str) -> No
         Config.from_env({"PORT": raw})
 
     assert str(refused.value) == f"PORT must be a TCP port number, not {raw!r}"
+
+
+def test_sweep_interval_is_read_from_the_environment_and_checked() -> None:
+    assert Config.from_env({}).sweep_seconds == 5
+    assert Config.from_env({"SWEEP_INTERVAL": "2"}).sweep_seconds == 2
+    for bad in ("0", "abc", "4000"):
+        with pytest.raises(RuntimeError, match="SWEEP_INTERVAL must be whole seconds"):
+            Config.from_env({"SWEEP_INTERVAL": bad})

@@ -168,3 +168,29 @@ def test_a_redis_that_lost_its_data_loses_no_deadline(config: Config, redis: Red
             sent = twilio.wait_for(to({CUSTOMER, *AGENTS, *SUPERVISORS}), timeout=40)
         assert sorted(m["To"] for m in sent) == sorted([CUSTOMER, *AGENTS, *SUPERVISORS])
         assert [e.kind for e in events(config)] == ["warning", "breach"]
+
+
+def test_three_workers_and_the_sweep_send_every_alert_exactly_once(config: Config) -> None:
+    seed(config.database_url, sla="4s", warning="2s")
+    customers = [f"+55119{n:08d}" for n in range(12)]
+    with (
+        TwilioServer() as twilio,
+        processes(config, twilio, "web", "worker", "worker", "worker", "sweep") as web,
+    ):
+        for n, phone in enumerate(customers):
+            form = inbound_form(phone=phone, name=f"Customer {n}", body="Help")
+            assert post_signed(web, twilio.auth_token, form) == 200
+        expected = len(customers) * (1 + len(AGENTS) + len(SUPERVISORS))
+        twilio.wait_for(lambda messages: len(messages) >= expected, timeout=60)
+        # Two sweeps more: anything sent twice would show up now.
+        jobs.reconcile(twilio_config(config, twilio), utcnow())
+        assert eventually(lambda: outbound_statuses(config) == {"queued"}, timeout=15)
+
+    sent = [
+        (m["To"], m["Body"].split(" — ")[0], m["Body"].rsplit("Card #", 1)[-1])
+        for m in twilio.messages
+    ]
+    assert len(sent) == expected
+    assert len(set(sent)) == expected  # no (recipient, kind, card) twice
+    kinds = [e.kind for e in events(config)]
+    assert kinds.count("warning") == kinds.count("breach") == len(customers)

@@ -387,18 +387,18 @@ def test_timer_job_woken_a_little_early_waits_for_the_instant_then_fires(
     assert sorted(queued_ids(short_sla, redis)) == sorted(send_jobs_for(sent))
 
 
-def test_timer_job_woken_far_too_early_does_nothing_and_the_sweep_rearms_it(
+def test_timer_job_woken_far_too_early_reschedules_itself_for_the_instant(
     env: Config, seeded: Config, session: Session, redis: Redis
 ) -> None:
     visit = open_card(session, at=utcnow()).new_visit  # breach two minutes from now
     assert visit is not None and visit.deadline_at is not None
 
-    assert jobs.fire_sla_event(visit.id, "breach") == "not due yet"
+    assert jobs.fire_sla_event(visit.id, "breach") == "rescheduled"
+
     assert sla_events(env) == []
     assert alerts(env) == []
-
-    jobs.reconcile(env, utcnow())
-    assert scheduled(env, redis)[f"sla-{visit.id}-breach"] == whole_second(visit.deadline_at)
+    again = f"sla-{visit.id}-breach-at-{int(visit.deadline_at.timestamp())}"
+    assert scheduled(env, redis)[again] == whole_second(visit.deadline_at)
 
 
 def test_opening_a_card_by_webhook_schedules_its_timers(
@@ -790,3 +790,70 @@ def test_wrong_twilio_credentials_fail_the_message(
     failed = message(env, ack.id)
     assert (failed.status, failed.error_code) == ("failed", "20003")
     assert twilio.requests == [] and twilio.messages == []
+
+
+# --- the indexed sweep --------------------------------------------------------------------------
+
+
+def next_due(config: Config, visit_id: int) -> datetime | None:
+    with session_factory(config.database_url)() as s:
+        visit = s.get(StageVisit, visit_id)
+        assert visit is not None
+        return visit.next_due_at
+
+
+def test_a_visit_points_at_its_next_instant_until_it_breaches_or_leaves(
+    seeded: Config, session: Session
+) -> None:
+    first = open_card(session).new_visit
+    assert first is not None and next_due(seeded, first.id) == WARNING_AT
+
+    jobs.fire_and_send(seeded, first.id, "warning", WARNING_AT)
+    assert next_due(seeded, first.id) == BREACH_AT
+    jobs.fire_and_send(seeded, first.id, "breach", BREACH_AT)
+    assert next_due(seeded, first.id) is None
+
+    moved = desk.move_card(session, first.card_id, "open", BREACH_AT)
+    session.commit()
+    assert next_due(seeded, first.id) is None
+    assert next_due(seeded, moved.id) == BREACH_AT + timedelta(hours=1)
+
+
+def test_sweep_with_redis_intact_reads_only_what_is_due(
+    seeded: Config, session: Session, redis: Redis
+) -> None:
+    """A timer job lost on its own is not looked for while it is in the future (that would
+    cost a scan of every open card); the sweep fires it once it is due."""
+    visit = open_card(session).new_visit
+    assert visit is not None
+    jobs.reconcile(seeded, T0)  # first sweep on this Redis: a full re-arm, then marked intact
+    Job.fetch(f"sla-{visit.id}-warning", connection=redis).delete()
+
+    assert jobs.reconcile(seeded, T0 + timedelta(seconds=10))["rearmed"] == 0
+    assert jobs.reconcile(seeded, WARNING_AT + timedelta(seconds=1))["fired"] == 1
+    assert [e.kind for e in sla_events(seeded)] == ["warning"]
+
+
+def test_sweep_after_redis_lost_its_data_rearms_everything_once(
+    seeded: Config, session: Session, redis: Redis
+) -> None:
+    visit = open_card(session).new_visit
+    assert visit is not None
+    jobs.reconcile(seeded, T0)
+    lose_redis_data(redis)
+
+    assert jobs.reconcile(seeded, T0 + timedelta(seconds=10))["rearmed"] == 2
+    assert jobs.reconcile(seeded, T0 + timedelta(seconds=20))["rearmed"] == 0
+
+
+def test_the_sweeps_due_query_uses_the_next_due_index(seeded: Config, session: Session) -> None:
+    engine = session.get_bind()
+    query = select(StageVisit.id).where(StageVisit.next_due_at <= T0)
+    compiled = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            plan = " ".join(str(r) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}"))
+        else:
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            plan = " ".join(str(r) for r in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
+    assert "ix_stage_visits_next_due_at" in plan, plan

@@ -140,3 +140,11 @@ def test_naive_datetimes_are_refused() -> None:
 )
 def test_humanize(seconds: float, text: str) -> None:
     assert humanize(seconds) == text
+
+
+def test_next_instant_is_the_earliest_unrecorded_until_the_breach() -> None:
+    timers = two_minute_timers()
+    assert sla.next_instant(timers, []) == timers.warning_at
+    assert sla.next_instant(timers, [sla.WARNING]) == timers.deadline_at
+    assert sla.next_instant(timers, [sla.BREACH]) is None
+    assert sla.next_instant(sla.Timers(None, None), []) is None

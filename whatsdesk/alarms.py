@@ -14,6 +14,8 @@ from .sla import EVENT_KINDS, Timers
 # Backoff for sends Twilio could not take (429, 5xx, time-outs): 2 s … 2 min.
 SEND_RETRY_INTERVALS = [2, 5, 15, 45, 120]
 MAX_SEND_ATTEMPTS = len(SEND_RETRY_INTERVALS) + 1
+# Present while Redis holds every timer the database owes; gone with a restart or a flush.
+INTACT_KEY = "whatsdesk:timers-intact"
 
 
 @lru_cache(maxsize=8)
@@ -47,15 +49,28 @@ class Alarms:
             if instant is not None:
                 self.schedule_timer(visit_id, kind, instant)
 
-    def schedule_timer(self, visit_id: int, kind: str, instant: datetime) -> None:
+    def schedule_timer(
+        self, visit_id: int, kind: str, instant: datetime, again: bool = False
+    ) -> None:
+        """A job at the instant; `again` for a job re-scheduling itself (another id)."""
+        job_id = timer_job_id(visit_id, kind)
+        if again:
+            job_id = f"{job_id}-at-{int(instant.timestamp())}"
         self.queue.enqueue_at(
             instant,
             "whatsdesk.jobs.fire_sla_event",
             visit_id,
             kind,
-            job_id=timer_job_id(visit_id, kind),
+            job_id=job_id,
             result_ttl=3600,
         )
+
+    def intact(self) -> bool:
+        """False when Redis is new or has lost its data since the last full re-arm."""
+        return bool(self.redis.exists(INTACT_KEY))
+
+    def mark_intact(self) -> None:
+        self.redis.set(INTACT_KEY, "1")
 
     def enqueue_send(self, message_id: int) -> None:
         self.queue.enqueue(

@@ -34,6 +34,7 @@ class Config:
     queue_name: str = "whatsdesk"
     production: bool = False
     port: int = 5000
+    sweep_seconds: int = 5
     max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH
 
     @classmethod
@@ -54,6 +55,7 @@ class Config:
             public_url=env.get("PUBLIC_URL", "").strip().rstrip("/"),
             production=env.get("WHATSDESK_ENV", "").strip().lower() == "production",
             port=_port(env.get("PORT", "")),
+            sweep_seconds=_sweep_seconds(env.get("SWEEP_INTERVAL", "")),
         )
 
     @property
@@ -87,4 +89,11 @@ def _port(raw: str) -> int:
     # isdigit() alone lets through '²', which int() then refuses with an unclear ValueError.
     if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) < 65536:
         raise RuntimeError(f"PORT must be a TCP port number, not {raw!r}")
+    return int(raw)
+
+
+def _sweep_seconds(raw: str) -> int:
+    raw = raw.strip() or "5"
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 3600:
+        raise RuntimeError(f"SWEEP_INTERVAL must be whole seconds from 1 to 3600, not {raw!r}")
     return int(raw)

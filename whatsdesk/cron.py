@@ -1,10 +1,9 @@
-"""`rq cron whatsdesk.cron`: the periodic reconciling sweep."""
+"""`rq cron whatsdesk.cron`: the periodic reconciling sweep, every SWEEP_INTERVAL seconds."""
 
 from rq import cron
 
 from .config import Config
 from .jobs import sweep
 
-SWEEP_INTERVAL_SECONDS = 10
-
-cron.register(sweep, Config.from_env().queue_name, interval=SWEEP_INTERVAL_SECONDS, job_timeout=300)
+_config = Config.from_env()
+cron.register(sweep, _config.queue_name, interval=_config.sweep_seconds, job_timeout=300)

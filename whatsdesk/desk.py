@@ -132,6 +132,7 @@ def enter_stage(session: Session, card: Card, stage: Stage, now: datetime) -> St
         entered_at=now,
         warning_at=timers.warning_at,
         deadline_at=timers.deadline_at,
+        next_due_at=sla.next_instant(timers, ()),
     )
     session.add(new)
     session.flush()
@@ -141,6 +142,7 @@ def enter_stage(session: Session, card: Card, stage: Stage, now: datetime) -> St
 def leave(visit: StageVisit, now: datetime) -> None:
     """End a stage visit, recording the time spent in wall and business seconds."""
     visit.left_at = now
+    visit.next_due_at = None
     visit.wall_seconds = int((now - visit.entered_at).total_seconds())
     calendar = calendars.for_stage(visit.stage, visit.entered_at)
     visit.business_seconds = int(clock.business_seconds_between(calendar, visit.entered_at, now))

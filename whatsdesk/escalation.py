@@ -35,10 +35,12 @@ def fire(session: Session, visit_id: int, kind: str, now: datetime) -> list[Mess
     visit = session.get(StageVisit, visit_id)
     if visit is None or not visit_is_live(visit):
         return None
-    if kind not in sla.due_kinds(now, visit.timers, recorded_kinds(session, visit_id)):
+    recorded = recorded_kinds(session, visit_id)
+    if kind not in sla.due_kinds(now, visit.timers, recorded):
         return None
     event = SlaEvent(visit_id=visit.id, kind=kind, due_at=visit.timers.instant(kind), fired_at=now)
     session.add(event)
+    visit.next_due_at = sla.next_instant(visit.timers, recorded | {kind})
     session.flush()
     text = alert_text(visit, kind, now)
     messages = [

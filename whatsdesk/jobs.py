@@ -6,14 +6,14 @@ import logging
 import time
 from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, select, update
 from sqlalchemy.exc import IntegrityError
 
 from . import desk, escalation, sla
 from .alarms import MAX_SEND_ATTEMPTS, Alarms, send_job_id, timer_job_id
 from .config import Config
 from .db import session_scope, utcnow
-from .models import Card, Message, SlaEvent, StageVisit
+from .models import Card, Message, StageVisit
 from .whatsapp import PermanentSendError, TransientSendError, sender_for
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,10 @@ def fire_sla_event(visit_id: int, kind: str) -> str:
         return "no such timer"
     early = (instant - utcnow()).total_seconds()
     if early > EARLY_WAIT_LIMIT:
-        # A stale schedule (the instant moved later). Re-arming it from inside the job would
-        # be undone when the worker marks this job finished; the sweep re-arms it instead.
-        return "not due yet"
+        # Never early: come back at the instant. Under an id of its own, as this job's own
+        # record is marked finished when it returns.
+        _alarms(config).schedule_timer(visit_id, kind, instant, again=True)
+        return "rescheduled"
     if early > 0:
         time.sleep(early)
     return "fired" if fire_and_send(config, visit_id, kind, utcnow()) else "nothing to do"
@@ -120,17 +121,15 @@ def sweep() -> dict[str, int]:
 def reconcile(config: Config, now: datetime) -> dict[str, int]:
     """Make Redis agree with the database, which is the source of truth."""
     alarms = _alarms(config)
-    live = alarms.live_job_ids()
     counts = {"fired": 0, "rearmed": 0, "resent": 0, "interrupted": 0, "late_statuses": 0}
-    for visit_id, timers, recorded in _open_timers(config):
-        for kind in sla.due_kinds(now, timers, recorded):
+    for visit_id, kinds in _due_events(config, now):
+        for kind in kinds:
             counts["fired"] += fire_and_send(config, visit_id, kind, now)
-        for kind in sla.upcoming_kinds(now, timers, recorded):
-            if timer_job_id(visit_id, kind) not in live:
-                instant = timers.instant(kind)
-                assert instant is not None
-                alarms.schedule_timer(visit_id, kind, instant)
-                counts["rearmed"] += 1
+    live = alarms.live_job_ids()
+    if not alarms.intact():
+        # Redis is new or lost its data: every future timer must be scheduled again.
+        counts["rearmed"] = _rearm_all(config, alarms, live, now)
+        alarms.mark_intact()
     for message_id in _stale_sends(config, now):
         if send_job_id(message_id) not in live:
             alarms.enqueue_send(message_id)
@@ -143,30 +142,41 @@ def reconcile(config: Config, now: datetime) -> dict[str, int]:
     return counts
 
 
-def _open_timers(config: Config) -> list[tuple[int, sla.Timers, set[str]]]:
-    """Timers of the current stage visits of open cards that still owe their breach."""
+def _open_visits() -> Select[tuple[StageVisit]]:
+    return (
+        select(StageVisit)
+        .join(Card, Card.id == StageVisit.card_id)
+        .where(StageVisit.left_at.is_(None), Card.status == "open")
+    )
+
+
+def _due_events(config: Config, now: datetime) -> list[tuple[int, list[str]]]:
+    """Visits whose next instant has come (an indexed range query), with what they owe."""
+    due = []
     with session_scope(config.database_url) as session:
-        open_visits = (
-            select(StageVisit)
-            .join(Card, Card.id == StageVisit.card_id)
-            .where(
-                StageVisit.left_at.is_(None),
-                StageVisit.deadline_at.is_not(None),
-                Card.status == "open",
-            )
-        )
-        visits = session.scalars(open_visits).all()
-        recorded: dict[int, set[str]] = {}
-        visit_ids = open_visits.with_only_columns(StageVisit.id).scalar_subquery()
-        for visit_id, kind in session.execute(
-            select(SlaEvent.visit_id, SlaEvent.kind).where(SlaEvent.visit_id.in_(visit_ids))
-        ):
-            recorded.setdefault(visit_id, set()).add(kind)
-        return [
-            (v.id, v.timers, recorded.get(v.id, set()))
-            for v in visits
-            if sla.BREACH not in recorded.get(v.id, ())
-        ]
+        visits = session.scalars(_open_visits().where(StageVisit.next_due_at <= now)).all()
+        for visit in visits:
+            recorded = escalation.recorded_kinds(session, visit.id)
+            kinds = sla.due_kinds(now, visit.timers, recorded)
+            if kinds:
+                due.append((visit.id, kinds))
+            else:  # recorded some other way: point it at what it really owes next
+                visit.next_due_at = sla.next_instant(visit.timers, recorded)
+    return due
+
+
+def _rearm_all(config: Config, alarms: Alarms, live: set[str], now: datetime) -> int:
+    rearmed = 0
+    with session_scope(config.database_url) as session:
+        visits = session.scalars(_open_visits().where(StageVisit.next_due_at > now)).all()
+        for visit in visits:
+            recorded = escalation.recorded_kinds(session, visit.id)
+            for kind in sla.upcoming_kinds(now, visit.timers, recorded):
+                instant = visit.timers.instant(kind)
+                if instant is not None and timer_job_id(visit.id, kind) not in live:
+                    alarms.schedule_timer(visit.id, kind, instant)
+                    rearmed += 1
+    return rearmed
 
 
 def _fail_interrupted_sends(config: Config, live: set[str], now: datetime) -> int:

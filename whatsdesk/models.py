@@ -179,7 +179,6 @@ class Card(Base):
 
 class StageVisit(Base):
     __tablename__ = "stage_visits"
-    __table_args__ = (Index("ix_stage_visits_open", "left_at", "deadline_at"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
     card_id: Mapped[int] = mapped_column(ForeignKey("cards.id", ondelete="CASCADE"), index=True)
@@ -190,6 +189,9 @@ class StageVisit(Base):
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     wall_seconds: Mapped[int | None] = mapped_column(Integer)
     business_seconds: Mapped[int | None] = mapped_column(Integer)
+    # The earliest instant still owed an event; None when nothing is (left, or breached).
+    # The sweep's range query on it costs what is due, not what is open.
+    next_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
     card: Mapped[Card] = relationship()
     stage: Mapped[Stage] = relationship()

@@ -104,6 +104,20 @@ def upcoming_kinds(now: datetime, timers: Timers, recorded: Iterable[str]) -> li
     ]
 
 
+def next_instant(timers: Timers, recorded: Iterable[str]) -> datetime | None:
+    """When the visit next needs attention: its earliest unrecorded instant; None once the
+    breach is recorded (a warning cannot come after it)."""
+    done = set(recorded)
+    if BREACH in done:
+        return None
+    pending = [
+        instant
+        for kind in EVENT_KINDS
+        if kind not in done and (instant := timers.instant(kind)) is not None
+    ]
+    return min(pending, default=None)
+
+
 def seconds_left(now: datetime, timers: Timers) -> float | None:
     """Seconds to the deadline (negative once breached); None without an SLA."""
     _require_aware(now)

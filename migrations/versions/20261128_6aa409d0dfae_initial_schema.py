@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 729c1502dd27
+Revision ID: 6aa409d0dfae
 Revises:
-Create Date: 2026-11-28 23:11:50.997322
+Create Date: 2026-11-28 23:28:06.988802
 """
 
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "729c1502dd27"
+revision: str = "6aa409d0dfae"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -167,6 +167,7 @@ def upgrade() -> None:
         sa.Column("deadline_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("wall_seconds", sa.Integer(), nullable=True),
         sa.Column("business_seconds", sa.Integer(), nullable=True),
+        sa.Column("next_due_at", sa.DateTime(timezone=True), nullable=True),
         sa.ForeignKeyConstraint(
             ["card_id"],
             ["cards.id"],
@@ -180,7 +181,9 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("stage_visits", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_stage_visits_card_id"), ["card_id"], unique=False)
-        batch_op.create_index("ix_stage_visits_open", ["left_at", "deadline_at"], unique=False)
+        batch_op.create_index(
+            batch_op.f("ix_stage_visits_next_due_at"), ["next_due_at"], unique=False
+        )
 
     op.create_table(
         "sla_events",
@@ -247,7 +250,7 @@ def downgrade() -> None:
     op.drop_table("messages")
     op.drop_table("sla_events")
     with op.batch_alter_table("stage_visits", schema=None) as batch_op:
-        batch_op.drop_index("ix_stage_visits_open")
+        batch_op.drop_index(batch_op.f("ix_stage_visits_next_due_at"))
         batch_op.drop_index(batch_op.f("ix_stage_visits_card_id"))
 
     op.drop_table("stage_visits")

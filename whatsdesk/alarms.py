@@ -9,7 +9,7 @@ from redis import Redis
 from rq import Queue, Retry
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 
-from .sla import EVENT_KINDS, Timers
+from .sla import Timers
 
 # Backoff for sends Twilio could not take (429, 5xx, time-outs): 2 s … 2 min.
 SEND_RETRY_INTERVALS = [2, 5, 15, 45, 120]
@@ -44,7 +44,7 @@ class Alarms:
 
     def schedule_timers(self, visit_id: int, timers: Timers) -> None:
         """A job at each instant; the same id again moves the job instead of adding one."""
-        for kind in EVENT_KINDS:
+        for kind in timers.kinds():
             instant = timers.instant(kind)
             if instant is not None:
                 self.schedule_timer(visit_id, kind, instant)

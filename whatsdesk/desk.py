@@ -124,7 +124,8 @@ def enter_stage(session: Session, card: Card, stage: Stage, now: datetime) -> St
     if visit is not None:
         leave(visit, now)
     calendar = calendars.for_stage(stage, now)
-    timers = sla.timers_for(now, stage.sla_seconds, stage.warning_seconds, calendar)
+    levels_after = [e.after_seconds for e in stage.escalations]
+    timers = sla.timers_for(now, stage.sla_seconds, stage.warning_seconds, calendar, levels_after)
     card.stage = stage
     new = StageVisit(
         card=card,
@@ -132,6 +133,7 @@ def enter_stage(session: Session, card: Card, stage: Stage, now: datetime) -> St
         entered_at=now,
         warning_at=timers.warning_at,
         deadline_at=timers.deadline_at,
+        escalations_at=[at.isoformat() for at in timers.levels],
         next_due_at=sla.next_instant(timers, ()),
     )
     session.add(new)

@@ -61,12 +61,17 @@ def fire(session: Session, visit_id: int, kind: str, now: datetime) -> list[Mess
 
 
 def recipients(session: Session, visit: StageVisit, kind: str) -> list[User]:
-    """Warning → the owner, else the stage's alert list, else the supervisors;
-    breach → every supervisor. Only active people with a WhatsApp number count."""
-    candidates = []
+    """Warning → the owner, else the stage's alert list; escalation level N → its named
+    people; breach, or nobody reachable → every supervisor. Only active people with a
+    WhatsApp number count."""
+    candidates: list[list[User]] = []
+    level = sla.level_of(kind)
     if kind == sla.WARNING:
         owner = visit.card.owner
         candidates = [[owner] if owner else [], list(visit.stage.alert_users)]
+    elif level is not None:
+        named = [e.users for e in visit.stage.escalations if e.level == level]
+        candidates = [list(named[0]) if named else []]
     candidates.append(supervisors(session))
     for people in candidates:
         reachable = [p for p in people if reachable_by_whatsapp(p)]
@@ -101,6 +106,13 @@ def alert_text(visit: StageVisit, kind: str, now: datetime) -> str:
             f"The deadline is in {left} ({visit.deadline_at:%H:%M:%S} UTC). Card #{card.id}."
         )
     sla_len = humanize(visit.stage.sla_seconds or 0)
+    level = sla.level_of(kind)
+    if level is not None and visit.deadline_at is not None:
+        over = humanize((now - visit.deadline_at).total_seconds())
+        return (
+            f"🔺 Escalation level {level} — {who} has waited {waited} in {where}; "
+            f"the SLA ({sla_len}) was breached {over} ago. Card #{card.id}."
+        )
     return (
         f"🚨 SLA breached — {who} has waited {waited} in {where} (SLA {sla_len}). Card #{card.id}."
     )

@@ -125,6 +125,30 @@ class StageAlertRecipient(Base):
     )
 
 
+class StageEscalationRecipient(Base):
+    __tablename__ = "stage_escalation_recipients"
+
+    escalation_id: Mapped[int] = mapped_column(
+        ForeignKey("stage_escalations.id", ondelete="CASCADE"), primary_key=True
+    )
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+
+
+class StageEscalation(Base):
+    """Escalation level N of a stage: who is told, how long after the breach."""
+
+    __tablename__ = "stage_escalations"
+    __table_args__ = (UniqueConstraint("stage_id", "level"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    stage_id: Mapped[int] = mapped_column(ForeignKey("stages.id", ondelete="CASCADE"))
+    level: Mapped[int] = mapped_column(Integer)
+    after_seconds: Mapped[int] = mapped_column(Integer)
+    users: Mapped[list[User]] = relationship(secondary="stage_escalation_recipients")
+
+
 class Stage(Base):
     __tablename__ = "stages"
     __table_args__ = (UniqueConstraint("pipeline_id", "key"),)
@@ -142,6 +166,9 @@ class Stage(Base):
 
     pipeline: Mapped[Pipeline] = relationship(back_populates="stages")
     calendar: Mapped[BusinessCalendar | None] = relationship()
+    escalations: Mapped[list[StageEscalation]] = relationship(
+        order_by="StageEscalation.level", cascade="all, delete-orphan"
+    )
     alert_users: Mapped[list[User]] = relationship(secondary="stage_alert_recipients")
 
 
@@ -187,6 +214,8 @@ class StageVisit(Base):
     left_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     warning_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Escalation levels' instants (ISO, UTC), fixed when the visit starts, like the deadline.
+    escalations_at: Mapped[list[str]] = mapped_column(JSON, default=list)
     wall_seconds: Mapped[int | None] = mapped_column(Integer)
     business_seconds: Mapped[int | None] = mapped_column(Integer)
     # The earliest instant still owed an event; None when nothing is (left, or breached).
@@ -198,7 +227,8 @@ class StageVisit(Base):
 
     @property
     def timers(self) -> Timers:
-        return Timers(self.warning_at, self.deadline_at)
+        levels = tuple(datetime.fromisoformat(at) for at in self.escalations_at or [])
+        return Timers(self.warning_at, self.deadline_at, levels)
 
 
 class SlaEvent(Base):

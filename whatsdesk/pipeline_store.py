@@ -8,11 +8,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from . import calendars
-from .models import BusinessCalendar, Pipeline, Stage, StageVisit, User
+from .models import BusinessCalendar, Pipeline, Stage, StageEscalation, StageVisit, User
 from .pipelines import (
     ALWAYS_OPEN,
     CalendarSpec,
     DeskSpec,
+    EscalationSpec,
     HolidayDate,
     PipelineFileError,
     PipelineSpec,
@@ -101,20 +102,27 @@ def _upsert_calendar(
 def _alert_users(
     session: Session, specs: list[PipelineSpec], problems: list[str]
 ) -> dict[str, User]:
-    emails = {email for p in specs for s in p.stages for email in s.alert}
+    named = [(s, where, email) for p in specs for s in p.stages for where, email in _staff(s)]
+    emails = {email for _, _, email in named}
     found = {
         u.email.lower(): u
         for u in session.scalars(select(User).where(func.lower(User.email).in_(emails)))
     }
-    for p in specs:
-        for s in p.stages:
-            for email in s.alert:
-                if email not in found:
-                    problems.append(
-                        f"line {s.line}: stage {s.key!r}.alert: no staff account {email} "
-                        "(create it with `flask --app app users create`)"
-                    )
+    for stage, where, email in named:
+        if email not in found:
+            problems.append(
+                f"line {stage.line}: stage {stage.key!r}.{where}: no staff account {email} "
+                "(create it with `flask --app app users create`)"
+            )
     return found
+
+
+def _staff(stage: StageSpec) -> list[tuple[str, str]]:
+    """(field, email) for every staff member a stage names."""
+    named = [("alert", email) for email in stage.alert]
+    for number, level in enumerate(stage.escalate):
+        named += [(f"escalate[{number}].to", email) for email in level.to]
+    return named
 
 
 def _removal_problems(session: Session, pipeline: Pipeline, spec: PipelineSpec) -> list[str]:
@@ -173,9 +181,22 @@ def _apply_stage(
     stage.sla_seconds = spec.sla_seconds
     stage.warning_seconds = spec.warning_seconds
     stage.alert_users = [users[email] for email in spec.alert]
+    _apply_escalations(stage, spec, users)
     stage.always_open = spec.calendar == ALWAYS_OPEN
     own = spec.calendar if spec.calendar and spec.calendar != ALWAYS_OPEN else None
     stage.calendar = calendars[own] if own else None
+
+
+def _apply_escalations(stage: Stage, spec: StageSpec, users: dict[str, User]) -> None:
+    """Update levels in place (a stage's level numbers are unique)."""
+    by_level = {e.level: e for e in stage.escalations}
+    levels = []
+    for number, level_spec in enumerate(spec.escalate, start=1):
+        level = by_level.get(number) or StageEscalation(level=number)
+        level.after_seconds = level_spec.after_seconds
+        level.users = [users[email] for email in level_spec.to]
+        levels.append(level)
+    stage.escalations = levels
 
 
 def dump(session: Session) -> DeskSpec:
@@ -220,6 +241,10 @@ def _pipeline_spec(pipeline: Pipeline) -> PipelineSpec:
                 sla_seconds=s.sla_seconds,
                 warning_seconds=s.warning_seconds,
                 alert=sorted(u.email for u in s.alert_users),  # a set: stable order
+                escalate=[
+                    EscalationSpec(e.after_seconds, sorted(u.email for u in e.users))
+                    for e in s.escalations
+                ],
                 calendar=ALWAYS_OPEN if s.always_open else (s.calendar.key if s.calendar else None),
             )
             for s in pipeline.stages

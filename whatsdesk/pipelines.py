@@ -48,6 +48,13 @@ class CalendarSpec:
 
 
 @dataclass
+class EscalationSpec:
+    after_seconds: int
+    to: list[str] = field(default_factory=list)
+    line: int = 0
+
+
+@dataclass
 class StageSpec:
     key: str
     name: str
@@ -55,6 +62,7 @@ class StageSpec:
     warning_seconds: int | None = None
     alert: list[str] = field(default_factory=list)
     calendar: str | None = None  # a calendar key, ALWAYS_OPEN, or None: the pipeline's
+    escalate: list[EscalationSpec] = field(default_factory=list)  # levels after the breach
     line: int = 0
 
 
@@ -253,7 +261,7 @@ def _pipeline(reader: _Reader, node: yaml.Node, path: str) -> PipelineSpec:
 
 
 def _stage(reader: _Reader, node: yaml.Node, path: str) -> StageSpec:
-    allowed = {"key", "name", "sla", "warning", "alert", "calendar"}
+    allowed = {"key", "name", "sla", "warning", "alert", "calendar", "escalate"}
     fields = reader.mapping(node, path, allowed)
     spec = StageSpec(
         key=reader.text(fields, "key", path, node, KEY_RE),
@@ -267,12 +275,35 @@ def _stage(reader: _Reader, node: yaml.Node, path: str) -> StageSpec:
         reader.fail(fields["warning"], f"{path}.warning", "a warning needs an `sla` to warn before")
     elif spec.warning_seconds and spec.sla_seconds and spec.warning_seconds >= spec.sla_seconds:
         reader.fail(fields["warning"], f"{path}.warning", "must be shorter than the sla")
-    for i, item in enumerate(reader.sequence(fields.get("alert"), f"{path}.alert")):
-        if isinstance(item, yaml.ScalarNode) and "@" in str(item.value):
-            spec.alert.append(str(item.value).strip().lower())
-        else:
-            reader.fail(item, f"{path}.alert[{i}]", "expected a staff member's email")
+    spec.alert = _emails(reader, fields.get("alert"), f"{path}.alert")
+    levels = reader.sequence(fields.get("escalate"), f"{path}.escalate")
+    if levels and not spec.sla_seconds:
+        reader.fail(fields["escalate"], f"{path}.escalate", "escalation levels need an `sla`")
+    spec.escalate = [
+        _escalation(reader, node, f"{path}.escalate[{i}]") for i, node in enumerate(levels)
+    ]
     return spec
+
+
+def _emails(reader: _Reader, node: yaml.Node | None, path: str) -> list[str]:
+    emails = []
+    for i, item in enumerate(reader.sequence(node, path)):
+        if isinstance(item, yaml.ScalarNode) and "@" in str(item.value):
+            emails.append(str(item.value).strip().lower())
+        else:
+            reader.fail(item, f"{path}[{i}]", "expected a staff member's email")
+    return emails
+
+
+def _escalation(reader: _Reader, node: yaml.Node, path: str) -> EscalationSpec:
+    fields = reader.mapping(node, path, {"after", "to"})
+    after = reader.duration(fields, "after", path)
+    if "after" not in fields:
+        reader.fail(node, f"{path}.after", "is required: how long after the breach, e.g. 15m")
+    to = _emails(reader, fields.get("to"), f"{path}.to")
+    if not to and "to" not in fields:
+        reader.fail(node, f"{path}.to", "is required: the staff emails to tell")
+    return EscalationSpec(after_seconds=after or 0, to=to, line=node.start_mark.line + 1)
 
 
 def _calendar(reader: _Reader, node: yaml.Node, path: str) -> CalendarSpec:
@@ -424,4 +455,8 @@ def _stage_dict(spec: StageSpec) -> dict[str, Any]:
         out["alert"] = list(spec.alert)
     if spec.calendar:
         out["calendar"] = spec.calendar
+    if spec.escalate:
+        out["escalate"] = [
+            {"after": format_duration(e.after_seconds), "to": list(e.to)} for e in spec.escalate
+        ]
     return out

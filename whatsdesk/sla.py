@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -10,7 +10,7 @@ from .clock import Calendar, add_business_time
 
 WARNING = "warning"
 BREACH = "breach"
-EVENT_KINDS = (WARNING, BREACH)
+LEVEL_PREFIX = "level-"  # further escalation levels after the breach: level-1, level-2, …
 
 ON_TIME = "on_time"
 APPROACHING = "approaching"
@@ -25,15 +25,40 @@ STATE_LABELS = {
 }
 
 
+def level_kind(level: int) -> str:
+    return f"{LEVEL_PREFIX}{level}"
+
+
+def level_of(kind: str) -> int | None:
+    """1 for "level-1"; None for the warning and the breach."""
+    if kind.startswith(LEVEL_PREFIX) and kind[len(LEVEL_PREFIX) :].isdigit():
+        return int(kind[len(LEVEL_PREFIX) :])
+    return None
+
+
 @dataclass(frozen=True)
 class Timers:
     """The instants a visit's alarms ring; None where the stage sets none."""
 
     warning_at: datetime | None
     deadline_at: datetime | None
+    levels: tuple[datetime, ...] = ()  # escalation level 1, 2, … after the breach
 
     def instant(self, kind: str) -> datetime | None:
-        return self.warning_at if kind == WARNING else self.deadline_at
+        if kind == WARNING:
+            return self.warning_at
+        if kind == BREACH:
+            return self.deadline_at
+        level = level_of(kind)
+        if level is not None and 1 <= level <= len(self.levels):
+            return self.levels[level - 1]
+        return None
+
+    def kinds(self) -> list[str]:
+        """Every event this visit can fire, in the order they come."""
+        named = [(WARNING, self.warning_at), (BREACH, self.deadline_at)]
+        kinds = [kind for kind, instant in named if instant is not None]
+        return kinds + [level_kind(n) for n in range(1, len(self.levels) + 1)]
 
 
 def _require_aware(moment: datetime) -> None:
@@ -46,9 +71,11 @@ def timers_for(
     sla_seconds: int | None,
     warning_seconds: int | None,
     calendar: Calendar | None = None,
+    levels_after: Sequence[int] = (),
 ) -> Timers:
     """Deadline = entry + SLA of open time in the calendar (None: 24/7); the warning comes
-    when `warning_seconds` of open time are left."""
+    when `warning_seconds` of open time are left; escalation level N comes `levels_after[N-1]`
+    seconds of open time after the deadline."""
     _require_aware(entered_at)
     if not sla_seconds:
         return Timers(None, None)
@@ -56,7 +83,8 @@ def timers_for(
     warning = None
     if warning_seconds and 0 < warning_seconds < sla_seconds:
         warning = add_business_time(calendar, entered_at, sla_seconds - warning_seconds)
-    return Timers(warning, deadline)
+    levels = tuple(add_business_time(calendar, deadline, after) for after in levels_after)
+    return Timers(warning, deadline, levels)
 
 
 def state_at(now: datetime, timers: Timers) -> str:
@@ -85,10 +113,11 @@ def is_superseded(now: datetime, timers: Timers, kind: str) -> bool:
 
 def due_kinds(now: datetime, timers: Timers, recorded: Iterable[str]) -> list[str]:
     """Events to fire now: their instant has come, nobody recorded them, none superseded."""
+    _require_aware(now)
     done = set(recorded)
     return [
         kind
-        for kind in EVENT_KINDS
+        for kind in timers.kinds()
         if kind not in done and is_due(now, timers, kind) and not is_superseded(now, timers, kind)
     ]
 
@@ -99,20 +128,20 @@ def upcoming_kinds(now: datetime, timers: Timers, recorded: Iterable[str]) -> li
     done = set(recorded)
     return [
         kind
-        for kind in EVENT_KINDS
+        for kind in timers.kinds()
         if kind not in done and (instant := timers.instant(kind)) is not None and instant > now
     ]
 
 
 def next_instant(timers: Timers, recorded: Iterable[str]) -> datetime | None:
-    """When the visit next needs attention: its earliest unrecorded instant; None once the
-    breach is recorded (a warning cannot come after it)."""
+    """When the visit next needs attention: its earliest unrecorded instant (a warning no
+    longer counts once the breach is recorded); None when it owes nothing more."""
     done = set(recorded)
     if BREACH in done:
-        return None
+        done.add(WARNING)
     pending = [
         instant
-        for kind in EVENT_KINDS
+        for kind in timers.kinds()
         if kind not in done and (instant := timers.instant(kind)) is not None
     ]
     return min(pending, default=None)

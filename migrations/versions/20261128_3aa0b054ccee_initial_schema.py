@@ -1,8 +1,8 @@
 """initial schema
 
-Revision ID: 6aa409d0dfae
+Revision ID: 3aa0b054ccee
 Revises:
-Create Date: 2026-11-28 23:28:06.988802
+Create Date: 2026-11-28 23:39:04.230824
 """
 
 from collections.abc import Sequence
@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "6aa409d0dfae"
+revision: str = "3aa0b054ccee"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
@@ -157,6 +157,41 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("stage_id", "user_id", name=op.f("pk_stage_alert_recipients")),
     )
     op.create_table(
+        "stage_escalations",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("stage_id", sa.Integer(), nullable=False),
+        sa.Column("level", sa.Integer(), nullable=False),
+        sa.Column("after_seconds", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["stage_id"],
+            ["stages.id"],
+            name=op.f("fk_stage_escalations_stage_id_stages"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_stage_escalations")),
+        sa.UniqueConstraint("stage_id", "level", name=op.f("uq_stage_escalations_stage_id_level")),
+    )
+    op.create_table(
+        "stage_escalation_recipients",
+        sa.Column("escalation_id", sa.Integer(), nullable=False),
+        sa.Column("user_id", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["escalation_id"],
+            ["stage_escalations.id"],
+            name=op.f("fk_stage_escalation_recipients_escalation_id_stage_escalations"),
+            ondelete="CASCADE",
+        ),
+        sa.ForeignKeyConstraint(
+            ["user_id"],
+            ["users.id"],
+            name=op.f("fk_stage_escalation_recipients_user_id_users"),
+            ondelete="CASCADE",
+        ),
+        sa.PrimaryKeyConstraint(
+            "escalation_id", "user_id", name=op.f("pk_stage_escalation_recipients")
+        ),
+    )
+    op.create_table(
         "stage_visits",
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("card_id", sa.Integer(), nullable=False),
@@ -165,6 +200,7 @@ def upgrade() -> None:
         sa.Column("left_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("warning_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("deadline_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("escalations_at", sa.JSON(), nullable=False),
         sa.Column("wall_seconds", sa.Integer(), nullable=True),
         sa.Column("business_seconds", sa.Integer(), nullable=True),
         sa.Column("next_due_at", sa.DateTime(timezone=True), nullable=True),
@@ -254,6 +290,8 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f("ix_stage_visits_card_id"))
 
     op.drop_table("stage_visits")
+    op.drop_table("stage_escalation_recipients")
+    op.drop_table("stage_escalations")
     op.drop_table("stage_alert_recipients")
     with op.batch_alter_table("cards", schema=None) as batch_op:
         batch_op.drop_index(

@@ -1,0 +1,179 @@
+"""Escalation levels after the breach: when they come, who hears, and their configuration."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from whatsdesk import accounts, desk, jobs, pipeline_store, pipelines, sla, whatsapp
+from whatsdesk.config import Config
+from whatsdesk.models import Message, SlaEvent, StageEscalation, StageVisit
+
+from conftest import PASSWORD, STAFF, inbound_form
+
+T0 = datetime(2026, 3, 2, 12, 0, tzinfo=UTC)
+CONFIG = """
+pipelines:
+  - key: support
+    name: Support
+    default: true
+    stages:
+      - key: new
+        name: New
+        sla: 10m
+        warning: 2m
+        alert: [ana@example.com]
+        escalate:
+          - after: 5m
+            to: [bruno@example.com]
+          - after: 20m
+            to: [otto@example.com, bruno@example.com]
+"""
+
+
+@pytest.fixture
+def escalating(config: Config, session: Session) -> Config:
+    for name, email, role, phone in STAFF:
+        accounts.create_user(
+            session, name=name, email=email, role=role, whatsapp=phone, password=PASSWORD, now=T0
+        )
+    pipeline_store.load(session, pipelines.parse(CONFIG), T0)
+    session.commit()
+    return config
+
+
+def open_visit(session: Session) -> StageVisit:
+    received = desk.receive_message(session, whatsapp.parse_inbound(inbound_form(name="Maria")), T0)
+    session.commit()
+    assert received.new_visit is not None
+    return received.new_visit
+
+
+def told(session: Session, kind: str) -> list[str]:
+    session.expire_all()
+    return sorted(
+        session.scalars(
+            select(Message.to_address)
+            .join(SlaEvent, SlaEvent.id == Message.sla_event_id)
+            .where(SlaEvent.kind == kind)
+        )
+    )
+
+
+def test_levels_come_after_the_breach_in_order(escalating: Config, session: Session) -> None:
+    visit = open_visit(session)
+    breach = T0 + timedelta(minutes=10)
+
+    assert visit.timers.kinds() == ["warning", "breach", "level-1", "level-2"]
+    assert visit.timers.levels == (breach + timedelta(minutes=5), breach + timedelta(minutes=20))
+    assert visit.next_due_at == T0 + timedelta(minutes=8)
+
+
+def test_each_level_tells_its_named_people_once(escalating: Config, session: Session) -> None:
+    visit = open_visit(session)
+    breach = T0 + timedelta(minutes=10)
+
+    jobs.reconcile(escalating, breach)
+    jobs.reconcile(escalating, breach + timedelta(minutes=5))
+    jobs.reconcile(escalating, breach + timedelta(minutes=20))
+    jobs.reconcile(escalating, breach + timedelta(minutes=21))  # nothing twice
+
+    assert told(session, "breach") == ["whatsapp:+15550000003", "whatsapp:+15550000004"]
+    assert told(session, "level-1") == ["whatsapp:+15550000002"]
+    assert told(session, "level-2") == ["whatsapp:+15550000002", "whatsapp:+15550000004"]
+    text = session.scalars(
+        select(Message.body).join(SlaEvent).where(SlaEvent.kind == "level-1")
+    ).one()
+    assert text.startswith("🔺 Escalation level 1 — Maria")
+    assert "breached 5m 00s ago" in text
+    session.expire_all()
+    assert session.get(StageVisit, visit.id).next_due_at is None  # type: ignore[union-attr]
+
+
+def test_a_sweep_long_after_fires_the_breach_and_every_level_but_not_the_warning(
+    escalating: Config, session: Session
+) -> None:
+    open_visit(session)
+
+    jobs.reconcile(escalating, T0 + timedelta(hours=2))
+
+    kinds = sorted(session.scalars(select(SlaEvent.kind)))
+    assert kinds == ["breach", "level-1", "level-2"]
+
+
+def test_a_level_whose_people_cannot_be_reached_tells_the_supervisors(
+    escalating: Config, session: Session
+) -> None:
+    visit = open_visit(session)
+    bruno = accounts.find_by_email(session, "bruno@example.com")
+    assert bruno is not None
+    bruno.active = False
+    session.commit()
+
+    jobs.fire_and_send(escalating, visit.id, "level-1", T0 + timedelta(minutes=15))
+
+    assert told(session, "level-1") == ["whatsapp:+15550000003", "whatsapp:+15550000004"]
+
+
+def test_reloading_with_fewer_levels_keeps_the_stage_and_drops_the_rest(
+    escalating: Config, session: Session
+) -> None:
+    shorter = CONFIG.split("          - after: 20m")[0]
+    pipeline_store.load(session, pipelines.parse(shorter), T0)
+    session.commit()
+
+    levels = session.scalars(select(StageEscalation)).all()
+    assert [(e.level, e.after_seconds, [u.email for u in e.users]) for e in levels] == [
+        (1, 300, ["bruno@example.com"])
+    ]
+    dumped = pipelines.parse(pipelines.dump(pipeline_store.dump(session)))
+    [level] = dumped.pipelines[0].stages[0].escalate
+    assert (level.after_seconds, level.to) == (300, ["bruno@example.com"])
+
+
+def test_escalation_mistakes_are_refused_naming_line_and_field(
+    escalating: Config, session: Session
+) -> None:
+    with pytest.raises(pipelines.PipelineFileError) as refused:
+        pipelines.parse(
+            """
+pipelines:
+  - key: support
+    name: Support
+    stages:
+      - key: new
+        name: New
+        escalate:
+          - after: soon
+            to: [not-an-email]
+          - to: [bruno@example.com]
+"""
+        )
+    assert refused.value.problems == [
+        "line 9: pipelines[0].stages[0].escalate: escalation levels need an `sla`",
+        "line 9: pipelines[0].stages[0].escalate[0].after: 'soon' is not a duration such as "
+        "90s, 15m, 2h or 1h30m",
+        "line 10: pipelines[0].stages[0].escalate[0].to[0]: expected a staff member's email",
+        "line 11: pipelines[0].stages[0].escalate[1].after: is required: how long after the "
+        "breach, e.g. 15m",
+    ]
+    with pytest.raises(pipelines.PipelineFileError) as unknown:
+        pipeline_store.load(session, pipelines.parse(CONFIG.replace("otto@", "ghost@")), T0)
+    assert unknown.value.problems == [
+        "line 7: stage 'new'.escalate[1].to: no staff account ghost@example.com "
+        "(create it with `flask --app app users create`)"
+    ]
+
+
+def test_level_timers_follow_the_calendar() -> None:
+    from whatsdesk import clock
+
+    office = clock.Calendar.from_hours("UTC", {"mon-fri": ["09:00-17:00"]})
+    friday_afternoon = datetime(2026, 3, 6, 16, 0, tzinfo=UTC)
+    timers = sla.timers_for(friday_afternoon, 30 * 60, None, office, [60 * 60])
+    assert timers.deadline_at == datetime(2026, 3, 6, 16, 30, tzinfo=UTC)
+    assert timers.levels == (datetime(2026, 3, 9, 9, 30, tzinfo=UTC),)
+    assert sla.level_of("level-2") == 2 and sla.level_of("breach") is None

@@ -262,3 +262,32 @@ def test_arithmetic_calendar_of_a_stored_one_has_its_holidays(
     assert date(2026, 12, 25) in calendar.holidays  # Christmas, from the holidays package
     assert date(2027, 12, 31) in calendar.holidays  # the firm's own, yearly
     assert not clock.is_open(calendar, local(2026, 12, 25, 10, 0))
+
+
+def test_a_holiday_given_with_a_time_is_refused() -> None:
+    with pytest.raises(pipelines.PipelineFileError) as refused:
+        pipelines.parse(FILE.replace("        - 2026-12-24\n", "        - 2026-12-24 10:00:00\n"))
+    assert refused.value.problems == [
+        "line 12: calendars[0].holidays.dates[0]: expected a date such as 2026-12-24"
+    ]
+
+
+def test_a_yearly_closure_starts_in_the_year_it_was_given() -> None:
+    from whatsdesk.calendars import own_dates
+
+    assert own_dates(date(2027, 5, 1), True, range(2026, 2029)) == [
+        date(2027, 5, 1),
+        date(2028, 5, 1),
+    ]
+
+
+def test_ics_timed_events_ending_at_midnight_and_cancelled_events(tmp_path: Path) -> None:
+    ics = tmp_path / "events.ics"
+    ics.write_text(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//whatsdesk test//EN\r\n"
+        "BEGIN:VEVENT\r\nUID:1\r\nDTSTART:20261201T180000\r\nDTEND:20261202T000000\r\n"
+        "SUMMARY:Evening closure\r\nEND:VEVENT\r\n"
+        "BEGIN:VEVENT\r\nUID:2\r\nSTATUS:CANCELLED\r\nDTSTART;VALUE=DATE:20261210\r\n"
+        "SUMMARY:Called off\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+    assert read_ics(str(ics)) == [date(2026, 12, 1)]

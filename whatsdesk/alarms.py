@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache
 
 from redis import Redis
 from rq import Queue, Retry
-from rq.registry import ScheduledJobRegistry, StartedJobRegistry
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
 
 from .sla import Timers
 
 # Backoff for sends Twilio could not take (429, 5xx, time-outs): 2 s … 2 min.
 SEND_RETRY_INTERVALS = [2, 5, 15, 45, 120]
 MAX_SEND_ATTEMPTS = len(SEND_RETRY_INTERVALS) + 1
-# Present while Redis holds every timer the database owes; gone with a restart or a flush.
-INTACT_KEY = "whatsdesk:timers-intact"
+LIVE_STATUSES = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.STARTED, JobStatus.DEFERRED}
 
 
 @lru_cache(maxsize=8)
@@ -65,12 +68,17 @@ class Alarms:
             result_ttl=3600,
         )
 
-    def intact(self) -> bool:
-        """False when Redis is new or has lost its data since the last full re-arm."""
-        return bool(self.redis.exists(INTACT_KEY))
-
-    def mark_intact(self) -> None:
-        self.redis.set(INTACT_KEY, "1")
+    @contextmanager
+    def exclusive(self, name: str, ttl: int) -> Iterator[bool]:
+        """A lock across every process sharing this Redis; yields whether we hold it."""
+        key = f"whatsdesk:lock:{self.queue.name}:{name}"
+        token = uuid.uuid4().hex
+        held = bool(self.redis.set(key, token, nx=True, ex=ttl))
+        try:
+            yield held
+        finally:
+            if held and self.redis.get(key) == token.encode():
+                self.redis.delete(key)
 
     def enqueue_send(self, message_id: int) -> None:
         self.queue.enqueue(
@@ -81,8 +89,10 @@ class Alarms:
             result_ttl=3600,
         )
 
-    def live_job_ids(self) -> set[str]:
-        """Ids of the jobs waiting (scheduled or queued) or running, read in three calls."""
-        scheduled = ScheduledJobRegistry(queue=self.queue).get_job_ids()
-        running = StartedJobRegistry(queue=self.queue).get_job_ids()
-        return {*scheduled, *self.queue.get_job_ids(), *running}
+    def is_live(self, job_id: str) -> bool:
+        """Is a job with this id waiting or running in Redis?"""
+        try:
+            job = Job.fetch(job_id, connection=self.redis)
+        except NoSuchJobError:
+            return False
+        return job.get_status(refresh=False) in LIVE_STATUSES

@@ -68,6 +68,8 @@ def own_dates(day: date, yearly: bool, years: range) -> list[date]:
         return [day]
     repeated = []
     for year in years:
+        if year < day.year:  # a yearly closure starts in the year it was given
+            continue
         try:
             repeated.append(day.replace(year=year))
         except ValueError:
@@ -88,6 +90,8 @@ def read_ics(source: str) -> list[date]:
         raise ValueError(f"not an iCalendar file: {exc}") from exc
     days: set[date] = set()
     for event in parsed.walk("VEVENT"):
+        if str(event.get("STATUS", "")).upper() == "CANCELLED":
+            continue
         days |= set(_event_days(event))
     return sorted(days)
 
@@ -100,8 +104,9 @@ def _event_days(event: icalendar.Event) -> list[date]:
     first = start.date() if isinstance(start, datetime) else start
     if end is None:
         return [first]
-    # DTEND is exclusive for all-day events; a timed event closes the days it touches.
+    # DTEND is exclusive; a timed event closes the days it touches (ending at midnight
+    # does not touch the next day).
     last = end.date() if isinstance(end, datetime) else end
-    if not isinstance(end, datetime):
+    if not isinstance(end, datetime) or end.time() == datetime.min.time():
         last = date.fromordinal(last.toordinal() - 1)
     return [date.fromordinal(n) for n in range(first.toordinal(), last.toordinal() + 1)]

@@ -23,6 +23,9 @@ EARLY_WAIT_LIMIT = 3.0
 STALE_SEND_SECONDS = 30
 # A send still "sending" this long was interrupted (killed worker, lost connection).
 INTERRUPTED_SEND_SECONDS = 300
+# Timers ringing within this much of now are checked to be in Redis at every sweep.
+LOOKAHEAD_SECONDS = 300
+SWEEP_LOCK_SECONDS = 300
 
 
 def _config() -> Config:
@@ -115,26 +118,36 @@ def _record_failure(
 
 def sweep() -> dict[str, int]:
     """Periodic reconciler: fire what is overdue, re-arm lost timers, resend lost sends."""
-    return reconcile(_config(), utcnow())
+    config = _config()
+    alarms = _alarms(config)
+    with alarms.exclusive("sweep", ttl=SWEEP_LOCK_SECONDS) as mine:
+        if not mine:  # the previous sweep is still running: never two at once
+            return {}
+        return reconcile(config, utcnow())
 
 
 def reconcile(config: Config, now: datetime) -> dict[str, int]:
     """Make Redis agree with the database, which is the source of truth."""
     alarms = _alarms(config)
     counts = {"fired": 0, "rearmed": 0, "resent": 0, "interrupted": 0, "late_statuses": 0}
+    counts["errors"] = 0
     for visit_id, kinds in _due_events(config, now):
         for kind in kinds:
-            counts["fired"] += fire_and_send(config, visit_id, kind, now)
-    live = alarms.live_job_ids()
-    if not alarms.intact():
-        # Redis is new or lost its data: every future timer must be scheduled again.
-        counts["rearmed"] = _rearm_all(config, alarms, live, now)
-        alarms.mark_intact()
+            try:
+                counts["fired"] += fire_and_send(config, visit_id, kind, now)
+            except Exception:  # one bad visit must not stop the sweep for all the others
+                log.exception("sweep could not fire %s of visit %s", kind, visit_id)
+                counts["errors"] += 1
+    horizon = now + timedelta(seconds=max(LOOKAHEAD_SECONDS, 3 * config.sweep_seconds))
+    for visit_id, kind, instant in _timers_due_before(config, now, horizon):
+        if not alarms.is_live(timer_job_id(visit_id, kind)):
+            alarms.schedule_timer(visit_id, kind, instant)
+            counts["rearmed"] += 1
     for message_id in _stale_sends(config, now):
-        if send_job_id(message_id) not in live:
+        if not alarms.is_live(send_job_id(message_id)):
             alarms.enqueue_send(message_id)
             counts["resent"] += 1
-    counts["interrupted"] = _fail_interrupted_sends(config, live, now)
+    counts["interrupted"] = _fail_interrupted_sends(config, alarms, now)
     with session_scope(config.database_url) as session:
         counts["late_statuses"] = desk.settle_early_statuses(session, now)
     if any(counts.values()):
@@ -165,21 +178,26 @@ def _due_events(config: Config, now: datetime) -> list[tuple[int, list[str]]]:
     return due
 
 
-def _rearm_all(config: Config, alarms: Alarms, live: set[str], now: datetime) -> int:
-    rearmed = 0
+def _timers_due_before(
+    config: Config, now: datetime, horizon: datetime
+) -> list[tuple[int, str, datetime]]:
+    """The timers that ring before `horizon` (an indexed range query on the next instant):
+    each must be in Redis by then, whatever Redis lost (a restart, a flush, a failed write)."""
+    timers = []
     with session_scope(config.database_url) as session:
-        visits = session.scalars(_open_visits().where(StageVisit.next_due_at > now)).all()
+        visits = session.scalars(
+            _open_visits().where(StageVisit.next_due_at > now, StageVisit.next_due_at <= horizon)
+        ).all()
         for visit in visits:
             recorded = escalation.recorded_kinds(session, visit.id)
             for kind in sla.upcoming_kinds(now, visit.timers, recorded):
                 instant = visit.timers.instant(kind)
-                if instant is not None and timer_job_id(visit.id, kind) not in live:
-                    alarms.schedule_timer(visit.id, kind, instant)
-                    rearmed += 1
-    return rearmed
+                if instant is not None and instant <= horizon:
+                    timers.append((visit.id, kind, instant))
+    return timers
 
 
-def _fail_interrupted_sends(config: Config, live: set[str], now: datetime) -> int:
+def _fail_interrupted_sends(config: Config, alarms: Alarms, now: datetime) -> int:
     """Sends cut off mid-call: Twilio may or may not have the message, so rather than risk a
     duplicate they are marked failed, where supervisors see them."""
     cutoff = now - timedelta(seconds=INTERRUPTED_SEND_SECONDS)
@@ -191,7 +209,7 @@ def _fail_interrupted_sends(config: Config, live: set[str], now: datetime) -> in
                 Message.updated_at <= cutoff,
             )
         ).all()
-        interrupted = [m for m in stuck if send_job_id(m.id) not in live]
+        interrupted = [m for m in stuck if not alarms.is_live(send_job_id(m.id))]
         for message in interrupted:
             message.status = "failed"
             message.error_message = "interrupted while sending; not retried to avoid a duplicate"

@@ -64,7 +64,7 @@ def _resolve_calendar(
     if spec.ics:
         try:
             ics_days = [d.isoformat() for d in calendars.read_ics(spec.ics)]
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # any unreadable source: refuse the file, say why
             problems.append(f"{where}.ics: cannot read {spec.ics}: {exc}")
     return spec, ics_days
 

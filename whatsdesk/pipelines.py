@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -392,7 +392,7 @@ def _holiday_date(reader: _Reader, node: yaml.Node, path: str) -> HolidayDate | 
             value = date.fromisoformat(value.strip())
         except ValueError:
             value = None
-    if not isinstance(value, date):
+    if not isinstance(value, date) or isinstance(value, datetime):
         reader.fail(day_node, path, "expected a date such as 2026-12-24")
         return None
     return HolidayDate(day=value, yearly=yearly)

@@ -8,12 +8,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Select, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from . import desk, escalation, sla
 from .alarms import MAX_SEND_ATTEMPTS, Alarms, send_job_id, timer_job_id
 from .config import Config
 from .db import session_scope, utcnow
-from .models import Card, Message, StageVisit
+from .models import Card, Message, SlaEvent, StageVisit
 from .whatsapp import PermanentSendError, TransientSendError, sender_for
 
 log = logging.getLogger(__name__)
@@ -163,13 +164,26 @@ def _open_visits() -> Select[tuple[StageVisit]]:
     )
 
 
+def _with_recorded(
+    session: Session, query: Select[tuple[StageVisit]]
+) -> list[tuple[StageVisit, set[str]]]:
+    """The visits of `query`, each with the event kinds already recorded (two queries)."""
+    visits = session.scalars(query).all()
+    recorded: dict[int, set[str]] = {visit.id: set() for visit in visits}
+    if recorded:
+        for visit_id, kind in session.execute(
+            select(SlaEvent.visit_id, SlaEvent.kind).where(SlaEvent.visit_id.in_(recorded))
+        ):
+            recorded[visit_id].add(kind)
+    return [(visit, recorded[visit.id]) for visit in visits]
+
+
 def _due_events(config: Config, now: datetime) -> list[tuple[int, list[str]]]:
     """Visits whose next instant has come (an indexed range query), with what they owe."""
     due = []
     with session_scope(config.database_url) as session:
-        visits = session.scalars(_open_visits().where(StageVisit.next_due_at <= now)).all()
-        for visit in visits:
-            recorded = escalation.recorded_kinds(session, visit.id)
+        query = _open_visits().where(StageVisit.next_due_at <= now)
+        for visit, recorded in _with_recorded(session, query):
             kinds = sla.due_kinds(now, visit.timers, recorded)
             if kinds:
                 due.append((visit.id, kinds))
@@ -185,11 +199,10 @@ def _timers_due_before(
     each must be in Redis by then, whatever Redis lost (a restart, a flush, a failed write)."""
     timers = []
     with session_scope(config.database_url) as session:
-        visits = session.scalars(
-            _open_visits().where(StageVisit.next_due_at > now, StageVisit.next_due_at <= horizon)
-        ).all()
-        for visit in visits:
-            recorded = escalation.recorded_kinds(session, visit.id)
+        query = _open_visits().where(
+            StageVisit.next_due_at > now, StageVisit.next_due_at <= horizon
+        )
+        for visit, recorded in _with_recorded(session, query):
             for kind in sla.upcoming_kinds(now, visit.timers, recorded):
                 instant = visit.timers.instant(kind)
                 if instant is not None and instant <= horizon:

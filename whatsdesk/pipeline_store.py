@@ -39,11 +39,11 @@ def load(session: Session, desk: DeskSpec, now: datetime) -> list[Pipeline]:
     for calendar in resolved:
         _upsert_calendar(session, calendar, now)
     session.flush()
-    calendars = {c.key: c for c in session.scalars(select(BusinessCalendar))}
+    calendar_rows = {c.key: c for c in session.scalars(select(BusinessCalendar))}
     if any(spec.default for spec in specs):
         for other in session.scalars(select(Pipeline).where(Pipeline.is_default.is_(True))):
             other.is_default = False
-    loaded = [_upsert(session, spec, users, calendars) for spec in specs]
+    loaded = [_upsert(session, spec, users, calendar_rows) for spec in specs]
     session.flush()
     return loaded
 
@@ -150,7 +150,7 @@ def _upsert(
     session: Session,
     spec: PipelineSpec,
     users: dict[str, User],
-    calendars: dict[str, BusinessCalendar],
+    calendar_rows: dict[str, BusinessCalendar],
 ) -> Pipeline:
     pipeline = session.scalars(select(Pipeline).where(Pipeline.key == spec.key)).first()
     if pipeline is None:
@@ -158,12 +158,12 @@ def _upsert(
         session.add(pipeline)
     pipeline.name = spec.name
     pipeline.is_default = spec.default
-    pipeline.calendar = calendars.get(spec.calendar) if spec.calendar else None
+    pipeline.calendar = calendar_rows.get(spec.calendar) if spec.calendar else None
     by_key = {s.key: s for s in pipeline.stages}
     stages = []
     for position, stage_spec in enumerate(spec.stages):
         stage = by_key.get(stage_spec.key) or Stage(key=stage_spec.key)
-        _apply_stage(stage, stage_spec, position, users, calendars)
+        _apply_stage(stage, stage_spec, position, users, calendar_rows)
         stages.append(stage)
     pipeline.stages = stages
     return pipeline
@@ -174,7 +174,7 @@ def _apply_stage(
     spec: StageSpec,
     position: int,
     users: dict[str, User],
-    calendars: dict[str, BusinessCalendar],
+    calendar_rows: dict[str, BusinessCalendar],
 ) -> None:
     stage.name = spec.name
     stage.position = position
@@ -184,7 +184,7 @@ def _apply_stage(
     _apply_escalations(stage, spec, users)
     stage.always_open = spec.calendar == ALWAYS_OPEN
     own = spec.calendar if spec.calendar and spec.calendar != ALWAYS_OPEN else None
-    stage.calendar = calendars[own] if own else None
+    stage.calendar = calendar_rows[own] if own else None
 
 
 def _apply_escalations(stage: Stage, spec: StageSpec, users: dict[str, User]) -> None:

@@ -79,10 +79,13 @@ def timers_for(
     _require_aware(entered_at)
     if not sla_seconds:
         return Timers(None, None)
-    deadline = add_business_time(calendar, entered_at, sla_seconds)
     warning = None
     if warning_seconds and 0 < warning_seconds < sla_seconds:
+        # One walk through the calendar: the deadline is the lead time after the warning.
         warning = add_business_time(calendar, entered_at, sla_seconds - warning_seconds)
+        deadline = add_business_time(calendar, warning, warning_seconds)
+    else:
+        deadline = add_business_time(calendar, entered_at, sla_seconds)
     levels = tuple(add_business_time(calendar, deadline, after) for after in levels_after)
     return Timers(warning, deadline, levels)
 

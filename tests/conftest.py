@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
+import time
+import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,12 +35,17 @@ RUN_ID = uuid.uuid4().hex[:8]
 # --- Redis --------------------------------------------------------------------------------------
 
 
-def _free_database_number(base_url: str) -> str:
-    """Claim a Redis database number no other test run holds (a lock key inside it)."""
+def _claim_key(number: int) -> str:
+    return f"whatsdesk-test-db:{number}"
+
+
+def _free_database_number(base_url: str) -> tuple[str, int]:
+    """Claim a Redis database number no other test run holds. The claims live in database 0,
+    which the tests never flush: a test that flushes its own database keeps its claim."""
+    claims = Redis.from_url(f"{base_url.rstrip('/')}/0")
     for number in range(1, 16):
-        url = f"{base_url.rstrip('/')}/{number}"
-        if Redis.from_url(url).set("whatsdesk-test-run", RUN_ID, nx=True, ex=3600):
-            return url
+        if claims.set(_claim_key(number), RUN_ID, nx=True, ex=3 * 3600):
+            return f"{base_url.rstrip('/')}/{number}", number
     raise RuntimeError("all Redis databases 1-15 are claimed by other test runs")
 
 
@@ -61,16 +69,18 @@ def redis_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url(redis_base: str) -> Iterator[str]:
-    url = _free_database_number(redis_base)
+    url, number = _free_database_number(redis_base)
     yield url
     Redis.from_url(url).flushdb()
+    claims = Redis.from_url(f"{redis_base.rstrip('/')}/0")
+    if claims.get(_claim_key(number)) == RUN_ID.encode():
+        claims.delete(_claim_key(number))
 
 
 @pytest.fixture
 def redis(redis_url: str) -> Redis:
     conn = Redis.from_url(redis_url)
     conn.flushdb()
-    conn.set("whatsdesk-test-run", RUN_ID, ex=3600)
     return conn
 
 
@@ -268,3 +278,28 @@ def signed_post(
 ) -> object:
     signature = whatsapp.sign(whatsapp.webhook_token(config), base + path, form)
     return client.post(path, data=form, headers={"X-Twilio-Signature": signature})
+
+
+# --- processes ----------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return bool(answer.status == 200)
+    except OSError:
+        return False
+
+
+def eventually(condition: Callable[[], bool], timeout: float) -> bool:
+    """Poll until the condition holds or the time is up (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True

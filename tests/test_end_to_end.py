@@ -4,13 +4,11 @@ acknowledgement, warning and breach arriving at a Twilio-compatible server."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,7 +21,7 @@ from whatsdesk.config import PROJECT_ROOT, Config
 from whatsdesk.db import session_factory, utcnow
 from whatsdesk.models import Message, SlaEvent
 
-from conftest import inbound_form, seed, signed_post
+from conftest import answers, eventually, free_port, inbound_form, seed, signed_post
 from twilio_server import TwilioServer
 
 pytestmark = pytest.mark.e2e
@@ -31,12 +29,6 @@ BIN = Path(sys.executable).parent
 CUSTOMER = "whatsapp:+5511987654321"
 AGENTS = {"whatsapp:+15550000001", "whatsapp:+15550000002"}  # the stage's alert list
 SUPERVISORS = {"whatsapp:+15550000003", "whatsapp:+15550000004"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextmanager
@@ -69,14 +61,6 @@ def processes(config: Config, twilio: TwilioServer, *names: str) -> Iterator[str
             proc.wait(timeout=30)
 
 
-def answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as answer:
-            return bool(answer.status == 200)
-    except OSError:
-        return False
-
-
 def post_signed(base: str, token: str, form: dict[str, str]) -> int:
     """POST to the running web process exactly as Twilio does: form-encoded and signed."""
     url = base + "/twilio/whatsapp"
@@ -105,16 +89,6 @@ def to(address: str | set[str]) -> object:
 def outbound_statuses(config: Config) -> set[str]:
     with session_factory(config.database_url)() as s:
         return set(s.scalars(select(Message.status).where(Message.direction == "out")))
-
-
-def eventually(condition: Callable[[], bool], timeout: float) -> bool:
-    """Poll until the condition holds or the time is up (no fixed sleeps)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def events(config: Config) -> list[SlaEvent]:

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from whatsdesk import accounts, create_app, pipeline_store, pipelines, whatsapp
 from whatsdesk.config import PROJECT_ROOT, Config
 from whatsdesk.db import Base, get_engine, session_factory
+from whatsdesk.models import Contact, User
 from whatsdesk.redis_server import PrivateRedis
 
 PASSWORD = "correct-horse-42"
@@ -204,6 +205,9 @@ pipelines:
         sla: 1h
       - key: waiting
         name: Waiting on customer
+# Most tests count alerts one by one; digests have tests of their own.
+notifications:
+  digest_window: off
 """
 
 
@@ -216,7 +220,19 @@ def seed(database_url: str, sla: str = "2m", warning: str = "1m") -> None:
             )
         config = pipelines.parse(PIPELINE_YAML.format(sla=sla, warning=warning))
         pipeline_store.load(s, config, now())
+        open_staff_windows(s, now())
         s.commit()
+
+
+def open_staff_windows(session: Session, at: datetime) -> None:
+    """Every staff member wrote to the desk at `at`: their 24-hour WhatsApp window is open,
+    so alerts go to them as free text (not committed)."""
+    for user in session.scalars(select(User).where(User.whatsapp.is_not(None))):
+        contact = session.scalars(select(Contact).where(Contact.address == user.whatsapp)).first()
+        if contact is None:
+            contact = Contact(address=user.whatsapp, created_at=at)
+            session.add(contact)
+        contact.last_inbound_at = at
 
 
 @pytest.fixture

@@ -117,8 +117,9 @@ def outbound_since(session: Session, at: datetime, status: str, sid: str | None 
     return out
 
 
-def send_jobs_for(messages: list[Message]) -> set[str]:
-    return {f"send-{m.id}" for m in messages}
+def alert_jobs_for(messages: list[Message]) -> set[str]:
+    """The jobs that deliver these staff alerts: one per person (see deliver_alerts)."""
+    return {f"alerts-{m.user_id}" for m in messages}
 
 
 # --- who is told what ---------------------------------------------------------------------------
@@ -183,7 +184,7 @@ def test_breach_goes_to_every_supervisor_naming_customer_stage_and_wait(
         assert f"Maria ({CUSTOMER})" in m.body
         assert "Support › New" in m.body
         assert "waited 2m 05s" in m.body
-    assert set(queued_ids(seeded, redis)) == send_jobs_for(sent)
+    assert set(queued_ids(seeded, redis)) == alert_jobs_for(sent)
 
 
 @pytest.mark.parametrize("alert_list", ["empty", "nobody reachable"])
@@ -238,7 +239,7 @@ def test_breach_with_no_reachable_supervisor_is_recorded_without_messages(
         sent = escalation.fire(session, visit.id, "breach", BREACH_AT)
         session.commit()
 
-    assert sent == []
+    assert sent is not None and sent.messages == []
     [event] = sla_events(seeded)
     assert (event.visit_id, event.kind) == (visit.id, "breach")
     assert alerts(seeded) == []  # the agents, reachable as they are, are not told instead
@@ -259,7 +260,7 @@ def test_firing_the_same_event_twice_records_and_queues_it_once(
     again = escalation.fire(session, visit.id, "warning", WARNING_AT + timedelta(seconds=3))
     session.commit()
 
-    assert first is not None and len(first) == 2
+    assert first is not None and len(first.messages) == 2
     assert again is None
     assert len(sla_events(seeded)) == 1
     assert len(alerts(seeded)) == 2
@@ -277,7 +278,7 @@ def test_fire_and_send_twice_records_sends_and_enqueues_once(
     assert len(sla_events(seeded)) == 1
     sent = alerts(seeded)
     assert len(sent) == 2
-    assert sorted(queued_ids(seeded, redis)) == sorted(send_jobs_for(sent))
+    assert sorted(queued_ids(seeded, redis)) == sorted(alert_jobs_for(sent))
 
 
 def test_firing_before_the_instant_does_nothing(
@@ -334,14 +335,14 @@ def test_two_workers_firing_at_once_record_one_event_and_one_set_of_alerts(
     assert visit is not None
     # Both workers have seen "not recorded yet" before either writes: the worst interleaving.
     both_checked = threading.Barrier(2)
-    real_recorded_kinds = escalation.recorded_kinds
+    real_recorded_kinds = desk.recorded_kinds
 
-    def recorded_kinds_then_wait(s: Session, visit_id: int) -> set[str]:
-        kinds = real_recorded_kinds(s, visit_id)
+    def recorded_kinds_then_wait(s: Session, visit: StageVisit) -> set[str]:
+        kinds = real_recorded_kinds(s, visit)
         both_checked.wait(timeout=10)
         return kinds
 
-    monkeypatch.setattr(escalation, "recorded_kinds", recorded_kinds_then_wait)
+    monkeypatch.setattr(desk, "recorded_kinds", recorded_kinds_then_wait)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = [
@@ -356,7 +357,7 @@ def test_two_workers_firing_at_once_record_one_event_and_one_set_of_alerts(
     sent = alerts(seeded)
     assert sorted(m.to_address for m in sent) == sorted([ADDRESS["ana"], ADDRESS["bruno"]])
     assert {m.sla_event_id for m in sent} == {event.id}
-    assert sorted(queued_ids(seeded, redis)) == sorted(send_jobs_for(sent))
+    assert sorted(queued_ids(seeded, redis)) == sorted(alert_jobs_for(sent))
 
 
 # --- the timer job ------------------------------------------------------------------------------
@@ -383,7 +384,7 @@ def test_timer_job_woken_a_little_early_waits_for_the_instant_then_fires(
     assert event.due_at <= event.fired_at < event.due_at + timedelta(seconds=1)
     sent = alerts(short_sla)
     assert sorted(m.to_address for m in sent) == sorted([ADDRESS["ana"], ADDRESS["bruno"]])
-    assert sorted(queued_ids(short_sla, redis)) == sorted(send_jobs_for(sent))
+    assert sorted(queued_ids(short_sla, redis)) == sorted(alert_jobs_for(sent))
 
 
 def test_timer_job_woken_far_too_early_reschedules_itself_for_the_instant(
@@ -459,7 +460,7 @@ def test_reconcile_fires_overdue_timers_exactly_once(
     assert event.fired_at == WARNING_AT + timedelta(seconds=30)
     sent = alerts(seeded)
     assert sorted(m.to_address for m in sent) == sorted([ADDRESS["ana"], ADDRESS["bruno"]])
-    assert send_jobs_for(sent) <= set(queued_ids(seeded, redis))
+    assert alert_jobs_for(sent) <= set(queued_ids(seeded, redis))
     # The breach, still to come, is back on the clock.
     assert scheduled(seeded, redis) == {f"sla-{visit.id}-breach": BREACH_AT}
 
@@ -856,7 +857,7 @@ def test_a_visit_that_cannot_fire_does_not_stop_the_sweep(
     assert fine is not None
     real = escalation.fire
 
-    def fire(s: Session, visit_id: int, kind: str, now: datetime) -> list[Message] | None:
+    def fire(s: Session, visit_id: int, kind: str, now: datetime) -> escalation.Fired | None:
         if visit_id == broken.id:
             raise RuntimeError("a bad row")
         return real(s, visit_id, kind, now)

@@ -160,7 +160,10 @@ def test_unknown_field_is_refused_with_its_path() -> None:
     problem = only_problem(one_stage("color: red\n"))
 
     assert problem.startswith("line 7: pipelines[0].stages[0].color: unknown field")
-    assert "known: alert, calendar, escalate, key, name, sla, warning" in problem
+    assert (
+        "known: alert, calendar, escalate, key, name, pause, reassign, sla, timeout, warning"
+        in problem
+    )
 
 
 def test_unknown_top_level_field_is_refused() -> None:
@@ -395,7 +398,7 @@ def test_several_mistakes_are_all_reported() -> None:
     assert problems == [
         "line 2: pipelines[0].key: 'Bad Key' must be lowercase letters, digits, - or _",
         "line 9: pipelines[0].stages[0].colour: unknown field (known: alert, calendar, "
-        "escalate, key, name, sla, warning)",
+        "escalate, key, name, pause, reassign, sla, timeout, warning)",
         "line 8: pipelines[0].stages[0].sla: '2x' is not a duration such as 90s, 15m, 2h or 1h30m",
         "line 13: pipelines[0].stages[1].warning: must be shorter than the sla",
         "line 14: pipelines[0].stages[1].alert[0]: expected a staff member's email",

@@ -35,12 +35,31 @@ def send_job_id(message_id: int) -> str:
     return f"send-{message_id}"
 
 
+def alerts_job_id(user_id: int) -> str:
+    return f"alerts-{user_id}"
+
+
+# Spacing sends evenly (a generic cell rate algorithm on Redis's own clock) keeps every
+# worker together under the sender's rate: it returns how many microseconds to wait.
+_PACE = """
+local now = redis.call('TIME')
+local t = tonumber(now[1]) * 1000000 + tonumber(now[2])
+local interval = tonumber(ARGV[1])
+local slot = tonumber(redis.call('GET', KEYS[1]) or '0')
+if slot < t then slot = t end
+redis.call('SET', KEYS[1], string.format('%d', slot + interval), 'PX',
+           math.floor((slot + interval - t) / 1000) + 1000)
+return slot - t
+"""
+
+
 class Alarms:
     """Schedules and checks the jobs that carry out what the database has decided."""
 
     def __init__(self, redis_url: str, queue_name: str) -> None:
         self.redis = redis_for(redis_url)
         self.queue = Queue(queue_name, connection=self.redis)
+        self._pace = self.redis.register_script(_PACE)
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
@@ -80,14 +99,38 @@ class Alarms:
             if held and self.redis.get(key) == token.encode():
                 self.redis.delete(key)
 
-    def enqueue_send(self, message_id: int) -> None:
+    def enqueue_send(self, message_id: int, again: bool = False) -> None:
+        """The send job; `again` for a send job handing its message on (another id)."""
+        job_id = send_job_id(message_id) + ("-again" if again else "")
         self.queue.enqueue(
             "whatsdesk.jobs.send_message",
             message_id,
-            job_id=send_job_id(message_id),
+            job_id=job_id,
             retry=Retry(max=len(SEND_RETRY_INTERVALS), interval=SEND_RETRY_INTERVALS),
             result_ttl=3600,
         )
+
+    def enqueue_alerts(self, user_id: int) -> None:
+        """Deliver a person's pending alerts (alone, or as a digest) now."""
+        self.queue.enqueue(
+            "whatsdesk.jobs.deliver_alerts", user_id, job_id=alerts_job_id(user_id), result_ttl=600
+        )
+
+    def schedule_alerts(self, user_id: int, instant: datetime) -> None:
+        """Look at a person's pending alerts again when their digest window ends."""
+        self.queue.enqueue_at(
+            instant,
+            "whatsdesk.jobs.deliver_alerts",
+            user_id,
+            job_id=f"{alerts_job_id(user_id)}-at-{int(instant.timestamp())}",
+            result_ttl=600,
+        )
+
+    def pace(self, sender: str, per_second: int) -> float:
+        """Take the next send slot of `sender`; the seconds to wait before using it."""
+        key = f"whatsdesk:pace:{self.queue.name}:{sender}"
+        wait = self._pace(keys=[key], args=[1_000_000 // per_second])
+        return int(wait) / 1_000_000
 
     def is_live(self, job_id: str) -> bool:
         """Is a job with this id waiting or running in Redis?"""

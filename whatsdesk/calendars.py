@@ -11,17 +11,27 @@ import holidays as public_holidays
 import icalendar
 
 from . import clock
-from .models import BusinessCalendar, Stage
+from .models import BusinessCalendar, Pipeline, Stage
 
 ICS_TIMEOUT_SECONDS = 10
 # Holidays are resolved for the years around an instant: enough for any SLA that ends in them.
 YEARS_BEFORE, YEARS_AFTER = 1, 3
 
 
+def row_for_stage(stage: Stage) -> BusinessCalendar | None:
+    """The stored calendar a stage's clock follows (None: 24/7)."""
+    return None if stage.always_open else (stage.calendar or stage.pipeline.calendar)
+
+
 def for_stage(stage: Stage, around: datetime) -> clock.Calendar | None:
     """The calendar a stage's clock follows (None: 24/7)."""
-    row = None if stage.always_open else (stage.calendar or stage.pipeline.calendar)
+    row = row_for_stage(stage)
     return None if row is None else to_clock(row, around.year)
+
+
+def for_pipeline(pipeline: Pipeline, around: datetime) -> clock.Calendar | None:
+    """The calendar of the pipeline's card-level (resolution) clock (None: 24/7)."""
+    return None if pipeline.calendar is None else to_clock(pipeline.calendar, around.year)
 
 
 def to_clock(row: BusinessCalendar, year: int) -> clock.Calendar:

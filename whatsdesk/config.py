@@ -35,6 +35,8 @@ class Config:
     production: bool = False
     port: int = 5000
     sweep_seconds: int = 5
+    # Outbound messages per second per sender number, across every worker (WhatsApp: 80).
+    send_rate: int = 80
     max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH
 
     @classmethod
@@ -56,6 +58,14 @@ class Config:
             production=env.get("WHATSDESK_ENV", "").strip().lower() == "production",
             port=_port(env.get("PORT", "")),
             sweep_seconds=_sweep_seconds(env.get("SWEEP_INTERVAL", "")),
+            send_rate=_whole(
+                env.get("SEND_RATE_LIMIT", ""),
+                "SEND_RATE_LIMIT",
+                80,
+                1,
+                10_000,
+                " messages a second",
+            ),
         )
 
     @property
@@ -93,7 +103,11 @@ def _port(raw: str) -> int:
 
 
 def _sweep_seconds(raw: str) -> int:
-    raw = raw.strip() or "5"
-    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= 3600:
-        raise RuntimeError(f"SWEEP_INTERVAL must be whole seconds from 1 to 3600, not {raw!r}")
+    return _whole(raw, "SWEEP_INTERVAL", 5, 1, 3600, " seconds")
+
+
+def _whole(raw: str, name: str, default: int, low: int, high: int, unit: str = "") -> int:
+    raw = raw.strip() or str(default)
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise RuntimeError(f"{name} must be whole{unit} from {low} to {high}, not {raw!r}")
     return int(raw)

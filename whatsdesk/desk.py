@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import uuid
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, joinedload
 
 from . import bot, calendars, clock, sla
-from .models import Card, Contact, EarlyStatus, Message, Pipeline, Stage, StageVisit, User
+from .models import (
+    Card,
+    Contact,
+    EarlyStatus,
+    Message,
+    Pipeline,
+    SlaEvent,
+    Stage,
+    StageVisit,
+    User,
+)
 from .whatsapp import Inbound
+
+# A stage visit's outcome.
+ONGOING, MET, BREACHED, NO_SLA_OUTCOME = "ongoing", "met", "breached", "no_sla"
 
 
 class DeskError(Exception):
@@ -57,35 +71,36 @@ def open_card_of(session: Session, contact: Contact) -> Card | None:
 
 
 def receive_message(session: Session, inbound: Inbound, now: datetime) -> Received:
-    """Store a customer's message once per MessageSid, on their open card or a new one."""
+    """Store a customer's message once per MessageSid, on their open card or a new one.
+
+    A customer writing again after being answered sets off the pipeline's
+    `customer_message` automation (e.g. back to "waiting for a reply")."""
     existing = session.scalars(select(Message).where(Message.sid == inbound.sid)).one_or_none()
     if existing is not None:
         return Received(message=existing, card=existing.card, duplicate=True)
     contact = upsert_contact(session, inbound, now)
     session.flush()
+    if is_staff_number(session, contact.address):
+        # Staff writing to the desk open their 24-hour window (alerts may go as free text);
+        # they are not customers: no card, no acknowledgement.
+        note = _inbound_message(inbound, None, contact, now)
+        session.add(note)
+        session.flush()
+        return Received(note, None)
     card = open_card_of(session, contact)
     new_visit = None
+    opened = card is None
     outbound = []
     if card is None:
         card, new_visit = open_card(session, contact, default_pipeline(session), now)
+    elif card.waiting_since is None:  # they had an answer: this is a new question
+        new_visit = automate(session, card, CUSTOMER_MESSAGE, now)
     if card.waiting_since is None:
         card.waiting_since = now
-    message = Message(
-        sid=inbound.sid,
-        direction="in",
-        card=card,
-        contact=contact,
-        from_address=inbound.from_address,
-        to_address=inbound.to_address,
-        body=inbound.body,
-        media=inbound.media,
-        status="received",
-        created_at=now,
-        updated_at=now,
-    )
+    message = _inbound_message(inbound, card, contact, now)
     session.add(message)
     session.flush()  # before the reply, so the thread reads in order (same created_at)
-    if new_visit is not None:
+    if opened:
         ack = bot.acknowledgement(contact.profile_name, card.pipeline.name, card.stage.sla_seconds)
         outbound.append(
             queue_outbound(
@@ -102,11 +117,37 @@ def receive_message(session: Session, inbound: Inbound, now: datetime) -> Receiv
     return Received(message, card, new_visit=new_visit, outbound=outbound)
 
 
+def _inbound_message(
+    inbound: Inbound, card: Card | None, contact: Contact, now: datetime
+) -> Message:
+    return Message(
+        sid=inbound.sid,
+        direction="in",
+        card=card,
+        contact=contact,
+        from_address=inbound.from_address,
+        to_address=inbound.to_address,
+        body=inbound.body,
+        media=inbound.media,
+        status="received",
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def is_staff_number(session: Session, address: str) -> bool:
+    return (
+        session.scalars(select(User.id).where(User.whatsapp == address).limit(1)).first()
+        is not None
+    )
+
+
 def open_card(
     session: Session, contact: Contact, pipeline: Pipeline, now: datetime
 ) -> tuple[Card, StageVisit]:
-    first = pipeline.stages[0]
+    first = stage_for_event(pipeline, NEW_CONVERSATION) or pipeline.stages[0]
     card = Card(contact=contact, pipeline=pipeline, stage=first, status="open", opened_at=now)
+    card.resolution_used_seconds = card.paused_seconds = 0
     session.add(card)
     session.flush()
     return card, enter_stage(session, card, first, now)
@@ -118,46 +159,232 @@ def current_visit(session: Session, card: Card) -> StageVisit | None:
     ).first()
 
 
-def enter_stage(session: Session, card: Card, stage: Stage, now: datetime) -> StageVisit:
-    """Close the card's current stage visit and open one in `stage` with its timers."""
-    visit = current_visit(session, card)
-    if visit is not None:
-        leave(visit, now)
+def card_events(session: Session, card_id: int) -> set[str]:
+    """The card-level (resolution) events the card has recorded, on any visit."""
+    return set(
+        session.scalars(
+            select(SlaEvent.kind).where(
+                SlaEvent.card_id == card_id, SlaEvent.kind.in_(sla.CARD_KINDS)
+            )
+        )
+    )
+
+
+def recorded_kinds(session: Session, visit: StageVisit) -> set[str]:
+    """The events a visit has recorded, with its card's resolution events from any visit."""
+    own = set(session.scalars(select(SlaEvent.kind).where(SlaEvent.visit_id == visit.id)))
+    return own | card_events(session, visit.card_id)
+
+
+def visit_timers(session: Session, card: Card, stage: Stage, now: datetime) -> sla.Timers:
+    """The instants a visit of `card` to `stage` starting now will ring at."""
     calendar = calendars.for_stage(stage, now)
     levels_after = [e.after_seconds for e in stage.escalations]
     timers = sla.timers_for(now, stage.sla_seconds, stage.warning_seconds, calendar, levels_after)
-    card.stage = stage
-    new = StageVisit(
-        card=card,
-        stage=stage,
-        entered_at=now,
-        warning_at=timers.warning_at,
-        deadline_at=timers.deadline_at,
-        escalations_at=[at.isoformat() for at in timers.levels],
-        next_due_at=sla.next_instant(timers, ()),
+    timeout_at = None
+    if stage.timeout_seconds:
+        timeout_at = clock.add_business_time(calendar, now, stage.timeout_seconds)
+    resolution_warning_at = resolution_at = None
+    pipeline = card.pipeline
+    if pipeline.resolution_seconds and not stage.pauses:
+        done = card_events(session, card.id) if card.id else set()
+        if sla.RESOLUTION_BREACH not in done:
+            resolution_warning_at, resolution_at = sla.resolution_timers(
+                now,
+                pipeline.resolution_seconds,
+                card.resolution_used_seconds or 0,
+                pipeline.resolution_warning_seconds,
+                calendars.for_pipeline(pipeline, now),
+            )
+            if sla.RESOLUTION_WARNING in done:
+                resolution_warning_at = None
+    return replace(
+        timers,
+        resolution_warning_at=resolution_warning_at,
+        resolution_at=resolution_at,
+        timeout_at=timeout_at,
     )
+
+
+def enter_stage(session: Session, card: Card, stage: Stage, now: datetime) -> StageVisit:
+    """Close the card's current stage visit and open one in `stage` with its timers.
+
+    The caller arms the new visit's timers (Alarms.schedule_timers) after commit."""
+    visit = current_visit(session, card)
+    if visit is not None:
+        leave(visit, now)
+    card.stage = stage
+    timers = visit_timers(session, card, stage, now)
+    new = StageVisit(card=card, stage=stage, entered_at=now, paused=stage.pauses)
+    set_timers(new, timers, set())
+    new.outcome = ONGOING
     session.add(new)
     session.flush()
     return new
 
 
+def set_timers(visit: StageVisit, timers: sla.Timers, recorded: set[str]) -> None:
+    visit.warning_at, visit.deadline_at = timers.warning_at, timers.deadline_at
+    visit.escalations_at = [at.isoformat() for at in timers.levels]
+    visit.resolution_warning_at = timers.resolution_warning_at
+    visit.resolution_at = timers.resolution_at
+    visit.timeout_at = timers.timeout_at
+    visit.next_due_at = sla.next_instant(timers, recorded)
+
+
 def leave(visit: StageVisit, now: datetime) -> None:
-    """End a stage visit, recording the time spent in wall and business seconds."""
+    """End a stage visit: time spent in wall and business seconds, paused time, whether its
+    SLA was met, and the time it adds to the card's resolution clock."""
     visit.left_at = now
     visit.next_due_at = None
     visit.wall_seconds = int((now - visit.entered_at).total_seconds())
     calendar = calendars.for_stage(visit.stage, visit.entered_at)
     visit.business_seconds = int(clock.business_seconds_between(calendar, visit.entered_at, now))
+    visit.paused_seconds = visit.wall_seconds if visit.paused else 0
+    card = visit.card
+    if visit.paused:
+        card.paused_seconds = (card.paused_seconds or 0) + visit.wall_seconds
+    else:
+        own = calendars.for_pipeline(card.pipeline, visit.entered_at)
+        used = int(clock.business_seconds_between(own, visit.entered_at, now))
+        card.resolution_used_seconds = (card.resolution_used_seconds or 0) + used
+    visit.outcome = outcome_of(visit, now)
 
 
-def move_card(session: Session, card_id: int, stage_key: str, now: datetime) -> StageVisit:
-    """Move an open card to another stage of its pipeline."""
+def outcome_of(visit: StageVisit, now: datetime) -> str:
+    """met / breached for a visit with a stage SLA, no_sla without; ongoing until it ends
+    (or breaches)."""
+    if visit.deadline_at is None:
+        return NO_SLA_OUTCOME if visit.left_at is not None else ONGOING
+    if visit.outcome == BREACHED or now >= visit.deadline_at:
+        return BREACHED
+    return MET if visit.left_at is not None else ONGOING
+
+
+def _open_card(session: Session, card_id: int) -> Card:
     card = session.get(Card, card_id)
     if card is None or card.status != "open":
         raise DeskError(f"card {card_id} is not open")
-    stage = next((s for s in card.pipeline.stages if s.key == stage_key), None)
+    return card
+
+
+def _stage_of(pipeline: Pipeline, stage_key: str) -> Stage:
+    stage = next((s for s in pipeline.stages if s.key == stage_key), None)
     if stage is None:
-        raise DeskError(f"pipeline {card.pipeline.key!r} has no stage {stage_key!r}")
+        raise DeskError(f"pipeline {pipeline.key!r} has no stage {stage_key!r}")
+    return stage
+
+
+def move_card(session: Session, card_id: int, stage_key: str, now: datetime) -> StageVisit:
+    """Move an open card to another stage of its pipeline (the caller arms its timers)."""
+    card = _open_card(session, card_id)
+    return enter_stage(session, card, _stage_of(card.pipeline, stage_key), now)
+
+
+# Events a pipeline's automation answers, and the stage each takes the card to.
+NEW_CONVERSATION = "new_conversation"
+CUSTOMER_MESSAGE = "customer_message"
+AGENT_REPLY = "agent_reply"
+REOPEN = "reopen"
+AUTOMATION_EVENTS = (NEW_CONVERSATION, CUSTOMER_MESSAGE, AGENT_REPLY, REOPEN)
+
+
+def stage_for_event(pipeline: Pipeline, event: str, current: Stage | None = None) -> Stage | None:
+    """The stage the pipeline's automation sends a card to on `event`; None: stay put.
+
+    A rule reads {"to": stage key, "from": [stage keys] or absent for any stage}."""
+    rule = (pipeline.automation or {}).get(event)
+    if not rule:
+        return None
+    if current is not None and rule.get("from") and current.key not in rule["from"]:
+        return None
+    target = next((s for s in pipeline.stages if s.key == rule["to"]), None)
+    if target is None or target is current:
+        return None
+    return target
+
+
+def automate(session: Session, card: Card, event: str, now: datetime) -> StageVisit | None:
+    """Apply the pipeline's automation for `event`: the new visit, or None if it stays."""
+    target = stage_for_event(card.pipeline, event, card.stage)
+    return None if target is None else enter_stage(session, card, target, now)
+
+
+# WhatsApp lets a business write freely for 24 hours after the person's latest message.
+WINDOW = timedelta(hours=24)
+
+
+def window_open(last_inbound_at: datetime | None, now: datetime) -> bool:
+    return last_inbound_at is not None and now - last_inbound_at < WINDOW
+
+
+@dataclass
+class Replied:
+    message: Message
+    new_visit: StageVisit | None
+
+
+MAX_BODY = 1600  # WhatsApp's limit for one message through Twilio
+
+
+def agent_reply(session: Session, card_id: int, agent: User, body: str, now: datetime) -> Replied:
+    """An agent answers the customer: the message is queued for the send job, the customer
+    is no longer waiting, an unowned card becomes the agent's, and the pipeline's
+    `agent_reply` automation moves the card (e.g. to "waiting on customer")."""
+    card = _open_card(session, card_id)
+    text = body.strip()
+    if not text:
+        raise DeskError("the reply is empty")
+    if len(text) > MAX_BODY:
+        raise DeskError(f"the reply is {len(text)} characters; WhatsApp takes at most {MAX_BODY}")
+    if not window_open(card.contact.last_inbound_at, now):
+        raise DeskError(
+            "the customer's last message is more than 24 hours old: WhatsApp only accepts an "
+            "approved template until they write again"
+        )
+    message = queue_outbound(
+        session,
+        to=card.contact.address,
+        body=text,
+        card=card,
+        contact=card.contact,
+        user=agent,
+        dedupe_key=f"reply-{uuid.uuid4().hex}",
+        now=now,
+    )
+    card.waiting_since = None
+    if card.owner is None:
+        card.owner = agent
+    session.flush()
+    return Replied(message, automate(session, card, AGENT_REPLY, now))
+
+
+def resolve(session: Session, card_id: int, now: datetime) -> Card:
+    """Close the conversation: its stage visit ends, its timers stop."""
+    card = _open_card(session, card_id)
+    visit = current_visit(session, card)
+    if visit is not None:
+        leave(visit, now)
+    card.status, card.resolved_at, card.waiting_since = "resolved", now, None
+    session.flush()
+    return card
+
+
+def reopen(session: Session, card_id: int, now: datetime) -> StageVisit:
+    """Open a resolved card again, in the stage the pipeline's `reopen` automation names
+    (else its first); the resolution clock goes on from where it stopped."""
+    card = session.get(Card, card_id)
+    if card is None:
+        raise DeskError(f"no card {card_id}")
+    if card.status == "open":
+        raise DeskError(f"card {card_id} is already open")
+    other = open_card_of(session, card.contact)
+    if other is not None:
+        raise DeskError(
+            f"{card.contact.display_name} already has an open conversation (card #{other.id})"
+        )
+    card.status, card.resolved_at = "open", None
+    stage = stage_for_event(card.pipeline, REOPEN) or card.pipeline.stages[0]
     return enter_stage(session, card, stage, now)
 
 

@@ -1,18 +1,20 @@
-"""Who is told what when a stage visit's warning or breach comes."""
+"""What happens when a visit's timer rings: the event is recorded once, the right people
+are told, and the stage's actions (reassignment, its own timeout) are carried out."""
 
 from __future__ import annotations
 
 import logging
 import math
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from . import sla
-from .desk import queue_outbound
+from . import calendars, clock, desk, sla
 from .durations import humanize
-from .models import SUPERVISOR_ROLES, Message, SlaEvent, StageVisit, User
+from .models import SUPERVISOR_ROLES, Card, Message, SlaEvent, StageVisit, User
 
 log = logging.getLogger(__name__)
 
@@ -22,51 +24,166 @@ def visit_is_live(visit: StageVisit | None) -> bool:
     return visit is not None and visit.left_at is None and visit.card.status == "open"
 
 
-def recorded_kinds(session: Session, visit_id: int) -> set[str]:
-    return set(session.scalars(select(SlaEvent.kind).where(SlaEvent.visit_id == visit_id)))
+@dataclass
+class Fired:
+    """What firing an event did: alerts to send, and a new stage visit to arm if it moved."""
+
+    event: SlaEvent
+    messages: list[Message] = field(default_factory=list)
+    visits: list[StageVisit] = field(default_factory=list)
 
 
-def fire(session: Session, visit_id: int, kind: str, now: datetime) -> list[Message] | None:
+def fire(session: Session, visit_id: int, kind: str, now: datetime) -> Fired | None:
     """Record the event and queue its alerts; None when not due, moved on or recorded.
 
-    A concurrent firing of the same event fails the unique (visit, kind) constraint on flush
-    or commit, which rolls back its alerts too: the event and its messages happen once.
+    A concurrent firing of the same event fails a unique constraint ((visit, kind), or
+    (card, kind) for the resolution SLA) on flush or commit, which rolls back its alerts
+    and actions too: the event and its effects happen once.
     """
     visit = session.get(StageVisit, visit_id)
     if visit is None or not visit_is_live(visit):
         return None
-    recorded = recorded_kinds(session, visit_id)
+    recorded = desk.recorded_kinds(session, visit)
     if kind not in sla.due_kinds(now, visit.timers, recorded):
         return None
-    event = SlaEvent(visit_id=visit.id, kind=kind, due_at=visit.timers.instant(kind), fired_at=now)
+    due_at = visit.timers.instant(kind)
+    assert due_at is not None
+    event = SlaEvent(visit=visit, card_id=visit.card_id, kind=kind, due_at=due_at, fired_at=now)
     session.add(event)
     visit.next_due_at = sla.next_instant(visit.timers, recorded | {kind})
+    if kind == sla.BREACH:
+        visit.outcome = desk.BREACHED
     session.flush()
+    fired = Fired(event)
+    if kind == sla.TIMEOUT:
+        _time_out(session, visit, event, now, fired)
+        return fired
     text = alert_text(visit, kind, now)
-    messages = [
-        queue_outbound(
+    fired.messages += notify(session, event, recipients(session, visit, kind), text, now)
+    if kind == sla.BREACH:
+        _reassign(session, visit, now, fired)
+    session.flush()
+    return fired
+
+
+def notify(
+    session: Session, event: SlaEvent, people: list[User], text: str, now: datetime
+) -> list[Message]:
+    """One alert per person for this event (the dedupe key makes it once)."""
+    card = event.visit.card
+    return [
+        desk.queue_outbound(
             session,
             to=str(user.whatsapp),
             body=text,
             user=user,
-            card=visit.card,
+            card=card,
             sla_event_id=event.id,
             dedupe_key=f"sla-{event.id}-user-{user.id}",
             now=now,
         )
-        for user in recipients(session, visit, kind)
+        for user in people
     ]
+
+
+def _time_out(
+    session: Session, visit: StageVisit, event: SlaEvent, now: datetime, fired: Fired
+) -> None:
+    """The stage's own timer: tell the customer, then resolve the card or move it on."""
+    stage, card = visit.stage, visit.card
+    if stage.timeout_message:
+        fired.messages.append(
+            desk.queue_outbound(
+                session,
+                to=card.contact.address,
+                body=stage.timeout_message,
+                card=card,
+                contact=card.contact,
+                dedupe_key=f"sla-{event.id}-customer",
+                now=now,
+            )
+        )
+    action = stage.timeout_action or RESOLVE
+    if action == RESOLVE:
+        desk.resolve(session, card.id, now)
+        event.detail = {"action": RESOLVE}
+    else:
+        fired.visits.append(desk.move_card(session, card.id, action, now))
+        event.detail = {"action": "move", "to": action}
     session.flush()
-    return messages
+
+
+RESOLVE = "resolve"
+
+
+def _reassign(session: Session, visit: StageVisit, now: datetime, fired: Fired) -> None:
+    """The stage hands a breached card to a named person or the least-loaded agent on
+    shift; recorded as its own event, once per visit, and the new owner is told."""
+    stage, card = visit.stage, visit.card
+    if stage.reassign_to is not None:
+        target: User | None = stage.reassign_to if stage.reassign_to.active else None
+    elif stage.reassign_least_loaded:
+        target = least_loaded_on_shift(session, now, exclude=card.owner_id)
+    else:
+        return
+    if target is None or target.id == card.owner_id:
+        log.warning("breach of visit %s: nobody on shift to reassign card %s to", visit.id, card.id)
+        return
+    previous = card.owner
+    card.owner = target
+    event = SlaEvent(
+        visit=visit,
+        card_id=card.id,
+        kind=sla.REASSIGNMENT,
+        due_at=fired.event.due_at,
+        fired_at=now,
+        detail={"from": previous.id if previous else None, "to": target.id},
+    )
+    session.add(event)
+    session.flush()
+    before = f" from {previous.name}" if previous else ""
+    text = (
+        f"👤 Card #{card.id} is now yours{before}: {card.contact.display_name} "
+        f"({card.contact.phone}) breached the SLA in {card.pipeline.name} › {stage.name}."
+    )
+    people = [target] if reachable_by_whatsapp(target) else []
+    fired.messages += notify(session, event, people, text, now)
+
+
+def least_loaded_on_shift(session: Session, now: datetime, exclude: int | None) -> User | None:
+    """The active agent on shift now with the fewest open cards (then the lowest id)."""
+    load = (
+        select(Card.owner_id, func.count(Card.id).label("open_cards"))
+        .where(Card.status == "open", Card.owner_id.is_not(None))
+        .group_by(Card.owner_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(User, func.coalesce(load.c.open_cards, 0))
+        .outerjoin(load, load.c.owner_id == User.id)
+        .where(User.role == "agent", User.active.is_(True))
+        .order_by(func.coalesce(load.c.open_cards, 0), User.id)
+    ).all()
+    for user, _count in rows:
+        if user.id != exclude and on_shift(user, now):
+            return user
+    return None
+
+
+def on_shift(user: User, now: datetime) -> bool:
+    """Within the person's shift calendar; anyone without one is taken to be always on."""
+    if user.shift_calendar is None:
+        return True
+    return clock.is_open(calendars.to_clock(user.shift_calendar, now.year), now)
 
 
 def recipients(session: Session, visit: StageVisit, kind: str) -> list[User]:
-    """Warning → the owner, else the stage's alert list; escalation level N → its named
-    people; breach, or nobody reachable → every supervisor. Only active people with a
+    """Warnings → the owner, else the stage's alert list; escalation level N → its named
+    people; breaches, or nobody reachable → every supervisor. Only active people with a
     WhatsApp number count."""
     candidates: list[list[User]] = []
     level = sla.level_of(kind)
-    if kind == sla.WARNING:
+    if kind in (sla.WARNING, sla.RESOLUTION_WARNING):
         owner = visit.card.owner
         candidates = [[owner] if owner else [], list(visit.stage.alert_users)]
     elif level is not None:
@@ -103,7 +220,23 @@ def alert_text(visit: StageVisit, kind: str, now: datetime) -> str:
         left = humanize(math.ceil((visit.deadline_at - now).total_seconds()))
         return (
             f"⚠️ SLA warning — {who} in {where} has waited {waited}. "
-            f"The deadline is in {left} ({visit.deadline_at:%H:%M:%S} UTC). Card #{card.id}."
+            f"The deadline is in {left} ({_local(visit, visit.deadline_at)}). Card #{card.id}."
+        )
+    if kind in sla.CARD_KINDS:
+        resolution = humanize(card.pipeline.resolution_seconds or 0)
+        open_for = humanize((now - card.opened_at).total_seconds())
+        if kind == sla.RESOLUTION_WARNING:
+            assert visit.resolution_at is not None
+            left = humanize(math.ceil((visit.resolution_at - now).total_seconds()))
+            return (
+                f"⏳ Resolution SLA warning — {who}'s conversation ({where}) has been open "
+                f"{open_for}; the resolution SLA ({resolution}) runs out in {left} "
+                f"({_local(visit, visit.resolution_at)}). Card #{card.id}."
+            )
+        return (
+            f"🚨 Resolution SLA breached — {who}'s conversation ({where}) has been open "
+            f"{open_for}, past its resolution SLA of {resolution} (time waiting on the "
+            f"customer not counted). Card #{card.id}."
         )
     sla_len = humanize(visit.stage.sla_seconds or 0)
     level = sla.level_of(kind)
@@ -116,3 +249,13 @@ def alert_text(visit: StageVisit, kind: str, now: datetime) -> str:
     return (
         f"🚨 SLA breached — {who} has waited {waited} in {where} (SLA {sla_len}). Card #{card.id}."
     )
+
+
+def _local(visit: StageVisit, moment: datetime) -> str:
+    """A time of day in the stage's calendar's timezone, as the business reads its clock."""
+    row = (
+        None if visit.stage.always_open else (visit.stage.calendar or visit.card.pipeline.calendar)
+    )
+    zone = ZoneInfo(row.timezone) if row is not None else UTC
+    local = moment.astimezone(zone)
+    return f"{local:%H:%M:%S} {row.timezone if row is not None else 'UTC'}"

@@ -6,16 +6,17 @@ import logging
 import time
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, select, update
+from sqlalchemy import Select, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import desk, escalation, sla
-from .alarms import MAX_SEND_ATTEMPTS, Alarms, send_job_id, timer_job_id
+from . import desk, escalation, notifications, settings, sla
+from .alarms import MAX_SEND_ATTEMPTS, Alarms, alerts_job_id, send_job_id, timer_job_id
 from .config import Config
 from .db import session_scope, utcnow
 from .models import Card, Message, SlaEvent, StageVisit
-from .whatsapp import PermanentSendError, TransientSendError, sender_for
+from .notifications import is_staff_alert
+from .whatsapp import PermanentSendError, Template, TransientSendError, sender_for
 
 log = logging.getLogger(__name__)
 # RQ's scheduler keeps whole seconds and polls each second: a job can wake up to ~1 s early.
@@ -57,20 +58,46 @@ def fire_sla_event(visit_id: int, kind: str) -> str:
 
 
 def fire_and_send(config: Config, visit_id: int, kind: str, now: datetime) -> bool:
-    """Fire the event in its own transaction; after commit, hand its alerts to the sender."""
+    """Fire the event in its own transaction; after commit, hand its messages to the sender
+    (staff alerts through their recipient's digest) and arm any stage visit it started."""
     try:
         with session_scope(config.database_url) as session:
-            messages = escalation.fire(session, visit_id, kind, now)
-            ids = [m.id for m in messages or []]
+            fired = escalation.fire(session, visit_id, kind, now)
+            if fired is None:
+                return False
+            staff = sorted({m.user_id for m in fired.messages if is_staff_alert(m) and m.user_id})
+            customer = [m.id for m in fired.messages if not is_staff_alert(m)]
+            visits = [(v.id, v.timers) for v in fired.visits]
     except IntegrityError:
         log.info("sla event %s/%s already recorded by another worker", visit_id, kind)
         return False
-    if messages is None:
-        return False
     alarms = _alarms(config)
+    for user_id in staff:
+        alarms.enqueue_alerts(user_id)
+    for message_id in customer:
+        alarms.enqueue_send(message_id)
+    for new_visit_id, timers in visits:
+        alarms.schedule_timers(new_visit_id, timers)
+    return True
+
+
+def deliver_alerts(user_id: int) -> str:
+    """Alert job: a person's pending alerts go out alone, or as one digest when they come in
+    a storm (see notifications.gather); comes back when the digest window ends."""
+    config = _config()
+    alarms = _alarms(config)
+    try:
+        with session_scope(config.database_url) as session:
+            batch = notifications.gather(session, user_id, utcnow())
+            ids = [m.id for m in batch.sends]
+    except IntegrityError:  # a twin job made the same digest first
+        return "already gathered"
     for message_id in ids:
         alarms.enqueue_send(message_id)
-    return True
+    if batch.wait_until is not None:
+        alarms.schedule_alerts(user_id, batch.wait_until)
+        return "waiting for the digest window"
+    return f"sent {len(ids)}"
 
 
 def send_message(message_id: int) -> str:
@@ -87,10 +114,16 @@ def send_message(message_id: int) -> str:
         if not claimed or message is None:
             return "already handled"
         message.from_address = message.from_address or config.twilio_whatsapp_from
+        if not _window_checked(config, session, message):
+            return "failed"
         to, sender, body = message.to_address, message.from_address, message.body
+        template = _template_of(message)
         attempts = message.attempts
+    wait = _alarms(config).pace(sender, config.send_rate)
+    if wait > 0:
+        time.sleep(wait)
     try:
-        sent = sender_for(config).send(to, body, sender)
+        sent = sender_for(config).send(to, body, sender, template)
     except TransientSendError as exc:
         final = attempts >= MAX_SEND_ATTEMPTS
         _record_failure(config, message_id, "failed" if final else "retrying", None, str(exc))
@@ -98,6 +131,13 @@ def send_message(message_id: int) -> str:
             return "failed"
         raise  # RQ retries with backoff (alarms.SEND_RETRY_INTERVALS)
     except PermanentSendError as exc:
+        if (
+            exc.code == WINDOW_CLOSED
+            and template is None
+            and _retry_as_template(config, message_id)
+        ):
+            _alarms(config).enqueue_send(message_id, again=True)
+            return "outside the 24-hour window: sending the template"
         _record_failure(config, message_id, "failed", exc.code, exc.message)
         return "failed"
     with session_scope(config.database_url) as session:
@@ -105,6 +145,45 @@ def send_message(message_id: int) -> str:
         assert message is not None
         desk.record_sent(session, message, sent.sid, sent.status, utcnow())
     return "sent"
+
+
+# Twilio's error for free text outside the person's 24-hour window.
+WINDOW_CLOSED = "63016"
+NO_TEMPLATE = (
+    "outside this person's 24-hour WhatsApp window and no alert template is configured "
+    "(notifications.alert_template in the configuration file)"
+)
+
+
+def _window_checked(config: Config, session: Session, message: Message) -> bool:
+    """A staff alert to someone whose 24-hour window is closed goes as the approved
+    template; with none configured it is recorded as failed, never silently dropped."""
+    if config.simulator or not notifications.is_staff_alert(message) or message.content_sid:
+        return True
+    if notifications.window_is_open(session, message.to_address, utcnow()):
+        return True
+    if notifications.use_template(session, message):
+        return True
+    message.status, message.error_code, message.error_message = "failed", "window", NO_TEMPLATE
+    return False
+
+
+def _template_of(message: Message) -> Template | None:
+    if not message.content_sid:
+        return None
+    return Template(message.content_sid, dict(message.content_variables or {}))
+
+
+def _retry_as_template(config: Config, message_id: int) -> bool:
+    """Twilio says the window is closed: a staff alert goes again as the template."""
+    with session_scope(config.database_url) as session:
+        message = session.get(Message, message_id)
+        if message is None or not notifications.is_staff_alert(message):
+            return False
+        if not notifications.use_template(session, message):
+            return False
+        message.status, message.updated_at = "retrying", utcnow()
+        return True
 
 
 def _record_failure(
@@ -148,6 +227,10 @@ def reconcile(config: Config, now: datetime) -> dict[str, int]:
         if not alarms.is_live(send_job_id(message_id)):
             alarms.enqueue_send(message_id)
             counts["resent"] += 1
+    for user_id in _stale_alerts(config, now):
+        if not alarms.is_live(alerts_job_id(user_id)):
+            alarms.enqueue_alerts(user_id)
+            counts["resent"] += 1
     counts["interrupted"] = _fail_interrupted_sends(config, alarms, now)
     with session_scope(config.database_url) as session:
         counts["late_statuses"] = desk.settle_early_statuses(session, now)
@@ -170,12 +253,21 @@ def _with_recorded(
     """The visits of `query`, each with the event kinds already recorded (two queries)."""
     visits = session.scalars(query).all()
     recorded: dict[int, set[str]] = {visit.id: set() for visit in visits}
+    by_card: dict[int, set[str]] = {visit.card_id: set() for visit in visits}
     if recorded:
-        for visit_id, kind in session.execute(
-            select(SlaEvent.visit_id, SlaEvent.kind).where(SlaEvent.visit_id.in_(recorded))
+        for visit_id, card_id, kind in session.execute(
+            select(SlaEvent.visit_id, SlaEvent.card_id, SlaEvent.kind).where(
+                or_(
+                    SlaEvent.visit_id.in_(recorded),
+                    SlaEvent.card_id.in_(by_card) & SlaEvent.kind.in_(sla.CARD_KINDS),
+                )
+            )
         ):
-            recorded[visit_id].add(kind)
-    return [(visit, recorded[visit.id]) for visit in visits]
+            if visit_id in recorded:
+                recorded[visit_id].add(kind)
+            if kind in sla.CARD_KINDS:
+                by_card[card_id].add(kind)
+    return [(visit, recorded[visit.id] | by_card[visit.card_id]) for visit in visits]
 
 
 def _due_events(config: Config, now: datetime) -> list[tuple[int, list[str]]]:
@@ -231,6 +323,8 @@ def _fail_interrupted_sends(config: Config, alarms: Alarms, now: datetime) -> in
 
 
 def _stale_sends(config: Config, now: datetime) -> list[int]:
+    """Messages handed to the sender (customers', digests, alerts let through) whose send
+    job is overdue."""
     cutoff = now - timedelta(seconds=STALE_SEND_SECONDS)
     with session_scope(config.database_url) as session:
         return list(
@@ -239,6 +333,27 @@ def _stale_sends(config: Config, now: datetime) -> list[int]:
                     Message.direction == "out",
                     Message.status.in_(("pending", "retrying")),
                     Message.updated_at <= cutoff,
+                    or_(Message.contact_id.is_not(None), Message.sent_at.is_not(None)),
                 )
+            )
+        )
+
+
+def _stale_alerts(config: Config, now: datetime) -> list[int]:
+    """People with alerts still waiting for their digest well after its window ended."""
+    with session_scope(config.database_url) as session:
+        window = settings.notifications(session).digest_seconds
+        cutoff = now - timedelta(seconds=STALE_SEND_SECONDS + window)
+        return list(
+            session.scalars(
+                select(Message.user_id)
+                .where(
+                    Message.status == "pending",
+                    Message.contact_id.is_(None),
+                    Message.sent_at.is_(None),
+                    Message.user_id.is_not(None),
+                    Message.updated_at <= cutoff,
+                )
+                .distinct()
             )
         )

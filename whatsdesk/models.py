@@ -36,6 +36,9 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # When the person works (reassignment picks people on shift); None: any time.
+    shift_calendar_id: Mapped[int | None] = mapped_column(ForeignKey("calendars.id"))
+    shift_calendar: Mapped[BusinessCalendar | None] = relationship()
 
     # Flask-Login protocol
     @property
@@ -107,6 +110,11 @@ class Pipeline(Base):
     # None: the clock runs 24/7.
     calendar_id: Mapped[int | None] = mapped_column(ForeignKey("calendars.id"))
     calendar: Mapped[BusinessCalendar | None] = relationship()
+    # Card-level resolution SLA, in business time, time in pausing stages excluded.
+    resolution_seconds: Mapped[int | None] = mapped_column(Integer)
+    resolution_warning_seconds: Mapped[int | None] = mapped_column(Integer)
+    # Where events take a card: {"customer_message": "reply", "agent_reply": "waiting", …}.
+    automation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     stages: Mapped[list[Stage]] = relationship(
         back_populates="pipeline", order_by="Stage.position", cascade="all, delete-orphan"
     )
@@ -163,6 +171,16 @@ class Stage(Base):
     # Its own calendar, or 24/7 whatever the pipeline keeps; neither: the pipeline's.
     calendar_id: Mapped[int | None] = mapped_column(ForeignKey("calendars.id"))
     always_open: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Time here does not count against the card's resolution SLA ("waiting on customer").
+    pauses: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The stage's own timer: after this long in the stage, resolve the card or move it to
+    # the stage `timeout_action` names, telling the customer `timeout_message`.
+    timeout_seconds: Mapped[int | None] = mapped_column(Integer)
+    timeout_action: Mapped[str | None] = mapped_column(String(64))
+    timeout_message: Mapped[str | None] = mapped_column(Text)
+    # On breach, give the card to this person, or to the least-loaded agent on shift.
+    reassign_to_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    reassign_least_loaded: Mapped[bool] = mapped_column(Boolean, default=False)
 
     pipeline: Mapped[Pipeline] = relationship(back_populates="stages")
     calendar: Mapped[BusinessCalendar | None] = relationship()
@@ -170,6 +188,7 @@ class Stage(Base):
         order_by="StageEscalation.level", cascade="all, delete-orphan"
     )
     alert_users: Mapped[list[User]] = relationship(secondary="stage_alert_recipients")
+    reassign_to: Mapped[User | None] = relationship(foreign_keys=[reassign_to_id])
 
 
 class Card(Base):
@@ -197,6 +216,9 @@ class Card(Base):
     resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Since the oldest customer message nobody has answered; None when answered.
     waiting_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Business seconds spent so far against the resolution SLA (finished, unpaused visits).
+    resolution_used_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    paused_seconds: Mapped[int] = mapped_column(Integer, default=0)
 
     contact: Mapped[Contact] = relationship()
     pipeline: Mapped[Pipeline] = relationship()
@@ -216,8 +238,16 @@ class StageVisit(Base):
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Escalation levels' instants (ISO, UTC), fixed when the visit starts, like the deadline.
     escalations_at: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # The card's resolution clock, as it stood when the visit began (None when paused).
+    resolution_warning_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    resolution_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    timeout_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
     wall_seconds: Mapped[int | None] = mapped_column(Integer)
     business_seconds: Mapped[int | None] = mapped_column(Integer)
+    paused_seconds: Mapped[int | None] = mapped_column(Integer)
+    # ongoing, met, breached (the stage SLA), or no_sla.
+    outcome: Mapped[str] = mapped_column(String(16), default="ongoing")
     # The earliest instant still owed an event; None when nothing is (left, or breached).
     # The sweep's range query on it costs what is due, not what is open.
     next_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
@@ -228,22 +258,55 @@ class StageVisit(Base):
     @property
     def timers(self) -> Timers:
         levels = tuple(datetime.fromisoformat(at) for at in self.escalations_at or [])
-        return Timers(self.warning_at, self.deadline_at, levels)
+        return Timers(
+            self.warning_at,
+            self.deadline_at,
+            levels,
+            resolution_warning_at=self.resolution_warning_at,
+            resolution_at=self.resolution_at,
+            timeout_at=self.timeout_at,
+        )
 
 
 class SlaEvent(Base):
-    """A warning or breach of one stage visit: recorded once, whatever fires it."""
+    """An event of one stage visit (warning, breach, level N, reassignment, timeout) or of
+    its card (resolution warning and breach): recorded once, whatever fires it."""
 
     __tablename__ = "sla_events"
-    __table_args__ = (UniqueConstraint("visit_id", "kind"),)
+    __table_args__ = (
+        UniqueConstraint("visit_id", "kind"),
+        # The resolution SLA belongs to the card: once per card, whichever visit fires it.
+        Index(
+            "uq_sla_events_card_resolution",
+            "card_id",
+            "kind",
+            unique=True,
+            sqlite_where=text("kind LIKE 'resolution%'"),
+            postgresql_where=text("kind LIKE 'resolution%'"),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     visit_id: Mapped[int] = mapped_column(ForeignKey("stage_visits.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(16))
+    card_id: Mapped[int] = mapped_column(ForeignKey("cards.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(24))
     due_at: Mapped[datetime] = mapped_column(UTCDateTime)
     fired_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # What the event did besides telling people, e.g. {"from": 3, "to": 5} for a reassignment.
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
     visit: Mapped[StageVisit] = relationship()
+    notifications: Mapped[list[Message]] = relationship(
+        primaryjoin="SlaEvent.id == Message.sla_event_id",
+        foreign_keys="Message.sla_event_id",
+        viewonly=True,
+        order_by="Message.id",
+    )
+
+    @property
+    def lateness_seconds(self) -> float:
+        """How long after its instant the event was recorded (never negative: never early)."""
+        return (self.fired_at - self.due_at).total_seconds()
 
 
 class Message(Base):
@@ -253,6 +316,8 @@ class Message(Base):
     __table_args__ = (
         Index("ix_messages_card", "card_id", "created_at"),
         Index("ix_messages_pending", "direction", "status"),
+        # A recipient's alerts waiting for their digest.
+        Index("ix_messages_user_status", "user_id", "status"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -267,6 +332,13 @@ class Message(Base):
     from_address: Mapped[str] = mapped_column(String(64))
     to_address: Mapped[str] = mapped_column(String(64), index=True)
     body: Mapped[str] = mapped_column(Text, default="")
+    # An approved template instead of free text (outside the 24-hour window).
+    content_sid: Mapped[str | None] = mapped_column(String(64))
+    content_variables: Mapped[dict[str, str] | None] = mapped_column(JSON)
+    # An alert that went out inside a digest message: that message.
+    digest_id: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
+    # When it was handed to the sender (the digest window counts from here).
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     media: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     status: Mapped[str] = mapped_column(String(16))
     error_code: Mapped[str | None] = mapped_column(String(16))
@@ -278,6 +350,12 @@ class Message(Base):
     card: Mapped[Card | None] = relationship()
     contact: Mapped[Contact | None] = relationship()
     user: Mapped[User | None] = relationship()
+    digest: Mapped[Message | None] = relationship(remote_side=[id])
+
+    @property
+    def delivery_status(self) -> str:
+        """Its own status, or that of the digest it went out in."""
+        return self.digest.status if self.digest is not None else self.status
 
 
 class EarlyStatus(Base):
@@ -290,3 +368,13 @@ class EarlyStatus(Base):
     status: Mapped[str] = mapped_column(String(16))
     error_code: Mapped[str | None] = mapped_column(String(16))
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Setting(Base):
+    """Desk-wide settings changed without code (alert digests, the alert template, …)."""
+
+    __tablename__ = "settings"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[Any] = mapped_column(JSON)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

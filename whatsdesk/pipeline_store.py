@@ -7,10 +7,21 @@ from datetime import date, datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from . import calendars
-from .models import BusinessCalendar, Pipeline, Stage, StageEscalation, StageVisit, User
+from . import calendars, settings
+from . import desk as desk_cases
+from .models import (
+    BusinessCalendar,
+    Card,
+    Pipeline,
+    Stage,
+    StageEscalation,
+    StageVisit,
+    User,
+)
 from .pipelines import (
     ALWAYS_OPEN,
+    LEAST_LOADED,
+    AutomationRule,
     CalendarSpec,
     DeskSpec,
     EscalationSpec,
@@ -18,12 +29,13 @@ from .pipelines import (
     PipelineFileError,
     PipelineSpec,
     StageSpec,
+    TimeoutSpec,
 )
 
 
 def load(session: Session, desk: DeskSpec, now: datetime) -> list[Pipeline]:
     """Create or update each calendar and pipeline of the file; refuses, changing nothing,
-    on any problem. SLA changes apply to stage visits that start afterwards."""
+    on any problem. SLA changes apply to stage visits that start afterwards (see retime)."""
     specs = desk.pipelines
     problems: list[str] = []
     resolved = [_resolve_calendar(spec, now, problems) for spec in desk.calendars]
@@ -44,8 +56,30 @@ def load(session: Session, desk: DeskSpec, now: datetime) -> list[Pipeline]:
         for other in session.scalars(select(Pipeline).where(Pipeline.is_default.is_(True))):
             other.is_default = False
     loaded = [_upsert(session, spec, users, calendar_rows) for spec in specs]
+    if desk.notifications is not None:
+        settings.save_notifications(session, desk.notifications, now)
     session.flush()
     return loaded
+
+
+def retime(session: Session, pipelines: list[Pipeline]) -> list[StageVisit]:
+    """Re-time the open visits of these pipelines to their stages' current SLAs, as if
+    they had entered under them; the caller moves their RQ jobs (Alarms.schedule_timers).
+    Events already recorded stay recorded."""
+    visits = session.scalars(
+        select(StageVisit)
+        .join(Card, Card.id == StageVisit.card_id)
+        .where(
+            StageVisit.left_at.is_(None),
+            Card.status == "open",
+            Card.pipeline_id.in_([p.id for p in pipelines]),
+        )
+    ).all()
+    for visit in visits:
+        timers = desk_cases.visit_timers(session, visit.card, visit.stage, visit.entered_at)
+        desk_cases.set_timers(visit, timers, desk_cases.recorded_kinds(session, visit))
+    session.flush()
+    return list(visits)
 
 
 def _resolve_calendar(
@@ -120,6 +154,8 @@ def _alert_users(
 def _staff(stage: StageSpec) -> list[tuple[str, str]]:
     """(field, email) for every staff member a stage names."""
     named = [("alert", email) for email in stage.alert]
+    if stage.reassign and stage.reassign != LEAST_LOADED:
+        named.append(("reassign", stage.reassign))
     for number, level in enumerate(stage.escalate):
         named += [(f"escalate[{number}].to", email) for email in level.to]
     return named
@@ -159,6 +195,12 @@ def _upsert(
     pipeline.name = spec.name
     pipeline.is_default = spec.default
     pipeline.calendar = calendar_rows.get(spec.calendar) if spec.calendar else None
+    pipeline.resolution_seconds = spec.resolution_seconds
+    pipeline.resolution_warning_seconds = spec.resolution_warning_seconds
+    pipeline.automation = {
+        event: {"to": rule.to, "from": list(rule.only_from)}
+        for event, rule in spec.automation.items()
+    }
     by_key = {s.key: s for s in pipeline.stages}
     stages = []
     for position, stage_spec in enumerate(spec.stages):
@@ -185,6 +227,14 @@ def _apply_stage(
     stage.always_open = spec.calendar == ALWAYS_OPEN
     own = spec.calendar if spec.calendar and spec.calendar != ALWAYS_OPEN else None
     stage.calendar = calendar_rows[own] if own else None
+    stage.pauses = spec.pause
+    timeout = spec.timeout
+    stage.timeout_seconds = timeout.after_seconds if timeout else None
+    stage.timeout_action = timeout.then if timeout else None
+    stage.timeout_message = timeout.message if timeout else None
+    stage.reassign_least_loaded = spec.reassign == LEAST_LOADED
+    named = spec.reassign if spec.reassign and spec.reassign != LEAST_LOADED else None
+    stage.reassign_to = users[named] if named else None
 
 
 def _apply_escalations(stage: Stage, spec: StageSpec, users: dict[str, User]) -> None:
@@ -209,6 +259,7 @@ def dump(session: Session) -> DeskSpec:
         pipelines=[
             _pipeline_spec(p) for p in session.scalars(select(Pipeline).order_by(Pipeline.id))
         ],
+        notifications=settings.notifications(session),
     )
 
 
@@ -234,6 +285,12 @@ def _pipeline_spec(pipeline: Pipeline) -> PipelineSpec:
         name=pipeline.name,
         default=pipeline.is_default,
         calendar=pipeline.calendar.key if pipeline.calendar else None,
+        resolution_seconds=pipeline.resolution_seconds,
+        resolution_warning_seconds=pipeline.resolution_warning_seconds,
+        automation={
+            event: AutomationRule(rule["to"], list(rule.get("from") or []))
+            for event, rule in (pipeline.automation or {}).items()
+        },
         stages=[
             StageSpec(
                 key=s.key,
@@ -246,6 +303,15 @@ def _pipeline_spec(pipeline: Pipeline) -> PipelineSpec:
                     for e in s.escalations
                 ],
                 calendar=ALWAYS_OPEN if s.always_open else (s.calendar.key if s.calendar else None),
+                pause=s.pauses,
+                timeout=TimeoutSpec(
+                    s.timeout_seconds, s.timeout_action or "resolve", s.timeout_message
+                )
+                if s.timeout_seconds
+                else None,
+                reassign=LEAST_LOADED
+                if s.reassign_least_loaded
+                else (s.reassign_to.email if s.reassign_to else None),
             )
             for s in pipeline.stages
         ],

@@ -54,6 +54,23 @@ class EscalationSpec:
     line: int = 0
 
 
+# A stage's `timeout.then` that closes the conversation; anything else names a stage.
+RESOLVE = "resolve"
+# A stage's `reassign` that picks the agent on shift with the fewest open cards.
+LEAST_LOADED = "least-loaded"
+# The events a pipeline's `automation` answers with a stage.
+AUTOMATION_EVENTS = ("new_conversation", "customer_message", "agent_reply", "reopen")
+# What an alert template's variables may say.
+TEMPLATE_PLACEHOLDERS = ("name", "text", "card")
+
+
+@dataclass
+class TimeoutSpec:
+    after_seconds: int
+    then: str = RESOLVE  # RESOLVE or a stage key
+    message: str | None = None  # told to the customer when it rings
+
+
 @dataclass
 class StageSpec:
     key: str
@@ -63,7 +80,16 @@ class StageSpec:
     alert: list[str] = field(default_factory=list)
     calendar: str | None = None  # a calendar key, ALWAYS_OPEN, or None: the pipeline's
     escalate: list[EscalationSpec] = field(default_factory=list)  # levels after the breach
+    pause: bool = False  # time here does not count against the resolution SLA
+    timeout: TimeoutSpec | None = None
+    reassign: str | None = None  # on breach: LEAST_LOADED or a staff email
     line: int = 0
+
+
+@dataclass
+class AutomationRule:
+    to: str  # a stage key of the pipeline
+    only_from: list[str] = field(default_factory=list)  # stage keys; empty: from any stage
 
 
 @dataclass
@@ -73,7 +99,19 @@ class PipelineSpec:
     default: bool = False
     stages: list[StageSpec] = field(default_factory=list)
     calendar: str | None = None  # a calendar key, or None: 24/7
+    resolution_seconds: int | None = None
+    resolution_warning_seconds: int | None = None
+    automation: dict[str, AutomationRule] = field(default_factory=dict)
     line: int = 0
+
+
+@dataclass
+class NotificationsSpec:
+    """How staff alerts go out: digests in a storm, a template outside the 24-hour window."""
+
+    digest_seconds: int = 30  # 0: every alert on its own
+    template_sid: str | None = None
+    template_variables: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -82,6 +120,7 @@ class DeskSpec:
 
     pipelines: list[PipelineSpec] = field(default_factory=list)
     calendars: list[CalendarSpec] = field(default_factory=list)
+    notifications: NotificationsSpec | None = None  # None: leave the stored settings alone
 
 
 def parse_duration(value: Any) -> int:
@@ -219,7 +258,7 @@ def parse(source: str) -> DeskSpec:
         raise PipelineFileError(
             ["line 1: file: the file is empty; expected `pipelines:` with a list"]
         )
-    top = reader.mapping(root, "file", {"pipelines", "calendars"})
+    top = reader.mapping(root, "file", {"pipelines", "calendars", "notifications"})
     calendars = [
         _calendar(reader, node, f"calendars[{i}]")
         for i, node in enumerate(reader.sequence(top.get("calendars"), "calendars"))
@@ -236,20 +275,86 @@ def parse(source: str) -> DeskSpec:
             f"line {spec.line}: pipelines[{i}].default: only one pipeline can be `default: true`"
             f" (pipelines[{defaults[0][0]}] already is)"
         )
+    notifications = None
+    if "notifications" in top:
+        notifications = _notifications(reader, top["notifications"], "notifications")
     if reader.problems:
         raise PipelineFileError(reader.problems)
-    return DeskSpec(pipelines=specs, calendars=calendars)
+    return DeskSpec(pipelines=specs, calendars=calendars, notifications=notifications)
+
+
+def _notifications(reader: _Reader, node: yaml.Node, path: str) -> NotificationsSpec:
+    fields = reader.mapping(node, path, {"digest_window", "alert_template"})
+    spec = NotificationsSpec()
+    window = fields.get("digest_window")
+    if window is not None:
+        raw = (
+            yaml.safe_load(yaml.serialize(window)) if isinstance(window, yaml.ScalarNode) else None
+        )
+        if raw in (0, "0", "off", False):
+            spec.digest_seconds = 0
+        else:
+            spec.digest_seconds = reader.duration(fields, "digest_window", path) or 0
+    template = fields.get("alert_template")
+    if template is not None:
+        where = f"{path}.alert_template"
+        parts = reader.mapping(template, where, {"content_sid", "variables"})
+        spec.template_sid = reader.text(parts, "content_sid", where, template)
+        if spec.template_sid and not re.fullmatch(r"HX[0-9a-fA-F]{32}", spec.template_sid):
+            reader.fail(
+                parts["content_sid"],
+                f"{where}.content_sid",
+                "expected an approved template's Content SID: HX and 32 hex digits",
+            )
+        spec.template_variables = _template_variables(reader, parts.get("variables"), where)
+    return spec
+
+
+def _template_variables(reader: _Reader, node: yaml.Node | None, path: str) -> dict[str, str]:
+    if node is None:
+        return {"1": "{text}"}
+    if not isinstance(node, yaml.MappingNode):
+        reader.fail(node, f"{path}.variables", 'expected e.g. {"1": "{name}", "2": "{text}"}')
+        return {}
+    variables = {}
+    for key_node, value_node in node.value:
+        name, value = str(key_node.value), str(value_node.value)
+        where = f"{path}.variables.{name}"
+        if not name.isdigit():
+            reader.fail(key_node, where, "template variables are numbered: 1, 2, …")
+        try:
+            value.format(**dict.fromkeys(TEMPLATE_PLACEHOLDERS, ""))
+        except (KeyError, IndexError, ValueError):
+            known = ", ".join("{" + p + "}" for p in TEMPLATE_PLACEHOLDERS)
+            reader.fail(value_node, where, f"{value!r} may only use {known}")
+        variables[name] = value
+    return variables
 
 
 def _pipeline(reader: _Reader, node: yaml.Node, path: str) -> PipelineSpec:
-    fields = reader.mapping(node, path, {"key", "name", "default", "stages", "calendar"})
+    allowed = {"key", "name", "default", "stages", "calendar", "resolution"}
+    allowed |= {"resolution_warning", "automation"}
+    fields = reader.mapping(node, path, allowed)
     spec = PipelineSpec(
         key=reader.text(fields, "key", path, node, KEY_RE),
         name=reader.text(fields, "name", path, node),
         default=reader.flag(fields, "default", path),
         calendar=reader.optional_text(fields, "calendar", path),
+        resolution_seconds=reader.duration(fields, "resolution", path),
+        resolution_warning_seconds=reader.duration(fields, "resolution_warning", path),
         line=node.start_mark.line + 1,
     )
+    warning = spec.resolution_warning_seconds
+    if warning and not spec.resolution_seconds:
+        reader.fail(
+            fields["resolution_warning"], f"{path}.resolution_warning", "needs a `resolution`"
+        )
+    elif warning and spec.resolution_seconds and warning >= spec.resolution_seconds:
+        reader.fail(
+            fields["resolution_warning"],
+            f"{path}.resolution_warning",
+            "must be shorter than the resolution SLA",
+        )
     if spec.calendar == ALWAYS_OPEN:
         spec.calendar = None
     stage_nodes = reader.sequence(fields.get("stages"), f"{path}.stages")
@@ -257,11 +362,46 @@ def _pipeline(reader: _Reader, node: yaml.Node, path: str) -> PipelineSpec:
         reader.fail(node, f"{path}.stages", "at least one stage is required")
     spec.stages = [_stage(reader, n, f"{path}.stages[{i}]") for i, n in enumerate(stage_nodes)]
     _check_unique(reader, [(s.key, s.line) for s in spec.stages], f"{path}.stages", "stage key")
+    keys = {s.key for s in spec.stages}
+    if "automation" in fields:
+        spec.automation = _automation(reader, fields["automation"], f"{path}.automation", keys)
+    for i, stage in enumerate(spec.stages):
+        if stage.timeout and stage.timeout.then not in keys | {RESOLVE}:
+            reader.problems.append(
+                f"line {stage.line}: {path}.stages[{i}].timeout.then: no stage "
+                f"{stage.timeout.then!r} in this pipeline (or `{RESOLVE}`)"
+            )
     return spec
 
 
+def _automation(
+    reader: _Reader, node: yaml.Node, path: str, stages: set[str]
+) -> dict[str, AutomationRule]:
+    fields = reader.mapping(node, path, set(AUTOMATION_EVENTS))
+    rules = {}
+    for event, value in fields.items():
+        where = f"{path}.{event}"
+        if isinstance(value, yaml.MappingNode):
+            parts = reader.mapping(value, where, {"to", "from"})
+            rule = AutomationRule(to=reader.text(parts, "to", where, value))
+            for i, item in enumerate(reader.sequence(parts.get("from"), f"{where}.from")):
+                rule.only_from.append(str(item.value).strip())
+                if str(item.value).strip() not in stages:
+                    reader.fail(item, f"{where}.from[{i}]", f"no stage {item.value!r} here")
+        elif isinstance(value, yaml.ScalarNode) and str(value.value).strip():
+            rule = AutomationRule(to=str(value.value).strip())
+        else:
+            reader.fail(value, where, "expected a stage key, or {to: stage, from: [stages]}")
+            continue
+        if rule.to and rule.to not in stages:
+            reader.fail(value, where, f"no stage {rule.to!r} in this pipeline")
+        rules[event] = rule
+    return rules
+
+
 def _stage(reader: _Reader, node: yaml.Node, path: str) -> StageSpec:
-    allowed = {"key", "name", "sla", "warning", "alert", "calendar", "escalate"}
+    allowed = {"key", "name", "sla", "warning", "alert", "calendar", "escalate", "pause"}
+    allowed |= {"timeout", "reassign"}
     fields = reader.mapping(node, path, allowed)
     spec = StageSpec(
         key=reader.text(fields, "key", path, node, KEY_RE),
@@ -269,8 +409,24 @@ def _stage(reader: _Reader, node: yaml.Node, path: str) -> StageSpec:
         sla_seconds=reader.duration(fields, "sla", path),
         warning_seconds=reader.duration(fields, "warning", path),
         calendar=reader.optional_text(fields, "calendar", path),
+        pause=reader.flag(fields, "pause", path),
         line=node.start_mark.line + 1,
     )
+    if "timeout" in fields:
+        spec.timeout = _timeout(reader, fields["timeout"], f"{path}.timeout")
+    reassign = reader.optional_text(fields, "reassign", path)
+    if reassign is not None:
+        if reassign != LEAST_LOADED and "@" not in reassign:
+            reader.fail(
+                fields["reassign"],
+                f"{path}.reassign",
+                f"expected `{LEAST_LOADED}` or a staff member's email",
+            )
+        elif not spec.sla_seconds:
+            reader.fail(
+                fields["reassign"], f"{path}.reassign", "reassigning on breach needs an `sla`"
+            )
+        spec.reassign = reassign if reassign == LEAST_LOADED else reassign.lower()
     if spec.warning_seconds and not spec.sla_seconds:
         reader.fail(fields["warning"], f"{path}.warning", "a warning needs an `sla` to warn before")
     elif spec.warning_seconds and spec.sla_seconds and spec.warning_seconds >= spec.sla_seconds:
@@ -283,6 +439,18 @@ def _stage(reader: _Reader, node: yaml.Node, path: str) -> StageSpec:
         _escalation(reader, node, f"{path}.escalate[{i}]") for i, node in enumerate(levels)
     ]
     return spec
+
+
+def _timeout(reader: _Reader, node: yaml.Node, path: str) -> TimeoutSpec | None:
+    fields = reader.mapping(node, path, {"after", "then", "message"})
+    after = reader.duration(fields, "after", path)
+    if "after" not in fields:
+        reader.fail(node, f"{path}.after", "is required: how long in the stage, e.g. 23h")
+    then = reader.optional_text(fields, "then", path) or RESOLVE
+    message = reader.optional_text(fields, "message", path)
+    if message is not None and len(message) > 1600:
+        reader.fail(fields["message"], f"{path}.message", "WhatsApp takes at most 1600 characters")
+    return TimeoutSpec(after_seconds=after or 0, then=then, message=message)
 
 
 def _emails(reader: _Reader, node: yaml.Node | None, path: str) -> list[str]:
@@ -412,7 +580,20 @@ def dump(spec: DeskSpec) -> str:
     if spec.calendars:
         data["calendars"] = [_calendar_dict(c) for c in spec.calendars]
     data["pipelines"] = [_pipeline_dict(p) for p in spec.pipelines]
+    if spec.notifications is not None:
+        data["notifications"] = _notifications_dict(spec.notifications)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def _notifications_dict(spec: NotificationsSpec) -> dict[str, Any]:
+    window = format_duration(spec.digest_seconds) if spec.digest_seconds else "off"
+    out: dict[str, Any] = {"digest_window": window}
+    if spec.template_sid:
+        out["alert_template"] = {
+            "content_sid": spec.template_sid,
+            "variables": dict(spec.template_variables),
+        }
+    return out
 
 
 def _calendar_dict(spec: CalendarSpec) -> dict[str, Any]:
@@ -441,6 +622,15 @@ def _pipeline_dict(spec: PipelineSpec) -> dict[str, Any]:
         out["default"] = True
     if spec.calendar:
         out["calendar"] = spec.calendar
+    if spec.resolution_seconds:
+        out["resolution"] = format_duration(spec.resolution_seconds)
+    if spec.resolution_warning_seconds:
+        out["resolution_warning"] = format_duration(spec.resolution_warning_seconds)
+    if spec.automation:
+        out["automation"] = {
+            event: {"to": rule.to, "from": list(rule.only_from)} if rule.only_from else rule.to
+            for event, rule in spec.automation.items()
+        }
     out["stages"] = [_stage_dict(s) for s in spec.stages]
     return out
 
@@ -459,4 +649,14 @@ def _stage_dict(spec: StageSpec) -> dict[str, Any]:
         out["escalate"] = [
             {"after": format_duration(e.after_seconds), "to": list(e.to)} for e in spec.escalate
         ]
+    if spec.pause:
+        out["pause"] = True
+    if spec.timeout:
+        timeout: dict[str, Any] = {"after": format_duration(spec.timeout.after_seconds)}
+        timeout["then"] = spec.timeout.then
+        if spec.timeout.message:
+            timeout["message"] = spec.timeout.message
+        out["timeout"] = timeout
+    if spec.reassign:
+        out["reassign"] = spec.reassign
     return out

@@ -11,6 +11,16 @@ from .clock import Calendar, add_business_time
 WARNING = "warning"
 BREACH = "breach"
 LEVEL_PREFIX = "level-"  # further escalation levels after the breach: level-1, level-2, …
+# The card's resolution SLA across stages (recorded once per card).
+RESOLUTION_WARNING = "resolution-warning"
+RESOLUTION_BREACH = "resolution-breach"
+# The stage's own timer (e.g. auto-resolve after a day of silence).
+TIMEOUT = "timeout"
+# Not a timer: recorded with the breach when the stage hands the card to someone else.
+REASSIGNMENT = "reassignment"
+CARD_KINDS = (RESOLUTION_WARNING, RESOLUTION_BREACH)
+# A warning is pointless once its deadline has come.
+SUPERSEDED_BY = {WARNING: BREACH, RESOLUTION_WARNING: RESOLUTION_BREACH}
 
 ON_TIME = "on_time"
 APPROACHING = "approaching"
@@ -43,21 +53,31 @@ class Timers:
     warning_at: datetime | None
     deadline_at: datetime | None
     levels: tuple[datetime, ...] = ()  # escalation level 1, 2, … after the breach
+    resolution_warning_at: datetime | None = None
+    resolution_at: datetime | None = None
+    timeout_at: datetime | None = None
+
+    def _named(self) -> list[tuple[str, datetime | None]]:
+        return [
+            (WARNING, self.warning_at),
+            (BREACH, self.deadline_at),
+            (RESOLUTION_WARNING, self.resolution_warning_at),
+            (RESOLUTION_BREACH, self.resolution_at),
+            (TIMEOUT, self.timeout_at),
+        ]
 
     def instant(self, kind: str) -> datetime | None:
-        if kind == WARNING:
-            return self.warning_at
-        if kind == BREACH:
-            return self.deadline_at
+        for name, instant in self._named():
+            if name == kind:
+                return instant
         level = level_of(kind)
         if level is not None and 1 <= level <= len(self.levels):
             return self.levels[level - 1]
         return None
 
     def kinds(self) -> list[str]:
-        """Every event this visit can fire, in the order they come."""
-        named = [(WARNING, self.warning_at), (BREACH, self.deadline_at)]
-        kinds = [kind for kind, instant in named if instant is not None]
+        """Every event this visit can fire."""
+        kinds = [kind for kind, instant in self._named() if instant is not None]
         return kinds + [level_kind(n) for n in range(1, len(self.levels) + 1)]
 
 
@@ -90,6 +110,27 @@ def timers_for(
     return Timers(warning, deadline, levels)
 
 
+def resolution_timers(
+    entered_at: datetime,
+    sla_seconds: int | None,
+    used_seconds: int,
+    warning_seconds: int | None,
+    calendar: Calendar | None = None,
+) -> tuple[datetime | None, datetime | None]:
+    """The card's resolution warning and deadline, for a visit entered with `used_seconds`
+    of its resolution SLA already spent (its clock runs again from `entered_at`)."""
+    _require_aware(entered_at)
+    if not sla_seconds:
+        return None, None
+    left = max(0, sla_seconds - used_seconds)
+    deadline = add_business_time(calendar, entered_at, left)
+    if not warning_seconds or warning_seconds >= sla_seconds:
+        return None, deadline
+    if left <= warning_seconds:  # already inside the warning's lead time
+        return min(entered_at, deadline), deadline
+    return add_business_time(calendar, entered_at, left - warning_seconds), deadline
+
+
 def state_at(now: datetime, timers: Timers) -> str:
     """On time, approaching (past the warning) or breached (past the deadline)."""
     _require_aware(now)
@@ -111,7 +152,8 @@ def is_due(now: datetime, timers: Timers, kind: str) -> bool:
 
 def is_superseded(now: datetime, timers: Timers, kind: str) -> bool:
     """A warning whose deadline has passed would only arrive beside the breach: skip it."""
-    return kind == WARNING and timers.deadline_at is not None and now >= timers.deadline_at
+    deadline = timers.instant(SUPERSEDED_BY[kind]) if kind in SUPERSEDED_BY else None
+    return deadline is not None and now >= deadline
 
 
 def due_kinds(now: datetime, timers: Timers, recorded: Iterable[str]) -> list[str]:
@@ -140,8 +182,7 @@ def next_instant(timers: Timers, recorded: Iterable[str]) -> datetime | None:
     """When the visit next needs attention: its earliest unrecorded instant (a warning no
     longer counts once the breach is recorded); None when it owes nothing more."""
     done = set(recorded)
-    if BREACH in done:
-        done.add(WARNING)
+    done |= {warning for warning, breach in SUPERSEDED_BY.items() if breach in done}
     pending = [
         instant
         for kind in timers.kinds()

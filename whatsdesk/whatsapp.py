@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import re
 import uuid
 from collections.abc import Mapping
@@ -126,14 +127,22 @@ class Sent:
     status: str
 
 
+@dataclass(frozen=True)
+class Template:
+    """An approved WhatsApp template: its Content SID and the values of its variables."""
+
+    content_sid: str
+    variables: dict[str, str]
+
+
 class Sender(Protocol):
-    def send(self, to: str, body: str, sender: str) -> Sent: ...
+    def send(self, to: str, body: str, sender: str, template: Template | None = None) -> Sent: ...
 
 
 class SimulatorSender:
     """Simulator mode: the message is 'delivered' to the local outbox (the messages table)."""
 
-    def send(self, to: str, body: str, sender: str) -> Sent:
+    def send(self, to: str, body: str, sender: str, template: Template | None = None) -> Sent:
         return Sent(sid="SM" + uuid.uuid4().hex, status="delivered")
 
 
@@ -166,8 +175,13 @@ class TwilioSender:
             )
         return self._client
 
-    def send(self, to: str, body: str, sender: str) -> Sent:
-        params: dict[str, Any] = {"to": to, "from_": sender, "body": body}
+    def send(self, to: str, body: str, sender: str, template: Template | None = None) -> Sent:
+        params: dict[str, Any] = {"to": to, "from_": sender}
+        if template is not None:  # outside the 24-hour window: the template, no Body
+            params["content_sid"] = template.content_sid
+            params["content_variables"] = json.dumps(template.variables)
+        else:
+            params["body"] = body
         if self.config.public_url:
             params["status_callback"] = f"{self.config.public_url}/twilio/status"
         try:

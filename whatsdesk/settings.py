@@ -1,0 +1,45 @@
+"""Desk-wide settings kept in the database, changed without code."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from .models import Setting
+from .pipelines import NotificationsSpec
+
+NOTIFICATIONS = "notifications"
+
+
+def get(session: Session, key: str, default: Any = None) -> Any:
+    row = session.get(Setting, key)
+    return default if row is None else row.value
+
+
+def put(session: Session, key: str, value: Any, now: datetime) -> None:
+    row = session.get(Setting, key)
+    if row is None:
+        row = Setting(key=key)
+        session.add(row)
+    row.value, row.updated_at = value, now
+
+
+def notifications(session: Session) -> NotificationsSpec:
+    """How staff alerts go out; the defaults until a configuration file sets them."""
+    stored = get(session, NOTIFICATIONS) or {}
+    return NotificationsSpec(
+        digest_seconds=int(stored.get("digest_seconds", NotificationsSpec.digest_seconds)),
+        template_sid=stored.get("template_sid"),
+        template_variables=dict(stored.get("template_variables") or {}),
+    )
+
+
+def save_notifications(session: Session, spec: NotificationsSpec, now: datetime) -> None:
+    value = {
+        "digest_seconds": spec.digest_seconds,
+        "template_sid": spec.template_sid,
+        "template_variables": spec.template_variables,
+    }
+    put(session, NOTIFICATIONS, value, now)

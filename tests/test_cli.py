@@ -2,20 +2,25 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import Result
 from flask import Flask
 from flask.testing import FlaskClient
+from redis import Redis
+from rq import Queue
+from rq.registry import ScheduledJobRegistry
 from sqlalchemy import func, select
 from werkzeug.security import check_password_hash
 
 from whatsdesk import accounts, pipelines
+from whatsdesk.alarms import clock_queue_name
 from whatsdesk.cli import DEFAULT_PIPELINE_FILE, DEMO_PASSWORD, DEMO_STAFF
 from whatsdesk.config import Config
 from whatsdesk.db import session_factory
-from whatsdesk.models import Card, Pipeline, Stage, StageAlertRecipient, User
+from whatsdesk.models import Card, Pipeline, Stage, StageAlertRecipient, StageVisit, User
 
 from conftest import PASSWORD, STAFF, inbound_form, now, signed_post
 
@@ -434,3 +439,78 @@ def test_demo_keeps_an_existing_demo_password(app: Flask, config: Config) -> Non
         assert accounts.authenticate(s, "agent@whatsdesk.test", "my-own-password") is not None
         assert accounts.authenticate(s, "agent@whatsdesk.test", DEMO_PASSWORD) is None
     assert count(config, User) == len(DEMO_STAFF)
+
+
+def test_pipeline_load_retime_moves_open_cards_to_the_new_sla_and_their_timers(
+    app: Flask, seeded: Config, client: FlaskClient, tmp_path: Path, redis: Redis
+) -> None:
+    assert signed_post(client, seeded, "/twilio/whatsapp", inbound_form()).status_code == 200
+    with session_factory(seeded.database_url)() as s:
+        visit = s.scalars(select(StageVisit)).one()
+    shorter = tmp_path / "shorter.yaml"
+    shorter.write_text(GOOD_FILE.replace("sla: 2m", "sla: 10m"), encoding="utf-8")
+
+    result = run(app, "pipeline", "load", "--retime", str(shorter))
+
+    assert result.exit_code == 0, result.output
+    assert "Re-timed 1 open card(s) to the new SLAs." in result.output
+    with session_factory(seeded.database_url)() as s:
+        retimed = s.get(StageVisit, visit.id)
+        assert retimed is not None and retimed.deadline_at is not None
+        assert retimed.deadline_at == visit.entered_at + timedelta(minutes=10)
+    clock = Queue(clock_queue_name(seeded.queue_name), connection=redis)
+    registry = ScheduledJobRegistry(queue=clock)
+    moved = registry.get_scheduled_time(f"sla-{visit.id}-breach")
+    assert moved == retimed.deadline_at.replace(microsecond=0)
+
+
+def test_pipeline_load_without_retime_leaves_open_cards_on_their_sla(
+    app: Flask, seeded: Config, client: FlaskClient, tmp_path: Path
+) -> None:
+    assert signed_post(client, seeded, "/twilio/whatsapp", inbound_form()).status_code == 200
+    longer = tmp_path / "longer.yaml"
+    longer.write_text(GOOD_FILE.replace("sla: 2m", "sla: 10m"), encoding="utf-8")
+
+    result = run(app, "pipeline", "load", str(longer))
+
+    assert result.exit_code == 0, result.output
+    assert "Re-timed" not in result.output
+    with session_factory(seeded.database_url)() as s:
+        visit = s.scalars(select(StageVisit)).one()
+        assert visit.deadline_at == visit.entered_at + timedelta(minutes=2)
+
+
+SHIFT_CALENDAR = """\
+calendars:
+  - key: mornings
+    timezone: Europe/Lisbon
+    hours: {mon-fri: ["08:00-14:00"]}
+"""
+
+
+def test_users_shift_sets_and_clears_when_someone_works(
+    app: Flask, seeded: Config, tmp_path: Path
+) -> None:
+    config_file = tmp_path / "with-calendar.yaml"
+    config_file.write_text(SHIFT_CALENDAR + GOOD_FILE, encoding="utf-8")
+    assert run(app, "pipeline", "load", str(config_file)).exit_code == 0
+
+    result = run(app, "users", "shift", "ana@example.com", "mornings")
+    assert result.exit_code == 0, result.output
+    assert "Ana Agent is on shift the hours of calendar 'mornings'." in result.output
+    with session_factory(seeded.database_url)() as s:
+        ana = s.scalars(select(User).where(User.email == "ana@example.com")).one()
+        assert ana.shift_calendar is not None and ana.shift_calendar.key == "mornings"
+
+    assert run(app, "users", "shift", "ana@example.com", "any").exit_code == 0
+    assert user_named(seeded, "ana@example.com").shift_calendar_id is None  # type: ignore[union-attr]
+
+
+def test_users_shift_refuses_an_unknown_calendar_or_person(app: Flask, seeded: Config) -> None:
+    unknown_calendar = run(app, "users", "shift", "ana@example.com", "nights")
+    unknown_person = run(app, "users", "shift", "ghost@example.com", "any")
+
+    assert unknown_calendar.exit_code != 0
+    assert "no calendar 'nights'" in unknown_calendar.output
+    assert unknown_person.exit_code != 0
+    assert "no account with email ghost@example.com" in unknown_person.output

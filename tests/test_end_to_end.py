@@ -4,24 +4,45 @@ acknowledgement, warning and breach arriving at a Twilio-compatible server."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from redis import Redis
 from sqlalchemy import select
 
-from whatsdesk import create_app, jobs, procfile, whatsapp
+from whatsdesk import (
+    accounts,
+    create_app,
+    desk,
+    jobs,
+    pipeline_store,
+    pipelines,
+    procfile,
+    whatsapp,
+)
+from whatsdesk.alarms import Alarms
 from whatsdesk.config import PROJECT_ROOT, Config
 from whatsdesk.db import session_factory, utcnow
-from whatsdesk.models import Message, SlaEvent
+from whatsdesk.models import Message, SlaEvent, StageVisit
 
-from conftest import answers, eventually, free_port, inbound_form, seed, signed_post
+from conftest import (
+    PASSWORD,
+    answers,
+    eventually,
+    free_port,
+    inbound_form,
+    open_staff_windows,
+    seed,
+    signed_post,
+)
 from twilio_server import TwilioServer
 
 pytestmark = pytest.mark.e2e
@@ -32,10 +53,13 @@ SUPERVISORS = {"whatsapp:+15550000003", "whatsapp:+15550000004"}
 
 
 @contextmanager
-def processes(config: Config, twilio: TwilioServer, *names: str) -> Iterator[str]:
+def processes(
+    config: Config, twilio: TwilioServer, *names: str, settings: dict[str, str] | None = None
+) -> Iterator[str]:
     """Run the Procfile's processes against the test databases; yields the web base URL."""
     port = free_port()
     env = {
+        **(settings or {}),
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "DATABASE_URL": config.database_url,
@@ -127,8 +151,8 @@ def test_a_message_is_acknowledged_warned_and_escalated_on_time(config: Config) 
 
 
 def test_a_redis_that_lost_its_data_loses_no_deadline(config: Config, redis: Redis) -> None:
-    seed(config.database_url, sla="4s", warning="2s")
-    with TwilioServer() as twilio:
+    seed(config.database_url, sla="10s", warning="5s")
+    with TwilioServer() as twilio, processes(config, twilio, "worker", "sweep"):
         app = create_app(twilio_config(config, twilio))
         answer = signed_post(
             app.test_client(),
@@ -137,11 +161,105 @@ def test_a_redis_that_lost_its_data_loses_no_deadline(config: Config, redis: Red
             inbound_form(phone="+5511987654321", name="Maria Silva"),
         )
         assert answer.status_code == 200
-        redis.flushdb()  # a restart without persistence: timers and the ack's send job gone
-        with processes(config, twilio, "worker", "sweep"):
-            sent = twilio.wait_for(to({CUSTOMER, *AGENTS, *SUPERVISORS}), timeout=40)
+        # A restart without persistence while the card runs: its timers and the ack's send
+        # job are gone from Redis.
+        redis.flushdb()
+        sent = twilio.wait_for(to({CUSTOMER, *AGENTS, *SUPERVISORS}), timeout=40)
         assert sorted(m["To"] for m in sent) == sorted([CUSTOMER, *AGENTS, *SUPERVISORS])
-        assert [e.kind for e in events(config)] == ["warning", "breach"]
+        warning, breach = events(config)
+        assert (warning.kind, breach.kind) == ("warning", "breach")
+        for event in (warning, breach):  # each within one sweep interval of its instant
+            assert 0 <= event.lateness_seconds <= Config().sweep_seconds
+
+
+STORM_FILE = """
+pipelines:
+  - key: support
+    name: Support
+    default: true
+    stages:
+      - key: new
+        name: New
+        sla: 8s
+notifications:
+  digest_window: 4s
+"""
+
+
+def test_an_alert_storm_reaches_supervisors_as_digests_within_the_rate_limit(
+    config: Config, redis: Redis
+) -> None:
+    """200 deadlines in the same second, 3 supervisors: every breach recorded within seconds,
+    each supervisor gets one alert and then digests, and sends never beat the rate limit."""
+    seed(config.database_url)
+    customers = 200
+    rate = 25
+    with session_factory(config.database_url)() as s:
+        accounts.create_user(
+            s,
+            name="Third Supervisor",
+            email="third@example.com",
+            role="supervisor",
+            whatsapp="+15550000005",
+            password=PASSWORD,
+            now=utcnow(),
+        )
+        pipeline_store.load(s, pipelines.parse(STORM_FILE), utcnow())
+        open_staff_windows(s, utcnow())
+        at = utcnow()
+        for n in range(customers):
+            inbound = whatsapp.parse_inbound(inbound_form(phone=f"+55119{n:08d}", name=f"C{n}"))
+            desk.receive_message(s, inbound, at)
+        s.commit()
+        visits = s.scalars(select(StageVisit)).all()
+        assert {v.deadline_at for v in visits} == {at + timedelta(seconds=8)}
+        acks = s.scalars(select(Message.id).where(Message.direction == "out")).all()
+    supervisors = {*SUPERVISORS, "whatsapp:+15550000005"}
+    with (
+        TwilioServer() as twilio,
+        processes(
+            config,
+            twilio,
+            "worker",
+            "worker",
+            "worker",
+            "sweep",
+            settings={"SEND_RATE_LIMIT": str(rate)},
+        ),
+    ):
+        alarms = Alarms(config.redis_url, config.queue_name)
+        for visit in visits:
+            alarms.schedule_timers(visit.id, visit.timers)
+        for message_id in acks:
+            alarms.enqueue_send(message_id)
+
+        def all_told(messages: list[dict[str, str]]) -> bool:
+            return all(alerts_in(messages, to) == customers for to in supervisors)
+
+        sent = twilio.wait_for(all_told, timeout=60)
+        arrivals = list(twilio.arrivals)
+
+    breaches = events(config)
+    assert len(breaches) == customers
+    assert max(e.lateness_seconds for e in breaches) < 10
+    for supervisor in supervisors:
+        theirs = [m["Body"] for m in sent if m["To"] == supervisor]
+        assert len(theirs) <= 3, theirs  # one alert, then digests: not 200 messages
+        assert all(body.startswith(("🚨 SLA breached", "📋 ")) for body in theirs)
+    busiest = max(sum(1 for t in arrivals if start <= t < start + 1.0) for start in arrivals)
+    assert busiest <= rate
+
+
+def alerts_in(messages: list[dict[str, str]], to: str) -> int:
+    """How many breach alerts reached `to`, counting each digest's alerts."""
+    total = 0
+    for message in messages:
+        if message["To"] != to:
+            continue
+        body = message.get("Body", "")
+        counted = re.match(r"📋 (\d+) SLA alerts", body)
+        total += int(counted.group(1)) if counted else body.startswith("🚨 SLA breached")
+    return total
 
 
 def test_three_workers_and_the_sweep_send_every_alert_exactly_once(config: Config) -> None:

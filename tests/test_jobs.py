@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from whatsdesk import desk, escalation, jobs, sla, whatsapp
-from whatsdesk.alarms import MAX_SEND_ATTEMPTS, Alarms
+from whatsdesk.alarms import MAX_SEND_ATTEMPTS, Alarms, clock_queue_name
 from whatsdesk.config import Config
 from whatsdesk.db import session_factory, utcnow
 from whatsdesk.models import EarlyStatus, Message, SlaEvent, StageVisit, User
@@ -79,9 +79,12 @@ def queued_ids(config: Config, redis: Redis) -> list[str]:
 
 
 def scheduled(config: Config, redis: Redis) -> dict[str, datetime]:
-    """Job id → the instant RQ's scheduler will enqueue it."""
-    registry = ScheduledJobRegistry(queue=queue_of(config, redis))
-    return {job_id: registry.get_scheduled_time(job_id) for job_id in registry.get_job_ids()}
+    """Job id → the instant RQ's scheduler will enqueue it (timers are on the clock queue)."""
+    found = {}
+    for name in (config.queue_name, clock_queue_name(config.queue_name)):
+        registry = ScheduledJobRegistry(queue=Queue(name, connection=redis))
+        found |= {job_id: registry.get_scheduled_time(job_id) for job_id in registry.get_job_ids()}
+    return found
 
 
 def whole_second(instant: datetime) -> datetime:

@@ -407,3 +407,26 @@ def test_several_mistakes_are_all_reported() -> None:
         "line 15: pipelines[1].default: only one pipeline can be `default: true` "
         "(pipelines[0] already is)",
     ]
+
+
+def test_a_stage_that_times_out_into_itself_is_refused() -> None:
+    problem = only_problem(one_stage("timeout: {after: 1h, then: s}\n"))
+
+    assert problem == (
+        "line 7: pipelines[0].stages[0].timeout.then: a stage cannot time out into itself "
+        "(it would start again and again)"
+    )
+
+
+def test_automation_for_a_new_conversation_cannot_say_where_it_comes_from() -> None:
+    source = (
+        "pipelines:\n  - key: p\n    name: P\n    automation:\n"
+        "      new_conversation: {to: s, from: [s]}\n"
+        "    stages:\n      - key: s\n        name: S\n"
+    )
+
+    problem = only_problem(source)
+
+    assert problem.startswith(
+        "line 5: pipelines[0].automation.new_conversation.from: unknown field"
+    )

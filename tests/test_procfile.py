@@ -35,6 +35,7 @@ def test_command_fills_in_variables_and_defaults() -> None:
         "whatsdesk.worker.Worker",
         "--url",
         "redis://127.0.0.1:6379/3",
+        "whatsdesk-clock",  # timers and the sweep first
         "whatsdesk",
     ]
 

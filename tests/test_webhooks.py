@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
 from whatsdesk import create_app, desk, whatsapp
+from whatsdesk.alarms import clock_queue_name
 from whatsdesk.config import Config
 from whatsdesk.db import utcnow
 from whatsdesk.models import Card, Contact, EarlyStatus, Message, StageVisit
@@ -132,7 +133,8 @@ def test_new_card_arms_sla_timers_and_the_acknowledgement_send_in_redis(
     queue = Queue(seeded.queue_name, connection=redis)
     assert f"send-{ack.id}" in queue.get_job_ids()
     assert Job.fetch(f"send-{ack.id}", connection=redis).args == (ack.id,)
-    scheduled = ScheduledJobRegistry(queue=queue)
+    clock = Queue(clock_queue_name(seeded.queue_name), connection=redis)
+    scheduled = ScheduledJobRegistry(queue=clock)
     assert set(scheduled.get_job_ids()) == {f"sla-{visit.id}-warning", f"sla-{visit.id}-breach"}
     warning_at = scheduled.get_scheduled_time(f"sla-{visit.id}-warning")
     breach_at = scheduled.get_scheduled_time(f"sla-{visit.id}-breach")

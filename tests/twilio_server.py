@@ -9,9 +9,10 @@
         ...
         forms = twilio.wait_for(lambda messages: len(messages) >= 2, timeout=10)
 
-`.messages` holds the form (To, From, Body, ...) of every message the server accepted and
-`.sids` the SID it answered for each; `.requests` holds every authenticated POST to the
-Messages endpoint, refused ones included. A wrong account SID or auth token gets a 401.
+`.messages` holds the form (To, From, Body, ...) of every message the server accepted,
+`.sids` the SID it answered for each and `.arrivals` when it took each (time.monotonic());
+`.requests` holds every authenticated POST to the Messages endpoint, refused ones included.
+A wrong account SID or auth token gets a 401.
 A hung POST is taken (recorded) at once and only its answer is late, as when Twilio accepts a
 message but the reply is slow; stopping the server releases any answer still held back.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from base64 import b64encode
 from collections.abc import Callable
@@ -43,6 +45,7 @@ class TwilioServer:
         self.auth_token = auth_token
         self.messages: list[dict[str, str]] = []
         self.sids: list[str] = []
+        self.arrivals: list[float] = []
         self.requests: list[dict[str, str]] = []
         self._failures: list[tuple[int, int, str]] = []
         self._hangs: list[float] = []
@@ -112,8 +115,10 @@ class TwilioServer:
         """Block until predicate(accepted messages) is true; the messages then, or TimeoutError."""
         with self._changed:
             if not self._changed.wait_for(lambda: predicate(list(self.messages)), timeout):
+                latest = self.messages[-5:]
                 raise TimeoutError(
-                    f"fake Twilio: condition not met in {timeout}s; got {self.messages!r}"
+                    f"fake Twilio: condition not met in {timeout}s; got {len(self.messages)} "
+                    f"message(s), the latest: {latest!r}"
                 )
             return list(self.messages)
 
@@ -142,6 +147,7 @@ class TwilioServer:
                 }
             sid = "SM" + uuid.uuid4().hex
             self.sids.append(sid)
+            self.arrivals.append(time.monotonic())
             self.messages.append(form)
             self._changed.notify_all()
         created = format_datetime(datetime.now(UTC), usegmt=True)

@@ -9,7 +9,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from .models import ROLES, User
+from .models import ROLES, BusinessCalendar, User
 from .whatsapp import E164_RE
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -66,6 +66,25 @@ def create_user(
     )
     session.add(user)
     session.flush()
+    return user
+
+
+def set_shift(session: Session, email: str, calendar_key: str | None) -> User:
+    """When the person works: a calendar's opening hours, or None for any time. Reassignment
+    to "the least-loaded agent on shift" picks only people on shift."""
+    user = find_by_email(session, email)
+    if user is None:
+        raise AccountError(f"no account with email {email}")
+    calendar = None
+    if calendar_key:
+        calendar = session.scalars(
+            select(BusinessCalendar).where(BusinessCalendar.key == calendar_key)
+        ).first()
+        if calendar is None:
+            raise AccountError(
+                f"no calendar {calendar_key!r}: define it under `calendars:` in the pipeline file"
+            )
+    user.shift_calendar = calendar
     return user
 
 

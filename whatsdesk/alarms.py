@@ -27,6 +27,10 @@ def redis_for(url: str) -> Redis:
     return Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2)
 
 
+def clock_queue_name(queue_name: str) -> str:
+    return f"{queue_name}-clock"
+
+
 def timer_job_id(visit_id: int, kind: str) -> str:
     return f"sla-{visit_id}-{kind}"
 
@@ -59,6 +63,9 @@ class Alarms:
     def __init__(self, redis_url: str, queue_name: str) -> None:
         self.redis = redis_for(redis_url)
         self.queue = Queue(queue_name, connection=self.redis)
+        # Timers and the sweep have a queue of their own, which every worker empties first:
+        # a backlog of sends (paced to the sender's rate) never makes a deadline late.
+        self.clock = Queue(clock_queue_name(queue_name), connection=self.redis)
         self._pace = self.redis.register_script(_PACE)
 
     def ping(self) -> bool:
@@ -78,7 +85,7 @@ class Alarms:
         job_id = timer_job_id(visit_id, kind)
         if again:
             job_id = f"{job_id}-at-{int(instant.timestamp())}"
-        self.queue.enqueue_at(
+        self.clock.enqueue_at(
             instant,
             "whatsdesk.jobs.fire_sla_event",
             visit_id,

@@ -8,8 +8,9 @@ from pathlib import Path
 import click
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
+from redis.exceptions import RedisError
 
-from . import accounts, get_session, pipeline_store, pipelines
+from . import accounts, current_alarms, get_session, pipeline_store, pipelines
 from .config import PROJECT_ROOT
 from .db import utcnow
 
@@ -31,31 +32,49 @@ def register(app: Flask) -> None:
     app.cli.add_command(demo)
 
 
-def load_file(path: Path) -> int:
-    """Load a pipeline file in one transaction; returns how many pipelines it held."""
+def load_file(path: Path, retime: bool = False) -> tuple[int, int]:
+    """Load a pipeline file in one transaction: how many pipelines it held, and how many open
+    stage visits were re-timed (with `retime`; their timers move in Redis after commit)."""
     desk = pipelines.parse(path.read_text(encoding="utf-8"))
     session = get_session()
     try:
-        pipeline_store.load(session, desk, utcnow())
+        loaded = pipeline_store.load(session, desk, utcnow())
+        visits = pipeline_store.retime(session, loaded) if retime else []
+        timers = [(visit.id, visit.timers) for visit in visits]
         session.commit()
     except BaseException:
         session.rollback()
         raise
-    return len(desk.pipelines)
+    if timers:
+        alarms = current_alarms()
+        try:
+            for visit_id, visit_timers in timers:
+                alarms.schedule_timers(visit_id, visit_timers)
+        except RedisError as exc:  # the database is right; the sweep re-arms within minutes
+            click.echo(f"Could not move the timers in Redis now ({exc}); the sweep will.", err=True)
+    return len(desk.pipelines), len(timers)
 
 
 @pipeline_cli.command("load")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def pipeline_load(file: Path) -> None:
+@click.option(
+    "--retime",
+    is_flag=True,
+    help="Also re-time the cards now in these pipelines to the new SLAs "
+    "(by default, SLA changes apply to stage visits that start afterwards).",
+)
+def pipeline_load(file: Path, retime: bool) -> None:
     """Create or update the pipelines in FILE (YAML). Nothing changes if it has a mistake."""
     try:
-        count = load_file(file)
+        count, retimed = load_file(file, retime)
     except pipelines.PipelineFileError as exc:
         click.echo(f"{file}: not loaded, the running configuration is unchanged:", err=True)
         for problem in exc.problems:
             click.echo(f"  {problem}", err=True)
         sys.exit(1)
     click.echo(f"Loaded {count} pipeline(s) from {file}.")
+    if retime:
+        click.echo(f"Re-timed {retimed} open card(s) to the new SLAs.")
 
 
 @pipeline_cli.command("dump")
@@ -90,6 +109,23 @@ def users_create(name: str, email: str, role: str, whatsapp: str | None, passwor
         session.rollback()
         raise click.ClickException(str(exc)) from exc
     click.echo(f"Created {user.role} {user.name} <{user.email}>.")
+
+
+@users_cli.command("shift")
+@click.argument("email")
+@click.argument("calendar")
+def users_shift(email: str, calendar: str) -> None:
+    """Set when EMAIL works: CALENDAR is a calendar key from the pipeline file, or `any`.
+    Reassignment to the least-loaded agent picks only people on shift."""
+    session = get_session()
+    try:
+        user = accounts.set_shift(session, email, None if calendar == "any" else calendar)
+        session.commit()
+    except accounts.AccountError as exc:
+        session.rollback()
+        raise click.ClickException(str(exc)) from exc
+    when = f"the hours of calendar {calendar!r}" if calendar != "any" else "any time"
+    click.echo(f"{user.name} is on shift {when}.")
 
 
 @click.command("demo")

@@ -2,8 +2,11 @@
 
 from rq import cron
 
+from .alarms import clock_queue_name
 from .config import Config
 from .jobs import sweep
 
 _config = Config.from_env()
-cron.register(sweep, _config.queue_name, interval=_config.sweep_seconds, job_timeout=300)
+cron.register(
+    sweep, clock_queue_name(_config.queue_name), interval=_config.sweep_seconds, job_timeout=300
+)

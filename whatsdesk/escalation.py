@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from . import calendars, clock, desk, sla
 from .durations import humanize
-from .models import SUPERVISOR_ROLES, Card, Message, SlaEvent, StageVisit, User
+from .models import SUPERVISOR_ROLES, BusinessCalendar, Card, Message, SlaEvent, StageVisit, User
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,10 @@ def _time_out(
 ) -> None:
     """The stage's own timer: tell the customer, then resolve the card or move it on."""
     stage, card = visit.stage, visit.card
-    if stage.timeout_message:
+    if stage.timeout_message and not desk.window_open(card.contact.last_inbound_at, now):
+        # WhatsApp would refuse free text now: the card is closed without the goodbye.
+        event.detail = {"message": "not sent: outside the customer's 24-hour window"}
+    elif stage.timeout_message:
         fired.messages.append(
             desk.queue_outbound(
                 session,
@@ -106,10 +109,10 @@ def _time_out(
     action = stage.timeout_action or RESOLVE
     if action == RESOLVE:
         desk.resolve(session, card.id, now)
-        event.detail = {"action": RESOLVE}
+        event.detail = {**event.detail, "action": RESOLVE}
     else:
         fired.visits.append(desk.move_card(session, card.id, action, now))
-        event.detail = {"action": "move", "to": action}
+        event.detail = {**event.detail, "action": "move", "to": action}
     session.flush()
 
 
@@ -220,7 +223,8 @@ def alert_text(visit: StageVisit, kind: str, now: datetime) -> str:
         left = humanize(math.ceil((visit.deadline_at - now).total_seconds()))
         return (
             f"⚠️ SLA warning — {who} in {where} has waited {waited}. "
-            f"The deadline is in {left} ({_local(visit, visit.deadline_at)}). Card #{card.id}."
+            f"The deadline is in {left} "
+            f"({_local(calendars.row_for_stage(visit.stage), visit.deadline_at)}). Card #{card.id}."
         )
     if kind in sla.CARD_KINDS:
         resolution = humanize(card.pipeline.resolution_seconds or 0)
@@ -231,7 +235,7 @@ def alert_text(visit: StageVisit, kind: str, now: datetime) -> str:
             return (
                 f"⏳ Resolution SLA warning — {who}'s conversation ({where}) has been open "
                 f"{open_for}; the resolution SLA ({resolution}) runs out in {left} "
-                f"({_local(visit, visit.resolution_at)}). Card #{card.id}."
+                f"({_local(card.pipeline.calendar, visit.resolution_at)}). Card #{card.id}."
             )
         return (
             f"🚨 Resolution SLA breached — {who}'s conversation ({where}) has been open "
@@ -251,11 +255,8 @@ def alert_text(visit: StageVisit, kind: str, now: datetime) -> str:
     )
 
 
-def _local(visit: StageVisit, moment: datetime) -> str:
-    """A time of day in the stage's calendar's timezone, as the business reads its clock."""
-    row = (
-        None if visit.stage.always_open else (visit.stage.calendar or visit.card.pipeline.calendar)
-    )
-    zone = ZoneInfo(row.timezone) if row is not None else UTC
-    local = moment.astimezone(zone)
-    return f"{local:%H:%M:%S} {row.timezone if row is not None else 'UTC'}"
+def _local(row: BusinessCalendar | None, moment: datetime) -> str:
+    """A time of day in the calendar's timezone, as the business reads its clock."""
+    name = row.timezone if row is not None else "UTC"
+    local = moment.astimezone(ZoneInfo(name) if row is not None else UTC)
+    return f"{local:%H:%M:%S} {name}"

@@ -49,6 +49,7 @@ def gather(session: Session, user_id: int, now: datetime) -> Batch:
             Message.contact_id.is_(None),
             Message.status == "pending",
             Message.sla_event_id.is_not(None),
+            Message.sent_at.is_(None),  # not yet handed to the sender on its own
         )
         .order_by(Message.id)
     ).all()
@@ -104,12 +105,12 @@ def digest_text(session: Session, alerts: list[Message]) -> str:
             continue
         kinds[event.kind] += 1
         card = event.visit.card
-        label = KIND_LABELS.get(event.kind) or f"🔺 level {sla.level_of(event.kind)}"
+        label = kind_label(event.kind)
         lines.append(
             f"• {label}: {card.contact.display_name} ({card.contact.phone}), "
             f"{card.pipeline.name} › {event.visit.stage.name}, card #{card.id}"
         )
-    summary = ", ".join(f"{count} {KIND_LABELS.get(k, k)}" for k, count in kinds.items())
+    summary = ", ".join(f"{count} {kind_label(k)}" for k, count in kinds.items())
     text = f"📋 {len(alerts)} SLA alerts — {summary}:"
     for shown, line in enumerate(lines):
         more = f"\n… and {len(lines) - shown} more: open the queue."
@@ -117,6 +118,12 @@ def digest_text(session: Session, alerts: list[Message]) -> str:
             return text + more
         text += "\n" + line
     return text
+
+
+def kind_label(kind: str) -> str:
+    """How a digest names a kind of alert: "🚨 breached", "🔺 level 2", …"""
+    level = sla.level_of(kind)
+    return KIND_LABELS.get(kind) or (f"🔺 level {level}" if level is not None else kind)
 
 
 def window_is_open(session: Session, address: str, now: datetime) -> bool:

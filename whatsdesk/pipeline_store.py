@@ -76,6 +76,7 @@ def retime(session: Session, pipelines: list[Pipeline]) -> list[StageVisit]:
         )
     ).all()
     for visit in visits:
+        visit.paused = visit.stage.pauses  # its time is counted as its timers are set
         timers = desk_cases.visit_timers(session, visit.card, visit.stage, visit.entered_at)
         desk_cases.set_timers(visit, timers, desk_cases.recorded_kinds(session, visit))
     session.flush()

@@ -69,6 +69,7 @@ class TimeoutSpec:
     after_seconds: int
     then: str = RESOLVE  # RESOLVE or a stage key
     message: str | None = None  # told to the customer when it rings
+    line: int = 0  # of `then` (or of the timeout), for problems found once all stages are read
 
 
 @dataclass
@@ -368,8 +369,13 @@ def _pipeline(reader: _Reader, node: yaml.Node, path: str) -> PipelineSpec:
     for i, stage in enumerate(spec.stages):
         if stage.timeout and stage.timeout.then not in keys | {RESOLVE}:
             reader.problems.append(
-                f"line {stage.line}: {path}.stages[{i}].timeout.then: no stage "
+                f"line {stage.timeout.line}: {path}.stages[{i}].timeout.then: no stage "
                 f"{stage.timeout.then!r} in this pipeline (or `{RESOLVE}`)"
+            )
+        elif stage.timeout and stage.timeout.then == stage.key:
+            reader.problems.append(
+                f"line {stage.timeout.line}: {path}.stages[{i}].timeout.then: a stage cannot "
+                "time out into itself (it would start again and again)"
             )
     return spec
 
@@ -382,7 +388,9 @@ def _automation(
     for event, value in fields.items():
         where = f"{path}.{event}"
         if isinstance(value, yaml.MappingNode):
-            parts = reader.mapping(value, where, {"to", "from"})
+            # A new conversation or a reopened card has no stage to come from.
+            allowed = {"to", "from"} if event in ("customer_message", "agent_reply") else {"to"}
+            parts = reader.mapping(value, where, allowed)
             rule = AutomationRule(to=reader.text(parts, "to", where, value))
             for i, item in enumerate(reader.sequence(parts.get("from"), f"{where}.from")):
                 rule.only_from.append(str(item.value).strip())
@@ -450,7 +458,8 @@ def _timeout(reader: _Reader, node: yaml.Node, path: str) -> TimeoutSpec | None:
     message = reader.optional_text(fields, "message", path)
     if message is not None and len(message) > 1600:
         reader.fail(fields["message"], f"{path}.message", "WhatsApp takes at most 1600 characters")
-    return TimeoutSpec(after_seconds=after or 0, then=then, message=message)
+    line = (fields.get("then") or node).start_mark.line + 1
+    return TimeoutSpec(after_seconds=after or 0, then=then, message=message, line=line)
 
 
 def _emails(reader: _Reader, node: yaml.Node | None, path: str) -> list[str]:

@@ -76,9 +76,12 @@ class Timers:
         return None
 
     def kinds(self) -> list[str]:
-        """Every event this visit can fire."""
+        """Every event this visit can fire, the stage's timeout last: a sweep catching up
+        fires the alerts that are due before the timeout moves the card on."""
         kinds = [kind for kind, instant in self._named() if instant is not None]
-        return kinds + [level_kind(n) for n in range(1, len(self.levels) + 1)]
+        levels = [level_kind(n) for n in range(1, len(self.levels) + 1)]
+        timeout = [TIMEOUT] if TIMEOUT in kinds else []
+        return [kind for kind in kinds if kind != TIMEOUT] + levels + timeout
 
 
 def _require_aware(moment: datetime) -> None:
@@ -123,7 +126,9 @@ def resolution_timers(
     if not sla_seconds:
         return None, None
     left = max(0, sla_seconds - used_seconds)
-    deadline = add_business_time(calendar, entered_at, left)
+    # Nothing left: the SLA ran out before this visit (its breach is due now, not at the
+    # next opening).
+    deadline = add_business_time(calendar, entered_at, left) if left else entered_at
     if not warning_seconds or warning_seconds >= sla_seconds:
         return None, deadline
     if left <= warning_seconds:  # already inside the warning's lead time

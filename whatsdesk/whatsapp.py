@@ -9,6 +9,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Protocol
 
 import requests
@@ -206,6 +207,8 @@ def _classify(status: int, code: int | None, text: str | None) -> Exception:
     return PermanentSendError(str(code or status), text or "refused by Twilio")
 
 
+@lru_cache(maxsize=4)
 def sender_for(config: Config) -> Sender:
-    """The simulator's outbox without credentials, Twilio with them."""
+    """The simulator's outbox without credentials, Twilio with them (one client per
+    configuration per process, kept warm between jobs)."""
     return SimulatorSender() if config.simulator else TwilioSender(config)

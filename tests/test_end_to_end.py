@@ -121,7 +121,7 @@ def events(config: Config) -> list[SlaEvent]:
 
 
 def test_a_message_is_acknowledged_warned_and_escalated_on_time(config: Config) -> None:
-    seed(config.database_url, sla="6s", warning="3s")
+    seed(config.database_url, sla="6s", warning="3s", staff_windows=True)
     with (
         TwilioServer() as twilio,
         processes(config, twilio, "web", "worker", "sweep") as web,
@@ -151,7 +151,7 @@ def test_a_message_is_acknowledged_warned_and_escalated_on_time(config: Config) 
 
 
 def test_a_redis_that_lost_its_data_loses_no_deadline(config: Config, redis: Redis) -> None:
-    seed(config.database_url, sla="10s", warning="5s")
+    seed(config.database_url, sla="10s", warning="5s", staff_windows=True)
     with TwilioServer() as twilio, processes(config, twilio, "worker", "sweep"):
         app = create_app(twilio_config(config, twilio))
         answer = signed_post(
@@ -263,7 +263,7 @@ def alerts_in(messages: list[dict[str, str]], to: str) -> int:
 
 
 def test_three_workers_and_the_sweep_send_every_alert_exactly_once(config: Config) -> None:
-    seed(config.database_url, sla="4s", warning="2s")
+    seed(config.database_url, sla="4s", warning="2s", staff_windows=True)
     customers = [f"+55119{n:08d}" for n in range(12)]
     with (
         TwilioServer() as twilio,

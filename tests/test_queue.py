@@ -207,7 +207,7 @@ def test_each_row_shows_its_cards_current_stage_sla_and_newest_customer_message(
         set_timers(agent, card, current - timedelta(hours=2), current - timedelta(hours=1))
     with session_factory(agent.database_url)() as s:
         desk.move_card(s, paulo, "open", current)  # "In progress": SLA 1 h from now
-        desk.move_card(s, rita, "waiting", current)  # "Waiting on customer": no SLA
+        desk.move_card(s, rita, "waiting", current)  # "Waiting on customer": paused, no SLA
         s.commit()
 
     rows = {r["customer"].split()[0]: r for r in queue_rows(queue_page(client))}
@@ -219,7 +219,7 @@ def test_each_row_shows_its_cards_current_stage_sla_and_newest_customer_message(
     assert re.fullmatch(r"✓ On time 59m 5\ds left", rows["Paulo"]["sla"]), rows["Paulo"]
     assert rows["Paulo"]["last"] == "Are you there?"
     assert rows["Rita"]["where"] == "Support · Waiting on customer"
-    assert rows["Rita"]["sla"] == "– No SLA"
+    assert rows["Rita"]["sla"] == "⏸ Paused"
     assert rows["Rita"]["last"] == "Rita here"
 
 

@@ -118,7 +118,10 @@ class Alarms:
         )
 
     def enqueue_alerts(self, user_id: int) -> None:
-        """Deliver a person's pending alerts (alone, or as a digest) now."""
+        """Deliver a person's pending alerts (alone, or as a digest) now. A job for them
+        still waiting in the queue will see these alerts too: no second one is added."""
+        if self.status_of(alerts_job_id(user_id)) == JobStatus.QUEUED:
+            return
         self.queue.enqueue(
             "whatsdesk.jobs.deliver_alerts", user_id, job_id=alerts_job_id(user_id), result_ttl=600
         )
@@ -139,10 +142,13 @@ class Alarms:
         wait = self._pace(keys=[key], args=[1_000_000 // per_second])
         return int(wait) / 1_000_000
 
-    def is_live(self, job_id: str) -> bool:
-        """Is a job with this id waiting or running in Redis?"""
+    def status_of(self, job_id: str) -> JobStatus | None:
         try:
             job = Job.fetch(job_id, connection=self.redis)
         except NoSuchJobError:
-            return False
-        return job.get_status(refresh=False) in LIVE_STATUSES
+            return None
+        return job.get_status(refresh=False)
+
+    def is_live(self, job_id: str) -> bool:
+        """Is a job with this id waiting or running in Redis?"""
+        return self.status_of(job_id) in LIVE_STATUSES

@@ -136,10 +136,9 @@ def _inbound_message(
 
 
 def is_staff_number(session: Session, address: str) -> bool:
-    return (
-        session.scalars(select(User.id).where(User.whatsapp == address).limit(1)).first()
-        is not None
-    )
+    """An active staff member's WhatsApp (a former employee writing in is a customer)."""
+    staff = select(User.id).where(User.whatsapp == address, User.active.is_(True)).limit(1)
+    return session.scalars(staff).first() is not None
 
 
 def open_card(
@@ -546,4 +545,7 @@ def _queue_row(
 ) -> QueueRow:
     timers = visit.timers if visit else sla.Timers(None, None)
     waited = (now - card.waiting_since).total_seconds() if card.waiting_since else None
-    return QueueRow(card, waited, sla.state_at(now, timers), sla.seconds_left(now, timers), last)
+    state = sla.state_at(now, timers)
+    if state == sla.NO_SLA and visit is not None and visit.paused:
+        state = sla.PAUSED
+    return QueueRow(card, waited, state, sla.seconds_left(now, timers), last)

@@ -129,9 +129,16 @@ def _reassign(session: Session, visit: StageVisit, now: datetime, fired: Fired) 
         target = least_loaded_on_shift(session, now, exclude=card.owner_id)
     else:
         return
-    if target is None or target.id == card.owner_id:
-        log.warning("breach of visit %s: nobody on shift to reassign card %s to", visit.id, card.id)
+    if target is None:
+        log.warning(
+            "breach of visit %s: card %s not reassigned: nobody on shift to give it to "
+            "(no active agent on shift, or the named person is inactive)",
+            visit.id,
+            card.id,
+        )
         return
+    if target.id == card.owner_id:
+        return  # it is already theirs
     previous = card.owner
     card.owner = target
     event = SlaEvent(

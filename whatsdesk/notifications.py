@@ -74,7 +74,7 @@ def gather(session: Session, user_id: int, now: datetime) -> Batch:
     assert user is not None
     digest = desk.queue_outbound(
         session,
-        to=pending[0].to_address,
+        to=user.whatsapp or pending[0].to_address,  # their number now, if it changed
         body=digest_text(session, pending),
         user=user,
         dedupe_key=f"digest-{user_id}-{pending[0].id}",
@@ -130,6 +130,25 @@ def window_is_open(session: Session, address: str, now: datetime) -> bool:
     """Has this number written to the desk within the last 24 hours?"""
     last = session.scalar(select(Contact.last_inbound_at).where(Contact.address == address))
     return desk.window_open(last, now)
+
+
+def retry_as_template(session: Session, sid: str) -> Message | None:
+    """Twilio reported 63016 (outside the 24-hour window) for a free-text staff alert after
+    accepting it: the alert goes again as the approved template, if one is configured. The
+    message to send again, or None."""
+    message = session.scalars(select(Message).where(Message.sid == sid)).one_or_none()
+    if message is None or not is_staff_alert(message) or message.content_sid:
+        return None
+    if message.status not in ("failed", "undelivered") or message.error_code != WINDOW_CLOSED:
+        return None
+    if not use_template(session, message):
+        return None
+    message.sid, message.status, message.error_code = None, "retrying", None
+    return message
+
+
+# Twilio's error for free text outside the person's 24-hour window.
+WINDOW_CLOSED = "63016"
 
 
 def use_template(session: Session, message: Message) -> bool:

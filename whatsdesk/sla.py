@@ -26,12 +26,14 @@ ON_TIME = "on_time"
 APPROACHING = "approaching"
 BREACHED = "breached"
 NO_SLA = "no_sla"
+PAUSED = "paused"  # in a stage that stops the resolution clock, with no SLA of its own
 
 STATE_LABELS = {
     ON_TIME: "On time",
     APPROACHING: "Approaching",
     BREACHED: "Breached",
     NO_SLA: "No SLA",
+    PAUSED: "Paused",
 }
 
 

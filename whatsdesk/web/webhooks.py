@@ -8,7 +8,7 @@ from flask import Blueprint, Response, abort, request
 from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 
-from .. import current_alarms, current_config, desk, get_session, whatsapp
+from .. import current_alarms, current_config, desk, get_session, notifications, whatsapp
 from ..db import utcnow
 
 bp = Blueprint("webhooks", __name__, url_prefix="/twilio")
@@ -104,5 +104,11 @@ def status() -> tuple[str, int]:
         abort(400, f"missing required field(s): {', '.join(missing)}")
     session = get_session()
     desk.apply_status(session, sid, state.lower(), request.form.get("ErrorCode") or None, utcnow())
+    again = notifications.retry_as_template(session, sid)
     session.commit()
+    if again is not None:  # a staff alert refused as outside the window: send the template
+        try:
+            current_alarms().enqueue_send(again.id, again=True)
+        except RedisError as exc:
+            log.warning("could not enqueue template resend of %s (%s); the sweep will", sid, exc)
     return "", 200

@@ -1,0 +1,870 @@
+"""Staff alerts on their way out: digests, the 24-hour window, pacing and reassignment on
+breach. Jobs run in-process against a real Redis and a real database; Twilio is the local
+fake server."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+
+import pytest
+from flask.testing import FlaskClient
+from redis import Redis
+from rq import Queue, SimpleWorker
+from rq.registry import ScheduledJobRegistry
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from whatsdesk import (
+    accounts,
+    desk,
+    escalation,
+    jobs,
+    notifications,
+    pipeline_store,
+    pipelines,
+    settings,
+    whatsapp,
+)
+from whatsdesk.alarms import Alarms
+from whatsdesk.config import Config
+from whatsdesk.db import session_factory, utcnow
+from whatsdesk.models import Card, Contact, Message, SlaEvent, User
+
+from conftest import (
+    PASSWORD,
+    STAFF,
+    fresh,
+    inbound_form,
+    open_staff_windows,
+    seed,
+    signed_post,
+)
+from twilio_server import TwilioServer
+
+# The seeded first stage "New": SLA 2 min, warning 1 min before. 4 March 2025 is a Tuesday.
+T0 = datetime(2025, 3, 4, 9, 0, tzinfo=UTC)
+BREACH_AT = T0 + timedelta(minutes=2)
+ADDRESS = {email.split("@")[0]: f"whatsapp:{phone}" for _, email, _, phone in STAFF}
+CARLA = ("Carla Agent", "carla@example.com", "agent", "+15550000005")
+TEMPLATE_SID = "HX" + "0123456789abcdef" * 2
+FROM = "whatsapp:+14155238886"
+
+
+def desk_file(
+    window: str = "off",
+    reassign: str | None = None,
+    template: bool = False,
+    escalate_to: str | None = None,
+) -> str:
+    """The seeded pipeline again (same stages), with these notification and breach settings."""
+    reassign_line = f"        reassign: {reassign}\n" if reassign else ""
+    if escalate_to:  # escalation level 1, five minutes after the breach
+        reassign_line += f"        escalate:\n          - {{after: 5m, to: [{escalate_to}]}}\n"
+    template_lines = (
+        "  alert_template:\n"
+        f"    content_sid: {TEMPLATE_SID}\n"
+        '    variables: {"1": "{name}", "2": "{text}"}\n'
+        if template
+        else ""
+    )
+    return (
+        "calendars:\n"
+        "  - key: weekdays\n"
+        "    timezone: UTC\n"
+        '    hours: {mon-fri: ["08:00-17:00"]}\n'
+        "  - key: weekends\n"
+        "    timezone: UTC\n"
+        '    hours: {sat-sun: ["08:00-17:00"]}\n'
+        "pipelines:\n"
+        "  - key: support\n"
+        "    name: Support\n"
+        "    default: true\n"
+        "    stages:\n"
+        "      - key: new\n"
+        "        name: New\n"
+        "        sla: 2m\n"
+        "        warning: 1m\n"
+        "        alert: [ana@example.com, bruno@example.com]\n"
+        f"{reassign_line}"
+        "      - key: open\n"
+        "        name: In progress\n"
+        "        sla: 1h\n"
+        "      - key: waiting\n"
+        "        name: Waiting on customer\n"
+        "notifications:\n"
+        f"  digest_window: {window}\n"
+        f"{template_lines}"
+    )
+
+
+def configure(
+    session: Session,
+    window: str = "off",
+    reassign: str | None = None,
+    template: bool = False,
+    escalate_to: str | None = None,
+) -> None:
+    """Load the desk's configuration file with these settings; committed."""
+    text = desk_file(window, reassign, template, escalate_to)
+    pipeline_store.load(session, pipelines.parse(text), T0)
+    session.commit()
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def seeded(config: Config) -> Config:
+    """The seeded desk, every staff member having just written to it (their windows open)."""
+    seed(config.database_url, staff_windows=True)
+    return config
+
+
+def user(session: Session, email: str) -> User:
+    return session.scalars(select(User).where(User.email == email)).one()
+
+
+def open_card(
+    session: Session, phone: str = "+5511999990000", name: str = "Maria", at: datetime = T0
+) -> Card:
+    """A customer's first message opens a card in the first stage; committed."""
+    received = desk.receive_message(
+        session, whatsapp.parse_inbound(inbound_form(phone=phone, name=name)), at
+    )
+    session.commit()
+    assert received.card is not None
+    return received.card
+
+
+def customer(n: int) -> tuple[str, str]:
+    """The phone number and name of the n-th test customer."""
+    return f"+55119999{n:05d}", f"Customer {n}"
+
+
+def visit_id_of(session: Session, card: Card) -> int:
+    visit = desk.current_visit(session, card)
+    assert visit is not None
+    return visit.id
+
+
+def breach(session: Session, card: Card, at: datetime = BREACH_AT) -> None:
+    """The card's stage SLA runs out (alerts queued, nothing sent); committed."""
+    assert escalation.fire(session, visit_id_of(session, card), "breach", at) is not None
+    session.commit()
+
+
+def alerts_to(config: Config, who: str) -> list[Message]:
+    """The SLA alerts (not digests) addressed to a seeded person, oldest first."""
+    with session_factory(config.database_url)() as s:
+        return list(
+            s.scalars(
+                select(Message)
+                .where(Message.to_address == ADDRESS[who], Message.sla_event_id.is_not(None))
+                .order_by(Message.id)
+            )
+        )
+
+
+def message(config: Config, message_id: int) -> Message:
+    with session_factory(config.database_url)() as s:
+        found = s.get(Message, message_id)
+        assert found is not None
+        found.digest  # noqa: B018 (loaded while the session is open)
+        return found
+
+
+def queued_ids(config: Config, redis: Redis) -> list[str]:
+    return Queue(config.queue_name, connection=redis).job_ids
+
+
+def scheduled(redis: Redis) -> dict[str, datetime]:
+    """Job id → the instant RQ's scheduler will enqueue it, whichever queue it is for."""
+    found = {}
+    for key in redis.scan_iter(match=ScheduledJobRegistry.key_template.format("*")):
+        name = key.decode().split(":", 2)[2]
+        registry = ScheduledJobRegistry(queue=Queue(name, connection=redis))
+        found |= {job_id: registry.get_scheduled_time(job_id) for job_id in registry.get_job_ids()}
+    return found
+
+
+def run_worker(config: Config, redis: Redis) -> None:
+    """A worker runs every queued job, and those they queue, then stops."""
+    SimpleWorker([Queue(config.queue_name, connection=redis)], connection=redis).work(burst=True)
+
+
+def close_window(session: Session, who: str) -> None:
+    """The person last wrote to the desk 25 hours ago; committed."""
+    contact = session.scalars(select(Contact).where(Contact.address == ADDRESS[who])).one()
+    contact.last_inbound_at = utcnow() - timedelta(hours=25)
+    session.commit()
+
+
+def sent_earlier(session: Session, config: Config, who: str, ago: timedelta) -> Message:
+    """An alert handed to `who` `ago` before now (real time), starting the digest window."""
+    breach(session, open_card(session, *customer(99)))
+    [alert] = [a for a in alerts_to(config, who) if a.status == "pending"]
+    batch = notifications.gather(session, alert.user_id or 0, utcnow() - ago)
+    session.commit()
+    assert [m.id for m in batch.sends] == [alert.id]
+    return alert
+
+
+@pytest.fixture
+def twilio(env: Config, seeded: Config, monkeypatch: pytest.MonkeyPatch) -> Iterator[TwilioServer]:
+    """A local Twilio the send job talks to (the environment names it)."""
+    with TwilioServer() as server:
+        for name, value in server.environ().items():
+            monkeypatch.setenv(name, value)
+        yield server
+
+
+# --- digests ------------------------------------------------------------------------------------
+
+
+def test_an_alert_with_nothing_sent_within_the_window_goes_out_alone(
+    twilio: TwilioServer, env: Config, session: Session
+) -> None:
+    configure(session, window="30s")
+    card = open_card(session)
+    breach(session, card)
+    [alert] = alerts_to(env, "sofia")
+
+    batch = notifications.gather(session, user(session, "sofia@example.com").id, BREACH_AT)
+    session.commit()
+    assert [m.id for m in batch.sends] == [alert.id] and batch.wait_until is None
+    assert jobs.send_message(alert.id) == "sent"
+
+    [form] = twilio.messages
+    assert form["To"] == ADDRESS["sofia"]
+    assert form["Body"] == alert.body
+    assert form["Body"].startswith("🚨 SLA breached — Maria (+5511999990000)")
+    assert message(env, alert.id).status == "queued"
+
+
+def test_alerts_coming_within_the_window_wait_for_its_end(seeded: Config, session: Session) -> None:
+    configure(session, window="30s")
+    sofia = user(session, "sofia@example.com").id
+    breach(session, open_card(session, *customer(1)))
+    assert len(notifications.gather(session, sofia, BREACH_AT).sends) == 1
+    session.commit()
+
+    breach(session, open_card(session, *customer(2)), at=BREACH_AT + timedelta(seconds=5))
+    breach(session, open_card(session, *customer(3)), at=BREACH_AT + timedelta(seconds=10))
+    early = notifications.gather(session, sofia, BREACH_AT + timedelta(seconds=10))
+    just_before = notifications.gather(session, sofia, BREACH_AT + timedelta(seconds=29.999))
+    session.commit()
+
+    for batch in (early, just_before):
+        assert batch.sends == []
+        assert batch.wait_until == BREACH_AT + timedelta(seconds=30)
+    assert [a.status for a in alerts_to(seeded, "sofia")] == ["pending", "pending", "pending"]
+
+
+def test_alerts_held_back_go_out_as_one_digest_at_the_window_end(
+    twilio: TwilioServer, env: Config, session: Session
+) -> None:
+    configure(session, window="30s")
+    sofia = user(session, "sofia@example.com").id
+    breach(session, open_card(session, *customer(1)))
+    [first] = notifications.gather(session, sofia, BREACH_AT).sends
+    session.commit()
+    assert jobs.send_message(first.id) == "sent"
+    cards = [open_card(session, *customer(n)) for n in (2, 3)]
+    for card in cards:
+        breach(session, card, at=BREACH_AT + timedelta(seconds=5))
+
+    batch = notifications.gather(session, sofia, BREACH_AT + timedelta(seconds=30))
+    session.commit()
+    [digest] = batch.sends
+    assert jobs.send_message(digest.id) == "sent"
+
+    assert [f["To"] for f in twilio.messages] == [ADDRESS["sofia"]] * 2
+    assert twilio.messages[1]["Body"] == (
+        "📋 2 SLA alerts — 2 🚨 breached:\n"
+        f"• 🚨 breached: Customer 2 ({customer(2)[0]}), Support › New, card #{cards[0].id}\n"
+        f"• 🚨 breached: Customer 3 ({customer(3)[0]}), Support › New, card #{cards[1].id}"
+    )
+    bundled = alerts_to(env, "sofia")[1:]
+    assert [(a.status, a.digest_id) for a in bundled] == [("bundled", digest.id)] * 2
+    assert message(env, digest.id).status == "queued"
+
+
+def test_an_alert_handed_to_the_sender_alone_is_not_bundled_again(
+    twilio: TwilioServer, env: Config, session: Session
+) -> None:
+    """Its send job is late (a busy queue): the window ends before it runs."""
+    configure(session, window="30s")
+    sofia = user(session, "sofia@example.com").id
+    breach(session, open_card(session, *customer(1)))
+    [first] = notifications.gather(session, sofia, BREACH_AT).sends
+    session.commit()
+    for n in (2, 3):
+        breach(session, open_card(session, *customer(n)), at=BREACH_AT + timedelta(seconds=5))
+
+    [digest] = notifications.gather(session, sofia, BREACH_AT + timedelta(seconds=30)).sends
+    session.commit()
+    assert jobs.send_message(first.id) == "sent"
+    assert jobs.send_message(digest.id) == "sent"
+
+    alone, bundle = twilio.messages
+    assert alone["Body"] == first.body and "Customer 1" in alone["Body"]
+    assert bundle["Body"].startswith("📋 2 SLA alerts")
+    assert "Customer 1" not in bundle["Body"]
+    assert [a.status for a in alerts_to(env, "sofia")] == ["queued", "bundled", "bundled"]
+
+
+def test_a_bundled_alert_shows_the_delivery_status_of_its_digest(
+    twilio: TwilioServer, env: Config, session: Session, client: FlaskClient
+) -> None:
+    configure(session, window="30s")
+    sofia = user(session, "sofia@example.com").id
+    for n in (1, 2):
+        breach(session, open_card(session, *customer(n)))
+    [digest] = notifications.gather(session, sofia, BREACH_AT).sends  # nothing sent before
+    session.commit()
+    assert jobs.send_message(digest.id) == "sent"
+    bundled = alerts_to(env, "sofia")
+    assert [message(env, a.id).delivery_status for a in bundled] == ["queued", "queued"]
+
+    form = {"MessageSid": twilio.sids[0], "MessageStatus": "delivered"}
+    assert signed_post(client, env, "/twilio/status", form).status_code == 200  # type: ignore[attr-defined]
+
+    for alert in bundled:
+        seen = message(env, alert.id)
+        assert (seen.status, seen.delivery_status) == ("bundled", "delivered")
+
+
+def test_a_digest_counts_each_kind_of_alert_and_names_it_on_each_line(
+    seeded: Config, session: Session
+) -> None:
+    configure(session, window="30s", reassign="otto@example.com", escalate_to="otto@example.com")
+    card = open_card(session)
+    breach(session, card)  # Otto, a supervisor, is told; the card becomes his
+    level_at = BREACH_AT + timedelta(minutes=5)
+    assert escalation.fire(session, visit_id_of(session, card), "level-1", level_at)
+    session.commit()
+
+    otto = user(session, "otto@example.com").id
+    [digest] = notifications.gather(session, otto, level_at).sends
+    session.commit()
+
+    where = f"Maria (+5511999990000), Support › New, card #{card.id}"
+    assert message(seeded, digest.id).body == (
+        "📋 3 SLA alerts — 1 🚨 breached, 1 👤 reassigned to you, 1 🔺 level 1:\n"
+        f"• 🚨 breached: {where}\n"
+        f"• 👤 reassigned to you: {where}\n"
+        f"• 🔺 level 1: {where}"
+    )
+
+
+def test_a_digest_too_long_for_one_message_ends_with_how_many_more(
+    seeded: Config, session: Session
+) -> None:
+    configure(session, window="30s")
+    sofia = user(session, "sofia@example.com").id
+    for n in range(30):
+        breach(session, open_card(session, *customer(n)))
+
+    [digest] = notifications.gather(session, sofia, BREACH_AT).sends
+    session.commit()
+
+    body = message(seeded, digest.id).body
+    assert len(body) <= notifications.DIGEST_LIMIT
+    assert body.startswith("📋 30 SLA alerts — 30 🚨 breached:\n")
+    shown = [line for line in body.splitlines() if line.startswith("• ")]
+    more = body.splitlines()[-1]
+    assert 0 < len(shown) < 30
+    assert more == f"… and {30 - len(shown)} more: open the queue."
+    assert len(alerts_to(seeded, "sofia")) == 30
+    assert {a.digest_id for a in alerts_to(seeded, "sofia")} == {digest.id}
+
+
+def test_with_the_digest_window_off_every_alert_goes_out_alone(
+    seeded: Config, session: Session
+) -> None:
+    settings.save_notifications(session, pipelines.NotificationsSpec(digest_seconds=0), T0)
+    session.commit()
+    sofia = user(session, "sofia@example.com").id
+    sends = []
+    for n in (1, 2, 3):
+        breach(session, open_card(session, *customer(n)), at=BREACH_AT + timedelta(seconds=n))
+        sends += notifications.gather(session, sofia, BREACH_AT + timedelta(seconds=n)).sends
+        session.commit()
+
+    assert [m.id for m in sends] == [a.id for a in alerts_to(seeded, "sofia")]
+    assert all(m.sla_event_id is not None and m.digest_id is None for m in sends)
+
+
+def test_the_alert_job_comes_back_when_the_digest_window_ends(
+    env: Config, seeded: Config, session: Session, redis: Redis
+) -> None:
+    configure(session, window="30s")
+    sofia = user(session, "sofia@example.com").id
+    earlier = sent_earlier(session, env, "sofia", ago=timedelta(seconds=10))
+    breach(session, open_card(session))
+
+    assert jobs.deliver_alerts(sofia) == "waiting for the digest window"
+
+    end = message(env, earlier.id).sent_at + timedelta(seconds=30)  # type: ignore[operator]
+    job_id = f"alerts-{sofia}-at-{int(end.timestamp())}"
+    assert scheduled(redis) == {job_id: end.replace(microsecond=0)}
+    assert queued_ids(env, redis) == []
+    assert [a.status for a in alerts_to(env, "sofia")][1:] == ["pending"]
+
+
+def test_the_alert_job_after_the_window_sends_the_digest_through_twilio(
+    twilio: TwilioServer, env: Config, session: Session, redis: Redis
+) -> None:
+    configure(session, window="30s")
+    sofia = user(session, "sofia@example.com").id
+    sent_earlier(session, env, "sofia", ago=timedelta(seconds=31))
+    for n in (1, 2):
+        breach(session, open_card(session, *customer(n)))
+    Alarms(env.redis_url, env.queue_name).enqueue_alerts(sofia)
+
+    run_worker(env, redis)
+
+    [form] = twilio.wait_for(lambda messages: len(messages) >= 1)
+    assert form["To"] == ADDRESS["sofia"]
+    assert form["Body"].startswith("📋 2 SLA alerts — 2 🚨 breached:\n• 🚨 breached: Customer 1")
+    assert [a.status for a in alerts_to(env, "sofia")][1:] == ["bundled", "bundled"]
+
+
+def test_two_alert_jobs_at_once_make_one_digest(
+    env: Config, seeded: Config, session: Session, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configure(session, window="30s")
+    sofia = user(session, "sofia@example.com").id
+    sent_earlier(session, env, "sofia", ago=timedelta(minutes=1))
+    for n in (1, 2):
+        breach(session, open_card(session, *customer(n)))
+    # Both jobs have read the pending alerts before either writes its digest.
+    both_read = threading.Barrier(2)
+    real_digest_text = notifications.digest_text
+
+    def digest_text_then_wait(s: Session, alerts: list[Message]) -> str:
+        text = real_digest_text(s, alerts)
+        both_read.wait(timeout=10)
+        return text
+
+    monkeypatch.setattr(notifications, "digest_text", digest_text_then_wait)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [pool.submit(jobs.deliver_alerts, sofia) for _ in range(2)]
+        results = sorted(f.result(timeout=30) for f in futures)
+
+    assert results == ["already gathered", "sent 1"]
+    with session_factory(env.database_url)() as s:
+        [digest] = s.scalars(select(Message).where(Message.body.like("📋%"))).all()
+    assert queued_ids(env, redis) == [f"send-{digest.id}"]
+    assert {a.digest_id for a in alerts_to(env, "sofia")[1:]} == {digest.id}
+
+
+# --- the 24-hour window -------------------------------------------------------------------------
+
+
+def test_an_alert_to_staff_who_wrote_within_24_hours_goes_as_free_text(
+    twilio: TwilioServer, env: Config, session: Session
+) -> None:
+    configure(session, template=True)
+    breach(session, open_card(session))
+    [alert] = alerts_to(env, "sofia")
+
+    assert jobs.send_message(alert.id) == "sent"
+
+    [form] = twilio.messages
+    assert form["Body"] == alert.body
+    assert "ContentSid" not in form and "ContentVariables" not in form
+
+
+def test_an_alert_outside_the_window_goes_as_the_approved_template(
+    twilio: TwilioServer, env: Config, session: Session
+) -> None:
+    configure(session, template=True)
+    close_window(session, "sofia")
+    breach(session, open_card(session))
+    [alert] = alerts_to(env, "sofia")
+
+    assert jobs.send_message(alert.id) == "sent"
+
+    [form] = twilio.messages
+    assert (form["To"], form["From"]) == (ADDRESS["sofia"], FROM)
+    assert form["ContentSid"] == TEMPLATE_SID
+    assert json.loads(form["ContentVariables"]) == {"1": "Sofia Supervisor", "2": alert.body}
+    assert "Body" not in form
+    sent = message(env, alert.id)
+    assert (sent.status, sent.sid, sent.content_sid) == ("queued", twilio.sids[0], TEMPLATE_SID)
+
+
+def test_a_digest_outside_the_window_goes_as_the_template_on_one_line(
+    twilio: TwilioServer, env: Config, session: Session
+) -> None:
+    configure(session, window="30s", template=True)
+    close_window(session, "sofia")
+    for n in (1, 2):
+        breach(session, open_card(session, *customer(n)))
+    sofia = user(session, "sofia@example.com").id
+    [digest] = notifications.gather(session, sofia, BREACH_AT).sends
+    session.commit()
+
+    assert jobs.send_message(digest.id) == "sent"
+
+    [form] = twilio.messages
+    assert form["ContentSid"] == TEMPLATE_SID and "Body" not in form
+    text = json.loads(form["ContentVariables"])["2"]
+    assert "\n" not in text
+    assert text.startswith("📋 2 SLA alerts — 2 🚨 breached: · • 🚨 breached: Customer 1")
+
+
+def test_an_alert_outside_the_window_without_a_template_fails_and_says_why(
+    twilio: TwilioServer, env: Config, session: Session
+) -> None:
+    close_window(session, "sofia")
+    breach(session, open_card(session))
+    [alert] = alerts_to(env, "sofia")
+
+    assert jobs.send_message(alert.id) == "failed"
+
+    failed = message(env, alert.id)
+    assert (failed.status, failed.error_code, failed.sid) == ("failed", "window", None)
+    assert "24-hour WhatsApp window" in (failed.error_message or "")
+    assert "notifications.alert_template" in (failed.error_message or "")
+    assert twilio.requests == []
+    assert jobs.send_message(alert.id) == "already handled"
+
+
+def test_twilio_refusing_free_text_outside_the_window_gets_the_template_instead(
+    twilio: TwilioServer, env: Config, session: Session, redis: Redis
+) -> None:
+    configure(session, template=True)
+    breach(session, open_card(session))
+    [alert] = alerts_to(env, "sofia")
+    twilio.fail_next(400, 63016, message="Outside the allowed window")
+
+    assert jobs.send_message(alert.id) == "outside the 24-hour window: sending the template"
+    assert queued_ids(env, redis) == [f"send-{alert.id}-again"]
+    run_worker(env, redis)
+
+    first, second = twilio.requests
+    assert first["Body"] == alert.body and "ContentSid" not in first
+    assert second["ContentSid"] == TEMPLATE_SID and "Body" not in second
+    assert json.loads(second["ContentVariables"]) == {"1": "Sofia Supervisor", "2": alert.body}
+    sent = message(env, alert.id)
+    assert (sent.status, sent.sid, sent.attempts) == ("queued", twilio.sids[0], 2)
+
+
+def test_twilio_refusing_free_text_outside_the_window_without_a_template_fails_the_alert(
+    twilio: TwilioServer, env: Config, session: Session, redis: Redis
+) -> None:
+    breach(session, open_card(session))
+    [alert] = alerts_to(env, "sofia")
+    twilio.fail_next(400, 63016, message="Outside the allowed window")
+
+    assert jobs.send_message(alert.id) == "failed"
+
+    failed = message(env, alert.id)
+    assert (failed.status, failed.error_code) == ("failed", "63016")
+    assert "Outside the allowed window" in (failed.error_message or "")
+    assert queued_ids(env, redis) == [] and len(twilio.requests) == 1
+
+
+def test_a_later_63016_status_for_a_free_text_alert_sends_the_template_instead(
+    twilio: TwilioServer, env: Config, session: Session, client: FlaskClient, redis: Redis
+) -> None:
+    configure(session, template=True)
+    breach(session, open_card(session))
+    [alert] = alerts_to(env, "sofia")
+    assert jobs.send_message(alert.id) == "sent"  # Twilio took the free text…
+    sid = twilio.sids[0]
+
+    callback = {"MessageSid": sid, "MessageStatus": "failed", "ErrorCode": "63016"}
+    answer = signed_post(client, env, "/twilio/status", callback)  # …then refused it
+
+    assert answer.status_code == 200
+    assert queued_ids(env, redis) == [f"send-{alert.id}-again"]
+    run_worker(env, redis)
+    first, second = twilio.requests
+    assert "Body" in first and second["ContentSid"] == TEMPLATE_SID and "Body" not in second
+    resent = message(env, alert.id)
+    assert (resent.status, resent.sid, resent.content_sid) == (
+        "queued",
+        twilio.sids[1],
+        TEMPLATE_SID,
+    )
+
+
+def test_a_later_63016_status_without_a_template_leaves_the_alert_failed(
+    twilio: TwilioServer, env: Config, session: Session, client: FlaskClient, redis: Redis
+) -> None:
+    breach(session, open_card(session))
+    [alert] = alerts_to(env, "sofia")
+    assert jobs.send_message(alert.id) == "sent"
+
+    callback = {"MessageSid": twilio.sids[0], "MessageStatus": "failed", "ErrorCode": "63016"}
+    assert signed_post(client, env, "/twilio/status", callback).status_code == 200
+
+    failed = message(env, alert.id)
+    assert (failed.status, failed.error_code) == ("failed", "63016")
+    assert queued_ids(env, redis) == [] and len(twilio.requests) == 1
+
+
+# --- staff writing to the desk ------------------------------------------------------------------
+
+
+def test_staff_writing_in_opens_their_window_without_a_card_or_a_reply(
+    twilio: TwilioServer, env: Config, session: Session, client: FlaskClient, redis: Redis
+) -> None:
+    close_window(session, "sofia")
+    form = inbound_form(
+        phone=ADDRESS["sofia"].removeprefix("whatsapp:"), body="on it", name="Sofia"
+    )
+
+    answer = signed_post(client, env, "/twilio/whatsapp", form)
+    assert answer.status_code == 200  # type: ignore[attr-defined]
+
+    fresh(session)
+    assert session.scalars(select(Card)).all() == []
+    [note] = session.scalars(select(Message)).all()
+    assert (note.direction, note.body, note.card_id) == ("in", "on it", None)
+    assert queued_ids(env, redis) == [] and scheduled(redis) == {}
+    # Her window is open again: her next alert goes as free text.
+    breach(session, open_card(session))
+    [alert] = alerts_to(env, "sofia")
+    assert jobs.send_message(alert.id) == "sent"
+    [sent] = twilio.messages
+    assert sent["Body"] == alert.body
+
+
+# --- pacing -------------------------------------------------------------------------------------
+
+
+def test_sends_from_one_number_are_spaced_evenly_across_workers(
+    config: Config, redis: Redis
+) -> None:
+    workers = [Alarms(config.redis_url, config.queue_name) for _ in range(2)]
+    # Four send slots taken in turn by two workers, at 5 messages a second (0.2 s apart).
+    calls = []
+    for n in range(4):
+        before = time.time()
+        wait = workers[n % 2].pace(FROM, 5)
+        calls.append((before, wait, time.time()))
+    other = workers[0].pace("whatsapp:+15550009999", 5)
+
+    assert calls[0][1] == 0
+    for (before, wait, after), (next_before, next_wait, next_after) in pairwise(calls):
+        # Each slot is 0.2 s after the previous one, wherever the calls fell in between.
+        assert 0.2 - (next_after - before) - 1e-3 <= next_wait - wait
+        assert next_wait - wait <= 0.2 - (next_before - after) + 1e-3
+        assert 0 < next_wait <= 0.6 + 1e-3
+    assert other == 0  # another number keeps its own pace
+
+
+def test_the_send_job_waits_for_its_slot(
+    twilio: TwilioServer, env: Config, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SEND_RATE_LIMIT", "2")
+    breach(session, open_card(session))
+    sofia, otto = alerts_to(env, "sofia") + alerts_to(env, "otto")
+
+    started = time.monotonic()
+    assert jobs.send_message(sofia.id) == "sent"
+    assert jobs.send_message(otto.id) == "sent"
+
+    assert time.monotonic() - started >= 0.5  # the second slot comes half a second later
+    assert len(twilio.messages) == 2
+
+
+@pytest.mark.parametrize("raw", ["0", "fast", "2.5", "-1", "10001"])
+def test_a_bad_send_rate_limit_is_refused_clearly(raw: str) -> None:
+    with pytest.raises(RuntimeError) as refused:
+        Config.from_env({"SEND_RATE_LIMIT": raw})
+
+    assert str(refused.value).startswith("SEND_RATE_LIMIT must be whole")
+    assert "from 1 to 10000" in str(refused.value) and repr(raw) in str(refused.value)
+    assert Config.from_env({}).send_rate == 80
+
+
+# --- reassignment on breach ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def carla(seeded: Config, session: Session) -> User:
+    """A third agent, her window open like everyone's."""
+    name, email, role, phone = CARLA
+    third = accounts.create_user(
+        session, name=name, email=email, role=role, whatsapp=phone, password=PASSWORD, now=T0
+    )
+    open_staff_windows(session, utcnow())
+    session.commit()
+    return third
+
+
+def own(session: Session, who: str, count: int, status: str = "open") -> None:
+    """Give `who` this many other customers' cards; committed."""
+    owner = user(session, who)
+    for _ in range(count):
+        phone = "+5521" + str(uuid.uuid4().int)[:9]
+        card = open_card(session, phone=phone, name="Other")
+        card.owner = owner
+        if status != "open":
+            desk.resolve(session, card.id, T0)
+    session.commit()
+
+
+def reassignments(config: Config) -> list[SlaEvent]:
+    with session_factory(config.database_url)() as s:
+        return list(s.scalars(select(SlaEvent).where(SlaEvent.kind == "reassignment")))
+
+
+def owner_of(config: Config, card_id: int) -> str | None:
+    with session_factory(config.database_url)() as s:
+        card = s.get(Card, card_id)
+        assert card is not None
+        return card.owner.email if card.owner else None
+
+
+def test_breach_gives_the_card_to_the_agent_with_fewest_open_cards(
+    twilio: TwilioServer, env: Config, carla: User, session: Session, redis: Redis
+) -> None:
+    configure(session, reassign="least-loaded")
+    own(session, "ana@example.com", 1)
+    own(session, "bruno@example.com", 2)
+    own(session, "carla@example.com", 3, status="resolved")  # resolved cards are no load
+    card = open_card(session)  # nobody's
+
+    assert jobs.fire_and_send(env, visit_id_of(session, card), "breach", BREACH_AT)
+    run_worker(env, redis)
+
+    assert owner_of(env, card.id) == "carla@example.com"
+    [event] = reassignments(env)
+    assert (event.card_id, event.detail) == (card.id, {"from": None, "to": carla.id})
+    told = [f for f in twilio.messages if f["To"] == "whatsapp:" + CARLA[3]]
+    assert [f["Body"] for f in told] == [
+        f"👤 Card #{card.id} is now yours: Maria (+5511999990000) breached the SLA in "
+        "Support › New."
+    ]
+
+
+def test_breach_never_gives_the_card_back_to_its_owner(
+    seeded: Config, session: Session, redis: Redis
+) -> None:
+    configure(session, reassign="least-loaded")
+    own(session, "bruno@example.com", 2)
+    card = open_card(session)
+    card.owner = user(session, "ana@example.com")  # her only card: the least loaded
+    session.commit()
+
+    assert jobs.fire_and_send(seeded, visit_id_of(session, card), "breach", BREACH_AT)
+
+    assert owner_of(seeded, card.id) == "bruno@example.com"
+    [event] = reassignments(seeded)
+    ana, bruno = user(session, "ana@example.com"), user(session, "bruno@example.com")
+    assert event.detail == {"from": ana.id, "to": bruno.id}
+    [alert] = [a for a in alerts_to(seeded, "bruno") if a.sla_event_id == event.id]
+    assert alert.body.startswith(f"👤 Card #{card.id} is now yours from Ana Agent: Maria")
+
+
+def test_least_loaded_ties_go_to_the_agent_created_first(
+    seeded: Config, carla: User, session: Session
+) -> None:
+    configure(session, reassign="least-loaded")
+    own(session, "ana@example.com", 1)
+    card = open_card(session)
+
+    assert jobs.fire_and_send(seeded, visit_id_of(session, card), "breach", BREACH_AT)
+
+    assert owner_of(seeded, card.id) == "bruno@example.com"  # Bruno and Carla: none each
+
+
+def test_least_loaded_picks_only_active_agents(
+    seeded: Config, carla: User, session: Session
+) -> None:
+    configure(session, reassign="least-loaded")
+    user(session, "bruno@example.com").active = False
+    own(session, "carla@example.com", 1)  # supervisors have none, but are not agents
+    card = open_card(session)
+    card.owner = user(session, "ana@example.com")
+    session.commit()
+
+    assert jobs.fire_and_send(seeded, visit_id_of(session, card), "breach", BREACH_AT)
+
+    assert owner_of(seeded, card.id) == "carla@example.com"
+
+
+def test_least_loaded_picks_only_agents_on_shift(
+    seeded: Config, carla: User, session: Session
+) -> None:
+    configure(session, reassign="least-loaded")
+    accounts.set_shift(session, "bruno@example.com", "weekends")  # off on a Tuesday
+    accounts.set_shift(session, "carla@example.com", "weekdays")  # 08:00-17:00 UTC
+    own(session, "carla@example.com", 2)
+    card = open_card(session)
+    card.owner = user(session, "ana@example.com")
+    session.commit()
+
+    assert jobs.fire_and_send(seeded, visit_id_of(session, card), "breach", BREACH_AT)
+
+    assert owner_of(seeded, card.id) == "carla@example.com"
+
+
+def test_nobody_on_shift_leaves_the_card_with_its_owner_and_logs_a_warning(
+    seeded: Config, carla: User, session: Session, caplog: pytest.LogCaptureFixture
+) -> None:
+    configure(session, reassign="least-loaded")
+    for who in ("bruno@example.com", "carla@example.com"):
+        accounts.set_shift(session, who, "weekends")
+    card = open_card(session)
+    card.owner = user(session, "ana@example.com")
+    session.commit()
+
+    with caplog.at_level(logging.WARNING, logger="whatsdesk.escalation"):
+        assert jobs.fire_and_send(seeded, visit_id_of(session, card), "breach", BREACH_AT)
+
+    assert owner_of(seeded, card.id) == "ana@example.com"
+    assert reassignments(seeded) == []
+    assert f"card {card.id} not reassigned: nobody on shift to give it to" in caplog.text
+    assert len(alerts_to(seeded, "sofia")) == 1  # the breach itself is still told
+
+
+def test_breach_gives_the_card_to_the_person_the_stage_names(
+    seeded: Config, session: Session
+) -> None:
+    configure(session, reassign="otto@example.com")
+    card = open_card(session)
+    card.owner = user(session, "ana@example.com")
+    session.commit()
+
+    assert jobs.fire_and_send(seeded, visit_id_of(session, card), "breach", BREACH_AT)
+
+    assert owner_of(seeded, card.id) == "otto@example.com"
+    [event] = reassignments(seeded)
+    otto = user(session, "otto@example.com")
+    assert event.detail["to"] == otto.id
+    bodies = [a.body for a in alerts_to(seeded, "otto")]
+    assert len(bodies) == 2 and bodies[0].startswith("🚨 SLA breached")
+    assert bodies[1].startswith(f"👤 Card #{card.id} is now yours from Ana Agent")
+
+
+def test_a_breach_fired_twice_reassigns_and_tells_once(
+    seeded: Config, carla: User, session: Session
+) -> None:
+    configure(session, reassign="least-loaded")
+    card = open_card(session)
+    visit_id = visit_id_of(session, card)
+
+    assert jobs.fire_and_send(seeded, visit_id, "breach", BREACH_AT) is True
+    assert jobs.fire_and_send(seeded, visit_id, "breach", BREACH_AT + timedelta(seconds=1)) is False
+    jobs.reconcile(seeded, BREACH_AT + timedelta(minutes=1))
+
+    [event] = reassignments(seeded)
+    assert owner_of(seeded, card.id) == "ana@example.com"
+    told = [a for a in alerts_to(seeded, "ana") if a.sla_event_id == event.id]
+    assert len(told) == 1 and "is now yours" in told[0].body

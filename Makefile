@@ -4,7 +4,7 @@ VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
 
-.PHONY: run test lint format setup migrate demo clean
+.PHONY: run test lint format setup chromium migrate demo clean
 
 run: demo  ## set up, migrate, load demo data, start everything
 	$(PY) -m whatsdesk.devserver
@@ -21,7 +21,31 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-setup: $(STAMP)
+setup: $(STAMP) chromium
+
+# The browser tests (tests/test_browser.py) drive Debian's Chromium through Playwright;
+# Playwright's own browser builds are never downloaded. Without root (or sudo without a
+# password) it cannot be installed from here: say how, and leave `make run` working.
+# The emoji font is for the screenshots (the pages' 🕓 ✓✓ 🎉 📝).
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@test -x $(CHROMIUM) || { \
+	  if ! command -v apt-get >/dev/null; then \
+	    echo "warning: $(CHROMIUM) is missing and this machine has no apt-get, so the browser" >&2; \
+	    echo "tests (tests/test_browser.py) will fail: install Chromium as $(CHROMIUM)." >&2; \
+	    exit 0; \
+	  elif [ "$$(id -u)" = 0 ]; then SUDO=; \
+	  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
+	  else \
+	    echo "warning: $(CHROMIUM) is missing and installing it needs root, so the browser" >&2; \
+	    echo "tests (tests/test_browser.py) will fail. Install Debian's Chromium with" >&2; \
+	    echo "  sudo apt-get update && sudo apt-get install -y chromium fonts-noto-color-emoji" >&2; \
+	    exit 0; \
+	  fi; \
+	  echo "Installing Debian's chromium for the browser tests…"; \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium fonts-noto-color-emoji; \
+	}
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \

@@ -36,6 +36,14 @@ def run_migrations_offline() -> None:
 
 def run_migrations_online() -> None:
     with get_engine(database_url()).connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # Batch migrations rebuild SQLite tables (copy, drop, rename): with foreign keys
+            # enforced, dropping a table with rows pointing at it fails, or cascades and
+            # deletes them. Off during the migration (it only works outside a transaction),
+            # and checked once it is done.
+            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            connection.commit()
         context.configure(
             connection=connection,
             target_metadata=target_metadata,
@@ -45,6 +53,11 @@ def run_migrations_online() -> None:
         )
         with context.begin_transaction():
             context.run_migrations()
+        if sqlite:
+            broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            if broken:
+                raise RuntimeError(f"the migration left rows with broken references: {broken}")
 
 
 if context.is_offline_mode():

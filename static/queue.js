@@ -2,6 +2,7 @@
 (function () {
   "use strict";
   const tbody = document.getElementById("queue-rows");
+  const counter = document.getElementById("queue-total");
   function human(seconds) {
     seconds = Math.max(0, Math.floor(seconds));
     const d = Math.floor(seconds / 86400), h = Math.floor(seconds % 86400 / 3600);
@@ -22,7 +23,12 @@
       const answer = await fetch(tbody.dataset.src, {credentials: "same-origin"});
       // Logged out meanwhile: the fragment was redirected to the login page; show it whole.
       if (answer.redirected) { window.location.reload(); return; }
-      if (answer.ok) { tbody.innerHTML = await answer.text(); tick(); }
+      if (answer.ok) {
+        tbody.innerHTML = await answer.text();
+        const total = answer.headers.get("X-Queue-Total");
+        
+        tick();
+      }
     } catch (e) { /* offline for a moment: keep the last rows */ }
   }
   setInterval(tick, 1000);

@@ -121,7 +121,7 @@ def test_queue_row_shows_who_where_owner_message_and_waiting_time(
 
     page = queue_page(client)
 
-    assert "<h1>Queue <small>longest-waiting customer first</small></h1>" in page
+    assert "Queue longest-waiting customer first · 1 open" in visible(page)
     [row] = queue_rows(page)
     assert row["customer"] == "Maria +5511999990000"
     assert row["where"] == "Support · New"

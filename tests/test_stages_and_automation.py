@@ -386,6 +386,21 @@ def test_a_timeout_outside_the_customers_window_closes_the_card_without_the_mess
     assert card.stage.key == "reply"
 
 
+def test_a_timeout_never_resolves_a_card_whose_customer_is_waiting(
+    desk_config: Config, session: Session
+) -> None:
+    card, _ = opened(session)  # nobody has answered yet
+    waiting = desk.move_card(session, card.id, "waiting", at(2, 10))
+    session.commit()
+
+    fired = fire(session, waiting, "timeout", at(3, 9))
+
+    assert fired.event.detail == {"action": "none", "why": "the customer is waiting for an answer"}
+    assert fired.messages == []
+    session.refresh(card)
+    assert (card.status, card.stage.key) == ("open", "waiting")
+
+
 def test_a_customer_writing_back_stops_the_waiting_stages_timeout(
     desk_config: Config, session: Session
 ) -> None:

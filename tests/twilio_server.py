@@ -13,6 +13,9 @@
 `.sids` the SID it answered for each and `.arrivals` when it took each (time.monotonic());
 `.requests` holds every authenticated POST to the Messages endpoint, refused ones included.
 A wrong account SID or auth token gets a 401.
+`add_media(content_type, data)` stores a file and returns its media URL, served to an
+authenticated GET as Twilio serves a customer's photo; `.media_requests` holds the path of
+every GET the server received.
 A hung POST is taken (recorded) at once and only its answer is late, as when Twilio accepts a
 message but the reply is slow; stopping the server releases any answer still held back.
 """
@@ -47,6 +50,8 @@ class TwilioServer:
         self.sids: list[str] = []
         self.arrivals: list[float] = []
         self.requests: list[dict[str, str]] = []
+        self.media: dict[str, tuple[str, bytes]] = {}
+        self.media_requests: list[str] = []
         self._failures: list[tuple[int, int, str]] = []
         self._hangs: list[float] = []
         self._stopping = threading.Event()
@@ -108,6 +113,16 @@ class TwilioServer:
         """Take the next POST as usual but hold its answer back `seconds` (a slow Twilio)."""
         with self._changed:
             self._hangs.append(seconds)
+
+    def add_media(self, content_type: str, data: bytes) -> str:
+        """Store a file as a customer's media; its URL (under this server, like Twilio's)."""
+        path = (
+            f"/2010-04-01/Accounts/{self.account_sid}/Messages/MM{uuid.uuid4().hex}"
+            f"/Media/ME{uuid.uuid4().hex}"
+        )
+        with self._changed:
+            self.media[path] = (content_type, data)
+        return self.url + path
 
     def wait_for(
         self, predicate: Callable[[list[dict[str, str]]], bool], timeout: float = 5.0
@@ -202,6 +217,24 @@ def _handler_for(server: TwilioServer) -> type[BaseHTTPRequestHandler]:
                 self._reply(*answer)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the client stopped waiting for a held-back answer
+
+        def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            with server._changed:
+                server.media_requests.append(self.path)
+            if not server._authorized(self.headers.get("Authorization", "")):
+                self._reply(401, {"code": 20003, "message": "Authenticate", "status": 401})
+                return
+            with server._changed:
+                found = server.media.get(self.path.split("?")[0])
+            if found is None:
+                self._reply(404, {"code": 20404, "message": "Not found", "status": 404})
+                return
+            content_type, data = found
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
 
         def _reply(self, status: int, payload: dict[str, Any]) -> None:
             body = json.dumps(payload).encode()

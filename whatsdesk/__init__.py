@@ -60,10 +60,11 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from .web import auth, health, queue, simulator, webhooks
+    from .web import alerts, auth, cards, health, queue, simulator, webhooks
 
     csrf.exempt(webhooks.bp)  # Twilio signs these instead
-    for blueprint in (webhooks.bp, auth.bp, queue.bp, health.bp, simulator.bp):
+    blueprints = (webhooks.bp, auth.bp, queue.bp, cards.bp, alerts.bp, health.bp, simulator.bp)
+    for blueprint in blueprints:
         app.register_blueprint(blueprint)
 
 

@@ -71,6 +71,13 @@ class Alarms:
     def ping(self) -> bool:
         return bool(self.redis.ping())
 
+    def arm(self, timers: list[tuple[int, Timers]], sends: list[int]) -> None:
+        """After a commit: the new stage visits' timers, and the messages to send."""
+        for visit_id, visit_timers in timers:
+            self.schedule_timers(visit_id, visit_timers)
+        for message_id in sends:
+            self.enqueue_send(message_id)
+
     def schedule_timers(self, visit_id: int, timers: Timers) -> None:
         """A job at each instant; the same id again moves the job instead of adding one."""
         for kind in timers.kinds():
@@ -136,10 +143,10 @@ class Alarms:
             result_ttl=600,
         )
 
-    def pace(self, sender: str, per_second: int) -> float:
+    def pace(self, sender: str, per_second: float) -> float:
         """Take the next send slot of `sender`; the seconds to wait before using it."""
         key = f"whatsdesk:pace:{self.queue.name}:{sender}"
-        wait = self._pace(keys=[key], args=[1_000_000 // per_second])
+        wait = self._pace(keys=[key], args=[int(1_000_000 / per_second)])
         return int(wait) / 1_000_000
 
     def status_of(self, job_id: str) -> JobStatus | None:

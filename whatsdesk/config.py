@@ -36,7 +36,7 @@ class Config:
     port: int = 5000
     sweep_seconds: int = 5
     # Outbound messages per second per sender number, across every worker (WhatsApp: 80).
-    send_rate: int = 80
+    send_rate: float = 80
     max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH
 
     @classmethod
@@ -58,14 +58,7 @@ class Config:
             production=env.get("WHATSDESK_ENV", "").strip().lower() == "production",
             port=_port(env.get("PORT", "")),
             sweep_seconds=_sweep_seconds(env.get("SWEEP_INTERVAL", "")),
-            send_rate=_whole(
-                env.get("SEND_RATE_LIMIT", ""),
-                "SEND_RATE_LIMIT",
-                80,
-                1,
-                10_000,
-                " messages a second",
-            ),
+            send_rate=_send_rate(env.get("SEND_RATE_LIMIT", "")),
         )
 
     @property
@@ -104,6 +97,20 @@ def _port(raw: str) -> int:
 
 def _sweep_seconds(raw: str) -> int:
     return _whole(raw, "SWEEP_INTERVAL", 5, 1, 3600, " seconds")
+
+
+def _send_rate(raw: str) -> float:
+    raw = raw.strip() or "80"
+    try:
+        rate = float(raw)
+    except ValueError:
+        rate = float("nan")
+    if not 0.01 <= rate <= 10_000:  # NaN fails this too
+        raise RuntimeError(
+            "SEND_RATE_LIMIT must be messages per second from 0.01 to 10000 "
+            f"(80 for a WhatsApp sender, 0.33 for the Twilio sandbox), not {raw!r}"
+        )
+    return rate
 
 
 def _whole(raw: str, name: str, default: int, low: int, high: int, unit: str = "") -> int:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from . import bot, calendars, clock, sla
@@ -88,6 +89,10 @@ def receive_message(session: Session, inbound: Inbound, now: datetime) -> Receiv
         session.flush()
         return Received(note, None)
     card = open_card_of(session, contact)
+    if card is not None:
+        card = lock_card(session, card.id)
+        if card is not None and card.status != "open":  # closed meanwhile (its timeout)
+            card = None
     new_visit = None
     opened = card is None
     outbound = []
@@ -260,8 +265,20 @@ def outcome_of(visit: StageVisit, now: datetime) -> str:
     return MET if visit.left_at is not None else ONGOING
 
 
+def lock_card(session: Session, card_id: int) -> Card | None:
+    """The card, re-read with its row locked until commit, so that two changes to one card
+    (a timeout and the customer's message, two agents) happen one after the other
+    (PostgreSQL; SQLite lets one writer at a time anyway)."""
+    return session.scalars(
+        select(Card)
+        .where(Card.id == card_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+
+
 def _open_card(session: Session, card_id: int) -> Card:
-    card = session.get(Card, card_id)
+    card = lock_card(session, card_id)
     if card is None or card.status != "open":
         raise DeskError(f"card {card_id} is not open")
     return card
@@ -351,6 +368,12 @@ def agent_reply(session: Session, card_id: int, agent: User, body: str, now: dat
         dedupe_key=f"reply-{uuid.uuid4().hex}",
         now=now,
     )
+    return answered(session, card, agent, message, now)
+
+
+def answered(session: Session, card: Card, agent: User, message: Message, now: datetime) -> Replied:
+    """An agent's message to the customer is queued: the customer is no longer waiting, an
+    unowned card becomes the agent's, and the `agent_reply` automation moves the card."""
     card.waiting_since = None
     if card.owner is None:
         card.owner = agent
@@ -372,7 +395,7 @@ def resolve(session: Session, card_id: int, now: datetime) -> Card:
 def reopen(session: Session, card_id: int, now: datetime) -> StageVisit:
     """Open a resolved card again, in the stage the pipeline's `reopen` automation names
     (else its first); the resolution clock goes on from where it stopped."""
-    card = session.get(Card, card_id)
+    card = lock_card(session, card_id)
     if card is None:
         raise DeskError(f"no card {card_id}")
     if card.status == "open":
@@ -502,25 +525,110 @@ class QueueRow:
     last_message: Message | None
 
 
-def waiting_queue(session: Session, now: datetime, limit: int = 200) -> list[QueueRow]:
+@dataclass(frozen=True)
+class QueueFilter:
+    """What an agent narrows the queue to; None / "anyone": no narrowing."""
+
+    pipeline_id: int | None = None
+    stage_id: int | None = None
+    owner: str = "anyone"  # "mine", "unassigned" or "anyone"
+    viewer_id: int | None = None  # whose "mine"
+    state: str | None = None  # sla.ON_TIME, APPROACHING, BREACHED, NO_SLA or PAUSED
+
+
+@dataclass
+class QueuePage:
+    rows: list[QueueRow]
+    total: int
+    page: int
+    per_page: int
+
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // self.per_page))
+
+
+def _filtered(query: Select[Any], filters: QueueFilter, now: datetime) -> Select[Any]:
+    if filters.pipeline_id is not None:
+        query = query.where(Card.pipeline_id == filters.pipeline_id)
+    if filters.stage_id is not None:
+        query = query.where(Card.stage_id == filters.stage_id)
+    if filters.owner == "mine":
+        query = query.where(Card.owner_id == filters.viewer_id)
+    elif filters.owner == "unassigned":
+        query = query.where(Card.owner_id.is_(None))
+    if filters.state:
+        visit = StageVisit
+        query = query.join(visit, and_(visit.card_id == Card.id, visit.left_at.is_(None)))
+        no_deadline = visit.deadline_at.is_(None)
+        query = query.where(
+            {
+                sla.BREACHED: visit.deadline_at <= now,
+                sla.APPROACHING: and_(visit.warning_at <= now, visit.deadline_at > now),
+                sla.ON_TIME: and_(
+                    visit.deadline_at > now,
+                    or_(visit.warning_at.is_(None), visit.warning_at > now),
+                ),
+                sla.NO_SLA: and_(no_deadline, visit.paused.is_(False)),
+                sla.PAUSED: and_(no_deadline, visit.paused.is_(True)),
+            }[filters.state]
+        )
+    return query
+
+
+def queue_page(
+    session: Session,
+    now: datetime,
+    filters: QueueFilter | None = None,
+    page: int = 1,
+    per_page: int = 50,
+) -> QueuePage:
+    """One page of the queue: customers waiting longest first, then those answered."""
+    filters = filters or QueueFilter()
+    open_cards = _filtered(select(func.count(Card.id)).where(Card.status == "open"), filters, now)
+    total = session.scalar(open_cards) or 0
+    page = max(1, min(page, max(1, -(-total // per_page))))
+    rows = waiting_queue(session, now, per_page, (page - 1) * per_page, filters)
+    return QueuePage(rows, total, page, per_page)
+
+
+def waiting_queue(
+    session: Session,
+    now: datetime,
+    limit: int = 200,
+    offset: int = 0,
+    filters: QueueFilter | None = None,
+) -> list[QueueRow]:
     """Open cards, the customer waiting longest first (ix_cards_queue), then the answered."""
+    filters = filters or QueueFilter()
     options = (
         joinedload(Card.contact),
         joinedload(Card.pipeline),
         joinedload(Card.stage),
         joinedload(Card.owner),
     )
-    open_cards = select(Card).where(Card.status == "open").options(*options)
+    open_cards = _filtered(select(Card).where(Card.status == "open"), filters, now)
+    waiting_cards = open_cards.where(Card.waiting_since.is_not(None))
     waiting = session.scalars(
-        open_cards.where(Card.waiting_since.is_not(None))
+        waiting_cards.options(*options)
         .order_by(Card.waiting_since, Card.id)
         .limit(limit)
+        .offset(offset)
     ).all()
-    answered = session.scalars(
-        open_cards.where(Card.waiting_since.is_(None))
-        .order_by(Card.opened_at, Card.id)
-        .limit(max(0, limit - len(waiting)))
-    ).all()
+    answered_offset = 0
+    if len(waiting) < limit:
+        if not waiting and offset:  # this page starts among the answered
+            count = select(func.count()).select_from(waiting_cards.subquery())
+            answered_offset = offset - (session.scalar(count) or 0)
+        answered = session.scalars(
+            open_cards.where(Card.waiting_since.is_(None))
+            .options(*options)
+            .order_by(Card.opened_at, Card.id)
+            .limit(limit - len(waiting))
+            .offset(max(0, answered_offset))
+        ).all()
+    else:
+        answered = []
     cards = [*waiting, *answered]
     ids = [card.id for card in cards]
     visits = {

@@ -41,7 +41,11 @@ def fire(session: Session, visit_id: int, kind: str, now: datetime) -> Fired | N
     and actions too: the event and its effects happen once.
     """
     visit = session.get(StageVisit, visit_id)
-    if visit is None or not visit_is_live(visit):
+    if visit is None:
+        return None
+    desk.lock_card(session, visit.card_id)  # then re-read: the card may have moved meanwhile
+    session.refresh(visit)
+    if not visit_is_live(visit):
         return None
     recorded = desk.recorded_kinds(session, visit)
     if kind not in sla.due_kinds(now, visit.timers, recorded):
@@ -91,6 +95,12 @@ def _time_out(
 ) -> None:
     """The stage's own timer: tell the customer, then resolve the card or move it on."""
     stage, card = visit.stage, visit.card
+    action = stage.timeout_action or RESOLVE
+    if action == RESOLVE and card.waiting_since is not None:
+        # The customer is waiting for an answer (they wrote and no automation took the card
+        # elsewhere): a question is never closed unanswered.
+        event.detail = {"action": "none", "why": "the customer is waiting for an answer"}
+        return
     if stage.timeout_message and not desk.window_open(card.contact.last_inbound_at, now):
         # WhatsApp would refuse free text now: the card is closed without the goodbye.
         event.detail = {"message": "not sent: outside the customer's 24-hour window"}
@@ -106,7 +116,6 @@ def _time_out(
                 now=now,
             )
         )
-    action = stage.timeout_action or RESOLVE
     if action == RESOLVE:
         desk.resolve(session, card.id, now)
         event.detail = {**event.detail, "action": RESOLVE}

@@ -28,6 +28,10 @@ INTERRUPTED_SEND_SECONDS = 300
 # Timers ringing within this much of now are checked to be in Redis at every sweep.
 LOOKAHEAD_SECONDS = 300
 SWEEP_LOCK_SECONDS = 300
+ALERTS_LOCK_SECONDS = 60
+# Sends start evenly spaced at 90 % of SEND_RATE_LIMIT: the network can bunch messages on
+# their way, and Twilio counts them as they arrive.
+PACE_HEADROOM = 0.9
 
 
 def _config() -> Config:
@@ -86,12 +90,20 @@ def deliver_alerts(user_id: int) -> str:
     a storm (see notifications.gather); comes back when the digest window ends."""
     config = _config()
     alarms = _alarms(config)
+    with alarms.exclusive(f"alerts-{user_id}", ttl=ALERTS_LOCK_SECONDS) as mine:
+        if not mine:  # another job is gathering this person's alerts: look again shortly
+            alarms.schedule_alerts(user_id, utcnow() + timedelta(seconds=1))
+            return "busy: looking again in a second"
+        return _deliver_alerts(config, alarms, user_id)
+
+
+def _deliver_alerts(config: Config, alarms: Alarms, user_id: int) -> str:
     for _ in range(2):
         try:
             with session_scope(config.database_url) as session:
                 batch = notifications.gather(session, user_id, utcnow())
                 ids = [m.id for m in batch.sends]
-        except IntegrityError:  # a twin job made the same digest first
+        except IntegrityError:  # the lock expired under a very slow job, which made it first
             return "already gathered"
         for message_id in ids:
             alarms.enqueue_send(message_id)
@@ -127,7 +139,7 @@ def send_message(message_id: int) -> str:
         to, sender, body = message.to_address, message.from_address, message.body
         template = _template_of(message)
         attempts = message.attempts
-    wait = _alarms(config).pace(sender, config.send_rate)
+    wait = _alarms(config).pace(sender, config.send_rate * PACE_HEADROOM)
     if wait > 0:
         time.sleep(wait)
     try:
@@ -152,6 +164,11 @@ def send_message(message_id: int) -> str:
         message = session.get(Message, message_id)
         assert message is not None
         desk.record_sent(session, message, sent.sid, sent.status, utcnow())
+        # A 63016 callback that beat us to the sid has just been applied.
+        again = notifications.retry_as_template(session, sent.sid)
+    if again is not None:
+        _alarms(config).enqueue_send(message_id, again=True)
+        return "sent; refused outside the 24-hour window: sending the template"
     return "sent"
 
 
@@ -241,6 +258,11 @@ def reconcile(config: Config, now: datetime) -> dict[str, int]:
     counts["interrupted"] = _fail_interrupted_sends(config, alarms, now)
     with session_scope(config.database_url) as session:
         counts["late_statuses"] = desk.settle_early_statuses(session, now)
+        again = notifications.template_retries(session, now)
+        resend = [m.id for m in again]
+    for message_id in resend:
+        alarms.enqueue_send(message_id, again=True)
+    counts["resent"] += len(resend)
     if any(counts.values()):
         log.info("sweep: %s", counts)
     return counts

@@ -370,6 +370,23 @@ class EarlyStatus(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+class CardActivity(Base):
+    """The card's history besides its messages: notes, claims, assignments, moves."""
+
+    __tablename__ = "card_activity"
+    __table_args__ = (Index("ix_card_activity_card", "card_id", "created_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    card_id: Mapped[int] = mapped_column(ForeignKey("cards.id", ondelete="CASCADE"))
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    kind: Mapped[str] = mapped_column(String(24))  # note, claimed, assigned, moved, …
+    body: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    card: Mapped[Card] = relationship()
+    user: Mapped[User | None] = relationship()
+
+
 class Setting(Base):
     """Desk-wide settings changed without code (alert digests, the alert template, …)."""
 

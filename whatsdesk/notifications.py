@@ -147,6 +147,25 @@ def retry_as_template(session: Session, sid: str) -> Message | None:
     return message
 
 
+def template_retries(session: Session, now: datetime, hours: int = 24) -> list[Message]:
+    """Staff alerts of the last `hours` that Twilio refused as outside the window and that
+    never went again as the template (the callback came early, or Redis was down): they go
+    now, as the template, if one is configured."""
+    refused = session.scalars(
+        select(Message.sid).where(
+            Message.direction == "out",
+            Message.contact_id.is_(None),
+            Message.user_id.is_not(None),
+            Message.status.in_(("failed", "undelivered")),
+            Message.error_code == WINDOW_CLOSED,
+            Message.content_sid.is_(None),
+            Message.updated_at >= now - timedelta(hours=hours),
+        )
+    ).all()
+    again = [retry_as_template(session, sid) for sid in refused if sid]
+    return [message for message in again if message is not None]
+
+
 # Twilio's error for free text outside the person's 24-hour window.
 WINDOW_CLOSED = "63016"
 

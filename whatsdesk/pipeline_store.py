@@ -58,6 +58,8 @@ def load(session: Session, desk: DeskSpec, now: datetime) -> list[Pipeline]:
     loaded = [_upsert(session, spec, users, calendar_rows) for spec in specs]
     if desk.notifications is not None:
         settings.save_notifications(session, desk.notifications, now)
+    if desk.replies is not None:
+        settings.save_replies(session, desk.replies, now)
     session.flush()
     return loaded
 
@@ -261,6 +263,7 @@ def dump(session: Session) -> DeskSpec:
             _pipeline_spec(p) for p in session.scalars(select(Pipeline).order_by(Pipeline.id))
         ],
         notifications=settings.notifications(session),
+        replies=settings.replies(session),
     )
 
 

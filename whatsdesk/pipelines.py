@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -14,6 +14,7 @@ from . import clock
 
 DURATION_RE = re.compile(r"^(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?$")
 KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+CONTENT_SID_RE = re.compile(r"HX[0-9a-fA-F]{32}")
 
 
 class PipelineFileError(ValueError):
@@ -115,6 +116,34 @@ class NotificationsSpec:
     template_variables: dict[str, str] = field(default_factory=dict)
 
 
+# What canned replies and customer templates may say.
+REPLY_PLACEHOLDERS = ("customer", "agent", "card")
+
+
+@dataclass
+class CannedReplySpec:
+    title: str
+    text: str
+
+
+@dataclass
+class CustomerTemplateSpec:
+    """An approved WhatsApp template agents may send a customer (outside the 24-hour window
+    nothing else goes through)."""
+
+    key: str
+    name: str
+    content_sid: str
+    text: str  # what the customer reads, for the agent and the history
+    variables: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RepliesSpec:
+    canned: list[CannedReplySpec] = field(default_factory=list)
+    templates: list[CustomerTemplateSpec] = field(default_factory=list)
+
+
 @dataclass
 class DeskSpec:
     """Everything a configuration file holds."""
@@ -122,6 +151,7 @@ class DeskSpec:
     pipelines: list[PipelineSpec] = field(default_factory=list)
     calendars: list[CalendarSpec] = field(default_factory=list)
     notifications: NotificationsSpec | None = None  # None: leave the stored settings alone
+    replies: RepliesSpec | None = None  # None: leave the stored replies alone
 
 
 def parse_duration(value: Any) -> int:
@@ -259,7 +289,7 @@ def parse(source: str) -> DeskSpec:
         raise PipelineFileError(
             ["line 1: file: the file is empty; expected `pipelines:` with a list"]
         )
-    top = reader.mapping(root, "file", {"pipelines", "calendars", "notifications"})
+    top = reader.mapping(root, "file", {"pipelines", "calendars", "notifications", "replies"})
     calendars = [
         _calendar(reader, node, f"calendars[{i}]")
         for i, node in enumerate(reader.sequence(top.get("calendars"), "calendars"))
@@ -279,9 +309,63 @@ def parse(source: str) -> DeskSpec:
     notifications = None
     if "notifications" in top:
         notifications = _notifications(reader, top["notifications"], "notifications")
+    replies = _replies(reader, top["replies"], "replies") if "replies" in top else None
     if reader.problems:
         raise PipelineFileError(reader.problems)
-    return DeskSpec(pipelines=specs, calendars=calendars, notifications=notifications)
+    return DeskSpec(
+        pipelines=specs, calendars=calendars, notifications=notifications, replies=replies
+    )
+
+
+def _replies(reader: _Reader, node: yaml.Node, path: str) -> RepliesSpec:
+    fields = reader.mapping(node, path, {"canned", "templates"})
+    spec = RepliesSpec()
+    for i, item in enumerate(reader.sequence(fields.get("canned"), f"{path}.canned")):
+        where = f"{path}.canned[{i}]"
+        parts = reader.mapping(item, where, {"title", "text"})
+        reply = CannedReplySpec(
+            title=reader.text(parts, "title", where, item),
+            text=reader.text(parts, "text", where, item),
+        )
+        _check_placeholders(reader, parts.get("text"), f"{where}.text", reply.text)
+        spec.canned.append(reply)
+    for i, item in enumerate(reader.sequence(fields.get("templates"), f"{path}.templates")):
+        where = f"{path}.templates[{i}]"
+        parts = reader.mapping(item, where, {"key", "name", "content_sid", "text", "variables"})
+        template = CustomerTemplateSpec(
+            key=reader.text(parts, "key", where, item, KEY_RE),
+            name=reader.text(parts, "name", where, item),
+            content_sid=reader.text(parts, "content_sid", where, item),
+            text=reader.text(parts, "text", where, item),
+        )
+        if template.content_sid and not CONTENT_SID_RE.fullmatch(template.content_sid):
+            reader.fail(
+                parts["content_sid"],
+                f"{where}.content_sid",
+                "expected an approved template's Content SID: HX and 32 hex digits",
+            )
+        _check_placeholders(reader, parts.get("text"), f"{where}.text", template.text)
+        variables = parts.get("variables")
+        if isinstance(variables, yaml.MappingNode):
+            for key_node, value_node in variables.value:
+                name, value = str(key_node.value), str(value_node.value)
+                if not name.isdigit():
+                    reader.fail(key_node, f"{where}.variables.{name}", "numbered: 1, 2, …")
+                _check_placeholders(reader, value_node, f"{where}.variables.{name}", value)
+                template.variables[name] = value
+        elif variables is not None:
+            reader.fail(variables, f"{where}.variables", 'expected e.g. {"1": "{customer}"}')
+        spec.templates.append(template)
+    _check_unique(reader, [(t.key, 0) for t in spec.templates], f"{path}.templates", "key")
+    return spec
+
+
+def _check_placeholders(reader: _Reader, node: yaml.Node | None, path: str, text: str) -> None:
+    try:
+        text.format(**dict.fromkeys(REPLY_PLACEHOLDERS, ""))
+    except (KeyError, IndexError, ValueError):
+        known = ", ".join("{" + p + "}" for p in REPLY_PLACEHOLDERS)
+        reader.fail(node, path, f"may only use {known} (write {{{{ for a brace)")
 
 
 def _notifications(reader: _Reader, node: yaml.Node, path: str) -> NotificationsSpec:
@@ -301,7 +385,7 @@ def _notifications(reader: _Reader, node: yaml.Node, path: str) -> Notifications
         where = f"{path}.alert_template"
         parts = reader.mapping(template, where, {"content_sid", "variables"})
         spec.template_sid = reader.text(parts, "content_sid", where, template)
-        if spec.template_sid and not re.fullmatch(r"HX[0-9a-fA-F]{32}", spec.template_sid):
+        if spec.template_sid and not CONTENT_SID_RE.fullmatch(spec.template_sid):
             reader.fail(
                 parts["content_sid"],
                 f"{where}.content_sid",
@@ -451,9 +535,11 @@ def _stage(reader: _Reader, node: yaml.Node, path: str) -> StageSpec:
 
 def _timeout(reader: _Reader, node: yaml.Node, path: str) -> TimeoutSpec | None:
     fields = reader.mapping(node, path, {"after", "then", "message"})
+    known = len(reader.problems)
     after = reader.duration(fields, "after", path)
-    if "after" not in fields:
-        reader.fail(node, f"{path}.after", "is required: how long in the stage, e.g. 23h")
+    if after is None and len(reader.problems) == known:  # absent or empty, not mistyped
+        where = fields.get("after") or node
+        reader.fail(where, f"{path}.after", "is required: how long in the stage, e.g. 23h")
     then = reader.optional_text(fields, "then", path) or RESOLVE
     message = reader.optional_text(fields, "message", path)
     if message is not None and len(message) > 1600:
@@ -591,7 +677,18 @@ def dump(spec: DeskSpec) -> str:
     data["pipelines"] = [_pipeline_dict(p) for p in spec.pipelines]
     if spec.notifications is not None:
         data["notifications"] = _notifications_dict(spec.notifications)
+    if spec.replies is not None and (spec.replies.canned or spec.replies.templates):
+        data["replies"] = _replies_dict(spec.replies)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def _replies_dict(spec: RepliesSpec) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if spec.canned:
+        out["canned"] = [asdict(c) for c in spec.canned]
+    if spec.templates:
+        out["templates"] = [asdict(t) for t in spec.templates]
+    return out
 
 
 def _notifications_dict(spec: NotificationsSpec) -> dict[str, Any]:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from .models import Setting
-from .pipelines import NotificationsSpec
+from .pipelines import CannedReplySpec, CustomerTemplateSpec, NotificationsSpec, RepliesSpec
 
 NOTIFICATIONS = "notifications"
+REPLIES = "replies"
 
 
 def get(session: Session, key: str, default: Any = None) -> Any:
@@ -43,3 +45,18 @@ def save_notifications(session: Session, spec: NotificationsSpec, now: datetime)
         "template_variables": spec.template_variables,
     }
     put(session, NOTIFICATIONS, value, now)
+
+
+def replies(session: Session) -> RepliesSpec:
+    """Canned replies and the approved templates agents may send customers."""
+    stored = get(session, REPLIES) or {}
+    return RepliesSpec(
+        canned=[CannedReplySpec(**c) for c in stored.get("canned", [])],
+        templates=[CustomerTemplateSpec(**t) for t in stored.get("templates", [])],
+    )
+
+
+def save_replies(session: Session, spec: RepliesSpec, now: datetime) -> None:
+    value = {"canned": [asdict(c) for c in spec.canned]}
+    value["templates"] = [asdict(t) for t in spec.templates]
+    put(session, REPLIES, value, now)

@@ -43,6 +43,13 @@ def upgrade() -> None:
             batch_op.f("fk_messages_digest_id_messages"), "messages", ["digest_id"], ["id"]
         )
 
+    # Staff alerts already handed to the sender: the sweep's stale-send check now looks for
+    # sent_at on them (pending ones are gathered by the alert job as before).
+    op.execute(
+        "UPDATE messages SET sent_at = updated_at WHERE direction = 'out' "
+        "AND contact_id IS NULL AND user_id IS NOT NULL AND status <> 'pending'"
+    )
+
     with op.batch_alter_table("pipelines", schema=None) as batch_op:
         batch_op.add_column(sa.Column("resolution_seconds", sa.Integer(), nullable=True))
         batch_op.add_column(sa.Column("resolution_warning_seconds", sa.Integer(), nullable=True))

@@ -11,8 +11,10 @@ from werkzeug.wrappers import Response
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
-from .. import accounts, get_session, login_manager
+from .. import accounts, current_alarms, current_config, get_session, login_manager
+from ..durations import humanize
 from ..models import User
+from ..throttle import LoginThrottle
 
 bp = Blueprint("auth", __name__)
 
@@ -46,15 +48,23 @@ def _safe_next(target: str | None) -> str:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-def login() -> str | Response:
+def login() -> str | Response | tuple[str, int]:
     if current_user.is_authenticated:
         return redirect(url_for("queue.index"))
     form = LoginForm()
     if form.validate_on_submit():
-        user = accounts.authenticate(get_session(), form.email.data, form.password.data)
+        throttle = LoginThrottle(current_alarms().redis, current_config().queue_name)
+        email, address = form.email.data, request.remote_addr or "unknown"
+        wait = throttle.wait_seconds(email, address)
+        if wait:
+            flash(f"Too many failed logins. Try again in {humanize(wait)}.", "error")
+            return render_template("login.html", form=form), 429
+        user = accounts.authenticate(get_session(), email, form.password.data)
         if user is not None:
+            throttle.succeeded(email, address)
             login_user(user)
             return redirect(_safe_next(request.args.get("next")))
+        throttle.failed(email, address)
         flash("Wrong email or password.", "error")
     return render_template("login.html", form=form)
 

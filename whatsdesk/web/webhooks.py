@@ -83,13 +83,12 @@ def _store(message: whatsapp.Inbound) -> desk.Received:
 
 def _arm(received: desk.Received) -> None:
     """Hand the new timers and sends to Redis; if it fails now, the sweep re-arms them."""
-    alarms = current_alarms()
+    visit = received.new_visit
     try:
-        if received.new_visit is not None:
-            visit = received.new_visit
-            alarms.schedule_timers(visit.id, visit.timers)
-        for out in received.outbound:
-            alarms.enqueue_send(out.id)
+        current_alarms().arm(
+            [(visit.id, visit.timers)] if visit is not None else [],
+            [out.id for out in received.outbound],
+        )
     except RedisError as exc:
         log.warning("could not arm jobs for %s (%s); the sweep will", received.message.sid, exc)
 

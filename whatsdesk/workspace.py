@@ -1,0 +1,252 @@
+"""An agent working a conversation: claim, assign, answer (free text or an approved
+template), notes, and everything the conversation page shows."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from . import desk, settings, sla
+from .desk import DeskError, Replied
+from .models import Card, CardActivity, Message, SlaEvent, StageVisit, User
+from .pipelines import CustomerTemplateSpec
+
+MAX_NOTE = 4000
+
+
+@dataclass
+class Done:
+    """What a use-case started that Redis must carry out once it is committed."""
+
+    timers: list[tuple[int, sla.Timers]] = field(default_factory=list)
+    sends: list[int] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, replied: Replied | None = None, visit: StageVisit | None = None) -> Done:
+        done = cls()
+        if replied is not None:
+            done.sends.append(replied.message.id)
+            visit = visit or replied.new_visit
+        if visit is not None:
+            done.timers.append((visit.id, visit.timers))
+        return done
+
+
+def log(
+    session: Session, card: Card, user: User | None, kind: str, body: str, now: datetime
+) -> None:
+    """A line of the card's history: who did what, when."""
+    session.add(CardActivity(card=card, user=user, kind=kind, body=body, created_at=now))
+
+
+def claim(session: Session, card_id: int, user: User, now: datetime) -> Done:
+    """Take an unowned conversation. Two agents at once: the card's row lock makes one win;
+    the other is told who has it."""
+    card = desk.lock_card(session, card_id)
+    if card is None or card.status != "open":
+        raise DeskError(f"conversation #{card_id} is not open")
+    if card.owner_id == user.id:
+        return Done()
+    if card.owner is not None:
+        raise DeskError(f"{card.owner.name} already has this conversation")
+    # Only if it is still nobody's: SQLite has no row lock, and both agents may have read
+    # it unowned. The loser's update waits for the winner's commit, then changes nothing.
+    taken = session.execute(
+        update(Card)
+        .where(Card.id == card.id, Card.owner_id.is_(None))
+        .values(owner_id=user.id)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.expire(card, ["owner_id", "owner"])
+    if not taken:
+        raise DeskError(f"{card.owner.name} already has this conversation")
+    log(session, card, user, "claimed", f"{user.name} took the conversation", now)
+    session.flush()
+    return Done()
+
+
+def assign(session: Session, card_id: int, actor: User, assignee_id: int, now: datetime) -> Done:
+    """A supervisor gives the conversation to anyone on the staff."""
+    if not actor.is_supervisor:
+        raise PermissionError("only supervisors can assign conversations to others")
+    card = desk.lock_card(session, card_id)
+    if card is None or card.status != "open":
+        raise DeskError(f"conversation #{card_id} is not open")
+    assignee = session.get(User, assignee_id)
+    if assignee is None or not assignee.active:
+        raise DeskError("choose an active member of staff")
+    if card.owner_id != assignee.id:
+        card.owner = assignee
+        log(session, card, actor, "assigned", f"{actor.name} gave it to {assignee.name}", now)
+        session.flush()
+    return Done()
+
+
+def add_note(session: Session, card_id: int, user: User, body: str, now: datetime) -> Done:
+    """An internal note: staff see it in the history, the customer never does."""
+    card = session.get(Card, card_id)
+    if card is None:
+        raise DeskError(f"no conversation #{card_id}")
+    text = body.strip()
+    if not text:
+        raise DeskError("the note is empty")
+    if len(text) > MAX_NOTE:
+        raise DeskError(f"the note is {len(text)} characters; keep it under {MAX_NOTE}")
+    log(session, card, user, "note", text, now)
+    session.flush()
+    return Done()
+
+
+def reply(session: Session, card_id: int, agent: User, body: str, now: datetime) -> Done:
+    """Free text to the customer (inside their 24-hour window)."""
+    return Done.of(desk.agent_reply(session, card_id, agent, body, now))
+
+
+def move(session: Session, card_id: int, user: User, stage_key: str, now: datetime) -> Done:
+    visit = desk.move_card(session, card_id, stage_key, now)
+    log(session, visit.card, user, "moved", f"{user.name} moved it to {visit.stage.name}", now)
+    return Done.of(visit=visit)
+
+
+def resolve(session: Session, card_id: int, user: User, now: datetime) -> Done:
+    card = desk.resolve(session, card_id, now)
+    log(session, card, user, "resolved", f"{user.name} resolved the conversation", now)
+    return Done()
+
+
+def reopen(session: Session, card_id: int, user: User, now: datetime) -> Done:
+    visit = desk.reopen(session, card_id, now)
+    log(
+        session, visit.card, user, "reopened", f"{user.name} reopened it in {visit.stage.name}", now
+    )
+    return Done.of(visit=visit)
+
+
+def templates(session: Session) -> list[CustomerTemplateSpec]:
+    return settings.replies(session).templates
+
+
+def canned_replies(session: Session, card: Card, agent: User) -> list[tuple[str, str]]:
+    """(title, text) of each canned reply, filled in for this customer and agent."""
+    return [
+        (reply.title, fill(reply.text, card, agent)) for reply in settings.replies(session).canned
+    ]
+
+
+def fill(text: str, card: Card, agent: User) -> str:
+    values = {"customer": card.contact.display_name, "agent": agent.name, "card": f"#{card.id}"}
+    return text.format(**values)
+
+
+def send_template(session: Session, card_id: int, agent: User, key: str, now: datetime) -> Done:
+    """Outside the 24-hour window only an approved template reaches the customer: this one,
+    its variables filled in for the customer. Inside the window it may be sent too."""
+    template = next((t for t in templates(session) if t.key == key), None)
+    if template is None:
+        raise DeskError("choose one of the approved templates")
+    card = desk.lock_card(session, card_id)
+    if card is None or card.status != "open":
+        raise DeskError(f"conversation #{card_id} is not open")
+    message = desk.queue_outbound(
+        session,
+        to=card.contact.address,
+        body=fill(template.text, card, agent),
+        card=card,
+        contact=card.contact,
+        user=agent,
+        dedupe_key=f"template-{uuid.uuid4().hex}",
+        now=now,
+    )
+    message.content_sid = template.content_sid
+    message.content_variables = {k: fill(v, card, agent) for k, v in template.variables.items()}
+    return Done.of(desk.answered(session, card, agent, message, now))
+
+
+@dataclass
+class Entry:
+    """One line of the conversation's history, in time order."""
+
+    at: datetime
+    kind: str  # "in", "out", or a CardActivity kind (note, claimed, assigned, moved, …)
+    message: Message | None = None
+    activity: CardActivity | None = None
+
+
+@dataclass
+class VisitLine:
+    visit: StageVisit
+    events: list[SlaEvent]
+    seconds: float  # time in the stage so far (wall)
+
+
+@dataclass
+class Conversation:
+    card: Card
+    entries: list[Entry]
+    visits: list[VisitLine]
+    window_open: bool
+    window_closes_at: datetime | None
+    templates: list[CustomerTemplateSpec] = field(default_factory=list)
+    canned: list[tuple[str, str]] = field(default_factory=list)
+    staff: list[User] = field(default_factory=list)
+    state: str = sla.NO_SLA
+    seconds_left: float | None = None
+
+
+def conversation(session: Session, card_id: int, viewer: User, now: datetime) -> Conversation:
+    """Everything the conversation page shows, in a handful of queries."""
+    card = session.get(Card, card_id)
+    if card is None:
+        raise LookupError(card_id)
+    # The customer's messages and the desk's to them; not the staff alerts about the card.
+    messages = session.scalars(
+        select(Message)
+        .where(
+            Message.card_id == card.id,
+            or_(Message.contact_id.is_not(None), Message.user_id.is_(None)),
+        )
+        .order_by(Message.created_at, Message.id)
+    ).all()
+    activities = session.scalars(
+        select(CardActivity)
+        .where(CardActivity.card_id == card.id)
+        .order_by(CardActivity.created_at, CardActivity.id)
+    ).all()
+    entries = [Entry(m.created_at, m.direction, message=m) for m in messages]
+    entries += [Entry(a.created_at, a.kind, activity=a) for a in activities]
+    entries.sort(key=lambda e: e.at)
+    visits = session.scalars(
+        select(StageVisit).where(StageVisit.card_id == card.id).order_by(StageVisit.entered_at)
+    ).all()
+    events: dict[int, list[SlaEvent]] = {v.id: [] for v in visits}
+    for event in session.scalars(
+        select(SlaEvent).where(SlaEvent.card_id == card.id).order_by(SlaEvent.fired_at)
+    ):
+        events.setdefault(event.visit_id, []).append(event)
+    lines = [
+        VisitLine(v, events[v.id], ((v.left_at or now) - v.entered_at).total_seconds())
+        for v in visits
+    ]
+    last_in = card.contact.last_inbound_at
+    current = next((v for v in visits if v.left_at is None), None)
+    timers = current.timers if current else sla.Timers(None, None)
+    staff = list(session.scalars(select(User).where(User.active.is_(True)).order_by(User.name)))
+    state = sla.state_at(now, timers)
+    if state == sla.NO_SLA and current is not None and current.paused:
+        state = sla.PAUSED  # as the queue shows it
+    return Conversation(
+        card=card,
+        entries=entries,
+        visits=lines,
+        window_open=desk.window_open(last_in, now),
+        window_closes_at=last_in + desk.WINDOW if last_in else None,
+        templates=templates(session),
+        canned=canned_replies(session, card, viewer),
+        staff=staff if viewer.is_supervisor else [],
+        state=state,
+        seconds_left=sla.seconds_left(now, timers),
+    )

@@ -26,7 +26,7 @@
       if (answer.ok) {
         tbody.innerHTML = await answer.text();
         const total = answer.headers.get("X-Queue-Total");
-        
+        if (total !== null && counter) counter.textContent = total;
         tick();
       }
     } catch (e) { /* offline for a moment: keep the last rows */ }

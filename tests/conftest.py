@@ -10,6 +10,7 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -104,22 +105,30 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@contextmanager
+def postgres_schema(name: str) -> Iterator[str]:
+    """A URL into a new, empty schema `name` of TEST_DATABASE_URL; dropped afterwards."""
+    base = os.environ["TEST_DATABASE_URL"]
+    admin = create_engine(base)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {name}"))
+    url = make_url(base).update_query_dict({"options": f"-csearch_path={name}"})
+    rendered = url.render_as_string(hide_password=False)
+    try:
+        yield rendered
+    finally:
+        get_engine(rendered).dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {name} CASCADE"))
+        admin.dispose()
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A schema of its own for this run in TEST_DATABASE_URL, migrated once."""
-    base = os.environ["TEST_DATABASE_URL"]
-    schema = f"wd_test_{RUN_ID}"
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    rendered = url.render_as_string(hide_password=False)
-    migrate(rendered)
-    yield rendered
-    get_engine(rendered).dispose()
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with postgres_schema(f"wd_test_{RUN_ID}") as url:
+        migrate(url)
+        yield url
 
 
 @pytest.fixture(params=BACKENDS)

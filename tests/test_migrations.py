@@ -14,10 +14,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config as AlembicConfig
 from alembic.migration import MigrationContext
 from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import make_url
 
 from whatsdesk.config import PROJECT_ROOT, Config
 from whatsdesk.db import Base, get_engine
+
+from conftest import postgres_schema
 
 
 def test_migrations_and_models_agree(config: Config) -> None:
@@ -41,17 +42,8 @@ def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[s
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'upgrade.db'}"
         return
-    base = os.environ["TEST_DATABASE_URL"]
-    schema = f"wd_upgrade_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(base)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    url = make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
-    yield url.render_as_string(hide_password=False)
-    get_engine(url.render_as_string(hide_password=False)).dispose()
-    with admin.begin() as conn:
-        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    with postgres_schema(f"wd_upgrade_{uuid.uuid4().hex[:8]}") as url:
+        yield url
 
 
 def upgrade(url: str, revision: str) -> None:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import html
 import re
 from datetime import UTC, datetime, timedelta
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import event, select, text
 
-from whatsdesk import desk
+from whatsdesk import desk, pipeline_store, pipelines, whatsapp
 from whatsdesk.config import Config
 from whatsdesk.db import get_engine, session_factory, utcnow
-from whatsdesk.models import Card, Contact, StageVisit, User
+from whatsdesk.models import Card, Contact, Pipeline, Stage, StageVisit, User
 
 from conftest import inbound_form, login, signed_post
 
@@ -316,3 +317,256 @@ def test_waiting_order_query_uses_the_queue_index(client: FlaskClient, agent: Co
             )
             assert "Index Scan using ix_cards_queue on cards" in plan, plan
             assert "Sort" not in plan, plan
+
+
+# --- filters and pages --------------------------------------------------------------------------
+
+SALES_YAML = """
+pipelines:
+  - key: sales
+    name: Sales
+    stages:
+      - key: lead
+        name: Lead
+        sla: 1h
+"""
+
+
+def rows_of(client: FlaskClient, path: str) -> list[dict[str, str]]:
+    answer = client.get(path)
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    return queue_rows(answer.get_data(as_text=True))
+
+
+def names(rows: list[dict[str, str]]) -> list[str]:
+    return [r["customer"].rsplit(" ", 1)[0] for r in rows]
+
+
+def id_of(config: Config, model: type[Pipeline] | type[Stage], key: str) -> int:
+    with session_factory(config.database_url)() as s:
+        return int(s.scalars(select(model.id).where(model.key == key)).one())
+
+
+def user_id(config: Config, email: str) -> int:
+    with session_factory(config.database_url)() as s:
+        return int(s.scalars(select(User.id).where(User.email == email)).one())
+
+
+def test_queue_filters_by_pipeline(client: FlaskClient, agent: Config) -> None:
+    customer_writes(client, agent, "+5511900000001", "Alice")
+    with session_factory(agent.database_url)() as s:
+        pipeline_store.load(s, pipelines.parse(SALES_YAML), utcnow())
+        s.commit()
+    bob = customer_writes(client, agent, "+5511900000002", "Bob")
+    sales = id_of(agent, Pipeline, "sales")
+    set_card(agent, bob, pipeline_id=sales, stage_id=id_of(agent, Stage, "lead"))
+
+    answer = client.get(f"/queue?pipeline={sales}")
+
+    page = answer.get_data(as_text=True)
+    assert [(r["customer"], r["where"]) for r in queue_rows(page)] == [
+        ("Bob +5511900000002", "Sales · Lead")
+    ]
+    assert f'<option value="{sales}" selected>Sales</option>' in page
+    assert "1 open" in page
+
+
+def test_queue_filters_by_stage(client: FlaskClient, agent: Config) -> None:
+    customer_writes(client, agent, "+5511900000001", "Alice")
+    bob = customer_writes(client, agent, "+5511900000002", "Bob")
+    with session_factory(agent.database_url)() as s:
+        desk.move_card(s, bob, "open", utcnow())
+        s.commit()
+
+    in_progress = rows_of(client, f"/queue?stage={id_of(agent, Stage, 'open')}")
+    new = rows_of(client, f"/queue?stage={id_of(agent, Stage, 'new')}")
+
+    assert [(r["customer"], r["where"]) for r in in_progress] == [
+        ("Bob +5511900000002", "Support · In progress")
+    ]
+    assert names(new) == ["Alice"]
+
+
+@pytest.mark.parametrize(
+    ("owner", "shown"),
+    [("mine", ["Alice"]), ("unassigned", ["Carla"]), ("anyone", ["Alice", "Bob", "Carla"])],
+)
+def test_queue_filters_by_owner(
+    client: FlaskClient, agent: Config, owner: str, shown: list[str]
+) -> None:
+    alice = customer_writes(client, agent, "+5511900000001", "Alice")
+    bob = customer_writes(client, agent, "+5511900000002", "Bob")
+    customer_writes(client, agent, "+5511900000003", "Carla")
+    set_card(agent, alice, owner_id=user_id(agent, "ana@example.com"))  # Ana is logged in
+    set_card(agent, bob, owner_id=user_id(agent, "bruno@example.com"))
+
+    assert names(rows_of(client, f"/queue?owner={owner}")) == shown
+
+
+@pytest.mark.parametrize(
+    ("state", "shown"),
+    [("breached", "Rita"), ("approaching", "Paulo"), ("on_time", "Olga"), ("paused", "Pia")],
+)
+def test_queue_filters_by_sla_state(
+    client: FlaskClient, agent: Config, state: str, shown: str
+) -> None:
+    on_time = customer_writes(client, agent, "+5511900000001", "Olga")
+    approaching = customer_writes(client, agent, "+5511900000002", "Paulo")
+    breached = customer_writes(client, agent, "+5511900000003", "Rita")
+    paused = customer_writes(client, agent, "+5511900000004", "Pia")
+    current = utcnow()
+    set_timers(agent, on_time, current + timedelta(hours=2), current + timedelta(hours=3))
+    set_timers(agent, approaching, current - timedelta(minutes=1), current + timedelta(hours=1))
+    set_timers(agent, breached, current - timedelta(hours=4), current - timedelta(hours=3))
+    with session_factory(agent.database_url)() as s:
+        desk.move_card(s, paused, "waiting", current)  # "Waiting on customer" pauses
+        s.commit()
+
+    page = client.get(f"/queue?state={state}").get_data(as_text=True)
+
+    assert names(queue_rows(page)) == [shown]
+    assert re.search(rf'<option value="{state}" selected>', page)
+
+
+def test_queue_says_when_nothing_matches_the_filters(client: FlaskClient, agent: Config) -> None:
+    customer_writes(client, agent, "+5511900000001", "Alice")
+
+    page = client.get("/queue?owner=mine").get_data(as_text=True)
+
+    assert queue_rows(page) == []
+    assert "No open conversation matches these filters." in page
+
+
+T0 = datetime(2025, 3, 4, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def crowded(agent: Config) -> Config:
+    """120 open conversations: 70 customers waiting ("Waiting 01" longest), then 50 already
+    answered ("Answered 01" opened first), every one of them opened before any of those
+    waiting."""
+    with session_factory(agent.database_url)() as s:
+        answered = []
+        for n in range(1, 51):
+            form = inbound_form(phone=f"+55119100{n:05d}", name=f"Answered {n:02d}")
+            at = T0 + timedelta(minutes=n)
+            received = desk.receive_message(s, whatsapp.parse_inbound(form), at)
+            answered.append(received.card)
+        for n in range(1, 71):
+            form = inbound_form(phone=f"+55119200{n:05d}", name=f"Waiting {n:02d}")
+            desk.receive_message(
+                s, whatsapp.parse_inbound(form), T0 + timedelta(hours=2, minutes=n)
+            )
+        for card in answered:
+            assert card is not None
+            card.waiting_since = None
+        s.commit()
+    return agent
+
+
+def pager(page: str) -> str:
+    found = re.search(r'<nav class="pages" aria-label="Pages">(.*?)</nav>', page, re.S)
+    assert found, page
+    return visible(found[1])
+
+
+def link(page: str, rel: str) -> str:
+    found = re.search(rf'<a href="([^"]+)" rel="{rel}">', page)
+    assert found, page
+    return html.unescape(found[1])
+
+
+def test_queue_shows_fifty_rows_a_page(client: FlaskClient, crowded: Config) -> None:
+    first = client.get("/queue").get_data(as_text=True)
+    second = client.get(link(first, "next")).get_data(as_text=True)
+    third = client.get(link(second, "next")).get_data(as_text=True)
+
+    assert [r["#"] for r in queue_rows(first)] == [str(n) for n in range(1, 51)]
+    assert [r["#"] for r in queue_rows(second)] == [str(n) for n in range(51, 101)]
+    assert [r["#"] for r in queue_rows(third)] == [str(n) for n in range(101, 121)]
+    assert pager(first) == "Page 1 of 3 Next →"
+    assert pager(second) == "← Previous Page 2 of 3 Next →"
+    assert pager(third) == "← Previous Page 3 of 3"
+    assert "120 open" in first
+
+
+def test_waiting_customers_come_before_answered_ones_across_pages(
+    client: FlaskClient, crowded: Config
+) -> None:
+    pages = [rows_of(client, f"/queue?page={n}") for n in (1, 2, 3)]
+
+    waiting = [f"Waiting {n:02d}" for n in range(1, 71)]
+    answered = [f"Answered {n:02d}" for n in range(1, 51)]
+    assert names(pages[0]) == waiting[:50]
+    assert names(pages[1]) == waiting[50:] + answered[:30]
+    assert names(pages[2]) == answered[30:]
+    assert [r["waiting"] == "answered" for r in pages[1]] == [False] * 20 + [True] * 30
+
+
+def test_the_pages_keep_the_filters(client: FlaskClient, crowded: Config) -> None:
+    first = client.get("/queue?owner=unassigned").get_data(as_text=True)
+
+    following = link(first, "next")
+
+    assert parse_qs(urlsplit(following).query) == {"owner": ["unassigned"], "page": ["2"]}
+    second = client.get(following).get_data(as_text=True)
+    assert queue_rows(second)[0]["#"] == "51"
+    assert parse_qs(urlsplit(link(second, "prev")).query) == {
+        "owner": ["unassigned"],
+        "page": ["1"],
+    }
+
+
+def refresh_source(page: str) -> str:
+    """Where the page fetches its rows again every few seconds."""
+    found = re.search(r'<tbody id="queue-rows" data-src="([^"]+)">', page)
+    assert found, page
+    return html.unescape(found[1])
+
+
+def test_the_refreshing_rows_keep_the_filters(client: FlaskClient, agent: Config) -> None:
+    alice = customer_writes(client, agent, "+5511900000001", "Alice")
+    bob = customer_writes(client, agent, "+5511900000002", "Bob")
+    carla = customer_writes(client, agent, "+5511900000003", "Carla")
+    current = utcnow()
+    for card in (alice, bob):
+        set_timers(agent, card, current - timedelta(hours=2), current - timedelta(hours=1))
+    set_timers(agent, carla, current + timedelta(hours=1), current + timedelta(hours=2))
+    set_card(agent, bob, owner_id=user_id(agent, "bruno@example.com"))
+    page = client.get("/queue?owner=unassigned&state=breached").get_data(as_text=True)
+
+    source = refresh_source(page)
+
+    assert parse_qs(urlsplit(source).query) == {
+        "fragment": ["1"],
+        "page": ["1"],
+        "owner": ["unassigned"],
+        "state": ["breached"],
+    }
+    assert names(queue_rows(page)) == ["Alice"]
+    assert names(rows_of(client, source)) == ["Alice"]
+
+
+def test_the_refreshing_rows_of_page_two_are_page_two(client: FlaskClient, crowded: Config) -> None:
+    page = client.get("/queue?page=2").get_data(as_text=True)
+
+    rows = rows_of(client, refresh_source(page))
+
+    assert rows == queue_rows(page)
+    assert rows[0]["#"] == "51"
+
+
+def test_each_row_opens_its_conversation(client: FlaskClient, agent: Config) -> None:
+    alice = customer_writes(client, agent, "+5511900000001", "Alice", body="Where is my order?")
+    bob = customer_writes(client, agent, "+5511900000002", "Bob", body="I need an invoice")
+    page = queue_page(client)
+
+    links = dict(
+        re.findall(r'<tr class="sla-[a-z_]+" data-card="(\d+)">.*?<a href="([^"]+)"', page, re.S)
+    )
+
+    assert links == {str(alice): f"/cards/{alice}", str(bob): f"/cards/{bob}"}
+    conversation = client.get(links[str(bob)]).get_data(as_text=True)
+    assert "<h1>Bob <small>" in conversation
+    assert "I need an invoice" in conversation
+    assert "Where is my order?" not in conversation

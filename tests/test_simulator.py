@@ -17,7 +17,7 @@ PHONE = "+5511987654321"
 ADDRESS = f"whatsapp:{PHONE}"
 ACK = (
     "Hi Maria Silva! Thanks for your message, it has reached us. "
-    "A person from our Support team will answer within 2 minutes."
+    "You are 1st in line; a person from our Support team will answer within 2 minutes."
 )
 
 

@@ -104,7 +104,7 @@ def test_first_message_from_new_number_opens_card_and_queues_acknowledgement(
     assert ack.dedupe_key == f"ack-{form['MessageSid']}"
     assert ack.body == (
         "Hi Maria! Thanks for your message, it has reached us. "
-        "A person from our Support team will answer within 2 minutes."
+        "You are 1st in line; a person from our Support team will answer within 2 minutes."
     )
 
 
@@ -119,7 +119,7 @@ def test_acknowledgement_without_a_profile_name_greets_plainly(
     [ack] = messages(session, "out")
     assert ack.body == (
         "Hi! Thanks for your message, it has reached us. "
-        "A person from our Support team will answer within 2 minutes."
+        "You are 1st in line; a person from our Support team will answer within 2 minutes."
     )
 
 

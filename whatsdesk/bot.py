@@ -1,19 +1,249 @@
-"""What the desk says to customers on its own (pure text decisions)."""
+"""What the desk says to customers on its own, in English, Brazilian Portuguese and Spanish
+(pure: texts and decisions, no I/O)."""
 
 from __future__ import annotations
 
-from .durations import spoken
+import math
+import unicodedata
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+LANGUAGES = ("en", "pt-BR", "es")
+DEFAULT_LANGUAGE = "en"
+
+# Every text the bot sends, by language. A pipeline's `texts:` can replace any of them.
+TEXTS: dict[str, dict[str, str]] = {
+    "en": {
+        "greeting": "Hi {name}!",
+        "greeting_anonymous": "Hi!",
+        "received": "Thanks for your message, it has reached us.",
+        "wait_promise": "You are {position} in line; a person from our {team} team will "
+        "answer within {wait}.",
+        "wait_usual": "You are {position} in line; we usually answer within {wait}.",
+        "wait_unknown": "You are {position} in line; a person from our {team} team will "
+        "answer as soon as possible.",
+        "closed": "We're closed right now. We open again {opens} ({zone} time) and you'll be "
+        "{position} in line.",
+        "status_waiting": "You are {position} in line in {team}; we usually answer within {wait}.",
+        "status_answered": "Your conversation with our {team} team is open; we'll get back to "
+        "you here.",
+        "status_none": "You have no open conversation with us. Write your question and we'll "
+        "answer.",
+        "stopped": "You won't get any more messages from us. Send START to hear from us again.",
+        "started": "Welcome back! We can message you again. Send STOP at any time to stop.",
+    },
+    "pt-BR": {
+        "greeting": "Olá, {name}!",
+        "greeting_anonymous": "Olá!",
+        "received": "Recebemos a sua mensagem, obrigado.",
+        "wait_promise": "Você é o {position} da fila; uma pessoa da equipe de {team} vai "
+        "responder em até {wait}.",
+        "wait_usual": "Você é o {position} da fila; costumamos responder em até {wait}.",
+        "wait_unknown": "Você é o {position} da fila; uma pessoa da equipe de {team} vai "
+        "responder assim que possível.",
+        "closed": "Estamos fechados agora. Abrimos de novo {opens} (horário de {zone}) e você "
+        "será o {position} da fila.",
+        "status_waiting": "Você é o {position} da fila de {team}; costumamos responder em até "
+        "{wait}.",
+        "status_answered": "A sua conversa com a equipe de {team} está aberta; responderemos "
+        "por aqui.",
+        "status_none": "Você não tem nenhuma conversa aberta conosco. Escreva a sua dúvida e "
+        "responderemos.",
+        "stopped": "Você não receberá mais mensagens nossas. Envie VOLTAR para receber de novo.",
+        "started": "Que bom ter você de volta! Envie PARAR a qualquer momento para parar.",
+    },
+    "es": {
+        "greeting": "¡Hola, {name}!",
+        "greeting_anonymous": "¡Hola!",
+        "received": "Hemos recibido tu mensaje, gracias.",
+        "wait_promise": "Eres el {position} en la fila; una persona del equipo de {team} te "
+        "responderá en menos de {wait}.",
+        "wait_usual": "Eres el {position} en la fila; solemos responder en menos de {wait}.",
+        "wait_unknown": "Eres el {position} en la fila; una persona del equipo de {team} te "
+        "responderá lo antes posible.",
+        "closed": "Ahora estamos cerrados. Abrimos de nuevo {opens} (hora de {zone}) y serás "
+        "el {position} en la fila.",
+        "status_waiting": "Eres el {position} en la fila de {team}; solemos responder en "
+        "menos de {wait}.",
+        "status_answered": "Tu conversación con el equipo de {team} está abierta; te "
+        "responderemos por aquí.",
+        "status_none": "No tienes ninguna conversación abierta con nosotros. Escribe tu "
+        "pregunta y te responderemos.",
+        "stopped": "No recibirás más mensajes nuestros. Envía ALTA para volver a recibirlos.",
+        "started": "¡Bienvenido de nuevo! Envía BAJA en cualquier momento para dejar de "
+        "recibir mensajes.",
+    },
+}
+TEXT_KEYS = tuple(TEXTS[DEFAULT_LANGUAGE])
+PLACEHOLDERS = ("name", "team", "position", "wait", "opens", "zone")
+
+# Words that are commands rather than questions (matched whole, any case or accents).
+KEYWORDS: dict[str, dict[str, tuple[str, ...]]] = {
+    "en": {"stop": ("STOP", "UNSUBSCRIBE"), "start": ("START",), "status": ("STATUS",)},
+    "pt-BR": {
+        "stop": ("STOP", "PARAR", "SAIR"),
+        "start": ("START", "VOLTAR", "INICIAR"),
+        "status": ("STATUS", "SITUACAO"),
+    },
+    "es": {
+        "stop": ("STOP", "BAJA", "PARAR"),
+        "start": ("START", "ALTA"),
+        "status": ("STATUS", "ESTADO"),
+    },
+}
+COMMANDS = ("stop", "start", "status")
+
+_UNITS = {
+    "en": (("day", "days"), ("hour", "hours"), ("minute", "minutes"), ("second", "seconds")),
+    "pt-BR": (("dia", "dias"), ("hora", "horas"), ("minuto", "minutos"), ("segundo", "segundos")),
+    "es": (("día", "días"), ("hora", "horas"), ("minuto", "minutos"), ("segundo", "segundos")),
+}
+_AND = {"en": " ", "pt-BR": " e ", "es": " y "}
+_WEEKDAYS = {
+    "en": ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"),
+    "pt-BR": (
+        "segunda-feira",
+        "terça-feira",
+        "quarta-feira",
+        "quinta-feira",
+        "sexta-feira",
+        "sábado",
+        "domingo",
+    ),
+    "es": ("lunes", "martes", "miércoles", "jueves", "viernes", "sábado", "domingo"),
+}
+_ON = {"en": "on {day} at {time}", "pt-BR": "na {day} às {time}", "es": "el {day} a las {time}"}
+_TODAY = {"en": "today at {time}", "pt-BR": "hoje às {time}", "es": "hoy a las {time}"}
+_TOMORROW = {"en": "tomorrow at {time}", "pt-BR": "amanhã às {time}", "es": "mañana a las {time}"}
+
+
+def language(code: str | None) -> str:
+    """A supported language for `code` ('pt', 'pt-br', 'es-MX' …), else English."""
+    wanted = (code or "").strip().lower()
+    for lang in LANGUAGES:
+        if wanted == lang.lower() or wanted.split("-")[0] == lang.split("-")[0].lower():
+            return lang
+    return DEFAULT_LANGUAGE
+
+
+def spoken(seconds: float, lang: str = DEFAULT_LANGUAGE) -> str:
+    """'2 minutes', '1 hora e 30 minutos': the two largest units, in words."""
+    total = max(0, int(round(seconds)))
+    parts = []
+    for (one, many), size in zip(_UNITS[lang], (86400, 3600, 60, 1), strict=True):
+        count, total = divmod(total, size)
+        if count:
+            parts.append(f"{count} {one if count == 1 else many}")
+    return _AND[lang].join(parts[:2]) or f"0 {_UNITS[lang][3][1]}"
+
+
+def ordinal(position: int, lang: str = DEFAULT_LANGUAGE) -> str:
+    """1st, 2nd, 23rd in English; 1º, 2º in Portuguese and Spanish."""
+    if lang != "en":
+        return f"{position}º"
+    suffix = (
+        "th" if 10 <= position % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(position % 10, "th")
+    )
+    return f"{position}{suffix}"
+
+
+def friendly_wait(seconds: float) -> float:
+    """Round a wait up to what people say: a minute, 5 minutes, 15 minutes, an hour …"""
+    for step in (60, 300, 900, 1800, 3600, 86400):
+        if seconds <= step * 12 or step == 86400:
+            return max(step, math.ceil(seconds / step) * step)
+    return seconds
+
+
+def opening(local: datetime, today: datetime, lang: str = DEFAULT_LANGUAGE) -> str:
+    """When the business opens, as a person says it: 'tomorrow at 09:00', 'on Monday at
+    09:00' — `local` and `today` in the business's own timezone."""
+    time = f"{local:%H:%M}"
+    days = (local.date() - today.date()).days
+    if days == 0:
+        return _TODAY[lang].format(time=time)
+    if days == 1:
+        return _TOMORROW[lang].format(time=time)
+    if days < 7:
+        return _ON[lang].format(day=_WEEKDAYS[lang][local.weekday()], time=time)
+    return _ON[lang].format(day=f"{local:%Y-%m-%d}", time=time)
+
+
+def command_of(
+    body: str, lang: str, extra: Mapping[str, Sequence[str]] | None = None
+) -> str | None:
+    """'stop', 'start' or 'status' when the whole message is one of those words."""
+    word = _plain(body)
+    if not word or " " in word:
+        return None
+    for command in COMMANDS:
+        words = list(KEYWORDS[lang][command]) + list(KEYWORDS["en"][command])
+        words += list((extra or {}).get(command, ()))
+        if word in {_plain(w) for w in words}:
+            return command
+    return None
+
+
+def _plain(text: str) -> str:
+    """Upper case, no accents, no surrounding spaces or punctuation."""
+    decomposed = unicodedata.normalize("NFKD", text.strip().strip(".!¡?¿ ").upper())
+    return "".join(c for c in decomposed if not unicodedata.combining(c))
+
+
+@dataclass(frozen=True)
+class Wait:
+    """What the customer is told about their wait."""
+
+    position: int
+    seconds: float | None  # the estimate; None when there is neither history nor an SLA
+    usual: bool  # the estimate comes from recent answers (else it is the SLA's promise)
+    opens_local: datetime | None = None  # closed now: the next opening, in local time
+    today_local: datetime | None = None
+    zone: str = ""
+
+
+class Texts:
+    """The bot's words for one pipeline: its language, with its own texts over the
+    built-in ones."""
+
+    def __init__(self, lang: str, overrides: Mapping[str, str] | None = None) -> None:
+        self.lang = language(lang)
+        self.texts = {**TEXTS[self.lang], **(overrides or {})}
+
+    def say(self, key: str, **values: object) -> str:
+        return self.texts[key].format(**values)
+
+    def acknowledgement(self, name: str | None, team: str, wait: Wait) -> str:
+        """The immediate answer to a new conversation, honest about the wait."""
+        greeting = self.say("greeting", name=name) if name else self.say("greeting_anonymous")
+        return " ".join([greeting, self.say("received"), self._wait(team, wait)])
+
+    def _wait(self, team: str, wait: Wait, key: str | None = None) -> str:
+        position = ordinal(wait.position, self.lang)
+        if wait.opens_local is not None and wait.today_local is not None:
+            opens = opening(wait.opens_local, wait.today_local, self.lang)
+            return self.say("closed", opens=opens, zone=wait.zone, position=position)
+        if wait.seconds is None:
+            return self.say("wait_unknown", team=team, position=position)
+        spoken_wait = spoken(friendly_wait(wait.seconds) if wait.usual else wait.seconds, self.lang)
+        chosen = key or ("wait_usual" if wait.usual else "wait_promise")
+        return self.say(chosen, team=team, position=position, wait=spoken_wait)
+
+    def status(self, team: str | None, wait: Wait | None) -> str:
+        """The answer to 'status': their place and expected wait, or that they were answered."""
+        if team is None:
+            return self.say("status_none")
+        if wait is None:
+            return self.say("status_answered", team=team)
+        if wait.opens_local is not None or wait.seconds is None:
+            return self._wait(team, wait)
+        return self._wait(team, Wait(wait.position, wait.seconds, True), key="status_waiting")
 
 
 def acknowledgement(
     name: str | None, pipeline_name: str, first_response_seconds: int | None
 ) -> str:
-    """The immediate reply to a new conversation, honest about the promised wait."""
-    greeting = f"Hi {name}!" if name else "Hi!"
-    promise = (
-        f" A person from our {pipeline_name} team will answer within "
-        f"{spoken(first_response_seconds)}."
-        if first_response_seconds
-        else f" A person from our {pipeline_name} team will answer as soon as possible."
-    )
-    return f"{greeting} Thanks for your message, it has reached us.{promise}"
+    """The English acknowledgement for the first in line, promising the SLA."""
+    wait = Wait(position=1, seconds=first_response_seconds, usual=False)
+    return Texts(DEFAULT_LANGUAGE).acknowledgement(name, pipeline_name, wait)

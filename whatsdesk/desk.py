@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session, joinedload
@@ -74,8 +76,14 @@ def open_card_of(session: Session, contact: Contact) -> Card | None:
 def receive_message(session: Session, inbound: Inbound, now: datetime) -> Received:
     """Store a customer's message once per MessageSid, on their open card or a new one.
 
-    A customer writing again after being answered sets off the pipeline's
-    `customer_message` automation (e.g. back to "waiting for a reply")."""
+    - STOP / START / STATUS (and the pipeline's own keywords) are answered by the bot and
+      open no conversation.
+    - A customer writing again after being answered sets off the pipeline's
+      `customer_message` automation (e.g. back to "waiting for a reply").
+    - After resolution: within the pipeline's `reopen.within` the card reopens; later a new
+      card starts, linked to the previous one.
+    - The bot answers only a new conversation (honest about the wait); once a person works
+      the conversation it stays silent."""
     existing = session.scalars(select(Message).where(Message.sid == inbound.sid)).one_or_none()
     if existing is not None:
         return Received(message=existing, card=existing.card, duplicate=True)
@@ -93,11 +101,15 @@ def receive_message(session: Session, inbound: Inbound, now: datetime) -> Receiv
         card = lock_card(session, card.id)
         if card is not None and card.status != "open":  # closed meanwhile (its timeout)
             card = None
+    pipeline = card.pipeline if card is not None else default_pipeline(session)
+    texts = bot.Texts(pipeline.language, pipeline.texts)
+    command = None if inbound.media else bot.command_of(inbound.body, texts.lang, pipeline.keywords)
+    if command is not None:
+        return _command(session, inbound, contact, card, texts, command, now)
     new_visit = None
-    opened = card is None
-    outbound = []
+    opened = False
     if card is None:
-        card, new_visit = open_card(session, contact, default_pipeline(session), now)
+        card, new_visit, opened = _reopen_or_open(session, contact, pipeline, now)
     elif card.waiting_since is None:  # they had an answer: this is a new question
         new_visit = automate(session, card, CUSTOMER_MESSAGE, now)
     if card.waiting_since is None:
@@ -105,21 +117,114 @@ def receive_message(session: Session, inbound: Inbound, now: datetime) -> Receiv
     message = _inbound_message(inbound, card, contact, now)
     session.add(message)
     session.flush()  # before the reply, so the thread reads in order (same created_at)
+    outbound = []
     if opened:
-        ack = bot.acknowledgement(contact.profile_name, card.pipeline.name, card.stage.sla_seconds)
-        outbound.append(
-            queue_outbound(
-                session,
-                to=contact.address,
-                body=ack,
-                card=card,
-                contact=contact,
-                dedupe_key=f"ack-{inbound.sid}",
-                now=now,
-            )
+        ack = texts.acknowledgement(
+            contact.profile_name, card.pipeline.name, estimate(session, card, now)
         )
+        outbound.append(_bot_says(session, contact, card, ack, f"ack-{inbound.sid}", now))
         session.flush()
     return Received(message, card, new_visit=new_visit, outbound=outbound)
+
+
+def _bot_says(
+    session: Session, contact: Contact, card: Card | None, text: str, key: str, now: datetime
+) -> Message:
+    return queue_outbound(
+        session, to=contact.address, body=text, card=card, contact=contact, dedupe_key=key, now=now
+    )
+
+
+def _reopen_or_open(
+    session: Session, contact: Contact, pipeline: Pipeline, now: datetime
+) -> tuple[Card, StageVisit, bool]:
+    """The customer's latest card again if it was resolved within its pipeline's reopen
+    window, else a new card (linked to that one): (card, its new visit, whether new)."""
+    last = session.scalars(
+        select(Card)
+        .where(Card.contact_id == contact.id, Card.status == "resolved")
+        .order_by(Card.resolved_at.desc(), Card.id.desc())
+        .limit(1)
+    ).first()
+    window = last.pipeline.reopen_seconds if last is not None else None
+    if last is not None and window and last.resolved_at is not None:
+        if now - last.resolved_at <= timedelta(seconds=window):
+            return last, reopen(session, last.id, now, last.pipeline.reopen_stage), False
+    card, visit = open_card(session, contact, pipeline, now)
+    card.previous_card_id = last.id if last is not None else None
+    return card, visit, True
+
+
+def _command(
+    session: Session,
+    inbound: Inbound,
+    contact: Contact,
+    card: Card | None,
+    texts: bot.Texts,
+    command: str,
+    now: datetime,
+) -> Received:
+    """STOP, START or STATUS: recorded, answered by the bot, no conversation opened."""
+    message = _inbound_message(inbound, card, contact, now)
+    session.add(message)
+    session.flush()
+    if command == "stop":
+        contact.opted_out_at = now
+        answer = texts.say("stopped")
+    elif command == "start":
+        contact.opted_out_at = None
+        answer = texts.say("started")
+    elif card is None:
+        answer = texts.status(None, None)
+    else:
+        wait = estimate(session, card, now) if card.waiting_since is not None else None
+        answer = texts.status(card.pipeline.name, wait)
+    reply = _bot_says(session, contact, card, answer, f"bot-{inbound.sid}", now)
+    session.flush()
+    return Received(message, card, outbound=[reply])
+
+
+# Recent first responses the estimate reads: this many days back, at least this many.
+ESTIMATE_DAYS = 7
+ESTIMATE_MIN_SAMPLES = 5
+
+
+def estimate(session: Session, card: Card, now: datetime) -> bot.Wait:
+    """What to tell a waiting customer: their place among the pipeline's waiting customers,
+    and the wait — the next opening when closed, else the 80th percentile of the stage's
+    recent answers in business time, else its SLA."""
+    since = card.waiting_since or now
+    ahead = session.scalar(
+        select(func.count(Card.id)).where(
+            Card.status == "open",
+            Card.pipeline_id == card.pipeline_id,
+            Card.waiting_since.is_not(None),
+            or_(Card.waiting_since < since, and_(Card.waiting_since == since, Card.id < card.id)),
+        )
+    )
+    position = (ahead or 0) + 1
+    stage = card.stage
+    calendar = calendars.for_stage(stage, now)
+    if calendar is not None and not clock.is_open(calendar, now):
+        row = calendars.row_for_stage(stage)
+        assert row is not None
+        zone = ZoneInfo(row.timezone)
+        opens = clock.next_open(calendar, now).astimezone(zone)
+        return bot.Wait(position, None, False, opens, now.astimezone(zone), row.timezone)
+    recent = session.scalars(
+        select(StageVisit.business_seconds)
+        .where(
+            StageVisit.stage_id == stage.id,
+            StageVisit.left_at >= now - timedelta(days=ESTIMATE_DAYS),
+            StageVisit.business_seconds.is_not(None),
+        )
+        .order_by(StageVisit.left_at.desc())
+        .limit(500)
+    ).all()
+    if len(recent) >= ESTIMATE_MIN_SAMPLES:
+        ordered = sorted(int(seconds or 0) for seconds in recent)
+        return bot.Wait(position, ordered[math.ceil(0.8 * len(ordered)) - 1], True)
+    return bot.Wait(position, stage.sla_seconds, False)
 
 
 def _inbound_message(
@@ -392,9 +497,11 @@ def resolve(session: Session, card_id: int, now: datetime) -> Card:
     return card
 
 
-def reopen(session: Session, card_id: int, now: datetime) -> StageVisit:
-    """Open a resolved card again, in the stage the pipeline's `reopen` automation names
-    (else its first); the resolution clock goes on from where it stopped."""
+def reopen(
+    session: Session, card_id: int, now: datetime, stage_key: str | None = None
+) -> StageVisit:
+    """Open a resolved card again, in `stage_key`, else the stage the pipeline's `reopen`
+    automation names, else its first; the resolution clock goes on from where it stopped."""
     card = lock_card(session, card_id)
     if card is None:
         raise DeskError(f"no card {card_id}")
@@ -406,7 +513,8 @@ def reopen(session: Session, card_id: int, now: datetime) -> StageVisit:
             f"{card.contact.display_name} already has an open conversation (card #{other.id})"
         )
     card.status, card.resolved_at = "open", None
-    stage = stage_for_event(card.pipeline, REOPEN) or card.pipeline.stages[0]
+    named = next((s for s in card.pipeline.stages if s.key == stage_key), None)
+    stage = named or stage_for_event(card.pipeline, REOPEN) or card.pipeline.stages[0]
     return enter_stage(session, card, stage, now)
 
 

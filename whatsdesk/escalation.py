@@ -101,7 +101,9 @@ def _time_out(
         # elsewhere): a question is never closed unanswered.
         event.detail = {"action": "none", "why": "the customer is waiting for an answer"}
         return
-    if stage.timeout_message and not desk.window_open(card.contact.last_inbound_at, now):
+    if stage.timeout_message and card.contact.opted_out_at is not None:
+        event.detail = {"message": "not sent: the customer sent STOP"}
+    elif stage.timeout_message and not desk.window_open(card.contact.last_inbound_at, now):
         # WhatsApp would refuse free text now: the card is closed without the goodbye.
         event.detail = {"message": "not sent: outside the customer's 24-hour window"}
     elif stage.timeout_message:

@@ -70,6 +70,8 @@ class Contact(Base):
     profile_name: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_inbound_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Sent STOP: no business-initiated messages (templates, timeouts' goodbyes) until START.
+    opted_out_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     @property
     def display_name(self) -> str:
@@ -115,6 +117,15 @@ class Pipeline(Base):
     resolution_warning_seconds: Mapped[int | None] = mapped_column(Integer)
     # Where events take a card: {"customer_message": "reply", "agent_reply": "waiting", …}.
     automation: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # What the bot says: its language (en, pt-BR, es), texts replacing the built-in ones,
+    # extra keywords ({"stop": [...], "start": [...], "status": [...]}).
+    language: Mapped[str] = mapped_column(String(8), default="en")
+    texts: Mapped[dict[str, str]] = mapped_column(JSON, default=dict)
+    keywords: Mapped[dict[str, list[str]]] = mapped_column(JSON, default=dict)
+    # A customer writing within this long of resolution reopens the card in `reopen_stage`
+    # (a stage key; None: the `reopen` automation's); later, a new card links the old one.
+    reopen_seconds: Mapped[int | None] = mapped_column(Integer)
+    reopen_stage: Mapped[str | None] = mapped_column(String(64))
     stages: Mapped[list[Stage]] = relationship(
         back_populates="pipeline", order_by="Stage.position", cascade="all, delete-orphan"
     )
@@ -219,6 +230,8 @@ class Card(Base):
     # Business seconds spent so far against the resolution SLA (finished, unpaused visits).
     resolution_used_seconds: Mapped[int] = mapped_column(Integer, default=0)
     paused_seconds: Mapped[int] = mapped_column(Integer, default=0)
+    # The customer's earlier conversation, when this one started after it was resolved.
+    previous_card_id: Mapped[int | None] = mapped_column(ForeignKey("cards.id"))
 
     contact: Mapped[Contact] = relationship()
     pipeline: Mapped[Pipeline] = relationship()

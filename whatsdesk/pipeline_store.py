@@ -200,6 +200,9 @@ def _upsert(
     pipeline.calendar = calendar_rows.get(spec.calendar) if spec.calendar else None
     pipeline.resolution_seconds = spec.resolution_seconds
     pipeline.resolution_warning_seconds = spec.resolution_warning_seconds
+    pipeline.language, pipeline.texts = spec.language, dict(spec.texts)
+    pipeline.keywords = {command: list(words) for command, words in spec.keywords.items()}
+    pipeline.reopen_seconds, pipeline.reopen_stage = spec.reopen_seconds, spec.reopen_stage
     pipeline.automation = {
         event: {"to": rule.to, "from": list(rule.only_from)}
         for event, rule in spec.automation.items()
@@ -295,6 +298,11 @@ def _pipeline_spec(pipeline: Pipeline) -> PipelineSpec:
             event: AutomationRule(rule["to"], list(rule.get("from") or []))
             for event, rule in (pipeline.automation or {}).items()
         },
+        language=pipeline.language or "en",
+        texts=dict(pipeline.texts or {}),
+        keywords={k: list(v) for k, v in (pipeline.keywords or {}).items()},
+        reopen_seconds=pipeline.reopen_seconds,
+        reopen_stage=pipeline.reopen_stage,
         stages=[
             StageSpec(
                 key=s.key,

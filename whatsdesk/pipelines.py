@@ -11,6 +11,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import yaml
 
 from . import clock
+from .bot import COMMANDS, LANGUAGES, TEXT_KEYS
+from .bot import PLACEHOLDERS as BOT_PLACEHOLDERS
 
 DURATION_RE = re.compile(r"^(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?$")
 KEY_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -104,6 +106,11 @@ class PipelineSpec:
     resolution_seconds: int | None = None
     resolution_warning_seconds: int | None = None
     automation: dict[str, AutomationRule] = field(default_factory=dict)
+    language: str = "en"  # of the bot: en, pt-BR or es
+    texts: dict[str, str] = field(default_factory=dict)  # the bot's texts to replace
+    keywords: dict[str, list[str]] = field(default_factory=dict)  # stop/start/status words
+    reopen_seconds: int | None = None  # a message within this long of resolution reopens
+    reopen_stage: str | None = None
     line: int = 0
 
 
@@ -418,7 +425,7 @@ def _template_variables(reader: _Reader, node: yaml.Node | None, path: str) -> d
 
 def _pipeline(reader: _Reader, node: yaml.Node, path: str) -> PipelineSpec:
     allowed = {"key", "name", "default", "stages", "calendar", "resolution"}
-    allowed |= {"resolution_warning", "automation"}
+    allowed |= {"resolution_warning", "automation", "language", "texts", "keywords", "reopen"}
     fields = reader.mapping(node, path, allowed)
     spec = PipelineSpec(
         key=reader.text(fields, "key", path, node, KEY_RE),
@@ -448,6 +455,7 @@ def _pipeline(reader: _Reader, node: yaml.Node, path: str) -> PipelineSpec:
     spec.stages = [_stage(reader, n, f"{path}.stages[{i}]") for i, n in enumerate(stage_nodes)]
     _check_unique(reader, [(s.key, s.line) for s in spec.stages], f"{path}.stages", "stage key")
     keys = {s.key for s in spec.stages}
+    _bot_settings(reader, fields, path, spec, keys)
     if "automation" in fields:
         spec.automation = _automation(reader, fields["automation"], f"{path}.automation", keys)
     for i, stage in enumerate(spec.stages):
@@ -462,6 +470,43 @@ def _pipeline(reader: _Reader, node: yaml.Node, path: str) -> PipelineSpec:
                 "time out into itself (it would start again and again)"
             )
     return spec
+
+
+def _bot_settings(
+    reader: _Reader, fields: dict[str, yaml.Node], path: str, spec: PipelineSpec, keys: set[str]
+) -> None:
+    """language, texts, keywords and reopen: what the bot says and does for this pipeline."""
+    spec.language = reader.optional_text(fields, "language", path) or "en"
+    if spec.language not in LANGUAGES:
+        reader.fail(
+            fields["language"], f"{path}.language", f"one of {', '.join(LANGUAGES)}, please"
+        )
+    texts = fields.get("texts")
+    if texts is not None:
+        for key, node in reader.mapping(texts, f"{path}.texts", set(TEXT_KEYS)).items():
+            value = str(node.value) if isinstance(node, yaml.ScalarNode) else ""
+            try:
+                value.format(**dict.fromkeys(BOT_PLACEHOLDERS, ""))
+            except (KeyError, IndexError, ValueError):
+                known = ", ".join("{" + p + "}" for p in BOT_PLACEHOLDERS)
+                reader.fail(node, f"{path}.texts.{key}", f"may only use {known}")
+            if not value.strip():
+                reader.fail(node, f"{path}.texts.{key}", "expected a non-empty text")
+            spec.texts[key] = value
+    words = fields.get("keywords")
+    if words is not None:
+        for command, node in reader.mapping(words, f"{path}.keywords", set(COMMANDS)).items():
+            items = reader.sequence(node, f"{path}.keywords.{command}")
+            spec.keywords[command] = [str(item.value).strip() for item in items]
+    reopen = fields.get("reopen")
+    if reopen is not None:
+        parts = reader.mapping(reopen, f"{path}.reopen", {"within", "stage"})
+        spec.reopen_seconds = reader.duration(parts, "within", f"{path}.reopen")
+        if spec.reopen_seconds is None and "within" not in parts:
+            reader.fail(reopen, f"{path}.reopen.within", "is required, e.g. 24h")
+        spec.reopen_stage = reader.optional_text(parts, "stage", f"{path}.reopen")
+        if spec.reopen_stage and spec.reopen_stage not in keys:
+            reader.fail(parts["stage"], f"{path}.reopen.stage", "no such stage in this pipeline")
 
 
 def _automation(
@@ -732,6 +777,17 @@ def _pipeline_dict(spec: PipelineSpec) -> dict[str, Any]:
         out["resolution"] = format_duration(spec.resolution_seconds)
     if spec.resolution_warning_seconds:
         out["resolution_warning"] = format_duration(spec.resolution_warning_seconds)
+    if spec.language != "en":
+        out["language"] = spec.language
+    if spec.texts:
+        out["texts"] = dict(spec.texts)
+    if spec.keywords:
+        out["keywords"] = {command: list(words) for command, words in spec.keywords.items()}
+    if spec.reopen_seconds:
+        reopen: dict[str, Any] = {"within": format_duration(spec.reopen_seconds)}
+        if spec.reopen_stage:
+            reopen["stage"] = spec.reopen_stage
+        out["reopen"] = reopen
     if spec.automation:
         out["automation"] = {
             event: {"to": rule.to, "from": list(rule.only_from)} if rule.only_from else rule.to

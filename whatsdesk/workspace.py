@@ -151,6 +151,11 @@ def send_template(session: Session, card_id: int, agent: User, key: str, now: da
     card = desk.lock_card(session, card_id)
     if card is None or card.status != "open":
         raise DeskError(f"conversation #{card_id} is not open")
+    if card.contact.opted_out_at is not None:
+        raise DeskError(
+            f"{card.contact.display_name} sent STOP: no messages the customer did not ask for "
+            "until they send START"
+        )
     message = desk.queue_outbound(
         session,
         to=card.contact.address,

@@ -1,0 +1,156 @@
+"""The bot's words: languages, durations, places in line, opening times, keywords."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from whatsdesk import bot
+from whatsdesk.pipelines import PipelineFileError, parse
+
+
+@pytest.mark.parametrize(
+    ("lang", "seconds", "said"),
+    [
+        ("en", 120, "2 minutes"),
+        ("en", 5400, "1 hour 30 minutes"),
+        ("pt-BR", 5400, "1 hora e 30 minutos"),
+        ("es", 90061, "1 día y 1 hora"),
+        ("es", 1, "1 segundo"),
+        ("pt-BR", 0, "0 segundos"),
+    ],
+)
+def test_waits_are_spoken_in_the_pipelines_language(lang: str, seconds: int, said: str) -> None:
+    assert bot.spoken(seconds, lang) == said
+
+
+@pytest.mark.parametrize(
+    ("position", "lang", "said"),
+    [
+        (1, "en", "1st"),
+        (2, "en", "2nd"),
+        (3, "en", "3rd"),
+        (11, "en", "11th"),
+        (23, "en", "23rd"),
+        (4, "pt-BR", "4º"),
+        (4, "es", "4º"),
+    ],
+)
+def test_places_in_line_read_as_ordinals(position: int, lang: str, said: str) -> None:
+    assert bot.ordinal(position, lang) == said
+
+
+@pytest.mark.parametrize(
+    ("seconds", "rounded"), [(1, 60), (240, 240), (700, 720), (3700, 4500), (20000, 21600)]
+)
+def test_usual_waits_are_rounded_up_to_what_people_say(seconds: int, rounded: int) -> None:
+    assert bot.friendly_wait(seconds) == rounded
+
+
+@pytest.mark.parametrize(
+    ("code", "lang"),
+    [("pt-BR", "pt-BR"), ("pt", "pt-BR"), ("es-MX", "es"), ("fr", "en"), (None, "en")],
+)
+def test_a_language_code_picks_a_supported_language(code: str | None, lang: str) -> None:
+    assert bot.language(code) == lang
+
+
+@pytest.mark.parametrize(
+    ("body", "lang", "command"),
+    [
+        ("STOP", "en", "stop"),
+        (" stop! ", "en", "stop"),
+        ("Situação", "pt-BR", "status"),
+        ("parar", "pt-BR", "stop"),
+        ("ALTA", "es", "start"),
+        ("STATUS", "es", "status"),  # the English words work in every language
+        ("stop sending me ads", "en", None),
+        ("", "en", None),
+    ],
+)
+def test_whole_message_keywords_are_commands(body: str, lang: str, command: str | None) -> None:
+    assert bot.command_of(body, lang) == command
+
+
+def test_a_pipeline_can_add_its_own_keywords() -> None:
+    assert bot.command_of("cancelar", "pt-BR", {"stop": ["CANCELAR"]}) == "stop"
+
+
+@pytest.mark.parametrize(
+    ("local", "lang", "said"),
+    [
+        (datetime(2026, 10, 10, 9, 0), "en", "tomorrow at 09:00"),
+        (datetime(2026, 10, 9, 13, 0), "en", "today at 13:00"),
+        (datetime(2026, 10, 13, 9, 0), "pt-BR", "na terça-feira às 09:00"),
+        (datetime(2026, 10, 12, 9, 0), "es", "el lunes a las 09:00"),
+        (datetime(2026, 10, 30, 9, 0), "en", "on 2026-10-30 at 09:00"),
+    ],
+)
+def test_the_next_opening_is_said_as_people_say_it(local: datetime, lang: str, said: str) -> None:
+    assert bot.opening(local, datetime(2026, 10, 9, 23, 59), lang) == said
+
+
+def test_a_pipelines_texts_replace_the_built_in_ones() -> None:
+    texts = bot.Texts("en", {"received": "Got it."})
+    ack = texts.acknowledgement("Ann", "Support", bot.Wait(2, 300, False))
+
+    assert ack == (
+        "Hi Ann! Got it. You are 2nd in line; a person from our Support team will answer "
+        "within 5 minutes."
+    )
+
+
+def test_without_history_or_sla_the_bot_promises_no_number() -> None:
+    ack = bot.Texts("en").acknowledgement(None, "Sales", bot.Wait(1, None, False))
+
+    assert ack.endswith(
+        "You are 1st in line; a person from our Sales team will answer as soon as possible."
+    )
+
+
+PIPELINE = """
+pipelines:
+  - key: p
+    name: P
+{extra}
+    stages: [{{key: s, name: S}}]
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        ("    language: fr", "line 5: pipelines[0].language: one of en, pt-BR, es, please"),
+        ("    texts: {hello: Hi}", "line 5: pipelines[0].texts.hello: unknown field"),
+        ("    texts: {received: 'Hi {nome}'}", "line 5: pipelines[0].texts.received: may only use"),
+        ("    keywords: {quit: [SAIR]}", "line 5: pipelines[0].keywords.quit: unknown field"),
+        ("    reopen: {stage: s}", "line 5: pipelines[0].reopen.within: is required"),
+        ("    reopen: {within: 1d, stage: x}", "line 5: pipelines[0].reopen.stage: no such stage"),
+    ],
+)
+def test_bot_settings_with_mistakes_are_refused_naming_line_and_field(
+    extra: str, problem: str
+) -> None:
+    with pytest.raises(PipelineFileError) as refused:
+        parse(PIPELINE.format(extra=extra))
+
+    assert any(p.startswith(problem) for p in refused.value.problems), refused.value.problems
+
+
+def test_bot_settings_survive_a_dump_and_a_parse() -> None:
+    from whatsdesk.pipelines import dump
+
+    extra = (
+        "    language: pt-BR\n    texts: {received: Recebido.}\n"
+        "    keywords: {stop: [CANCELAR]}\n    reopen: {within: 1d, stage: s}"
+    )
+    spec = parse(PIPELINE.format(extra=extra)).pipelines[0]
+    again = parse(dump(parse(PIPELINE.format(extra=extra)))).pipelines[0]
+
+    assert (again.language, again.texts, again.keywords) == (
+        "pt-BR",
+        {"received": "Recebido."},
+        {"stop": ["CANCELAR"]},
+    )
+    assert (again.reopen_seconds, again.reopen_stage) == (spec.reopen_seconds, "s") == (86400, "s")

@@ -56,17 +56,25 @@ def play(session: Session, step: dict[str, Any], now: datetime) -> list[str]:
     before = session.scalar(select(Message.id).order_by(Message.id.desc()).limit(1)) or 0
     if "body" in step and "from" in step:
         form = inbound_form(phone=phone, body=str(step["body"]), name=step.get("name", "Maria"))
+        if "button" in step:
+            form["ButtonPayload"] = str(step["button"])
         desk.receive_message(session, whatsapp.parse_inbound(form), now)
     elif step.get("do") == "agent_reply":
         card = card_of(session, phone)
         assert card is not None
         desk.agent_reply(session, card.id, agent(session), str(step.get("text", "Done!")), now)
+    elif step.get("do") == "menu_timeout":
+        card = card_of(session, phone)
+        assert card is not None
+        desk.menu_timeout(session, card.id, now)
     elif step.get("do") == "resolve":
         card = card_of(session, phone)
         assert card is not None
         desk.resolve(session, card.id, now)
     else:
-        raise AssertionError(f"a step needs from+body or do: agent_reply/resolve: {step}")
+        raise AssertionError(
+            f"a step needs from+body, or do: agent_reply/resolve/menu_timeout: {step}"
+        )
     session.commit()
     return list(
         session.scalars(

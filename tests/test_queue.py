@@ -368,7 +368,7 @@ def test_queue_filters_by_pipeline(client: FlaskClient, agent: Config) -> None:
         ("Bob +5511900000002", "Sales · Lead")
     ]
     assert f'<option value="{sales}" selected>Sales</option>' in page
-    assert "1 open" in page
+    assert "longest-waiting customer first · 1 open" in visible(page)
 
 
 def test_queue_filters_by_stage(client: FlaskClient, agent: Config) -> None:
@@ -487,7 +487,7 @@ def test_queue_shows_fifty_rows_a_page(client: FlaskClient, crowded: Config) -> 
     assert pager(first) == "Page 1 of 3 Next →"
     assert pager(second) == "← Previous Page 2 of 3 Next →"
     assert pager(third) == "← Previous Page 3 of 3"
-    assert "120 open" in first
+    assert "longest-waiting customer first · 120 open" in visible(first)
 
 
 def test_waiting_customers_come_before_answered_ones_across_pages(

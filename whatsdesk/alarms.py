@@ -35,6 +35,10 @@ def timer_job_id(visit_id: int, kind: str) -> str:
     return f"sla-{visit_id}-{kind}"
 
 
+def menu_job_id(card_id: int) -> str:
+    return f"menu-{card_id}"
+
+
 def send_job_id(message_id: int) -> str:
     return f"send-{message_id}"
 
@@ -70,6 +74,13 @@ class Alarms:
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
+
+    def schedule_menu(self, card_id: int, instant: datetime, again: bool = False) -> None:
+        """When a new conversation's team menu runs out: the default pipeline takes it."""
+        job_id = menu_job_id(card_id) + (f"-at-{int(instant.timestamp())}" if again else "")
+        self.clock.enqueue_at(
+            instant, "whatsdesk.jobs.menu_timeout", card_id, job_id=job_id, result_ttl=3600
+        )
 
     def arm(self, timers: list[tuple[int, Timers]], sends: list[int]) -> None:
         """After a commit: the new stage visits' timers, and the messages to send."""

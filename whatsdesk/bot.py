@@ -30,6 +30,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "you here.",
         "status_none": "You have no open conversation with us. Write your question and we'll "
         "answer.",
+        "menu": "Which team can help you? Reply with a number:",
+        "menu_again": "Sorry, I didn't get that. Please reply with one of these numbers:",
         "stopped": "You won't get any more messages from us. Send START to hear from us again.",
         "started": "Welcome back! We can message you again. Send STOP at any time to stop.",
     },
@@ -50,6 +52,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "por aqui.",
         "status_none": "Você não tem nenhuma conversa aberta conosco. Escreva a sua dúvida e "
         "responderemos.",
+        "menu": "Qual equipe pode ajudar você? Responda com um número:",
+        "menu_again": "Desculpe, não entendi. Responda com um destes números:",
         "stopped": "Você não receberá mais mensagens nossas. Envie VOLTAR para receber de novo.",
         "started": "Que bom ter você de volta! Envie PARAR a qualquer momento para parar.",
     },
@@ -70,6 +74,8 @@ TEXTS: dict[str, dict[str, str]] = {
         "responderemos por aquí.",
         "status_none": "No tienes ninguna conversación abierta con nosotros. Escribe tu "
         "pregunta y te responderemos.",
+        "menu": "¿Qué equipo puede ayudarte? Responde con un número:",
+        "menu_again": "Perdona, no lo he entendido. Responde con uno de estos números:",
         "stopped": "No recibirás más mensajes nuestros. Envía ALTA para volver a recibirlos.",
         "started": "¡Bienvenido de nuevo! Envía BAJA en cualquier momento para dejar de "
         "recibir mensajes.",
@@ -230,6 +236,16 @@ class Texts:
         chosen = key or ("wait_usual" if wait.usual else "wait_promise")
         return self.say(chosen, team=team, position=position, wait=spoken_wait)
 
+    def menu(
+        self, name: str | None, options: Sequence[tuple[str, str]], again: bool = False
+    ) -> str:
+        """The question that routes a new conversation to a team, options numbered."""
+        lines = [f"{n}. {team}" for n, (_key, team) in enumerate(options, start=1)]
+        if again:
+            return "\n".join([self.say("menu_again"), *lines])
+        greeting = self.say("greeting", name=name) if name else self.say("greeting_anonymous")
+        return "\n".join([f"{greeting} {self.say('received')} {self.say('menu')}", *lines])
+
     def status(self, team: str | None, wait: Wait | None) -> str:
         """The answer to 'status': their place and expected wait, or that they were answered."""
         if team is None:
@@ -239,6 +255,24 @@ class Texts:
         if wait.opens_local is not None or wait.seconds is None:
             return self._wait(team, wait)
         return self._wait(team, Wait(wait.position, wait.seconds, True), key="status_waiting")
+
+
+def menu_choice(body: str, payload: str | None, options: Sequence[tuple[str, str]]) -> str | None:
+    """The key of the option the customer chose: a tapped button's payload, its number
+    (digits or a keycap emoji such as 1️⃣), or its name; None when it is none of them."""
+    keys = [key for key, _name in options]
+    if payload in keys:
+        return payload
+    text = unicodedata.normalize("NFKC", body).strip().strip(".!)")
+    digits = "".join(c for c in text if c.isdigit())
+    rest = "".join(c for c in text if not c.isdigit() and c not in "\ufe0f\u20e3 .)")
+    if digits and not rest and 1 <= int(digits) <= len(options):
+        return keys[int(digits) - 1]
+    wanted = _plain(text)
+    for key, name in options:
+        if wanted and wanted in (_plain(name), _plain(key)):
+            return key
+    return None
 
 
 def acknowledgement(

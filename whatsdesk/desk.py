@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import Select, and_, func, or_, select
 from sqlalchemy.orm import Session, joinedload
 
-from . import bot, calendars, clock, sla
+from . import bot, calendars, clock, settings, sla
 from .models import (
     Card,
     Contact,
@@ -24,6 +24,7 @@ from .models import (
     StageVisit,
     User,
 )
+from .pipelines import MenuSpec
 from .whatsapp import Inbound
 
 # A stage visit's outcome.
@@ -41,6 +42,7 @@ class Received:
     duplicate: bool = False
     new_visit: StageVisit | None = None
     outbound: list[Message] = field(default_factory=list)
+    menu_deadline: datetime | None = None  # a team menu awaits an answer until then
 
 
 def default_pipeline(session: Session) -> Pipeline:
@@ -106,10 +108,15 @@ def receive_message(session: Session, inbound: Inbound, now: datetime) -> Receiv
     command = None if inbound.media else bot.command_of(inbound.body, texts.lang, pipeline.keywords)
     if command is not None:
         return _command(session, inbound, contact, card, texts, command, now)
+    if card is not None and card.menu_deadline_at is not None:
+        return _menu_answer(session, inbound, contact, card, now)
     new_visit = None
     opened = False
     if card is None:
-        card, new_visit, opened = _reopen_or_open(session, contact, pipeline, now)
+        menu = settings.menu(session)
+        card, new_visit, opened = _reopen_or_open(session, contact, pipeline, now, menu)
+        if new_visit is None and opened and menu is not None:
+            return _ask_menu(session, inbound, contact, card, menu, now)
     elif card.waiting_since is None:  # they had an answer: this is a new question
         new_visit = automate(session, card, CUSTOMER_MESSAGE, now)
     if card.waiting_since is None:
@@ -136,10 +143,15 @@ def _bot_says(
 
 
 def _reopen_or_open(
-    session: Session, contact: Contact, pipeline: Pipeline, now: datetime
-) -> tuple[Card, StageVisit, bool]:
+    session: Session,
+    contact: Contact,
+    pipeline: Pipeline,
+    now: datetime,
+    menu: MenuSpec | None = None,
+) -> tuple[Card, StageVisit | None, bool]:
     """The customer's latest card again if it was resolved within its pipeline's reopen
-    window, else a new card (linked to that one): (card, its new visit, whether new)."""
+    window, else a new card (linked to that one): (card, its new visit, whether new). With
+    a team menu the new card has no stage visit yet: its clock starts with the choice."""
     last = session.scalars(
         select(Card)
         .where(Card.contact_id == contact.id, Card.status == "resolved")
@@ -150,9 +162,99 @@ def _reopen_or_open(
     if last is not None and window and last.resolved_at is not None:
         if now - last.resolved_at <= timedelta(seconds=window):
             return last, reopen(session, last.id, now, last.pipeline.reopen_stage), False
+    previous = last.id if last is not None else None
+    if menu is not None:
+        first = pipeline.stages[0]
+        card = Card(contact=contact, pipeline=pipeline, stage=first, status="open", opened_at=now)
+        card.resolution_used_seconds = card.paused_seconds = 0
+        card.previous_card_id = previous
+        card.menu_deadline_at = now + timedelta(seconds=menu.wait_seconds)
+        card.waiting_since = now
+        session.add(card)
+        session.flush()
+        return card, None, True
     card, visit = open_card(session, contact, pipeline, now)
-    card.previous_card_id = last.id if last is not None else None
+    card.previous_card_id = previous
     return card, visit, True
+
+
+def menu_options(session: Session, menu: MenuSpec) -> list[tuple[str, str]]:
+    """(pipeline key, name) of each team the menu offers, in its order."""
+    rows = session.execute(
+        select(Pipeline.key, Pipeline.name).where(Pipeline.key.in_(menu.pipelines))
+    ).all()
+    names = {key: name for key, name in rows}
+    return [(key, names[key]) for key in menu.pipelines if key in names]
+
+
+def _ask_menu(
+    session: Session,
+    inbound: Inbound,
+    contact: Contact,
+    card: Card,
+    menu: MenuSpec,
+    now: datetime,
+    again: bool = False,
+) -> Received:
+    if not again:
+        session.add(_inbound_message(inbound, card, contact, now))
+        session.flush()
+    texts = bot.Texts(menu.language)
+    question = texts.menu(contact.profile_name, menu_options(session, menu), again=again)
+    ask = _bot_says(session, contact, card, question, f"menu-{inbound.sid}", now)
+    session.flush()
+    message = session.scalars(select(Message).where(Message.sid == inbound.sid)).one()
+    return Received(message, card, outbound=[ask], menu_deadline=card.menu_deadline_at)
+
+
+def _menu_answer(
+    session: Session, inbound: Inbound, contact: Contact, card: Card, now: datetime
+) -> Received:
+    """The customer answers the team menu: the chosen pipeline's clock starts and the bot
+    tells them the wait; anything else gets the options again."""
+    message = _inbound_message(inbound, card, contact, now)
+    session.add(message)
+    session.flush()
+    menu = settings.menu(session)
+    options = menu_options(session, menu) if menu is not None else []
+    choice = bot.menu_choice(inbound.body, inbound.button_payload, options)
+    if menu is None or choice is None:
+        if menu is None:  # the menu was switched off meanwhile: the default pipeline
+            return _chosen(session, card, default_pipeline(session).key, now, message, None)
+        return _ask_menu(session, inbound, contact, card, menu, now, again=True)
+    return _chosen(session, card, choice, now, message, menu)
+
+
+def _chosen(
+    session: Session,
+    card: Card,
+    key: str,
+    now: datetime,
+    message: Message | None,
+    menu: MenuSpec | None,
+) -> Received:
+    pipeline = session.scalars(select(Pipeline).where(Pipeline.key == key)).one()
+    card.pipeline, card.menu_deadline_at = pipeline, None
+    first = stage_for_event(pipeline, NEW_CONVERSATION) or pipeline.stages[0]
+    starts = card.opened_at if menu is not None and menu.clock_starts == "first_message" else now
+    visit = enter_stage(session, card, first, starts)
+    texts = bot.Texts(pipeline.language, pipeline.texts)
+    wait = estimate(session, card, now)
+    ack = texts.acknowledgement(card.contact.profile_name, pipeline.name, wait)
+    key_of = f"ack-{message.sid}" if message is not None else f"ack-menu-{card.id}"
+    reply = _bot_says(session, card.contact, card, ack, key_of, now)
+    session.flush()
+    return Received(message or reply, card, new_visit=visit, outbound=[reply])
+
+
+def menu_timeout(session: Session, card_id: int, now: datetime) -> Received | None:
+    """Nobody answered the team menu in time: the default pipeline takes the card."""
+    card = lock_card(session, card_id)
+    if card is None or card.status != "open" or card.menu_deadline_at is None:
+        return None
+    if now < card.menu_deadline_at:
+        return None
+    return _chosen(session, card, default_pipeline(session).key, now, None, settings.menu(session))
 
 
 def _command(

@@ -11,7 +11,14 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import desk, escalation, notifications, settings, sla
-from .alarms import MAX_SEND_ATTEMPTS, Alarms, alerts_job_id, send_job_id, timer_job_id
+from .alarms import (
+    MAX_SEND_ATTEMPTS,
+    Alarms,
+    alerts_job_id,
+    menu_job_id,
+    send_job_id,
+    timer_job_id,
+)
 from .config import Config
 from .db import session_scope, utcnow
 from .models import Card, Message, SlaEvent, StageVisit
@@ -59,6 +66,35 @@ def fire_sla_event(visit_id: int, kind: str) -> str:
     if early > 0:
         time.sleep(early)
     return "fired" if fire_and_send(config, visit_id, kind, utcnow()) else "nothing to do"
+
+
+def menu_timeout(card_id: int) -> str:
+    """Timer job: a team menu nobody answered hands the card to the default pipeline."""
+    config = _config()
+    with session_scope(config.database_url) as session:
+        card = session.get(Card, card_id)
+        deadline = card.menu_deadline_at if card is not None else None
+    if deadline is None:
+        return "already chosen"
+    early = (deadline - utcnow()).total_seconds()
+    if early > EARLY_WAIT_LIMIT:
+        _alarms(config).schedule_menu(card_id, deadline, again=True)
+        return "rescheduled"
+    if early > 0:
+        time.sleep(early)
+    return "default pipeline" if _time_out_menu(config, card_id, utcnow()) else "nothing to do"
+
+
+def _time_out_menu(config: Config, card_id: int, now: datetime) -> bool:
+    with session_scope(config.database_url) as session:
+        received = desk.menu_timeout(session, card_id, now)
+        if received is None:
+            return False
+        visit = received.new_visit
+        timers = [(visit.id, visit.timers)] if visit is not None else []
+        sends = [m.id for m in received.outbound]
+    _alarms(config).arm(timers, sends)
+    return True
 
 
 def fire_and_send(config: Config, visit_id: int, kind: str, now: datetime) -> bool:
@@ -243,6 +279,12 @@ def reconcile(config: Config, now: datetime) -> dict[str, int]:
                 log.exception("sweep could not fire %s of visit %s", kind, visit_id)
                 counts["errors"] += 1
     horizon = now + timedelta(seconds=max(LOOKAHEAD_SECONDS, 3 * config.sweep_seconds))
+    for card_id, deadline in _menus_due_before(config, horizon):
+        if deadline <= now:
+            counts["fired"] += _time_out_menu(config, card_id, now)
+        elif not alarms.is_live(menu_job_id(card_id)):
+            alarms.schedule_menu(card_id, deadline)
+            counts["rearmed"] += 1
     for visit_id, kind, instant in _timers_due_before(config, now, horizon):
         if not alarms.is_live(timer_job_id(visit_id, kind)):
             alarms.schedule_timer(visit_id, kind, instant)
@@ -329,6 +371,20 @@ def _timers_due_before(
                 if instant is not None and instant <= horizon:
                     timers.append((visit.id, kind, instant))
     return timers
+
+
+def _menus_due_before(config: Config, horizon: datetime) -> list[tuple[int, datetime]]:
+    """Team menus that run out before `horizon` (an indexed range query)."""
+    with session_scope(config.database_url) as session:
+        return [
+            (card_id, deadline)
+            for card_id, deadline in session.execute(
+                select(Card.id, Card.menu_deadline_at).where(
+                    Card.menu_deadline_at <= horizon, Card.status == "open"
+                )
+            ).all()
+            if deadline is not None
+        ]
 
 
 def _fail_interrupted_sends(config: Config, alarms: Alarms, now: datetime) -> int:

@@ -232,6 +232,9 @@ class Card(Base):
     paused_seconds: Mapped[int] = mapped_column(Integer, default=0)
     # The customer's earlier conversation, when this one started after it was resolved.
     previous_card_id: Mapped[int | None] = mapped_column(ForeignKey("cards.id"))
+    # Asked which team it is for: until then no stage clock runs; at this instant the
+    # default pipeline is taken. None once a pipeline is chosen.
+    menu_deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
 
     contact: Mapped[Contact] = relationship()
     pipeline: Mapped[Pipeline] = relationship()

@@ -46,6 +46,11 @@ def load(session: Session, desk: DeskSpec, now: datetime) -> list[Pipeline]:
         pipeline = session.scalars(select(Pipeline).where(Pipeline.key == spec.key)).first()
         if pipeline is not None:
             problems += _removal_problems(session, pipeline, spec)
+    if desk.menu is not None:
+        stored = set(session.scalars(select(Pipeline.key)))
+        for key in desk.menu.pipelines:
+            if key not in stored | {p.key for p in specs}:
+                problems.append(f"line {desk.menu.line}: menu.pipelines: no pipeline {key!r}")
     if problems:
         raise PipelineFileError(problems)
     for calendar in resolved:
@@ -60,6 +65,8 @@ def load(session: Session, desk: DeskSpec, now: datetime) -> list[Pipeline]:
         settings.save_notifications(session, desk.notifications, now)
     if desk.replies is not None:
         settings.save_replies(session, desk.replies, now)
+    if desk.menu is not None:
+        settings.save_menu(session, desk.menu, now)
     session.flush()
     return loaded
 
@@ -267,6 +274,7 @@ def dump(session: Session) -> DeskSpec:
         ],
         notifications=settings.notifications(session),
         replies=settings.replies(session),
+        menu=settings.menu(session),
     )
 
 

@@ -151,6 +151,20 @@ class RepliesSpec:
     templates: list[CustomerTemplateSpec] = field(default_factory=list)
 
 
+MENU_CLOCK_STARTS = ("choice", "first_message")
+
+
+@dataclass
+class MenuSpec:
+    """One number, several teams: a new conversation is asked which pipeline it is for."""
+
+    pipelines: list[str] = field(default_factory=list)  # keys, in the order offered
+    wait_seconds: int = 300  # no valid answer by then: the default pipeline
+    clock_starts: str = "choice"  # or "first_message": when the chosen stage's SLA starts
+    language: str = "en"
+    line: int = 0
+
+
 @dataclass
 class DeskSpec:
     """Everything a configuration file holds."""
@@ -159,6 +173,7 @@ class DeskSpec:
     calendars: list[CalendarSpec] = field(default_factory=list)
     notifications: NotificationsSpec | None = None  # None: leave the stored settings alone
     replies: RepliesSpec | None = None  # None: leave the stored replies alone
+    menu: MenuSpec | None = None  # None: leave the stored menu alone
 
 
 def parse_duration(value: Any) -> int:
@@ -296,7 +311,8 @@ def parse(source: str) -> DeskSpec:
         raise PipelineFileError(
             ["line 1: file: the file is empty; expected `pipelines:` with a list"]
         )
-    top = reader.mapping(root, "file", {"pipelines", "calendars", "notifications", "replies"})
+    allowed = {"pipelines", "calendars", "notifications", "replies", "menu"}
+    top = reader.mapping(root, "file", allowed)
     calendars = [
         _calendar(reader, node, f"calendars[{i}]")
         for i, node in enumerate(reader.sequence(top.get("calendars"), "calendars"))
@@ -317,11 +333,34 @@ def parse(source: str) -> DeskSpec:
     if "notifications" in top:
         notifications = _notifications(reader, top["notifications"], "notifications")
     replies = _replies(reader, top["replies"], "replies") if "replies" in top else None
+    menu = _menu(reader, top["menu"], "menu") if "menu" in top else None
     if reader.problems:
         raise PipelineFileError(reader.problems)
     return DeskSpec(
-        pipelines=specs, calendars=calendars, notifications=notifications, replies=replies
+        pipelines=specs,
+        calendars=calendars,
+        notifications=notifications,
+        replies=replies,
+        menu=menu,
     )
+
+
+def _menu(reader: _Reader, node: yaml.Node, path: str) -> MenuSpec:
+    fields = reader.mapping(node, path, {"pipelines", "wait", "clock_starts", "language"})
+    spec = MenuSpec(line=node.start_mark.line + 1)
+    spec.pipelines = [
+        str(item.value).strip() for item in reader.sequence(fields.get("pipelines"), path)
+    ]
+    if len(spec.pipelines) < 2:
+        reader.fail(node, f"{path}.pipelines", "a menu needs two or more pipeline keys")
+    spec.wait_seconds = reader.duration(fields, "wait", path) or spec.wait_seconds
+    spec.clock_starts = reader.optional_text(fields, "clock_starts", path) or "choice"
+    if spec.clock_starts not in MENU_CLOCK_STARTS:
+        reader.fail(fields["clock_starts"], f"{path}.clock_starts", "choice or first_message")
+    spec.language = reader.optional_text(fields, "language", path) or "en"
+    if spec.language not in LANGUAGES:
+        reader.fail(fields["language"], f"{path}.language", f"one of {', '.join(LANGUAGES)}")
+    return spec
 
 
 def _replies(reader: _Reader, node: yaml.Node, path: str) -> RepliesSpec:
@@ -722,6 +761,13 @@ def dump(spec: DeskSpec) -> str:
     data["pipelines"] = [_pipeline_dict(p) for p in spec.pipelines]
     if spec.notifications is not None:
         data["notifications"] = _notifications_dict(spec.notifications)
+    if spec.menu is not None and spec.menu.pipelines:
+        data["menu"] = {
+            "pipelines": list(spec.menu.pipelines),
+            "wait": format_duration(spec.menu.wait_seconds),
+            "clock_starts": spec.menu.clock_starts,
+            "language": spec.menu.language,
+        }
     if spec.replies is not None and (spec.replies.canned or spec.replies.templates):
         data["replies"] = _replies_dict(spec.replies)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

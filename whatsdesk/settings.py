@@ -9,10 +9,17 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from .models import Setting
-from .pipelines import CannedReplySpec, CustomerTemplateSpec, NotificationsSpec, RepliesSpec
+from .pipelines import (
+    CannedReplySpec,
+    CustomerTemplateSpec,
+    MenuSpec,
+    NotificationsSpec,
+    RepliesSpec,
+)
 
 NOTIFICATIONS = "notifications"
 REPLIES = "replies"
+MENU = "menu"
 
 
 def get(session: Session, key: str, default: Any = None) -> Any:
@@ -60,3 +67,15 @@ def save_replies(session: Session, spec: RepliesSpec, now: datetime) -> None:
     value = {"canned": [asdict(c) for c in spec.canned]}
     value["templates"] = [asdict(t) for t in spec.templates]
     put(session, REPLIES, value, now)
+
+
+def menu(session: Session) -> MenuSpec | None:
+    """The team menu for new conversations, or None when the number serves one pipeline."""
+    stored = get(session, MENU)
+    return MenuSpec(**stored) if stored and len(stored.get("pipelines", [])) >= 2 else None
+
+
+def save_menu(session: Session, spec: MenuSpec, now: datetime) -> None:
+    value = asdict(spec)
+    value.pop("line")
+    put(session, MENU, value, now)

@@ -69,6 +69,7 @@ class Inbound:
     profile_name: str | None
     wa_id: str | None
     media: list[dict[str, str]] = field(default_factory=list)
+    button_payload: str | None = None  # the id of a quick-reply button the customer tapped
 
 
 def parse_inbound(form: Mapping[str, str]) -> Inbound:
@@ -90,6 +91,7 @@ def parse_inbound(form: Mapping[str, str]) -> Inbound:
         profile_name=form.get("ProfileName") or None,
         wa_id=form.get("WaId") or None,
         media=_media(form),
+        button_payload=form.get("ButtonPayload") or None,
     )
 
 

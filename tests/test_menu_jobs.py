@@ -1,0 +1,74 @@
+"""The team menu's deadline on the clock: a job at the instant, and the sweep behind it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from redis import Redis
+from rq import Queue
+from rq.registry import ScheduledJobRegistry
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from whatsdesk import desk, jobs, pipeline_store, pipelines, whatsapp
+from whatsdesk.alarms import clock_queue_name
+from whatsdesk.config import Config
+from whatsdesk.db import utcnow
+from whatsdesk.models import Card, Message
+
+from conftest import inbound_form
+
+MENU_FILE = """
+pipelines:
+  - key: sales
+    name: Sales
+    stages: [{key: lead, name: New lead, sla: 1h}]
+  - key: support
+    name: Support
+    default: true
+    stages: [{key: new, name: New, sla: 15m}]
+menu:
+  pipelines: [sales, support]
+  wait: 2m
+"""
+
+
+def asked(session: Session, at: object) -> Card:
+    pipeline_store.load(session, pipelines.parse(MENU_FILE), utcnow())
+    inbound = whatsapp.parse_inbound(inbound_form(phone="+15550008001"))
+    received = desk.receive_message(session, inbound, at)  # type: ignore[arg-type]
+    session.commit()
+    assert received.card is not None and received.menu_deadline is not None
+    return received.card
+
+
+def test_the_sweep_gives_an_unanswered_menu_to_the_default_pipeline(
+    env: Config, session: Session
+) -> None:
+    now = utcnow()
+    card = asked(session, now - timedelta(minutes=3))
+
+    counts = jobs.reconcile(env, now)
+
+    assert counts["fired"] == 1
+    session.expire_all()
+    assert (card.pipeline.key, card.stage.key, card.menu_deadline_at) == ("support", "new", None)
+    ack = session.scalars(select(Message).where(Message.direction == "out")).all()[-1]
+    assert "You are 1st in line; a person from our Support team" in ack.body
+    assert jobs.reconcile(env, now + timedelta(seconds=5))["fired"] == 0  # once
+
+
+def test_the_sweep_puts_a_lost_menu_timer_back_and_an_early_job_waits(
+    env: Config, session: Session, redis: Redis
+) -> None:
+    now = utcnow()
+    card = asked(session, now)
+    registry = ScheduledJobRegistry(queue=Queue(clock_queue_name(env.queue_name), connection=redis))
+
+    assert jobs.reconcile(env, now)["rearmed"] == 1
+    assert registry.get_scheduled_time(f"menu-{card.id}") == (now + timedelta(minutes=2)).replace(
+        microsecond=0
+    )
+    assert jobs.menu_timeout(card.id) == "rescheduled"  # two minutes early: never early
+    session.expire_all()
+    assert card.menu_deadline_at is not None

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
-from test_end_to_end import post_signed, processes
 
 from whatsdesk.config import PROJECT_ROOT, Config
 
 from conftest import PASSWORD, inbound_form, seed
+from test_end_to_end import post_signed, processes
 from twilio_server import TwilioServer
 
 pytestmark = pytest.mark.e2e
@@ -81,7 +81,8 @@ def log_in(page: Page, web: str, email: str = "ana@example.com") -> None:
 def customer_writes(
     web: str, twilio: TwilioServer, phone: str, name: str, body: str = "Hello"
 ) -> None:
-    assert post_signed(web, twilio.auth_token, inbound_form(phone=phone, name=name, body=body))
+    form = inbound_form(phone=phone, name=name, body=body)
+    assert post_signed(web, twilio.auth_token, form) == 200
     # The acknowledgement reaching Twilio shows the card exists and the worker runs.
     twilio.wait_for(lambda sent: any(m["To"] == f"whatsapp:{phone}" for m in sent), timeout=15)
 

@@ -202,6 +202,9 @@ def _ask_menu(
     texts = bot.Texts(menu.language)
     question = texts.menu(contact.profile_name, menu_options(session, menu), again=again)
     ask = _bot_says(session, contact, card, question, f"menu-{inbound.sid}", now)
+    if menu.template_sid and not again:  # the same question with quick-reply buttons
+        ask.content_sid = menu.template_sid
+        ask.content_variables = {"1": contact.profile_name or ""}
     session.flush()
     message = session.scalars(select(Message).where(Message.sid == inbound.sid)).one()
     return Received(message, card, outbound=[ask], menu_deadline=card.menu_deadline_at)

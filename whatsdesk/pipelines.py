@@ -162,6 +162,9 @@ class MenuSpec:
     wait_seconds: int = 300  # no valid answer by then: the default pipeline
     clock_starts: str = "choice"  # or "first_message": when the chosen stage's SLA starts
     language: str = "en"
+    # An approved quick-reply template asking the same question: its buttons' payloads are
+    # the pipeline keys; {{1}} is the customer's name.
+    template_sid: str | None = None
     line: int = 0
 
 
@@ -346,7 +349,8 @@ def parse(source: str) -> DeskSpec:
 
 
 def _menu(reader: _Reader, node: yaml.Node, path: str) -> MenuSpec:
-    fields = reader.mapping(node, path, {"pipelines", "wait", "clock_starts", "language"})
+    allowed = {"pipelines", "wait", "clock_starts", "language", "template"}
+    fields = reader.mapping(node, path, allowed)
     spec = MenuSpec(line=node.start_mark.line + 1)
     spec.pipelines = [
         str(item.value).strip() for item in reader.sequence(fields.get("pipelines"), path)
@@ -360,6 +364,9 @@ def _menu(reader: _Reader, node: yaml.Node, path: str) -> MenuSpec:
     spec.language = reader.optional_text(fields, "language", path) or "en"
     if spec.language not in LANGUAGES:
         reader.fail(fields["language"], f"{path}.language", f"one of {', '.join(LANGUAGES)}")
+    spec.template_sid = reader.optional_text(fields, "template", path)
+    if spec.template_sid and not CONTENT_SID_RE.fullmatch(spec.template_sid):
+        reader.fail(fields["template"], f"{path}.template", "expected HX and 32 hex digits")
     return spec
 
 
@@ -768,6 +775,8 @@ def dump(spec: DeskSpec) -> str:
             "clock_starts": spec.menu.clock_starts,
             "language": spec.menu.language,
         }
+        if spec.menu.template_sid:
+            data["menu"]["template"] = spec.menu.template_sid
     if spec.replies is not None and (spec.replies.canned or spec.replies.templates):
         data["replies"] = _replies_dict(spec.replies)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)

@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed-stamp
 run: demo  ## set up, migrate, load demo data, start everything
 	$(PY) -m whatsdesk.devserver
 
-test: setup  ## set up and run the whole test suite
+test: setup chromium  ## set up (the browser tests' Chromium too) and run the whole test suite
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup  ## ruff (lint + format check) and mypy on the pure modules
@@ -21,7 +21,7 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-setup: $(STAMP) chromium
+setup: $(STAMP)
 
 # The browser tests (tests/test_browser.py) drive Debian's Chromium through Playwright;
 # Playwright's own browser builds are never downloaded. Without root (or sudo without a

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import html
+import re
+from datetime import timedelta
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
@@ -9,11 +12,12 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 from werkzeug.test import TestResponse
 
+from whatsdesk import desk, escalation, whatsapp
 from whatsdesk.config import Config
-from whatsdesk.db import session_factory
-from whatsdesk.models import User
+from whatsdesk.db import session_factory, utcnow
+from whatsdesk.models import Message, User
 
-from conftest import PASSWORD, login, page_token
+from conftest import PASSWORD, inbound_form, login, page_token
 
 
 def post_login(
@@ -208,3 +212,183 @@ def test_session_cookie_is_httponly_and_samesite_lax(client: FlaskClient, seeded
     attributes = [part.strip() for part in cookies[0].split(";")]
     assert "HttpOnly" in attributes
     assert "SameSite=Lax" in attributes
+
+
+# --- throttling ---------------------------------------------------------------------------------
+
+
+def fail_logins(client: FlaskClient, email: str, times: int) -> None:
+    for _ in range(times):
+        answer = post_login(client, email, "not-the-password")
+        assert answer.status_code == 200
+        assert "Wrong email or password." in answer.get_data(as_text=True)
+
+
+def test_after_five_failed_logins_even_the_right_password_must_wait(
+    client: FlaskClient, seeded: Config
+) -> None:
+    fail_logins(client, "ana@example.com", 5)
+
+    answer = post_login(client, "ana@example.com", PASSWORD)
+
+    assert answer.status_code == 429
+    page = answer.get_data(as_text=True)
+    assert re.search(r"Too many failed logins\. Try again in (15m 00s|14m [0-5]\ds)\.", page)
+    assert "Wrong email or password." not in page
+    assert not is_logged_in(client)
+
+
+def test_failed_logins_count_for_the_account_whatever_the_case_of_the_email(
+    client: FlaskClient, seeded: Config
+) -> None:
+    for email in ("ana@example.com", "ANA@example.com", "Ana@Example.com ", "ana@EXAMPLE.COM"):
+        fail_logins(client, email, 1)
+    fail_logins(client, "ana@example.com", 1)
+
+    answer = post_login(client, "ana@example.com", PASSWORD)
+
+    assert answer.status_code == 429
+
+
+def test_an_account_waiting_does_not_block_other_accounts(
+    client: FlaskClient, seeded: Config
+) -> None:
+    fail_logins(client, "ana@example.com", 5)
+
+    answer = post_login(client, "bruno@example.com", PASSWORD)
+
+    assert answer.status_code == 302
+    assert is_logged_in(client)
+
+
+def test_a_successful_login_starts_the_accounts_count_again(
+    client: FlaskClient, seeded: Config
+) -> None:
+    fail_logins(client, "ana@example.com", 4)
+    login(client, "ana@example.com")
+    client.post("/logout", data={"csrf_token": page_token(client, "/queue")})
+
+    fail_logins(client, "ana@example.com", 4)  # eight in all, four since the success
+    answer = post_login(client, "ana@example.com", PASSWORD)
+
+    assert answer.status_code == 302
+    assert is_logged_in(client)
+
+
+def test_twenty_failed_logins_from_one_address_make_every_account_wait(
+    client: FlaskClient, seeded: Config
+) -> None:
+    for n in range(20):
+        fail_logins(client, f"guess{n}@example.com", 1)
+
+    answer = post_login(client, "bruno@example.com", PASSWORD)
+
+    assert answer.status_code == 429
+    assert "Too many failed logins." in answer.get_data(as_text=True)
+    assert not is_logged_in(client)
+
+
+# --- the alerts page ----------------------------------------------------------------------------
+
+
+def visible(fragment: str) -> str:
+    """The text a person sees: tags gone, entities decoded, spaces collapsed."""
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", fragment)).split())
+
+
+def alerts_fired(config: Config) -> dict[tuple[str, str], int]:
+    """Maria has waited too long: the stage's warning went to its alert list (Ana, Bruno),
+    then the breach, a minute late, to the supervisors (Sofia, Otto). Each alert's id by
+    (event, person)."""
+    opened = utcnow() - timedelta(minutes=10)  # "New": warning after 1 min, breach after 2
+    told = {}
+    with session_factory(config.database_url)() as s:
+        received = desk.receive_message(s, whatsapp.parse_inbound(inbound_form()), opened)
+        assert received.card is not None
+        visit = desk.current_visit(s, received.card)
+        assert visit is not None
+        for kind, at in (
+            ("warning", opened + timedelta(minutes=1)),
+            ("breach", opened + timedelta(minutes=3)),
+        ):
+            fired = escalation.fire(s, visit.id, kind, at)
+            assert fired is not None
+            told |= {(kind, m.user.name): m.id for m in fired.messages if m.user}
+        s.commit()
+    return told
+
+
+def set_status(config: Config, message_id: int, status: str, **error: str) -> None:
+    with session_factory(config.database_url)() as s:
+        message = s.get(Message, message_id)
+        assert message is not None
+        message.status = status
+        for name, value in error.items():
+            setattr(message, name, value)
+        s.commit()
+
+
+def alert_rows(page: str) -> list[list[str]]:
+    body = re.search(r"<tbody>(.*?)</tbody>", page, re.S)
+    assert body, page
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", body[1], re.S)
+    return [
+        [visible(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)] for row in rows
+    ]
+
+
+def test_supervisors_see_each_alert_whom_it_told_and_whether_it_arrived(
+    client: FlaskClient, seeded: Config
+) -> None:
+    told = alerts_fired(seeded)
+    set_status(seeded, told["warning", "Ana Agent"], "read")
+    set_status(seeded, told["warning", "Bruno Agent"], "undelivered", error_code="63016")
+    set_status(seeded, told["breach", "Sofia Supervisor"], "delivered")
+    set_status(
+        seeded,
+        told["breach", "Otto Supervisor"],
+        "failed",
+        error_code="21211",
+        error_message="Invalid 'To' Phone Number",
+    )
+    login(client, "sofia@example.com")
+
+    answer = client.get("/alerts")
+
+    assert answer.status_code == 200
+    page = answer.get_data(as_text=True)
+    assert "⚠ 2 alert(s) did not reach their recipient — see the reasons below." in visible(page)
+    breach, warning = alert_rows(page)
+    assert breach[1:] == [
+        "breach",
+        "#1 Maria",
+        "60.000 s",
+        "Sofia Supervisor: delivered Otto Supervisor: failed — Invalid 'To' Phone Number",
+    ]
+    assert warning[1:] == [
+        "warning",
+        "#1 Maria",
+        "0.000 s",
+        "Ana Agent: read Bruno Agent: undelivered — 63016",
+    ]
+    assert breach[0].endswith(" UTC")
+    assert '<a href="/cards/1">' in page
+
+
+def test_agents_may_not_see_the_alerts(client: FlaskClient, seeded: Config) -> None:
+    login(client, "ana@example.com")
+    assert ">Alerts</a>" not in client.get("/queue").get_data(as_text=True)
+
+    answer = client.get("/alerts")
+
+    assert answer.status_code == 403
+    assert "this page is for supervisors" in answer.get_data(as_text=True)
+
+
+def test_the_alerts_page_sends_the_anonymous_to_log_in(client: FlaskClient, seeded: Config) -> None:
+    answer = client.get("/alerts")
+
+    assert answer.status_code == 302
+    location = urlsplit(answer.headers["Location"])
+    assert location.path == "/login"
+    assert parse_qs(location.query) == {"next": ["/alerts"]}

@@ -392,3 +392,29 @@ def test_the_alerts_page_sends_the_anonymous_to_log_in(client: FlaskClient, seed
     location = urlsplit(answer.headers["Location"])
     assert location.path == "/login"
     assert parse_qs(location.query) == {"next": ["/alerts"]}
+
+
+def test_an_alert_sent_in_a_digest_shows_why_the_digest_did_not_arrive(
+    client: FlaskClient, seeded: Config
+) -> None:
+    told = alerts_fired(seeded)
+    with session_factory(seeded.database_url)() as s:
+        alert = s.get(Message, told["breach", "Sofia Supervisor"])
+        assert alert is not None
+        digest = desk.queue_outbound(
+            s,
+            to=alert.to_address,
+            body="📋 2 SLA alerts",
+            user=alert.user,
+            dedupe_key="d",
+            now=utcnow(),
+        )
+        s.flush()
+        alert.status, alert.digest_id = "bundled", digest.id
+        digest.status, digest.error_code = "undelivered", "63016"  # Twilio's status callback
+        s.commit()
+    login(client, "sofia@example.com")
+
+    breach, _warning = alert_rows(client.get("/alerts").get_data(as_text=True))
+
+    assert breach[4].startswith("Sofia Supervisor: undelivered — 63016 ")

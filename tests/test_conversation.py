@@ -431,7 +431,7 @@ def test_two_agents_taking_it_at_once_one_gets_it_and_the_other_is_told_who(
             )
             return bool(watcher.scalar(query, {"me": pid}))
 
-    def after_execute(conn, _cursor, statement, _params, _context, _many) -> None:  # type: ignore[no-untyped-def]
+    def after_execute(conn: Connection, _cursor: object, statement: str, *_rest: object) -> None:
         # Each agent, having read the card, goes on only once the other has read it too,
         # or is being kept waiting for it: both clicks are truly at the same moment.
         me = threading.get_ident()
@@ -553,7 +553,7 @@ def test_outside_the_window_the_page_explains_and_offers_only_templates(
     assert options(page, 'name="key"') == [
         (
             "follow_up",
-            "Follow-up — Hi {customer}, we have news about your request. Reply to continue.",
+            "Follow-up — Hi Maria, we have news about your request. Reply to continue.",
         )
     ]
     assert "Send template" in page

@@ -478,7 +478,8 @@ def outcome_of(visit: StageVisit, now: datetime) -> str:
 def lock_card(session: Session, card_id: int) -> Card | None:
     """The card, re-read with its row locked until commit, so that two changes to one card
     (a timeout and the customer's message, two agents) happen one after the other
-    (PostgreSQL; SQLite lets one writer at a time anyway)."""
+    (PostgreSQL, the production database; SQLite has no row locks and lets one writer at a
+    time)."""
     return session.scalars(
         select(Card)
         .where(Card.id == card_id)

@@ -44,8 +44,8 @@ def log(
 
 
 def claim(session: Session, card_id: int, user: User, now: datetime) -> Done:
-    """Take an unowned conversation. Two agents at once: the card's row lock makes one win;
-    the other is told who has it."""
+    """Take an unowned conversation. Two agents at once: the card's row lock (PostgreSQL)
+    or the conditional update (SQLite) makes one win; the other is told who has it."""
     card = desk.lock_card(session, card_id)
     if card is None or card.status != "open":
         raise DeskError(f"conversation #{card_id} is not open")

@@ -34,6 +34,21 @@ PASSWORD = "correct-horse-42"
 BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("TEST_DATABASE_URL") else [])
 RUN_ID = uuid.uuid4().hex[:8]
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests that start the real processes (marked e2e) run once: on PostgreSQL when it is
+    set, the production database, else on SQLite. Every other database test runs on both."""
+    if len(BACKENDS) < 2:
+        return
+    kept, dropped = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        on_sqlite = params.get("database_url") == "sqlite"
+        (dropped if item.get_closest_marker("e2e") and on_sqlite else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
 # --- Redis --------------------------------------------------------------------------------------
 
 

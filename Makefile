@@ -3,6 +3,8 @@ PYTHON  ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-stamp
+# Test processes (pytest-xdist): each has its own databases and Redis database number.
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint format setup chromium migrate demo clean
 
@@ -10,7 +12,7 @@ run: demo  ## set up, migrate, load demo data, start everything
 	$(PY) -m whatsdesk.devserver
 
 test: setup chromium  ## set up (the browser tests' Chromium too) and run the whole test suite
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: setup  ## ruff (lint + format check) and mypy on the pure modules
 	$(VENV)/bin/ruff check .

@@ -72,3 +72,17 @@ def test_the_sweep_puts_a_lost_menu_timer_back_and_an_early_job_waits(
     assert jobs.menu_timeout(card.id) == "rescheduled"  # two minutes early: never early
     session.expire_all()
     assert card.menu_deadline_at is not None
+
+
+def test_with_a_quick_reply_template_the_menu_goes_as_that_template(
+    env: Config, session: Session
+) -> None:
+    template = "HX" + "ab" * 16
+    pipeline_store.load(session, pipelines.parse(MENU_FILE + f"  template: {template}\n"), utcnow())
+    inbound = whatsapp.parse_inbound(inbound_form(phone="+15550008002", name="Ann"))
+
+    received = desk.receive_message(session, inbound, utcnow())
+
+    [ask] = received.outbound
+    assert (ask.content_sid, ask.content_variables) == (template, {"1": "Ann"})
+    assert ask.body.endswith("1. Sales\n2. Support")  # what the history shows

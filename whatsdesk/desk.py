@@ -194,10 +194,13 @@ def _ask_menu(
     card: Card,
     menu: MenuSpec,
     now: datetime,
-    again: bool = False,
+    message: Message | None = None,
 ) -> Received:
-    if not again:
-        session.add(_inbound_message(inbound, card, contact, now))
+    """Ask which team (again, when `message` is the customer's answer that matched none)."""
+    again = message is not None
+    if message is None:
+        message = _inbound_message(inbound, card, contact, now)
+        session.add(message)
         session.flush()
     texts = bot.Texts(menu.language)
     question = texts.menu(contact.profile_name, menu_options(session, menu), again=again)
@@ -206,7 +209,6 @@ def _ask_menu(
         ask.content_sid = menu.template_sid
         ask.content_variables = {"1": contact.profile_name or ""}
     session.flush()
-    message = session.scalars(select(Message).where(Message.sid == inbound.sid)).one()
     return Received(message, card, outbound=[ask], menu_deadline=card.menu_deadline_at)
 
 
@@ -224,7 +226,7 @@ def _menu_answer(
     if menu is None or choice is None:
         if menu is None:  # the menu was switched off meanwhile: the default pipeline
             return _chosen(session, card, default_pipeline(session).key, now, message, None)
-        return _ask_menu(session, inbound, contact, card, menu, now, again=True)
+        return _ask_menu(session, inbound, contact, card, menu, now, message)
     return _chosen(session, card, choice, now, message, menu)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import Select, or_, select, update
@@ -57,15 +58,24 @@ def fire_sla_event(visit_id: int, kind: str) -> str:
         instant = visit.timers.instant(kind) if visit else None
     if instant is None:
         return "no such timer"
+    if not _at_instant(
+        instant, lambda: _alarms(config).schedule_timer(visit_id, kind, instant, again=True)
+    ):
+        return "rescheduled"
+    return "fired" if fire_and_send(config, visit_id, kind, utcnow()) else "nothing to do"
+
+
+def _at_instant(instant: datetime, come_back: Callable[[], None]) -> bool:
+    """Never early: a job woken well before its instant calls `come_back` (which schedules
+    it again, under an id of its own, as this job's record is marked finished when it
+    returns) and says False; one woken a moment early (RQ keeps whole seconds) waits."""
     early = (instant - utcnow()).total_seconds()
     if early > EARLY_WAIT_LIMIT:
-        # Never early: come back at the instant. Under an id of its own, as this job's own
-        # record is marked finished when it returns.
-        _alarms(config).schedule_timer(visit_id, kind, instant, again=True)
-        return "rescheduled"
+        come_back()
+        return False
     if early > 0:
         time.sleep(early)
-    return "fired" if fire_and_send(config, visit_id, kind, utcnow()) else "nothing to do"
+    return True
 
 
 def menu_timeout(card_id: int) -> str:
@@ -76,12 +86,10 @@ def menu_timeout(card_id: int) -> str:
         deadline = card.menu_deadline_at if card is not None else None
     if deadline is None:
         return "already chosen"
-    early = (deadline - utcnow()).total_seconds()
-    if early > EARLY_WAIT_LIMIT:
-        _alarms(config).schedule_menu(card_id, deadline, again=True)
+    if not _at_instant(
+        deadline, lambda: _alarms(config).schedule_menu(card_id, deadline, again=True)
+    ):
         return "rescheduled"
-    if early > 0:
-        time.sleep(early)
     return "default pipeline" if _time_out_menu(config, card_id, utcnow()) else "nothing to do"
 
 

@@ -137,7 +137,11 @@ def retry_as_template(session: Session, sid: str) -> Message | None:
     accepting it: the alert goes again as the approved template, if one is configured. The
     message to send again, or None."""
     message = session.scalars(select(Message).where(Message.sid == sid)).one_or_none()
-    if message is None or not is_staff_alert(message) or message.content_sid:
+    return _as_template_again(session, message) if message is not None else None
+
+
+def _as_template_again(session: Session, message: Message) -> Message | None:
+    if not is_staff_alert(message) or message.content_sid:
         return None
     if message.status not in ("failed", "undelivered") or message.error_code != WINDOW_CLOSED:
         return None
@@ -152,7 +156,7 @@ def template_retries(session: Session, now: datetime, hours: int = 24) -> list[M
     never went again as the template (the callback came early, or Redis was down): they go
     now, as the template, if one is configured."""
     refused = session.scalars(
-        select(Message.sid).where(
+        select(Message).where(
             Message.direction == "out",
             Message.contact_id.is_(None),
             Message.user_id.is_not(None),
@@ -162,7 +166,7 @@ def template_retries(session: Session, now: datetime, hours: int = 24) -> list[M
             Message.updated_at >= now - timedelta(hours=hours),
         )
     ).all()
-    again = [retry_as_template(session, sid) for sid in refused if sid]
+    again = [_as_template_again(session, message) for message in refused]
     return [message for message in again if message is not None]
 
 

@@ -413,11 +413,18 @@ def _replies(reader: _Reader, node: yaml.Node, path: str) -> RepliesSpec:
     return spec
 
 
-def _check_placeholders(reader: _Reader, node: yaml.Node | None, path: str, text: str) -> None:
+def _check_placeholders(
+    reader: _Reader,
+    node: yaml.Node | None,
+    path: str,
+    text: str,
+    placeholders: tuple[str, ...] = REPLY_PLACEHOLDERS,
+) -> None:
+    """Refuse a text that names anything but `placeholders` in braces."""
     try:
-        text.format(**dict.fromkeys(REPLY_PLACEHOLDERS, ""))
+        text.format(**dict.fromkeys(placeholders, ""))
     except (KeyError, IndexError, ValueError):
-        known = ", ".join("{" + p + "}" for p in REPLY_PLACEHOLDERS)
+        known = ", ".join("{" + p + "}" for p in placeholders)
         reader.fail(node, path, f"may only use {known} (write {{{{ for a brace)")
 
 
@@ -460,11 +467,7 @@ def _template_variables(reader: _Reader, node: yaml.Node | None, path: str) -> d
         where = f"{path}.variables.{name}"
         if not name.isdigit():
             reader.fail(key_node, where, "template variables are numbered: 1, 2, …")
-        try:
-            value.format(**dict.fromkeys(TEMPLATE_PLACEHOLDERS, ""))
-        except (KeyError, IndexError, ValueError):
-            known = ", ".join("{" + p + "}" for p in TEMPLATE_PLACEHOLDERS)
-            reader.fail(value_node, where, f"{value!r} may only use {known}")
+        _check_placeholders(reader, value_node, where, value, TEMPLATE_PLACEHOLDERS)
         variables[name] = value
     return variables
 
@@ -531,11 +534,7 @@ def _bot_settings(
     if texts is not None:
         for key, node in reader.mapping(texts, f"{path}.texts", set(TEXT_KEYS)).items():
             value = str(node.value) if isinstance(node, yaml.ScalarNode) else ""
-            try:
-                value.format(**dict.fromkeys(BOT_PLACEHOLDERS, ""))
-            except (KeyError, IndexError, ValueError):
-                known = ", ".join("{" + p + "}" for p in BOT_PLACEHOLDERS)
-                reader.fail(node, f"{path}.texts.{key}", f"may only use {known}")
+            _check_placeholders(reader, node, f"{path}.texts.{key}", value, BOT_PLACEHOLDERS)
             if not value.strip():
                 reader.fail(node, f"{path}.texts.{key}", "expected a non-empty text")
             spec.texts[key] = value

@@ -39,6 +39,8 @@ class User(Base):
     # When the person works (reassignment picks people on shift); None: any time.
     shift_calendar_id: Mapped[int | None] = mapped_column(ForeignKey("calendars.id"))
     shift_calendar: Mapped[BusinessCalendar | None] = relationship()
+    # A supervisor an admin lets change settings (admins always may; agents never).
+    can_edit_settings: Mapped[bool] = mapped_column(Boolean, default=False)
 
     # Flask-Login protocol
     @property
@@ -59,6 +61,14 @@ class User(Base):
     @property
     def is_supervisor(self) -> bool:
         return self.role in SUPERVISOR_ROLES
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+    @property
+    def may_edit_settings(self) -> bool:
+        return self.role == "admin" or (self.role == "supervisor" and self.can_edit_settings)
 
 
 class Contact(Base):
@@ -244,6 +254,10 @@ class Card(Base):
 
 class StageVisit(Base):
     __tablename__ = "stage_visits"
+    __table_args__ = (
+        # Reports: the visits that finished in a period, per stage.
+        Index("ix_stage_visits_left", "left_at", "stage_id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     card_id: Mapped[int] = mapped_column(ForeignKey("cards.id", ondelete="CASCADE"), index=True)
@@ -267,9 +281,13 @@ class StageVisit(Base):
     # The earliest instant still owed an event; None when nothing is (left, or breached).
     # The sweep's range query on it costs what is due, not what is open.
     next_due_at: Mapped[datetime | None] = mapped_column(UTCDateTime, index=True)
+    # A supervisor acknowledged the escalation (by WhatsApp or on the page): no further levels.
+    acknowledged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    acknowledged_by_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
     card: Mapped[Card] = relationship()
     stage: Mapped[Stage] = relationship()
+    acknowledged_by: Mapped[User | None] = relationship()
 
     @property
     def timers(self) -> Timers:
@@ -292,6 +310,8 @@ class SlaEvent(Base):
     __table_args__ = (
         UniqueConstraint("visit_id", "kind"),
         # The resolution SLA belongs to the card: once per card, whichever visit fires it.
+        # Reports: the events of a period, by kind.
+        Index("ix_sla_events_fired", "fired_at", "kind"),
         Index(
             "uq_sla_events_card_resolution",
             "card_id",
@@ -411,3 +431,22 @@ class Setting(Base):
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[Any] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AuditEntry(Base):
+    """A change to the desk's settings: who made it, when, and what it was before and after."""
+
+    __tablename__ = "audit_log"
+    __table_args__ = (Index("ix_audit_log_at", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    user_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
+    # What changed, e.g. "stage", "calendar", "user", "replies", "sla-suggestion", "import".
+    action: Mapped[str] = mapped_column(String(40))
+    # Which one, e.g. "support/reply", "europe", "ana@example.com".
+    target: Mapped[str] = mapped_column(String(200))
+    before: Mapped[Any] = mapped_column(JSON, nullable=True)
+    after: Mapped[Any] = mapped_column(JSON, nullable=True)
+
+    user: Mapped[User | None] = relationship()

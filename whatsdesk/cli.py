@@ -10,7 +10,7 @@ from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 from redis.exceptions import RedisError
 
-from . import accounts, current_alarms, get_session, pipeline_store, pipelines
+from . import accounts, configuration, current_alarms, get_session, pipeline_store, pipelines
 from .config import PROJECT_ROOT
 from .db import utcnow
 
@@ -38,13 +38,14 @@ def load_file(path: Path, retime: bool = False) -> tuple[int, int]:
     desk = pipelines.parse(path.read_text(encoding="utf-8"))
     session = get_session()
     try:
-        loaded = pipeline_store.load(session, desk, utcnow())
-        visits = pipeline_store.retime(session, loaded) if retime else []
-        timers = [(visit.id, visit.timers) for visit in visits]
+        applied = configuration.apply(
+            session, desk, None, "import", path.name, utcnow(), retime=retime
+        )
         session.commit()
     except BaseException:
         session.rollback()
         raise
+    timers = applied.timers
     if timers:
         alarms = current_alarms()
         try:

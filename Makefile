@@ -6,13 +6,30 @@ STAMP   := $(VENV)/.installed-stamp
 # Test processes (pytest-xdist): each has its own databases and Redis database number.
 TEST_WORKERS ?= 2
 
-.PHONY: run test lint format setup chromium migrate demo clean
+.PHONY: run test test-faults lint format setup chromium migrate demo clean bench wrk
 
 run: demo  ## set up, migrate, load demo data, start everything
 	$(PY) -m whatsdesk.devserver
 
 test: setup chromium  ## set up (the browser tests' Chromium too) and run the whole test suite
 	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+# `make bench`: the quick pass (under 5 minutes); `make bench FULL=1`: the full sizes. Both
+# write docs/benchmarks.md; they need PostgreSQL (BENCH_DATABASE_URL) and wrk (Debian's).
+bench: setup wrk  ## run the benchmarks and write docs/benchmarks.md
+	$(PY) -m bench $(if $(filter 1,$(FULL)),--full,)
+
+wrk:
+	@command -v wrk >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO="sudo -n"; fi; \
+	  echo "Installing Debian's wrk for the benchmarks…"; \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q wrk; \
+	}
+
+# Fault scenarios (tests/faults): Redis restarted empty, workers SIGKILLed, PostgreSQL
+# restarted, Twilio failing. Minutes long; each starts a private PostgreSQL and Redis.
+test-faults: setup  ## the fault scenarios of docs/reliability.md
+	WHATSDESK_FAULTS=1 $(PY) -m pytest -m faults tests/faults $(PYTEST_ARGS)
 
 lint: setup  ## ruff (lint + format check) and mypy on the pure modules
 	$(VENV)/bin/ruff check .

@@ -200,6 +200,11 @@ def run_worker(config: Config, redis: Redis) -> None:
     SimpleWorker([Queue(config.queue_name, connection=redis)], connection=redis).work(burst=True)
 
 
+def one_line(text: str) -> str:
+    """A text as a template variable carries it: WhatsApp refuses line breaks there."""
+    return " · ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 def close_window(session: Session, who: str) -> None:
     """The person last wrote to the desk 25 hours ago; committed."""
     contact = session.scalars(select(Contact).where(Contact.address == ADDRESS[who])).one()
@@ -502,7 +507,10 @@ def test_an_alert_outside_the_window_goes_as_the_approved_template(
     [form] = twilio.messages
     assert (form["To"], form["From"]) == (ADDRESS["sofia"], FROM)
     assert form["ContentSid"] == TEMPLATE_SID
-    assert json.loads(form["ContentVariables"]) == {"1": "Sofia Supervisor", "2": alert.body}
+    assert json.loads(form["ContentVariables"]) == {
+        "1": "Sofia Supervisor",
+        "2": one_line(alert.body),
+    }
     assert "Body" not in form
     sent = message(env, alert.id)
     assert (sent.status, sent.sid, sent.content_sid) == ("queued", twilio.sids[0], TEMPLATE_SID)
@@ -560,7 +568,10 @@ def test_twilio_refusing_free_text_outside_the_window_gets_the_template_instead(
     first, second = twilio.requests
     assert first["Body"] == alert.body and "ContentSid" not in first
     assert second["ContentSid"] == TEMPLATE_SID and "Body" not in second
-    assert json.loads(second["ContentVariables"]) == {"1": "Sofia Supervisor", "2": alert.body}
+    assert json.loads(second["ContentVariables"]) == {
+        "1": "Sofia Supervisor",
+        "2": one_line(alert.body),
+    }
     sent = message(env, alert.id)
     assert (sent.status, sent.sid, sent.attempts) == ("queued", twilio.sids[0], 2)
 
@@ -623,7 +634,7 @@ def test_a_later_63016_status_without_a_template_leaves_the_alert_failed(
 # --- staff writing to the desk ------------------------------------------------------------------
 
 
-def test_staff_writing_in_opens_their_window_without_a_card_or_a_reply(
+def test_staff_writing_in_opens_their_window_without_a_card_and_get_the_commands_help(
     twilio: TwilioServer, env: Config, session: Session, client: FlaskClient, redis: Redis
 ) -> None:
     close_window(session, "sofia")
@@ -636,9 +647,11 @@ def test_staff_writing_in_opens_their_window_without_a_card_or_a_reply(
 
     fresh(session)
     assert session.scalars(select(Card)).all() == []
-    [note] = session.scalars(select(Message)).all()
+    [note, help_text] = session.scalars(select(Message).order_by(Message.id)).all()
     assert (note.direction, note.body, note.card_id) == ("in", "on it", None)
-    assert queued_ids(env, redis) == [] and scheduled(redis) == {}
+    # Not a command (whatsdesk/commands.py): the commands' help, and nothing else.
+    assert help_text.body.startswith("whatsdesk commands")
+    assert queued_ids(env, redis) == [f"send-{help_text.id}"] and scheduled(redis) == {}
     # Her window is open again: her next alert goes as free text.
     breach(session, open_card(session))
     [alert] = alerts_to(env, "sofia")

@@ -52,6 +52,9 @@ def configure(app: Flask, config: Config) -> None:
 
 
 def register_extensions(app: Flask) -> None:
+    from .web import security
+
+    security.register(app)  # Content-Security-Policy and the other headers
     csrf.init_app(app)
     login_manager.init_app(app)
     login_manager.login_view = "auth.login"
@@ -60,10 +63,38 @@ def register_extensions(app: Flask) -> None:
 
 
 def register_blueprints(app: Flask) -> None:
-    from .web import alerts, auth, cards, health, queue, simulator, webhooks
+    from .web import (
+        alerts,
+        auth,
+        cards,
+        dashboard,
+        health,
+        messaging,
+        metrics,
+        queue,
+        reports,
+        settings,
+        simulator,
+        staff,
+        webhooks,
+    )
 
     csrf.exempt(webhooks.bp)  # Twilio signs these instead
-    blueprints = (webhooks.bp, auth.bp, queue.bp, cards.bp, alerts.bp, health.bp, simulator.bp)
+    blueprints = (
+        webhooks.bp,
+        auth.bp,
+        queue.bp,
+        cards.bp,
+        alerts.bp,
+        dashboard.bp,
+        health.bp,
+        simulator.bp,
+        metrics.bp,
+        staff.bp,
+        messaging.bp,
+        settings.bp,
+        reports.bp,
+    )
     for blueprint in blueprints:
         app.register_blueprint(blueprint)
 

@@ -1,15 +1,18 @@
-"""Staff accounts: creation with validation, and password checks."""
+"""Staff accounts: creation and changes with validation (each change audited), and password
+checks. Accounts are deactivated, never deleted: cards, notes and alerts point at people."""
 
 from __future__ import annotations
 
 import re
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from .models import ROLES, BusinessCalendar, User
+from . import audit
+from .models import ROLES, BusinessCalendar, Card, User
 from .whatsapp import E164_RE
 
 EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -18,8 +21,12 @@ MIN_PASSWORD_LENGTH = 8
 _DUMMY_HASH = generate_password_hash("whatsdesk-timing-equaliser")
 
 
+# The audit log's action for every change to a staff account.
+AUDIT_ACTION = "staff"
+
+
 class AccountError(ValueError):
-    """The account cannot be created as asked; the text says why."""
+    """The account cannot be created or changed as asked; the text says why."""
 
 
 def whatsapp_address(number: str) -> str:
@@ -103,3 +110,153 @@ def authenticate(session: Session, email: str, password: str) -> User | None:
     if not user.active or not check_password_hash(user.password_hash, password):
         return None
     return user
+
+
+def staff(session: Session) -> list[User]:
+    """Every account: active people first, then by name."""
+    return list(session.scalars(select(User).order_by(User.active.desc(), User.name, User.id)))
+
+
+def profile(user: User) -> dict[str, Any]:
+    """What the audit log keeps of an account: never its password or hash."""
+    return {
+        "name": user.name,
+        "email": user.email,
+        "role": user.role,
+        "whatsapp": user.whatsapp,
+        "shift_calendar": user.shift_calendar.key if user.shift_calendar else None,
+        "can_edit_settings": user.can_edit_settings,
+        "active": user.active,
+    }
+
+
+def add_user(
+    session: Session,
+    by: User | None,
+    now: datetime,
+    *,
+    name: str,
+    email: str,
+    role: str,
+    password: str,
+    whatsapp: str | None,
+    shift_calendar: str | None = None,
+    can_edit_settings: bool = False,
+) -> User:
+    """create_user, with a shift and a settings grant, audited."""
+    calendar = _calendar(session, shift_calendar)
+    user = create_user(
+        session, name=name, email=email, role=role, password=password, whatsapp=whatsapp, now=now
+    )
+    user.shift_calendar = calendar
+    user.can_edit_settings = can_edit_settings and role == "supervisor"
+    session.flush()
+    audit.record(session, by, AUDIT_ACTION, user.email, None, profile(user), now)
+    return user
+
+
+def update_user(
+    session: Session,
+    user: User,
+    by: User | None,
+    now: datetime,
+    *,
+    name: str,
+    email: str,
+    role: str,
+    whatsapp: str | None,
+    shift_calendar: str | None,
+    can_edit_settings: bool,
+) -> User:
+    """Change an account's details and role, audited; AccountError (nothing changed) on
+    anything a person must correct, and for demoting the last active admin."""
+    name, email = name.strip(), email.strip().lower()
+    if not name:
+        raise AccountError("name must not be empty")
+    if not EMAIL_RE.match(email):
+        raise AccountError(f"{email!r} is not an email address")
+    if role not in ROLES:
+        raise AccountError(f"role must be one of {', '.join(ROLES)}")
+    address = whatsapp_address(whatsapp) if whatsapp and whatsapp.strip() else None
+    other = find_by_email(session, email)
+    if other is not None and other.id != user.id:
+        raise AccountError(f"another account already uses email {email}")
+    holder = _whatsapp_holder(session, address, user) if address else None
+    if holder is not None:
+        inactive = "" if holder.active else ", inactive"
+        raise AccountError(
+            f"WhatsApp {address} already belongs to {holder.name} ({holder.email}{inactive})"
+        )
+    calendar = _calendar(session, shift_calendar)
+    if user.is_admin and role != "admin" and user.active and _last_admin(session, user):
+        raise AccountError(
+            f"{user.name} is the last active admin: make someone else an admin first"
+        )
+    before = profile(user)
+    user.name, user.email, user.role, user.whatsapp = name, email, role, address
+    user.shift_calendar = calendar
+    user.can_edit_settings = can_edit_settings and role == "supervisor"
+    session.flush()
+    audit.record(session, by, AUDIT_ACTION, user.email, before, profile(user), now)
+    return user
+
+
+def set_password(
+    session: Session, user: User, by: User | None, password: str, now: datetime
+) -> None:
+    """A new password (set by an admin, or reset), audited without the password itself."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
+    user.password_hash = generate_password_hash(password)
+    audit.record(session, by, AUDIT_ACTION, user.email, {}, {"password": "changed"}, now)
+
+
+def deactivate(session: Session, user: User, by: User | None, now: datetime) -> int:
+    """The person can no longer log in, is told nothing and picked for nothing; their
+    history stays. Returns how many open conversations they still own."""
+    if by is not None and user.id == by.id:
+        raise AccountError("you cannot deactivate your own account; another admin can")
+    if user.is_admin and user.active and _last_admin(session, user):
+        raise AccountError(f"{user.name} is the last active admin and cannot be deactivated")
+    _set_active(session, user, by, False, now)
+    return open_cards(session, user)
+
+
+def reactivate(session: Session, user: User, by: User | None, now: datetime) -> None:
+    """The person may log in again, as before."""
+    _set_active(session, user, by, True, now)
+
+
+def open_cards(session: Session, user: User) -> int:
+    """How many open conversations the person owns."""
+    query = select(func.count()).where(Card.owner_id == user.id, Card.status == "open")
+    return int(session.scalar(query) or 0)
+
+
+def _set_active(session: Session, user: User, by: User | None, active: bool, now: datetime) -> None:
+    before = profile(user)
+    user.active = active
+    session.flush()
+    audit.record(session, by, AUDIT_ACTION, user.email, before, profile(user), now)
+
+
+def _last_admin(session: Session, user: User) -> bool:
+    """Whether no other active admin would be left without `user`."""
+    others = select(func.count()).where(
+        User.role == "admin", User.active.is_(True), User.id != user.id
+    )
+    return not session.scalar(others)
+
+
+def _whatsapp_holder(session: Session, address: str, user: User) -> User | None:
+    query = select(User).where(User.whatsapp == address, User.id != user.id)
+    return session.scalars(query).first()
+
+
+def _calendar(session: Session, key: str | None) -> BusinessCalendar | None:
+    if not key:
+        return None
+    calendar = session.scalars(select(BusinessCalendar).where(BusinessCalendar.key == key)).first()
+    if calendar is None:
+        raise AccountError(f"no calendar {key!r}")
+    return calendar

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,7 +12,7 @@ from functools import lru_cache
 from redis import Redis
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
-from rq.job import Job, JobStatus
+from rq.job import Job, JobStatus, get_current_job
 
 from .sla import Timers
 
@@ -19,6 +20,29 @@ from .sla import Timers
 SEND_RETRY_INTERVALS = [2, 5, 15, 45, 120]
 MAX_SEND_ATTEMPTS = len(SEND_RETRY_INTERVALS) + 1
 LIVE_STATUSES = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.STARTED, JobStatus.DEFERRED}
+# The desk's workers (whatsdesk.worker.Worker) write a pulse this often, which expires when
+# they die: a job "started" by a worker without one was cut off (SIGKILL, a lost machine).
+PULSE_SECONDS = 1
+PULSE_TTL_SECONDS = 5
+
+
+def pulse(redis: Redis, worker_name: str) -> None:
+    """A worker says it is alive (and that it is one that says so)."""
+    with redis.pipeline() as pipe:
+        pipe.set(f"whatsdesk:alive:{worker_name}", 1, ex=PULSE_TTL_SECONDS)
+        pipe.set(f"whatsdesk:pulsing:{worker_name}", 1, ex=7 * 24 * 3600)
+        pipe.execute()
+
+
+def worker_died(redis: Redis, worker_name: str | None) -> bool:
+    """Is this a desk worker whose pulse has stopped? (Others cannot tell: assume alive.)"""
+    if not worker_name:
+        return False
+    alive, pulsing = (
+        redis.exists(f"whatsdesk:alive:{worker_name}"),
+        redis.exists(f"whatsdesk:pulsing:{worker_name}"),
+    )
+    return bool(pulsing) and not alive
 
 
 @lru_cache(maxsize=8)
@@ -61,6 +85,21 @@ return slot - t
 """
 
 
+_TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'EX', tonumber(ARGV[3]))
+  return 1
+end
+return 0
+"""
+
+
+def _current_worker() -> str:
+    """The name of the worker running the current job ('' outside a job)."""
+    job = get_current_job()
+    return (job.worker_name or "") if job is not None else ""
+
+
 class Alarms:
     """Schedules and checks the jobs that carry out what the database has decided."""
 
@@ -71,6 +110,7 @@ class Alarms:
         # a backlog of sends (paced to the sender's rate) never makes a deadline late.
         self.clock = Queue(clock_queue_name(queue_name), connection=self.redis)
         self._pace = self.redis.register_script(_PACE)
+        self._take_over = self.redis.register_script(_TAKE_OVER)
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
@@ -116,8 +156,14 @@ class Alarms:
     def exclusive(self, name: str, ttl: int) -> Iterator[bool]:
         """A lock across every process sharing this Redis; yields whether we hold it."""
         key = f"whatsdesk:lock:{self.queue.name}:{name}"
-        token = uuid.uuid4().hex
+        # The holder's worker is named in the lock: a lock whose worker died (SIGKILL in the
+        # middle of a sweep) is taken over at once rather than blocking until its ttl.
+        token = f"{_current_worker()}|{uuid.uuid4().hex}"
         held = bool(self.redis.set(key, token, nx=True, ex=ttl))
+        if not held:
+            holder = self.redis.get(key)
+            if holder is not None and worker_died(self.redis, holder.decode().partition("|")[0]):
+                held = bool(self._take_over(keys=[key], args=[holder, token, ttl]))
         try:
             yield held
         finally:
@@ -168,5 +214,24 @@ class Alarms:
         return job.get_status(refresh=False)
 
     def is_live(self, job_id: str) -> bool:
-        """Is a job with this id waiting or running in Redis?"""
-        return self.status_of(job_id) in LIVE_STATUSES
+        """Is a job with this id waiting, or running in a worker that is still alive?"""
+        try:
+            job = Job.fetch(job_id, connection=self.redis)
+        except NoSuchJobError:
+            return False
+        status = job.get_status(refresh=False)
+        if status == JobStatus.STARTED and worker_died(self.redis, job.worker_name):
+            return False
+        if status == JobStatus.QUEUED and not self._waiting(job):
+            return False
+        return status in LIVE_STATUSES
+
+    def _waiting(self, job: Job) -> bool:
+        """Is a queued job still in its queue, or taken by a worker that started it? A worker
+        killed between taking a job and starting it leaves it "queued" in neither place."""
+        queue_key = f"rq:queue:{job.origin}"
+        if self.redis.lpos(queue_key, job.id) is not None:
+            return True
+        time.sleep(0.5)  # a live worker starts what it takes within milliseconds
+        again = job.get_status(refresh=True)
+        return again != JobStatus.QUEUED or self.redis.lpos(queue_key, job.id) is not None

@@ -16,8 +16,9 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import lru_cache
 from itertools import pairwise
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo, available_timezones
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 DAY_MINUTES = 1440
@@ -35,6 +36,18 @@ _EXAMPLE = "{'mon-fri': ['09:00-12:00', '13:00-18:00']}"
 _TIME = re.compile(r"([0-9]{1,2}):([0-9]{2})")
 
 
+@lru_cache(maxsize=1)
+def _timezones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
+def known_timezone(name: object) -> bool:
+    """An IANA timezone name this machine knows. Looked up in the list rather than by
+    ZoneInfo(name), which tries to import a module per unknown name (and import hooks,
+    such as pygal's, warn about that)."""
+    return isinstance(name, str) and name in _timezones()
+
+
 @dataclass(frozen=True)
 class Calendar:
     """Weekly opening hours in a timezone, minus holidays.
@@ -50,10 +63,8 @@ class Calendar:
     holidays: frozenset[date] = frozenset()
 
     def __post_init__(self) -> None:
-        try:
-            ZoneInfo(self.timezone)
-        except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):
-            raise ValueError(f"unknown timezone {self.timezone!r}: use an IANA name") from None
+        if not known_timezone(self.timezone):
+            raise ValueError(f"unknown timezone {self.timezone!r}: use an IANA name")
         object.__setattr__(self, "weekly", _checked_weekly(self.weekly))
         object.__setattr__(self, "holidays", _checked_holidays(self.holidays))
         if not any(self.weekly):

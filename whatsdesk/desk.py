@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from . import bot, calendars, clock, settings, sla
@@ -43,6 +43,8 @@ class Received:
     new_visit: StageVisit | None = None
     outbound: list[Message] = field(default_factory=list)
     menu_deadline: datetime | None = None  # a team menu awaits an answer until then
+    # Visits whose timers moved (a supervisor's SNOOZE): re-armed after commit.
+    timers: list[tuple[int, sla.Timers]] = field(default_factory=list)
 
 
 def default_pipeline(session: Session) -> Pipeline:
@@ -93,11 +95,14 @@ def receive_message(session: Session, inbound: Inbound, now: datetime) -> Receiv
     session.flush()
     if is_staff_number(session, contact.address):
         # Staff writing to the desk open their 24-hour window (alerts may go as free text);
-        # they are not customers: no card, no acknowledgement.
+        # they are not customers: no card, no acknowledgement. What they write is a command
+        # (TAKE, ACK, …) or gets the commands' help.
+        from . import commands  # commands builds on desk (and workspace)
+
         note = _inbound_message(inbound, None, contact, now)
         session.add(note)
         session.flush()
-        return Received(note, None)
+        return commands.handle(session, inbound, note, now)
     card = open_card_of(session, contact)
     if card is not None:
         card = lock_card(session, card.id)
@@ -776,19 +781,7 @@ def _filtered(query: Select[Any], filters: QueueFilter, now: datetime) -> Select
     if filters.state:
         visit = StageVisit
         query = query.join(visit, and_(visit.card_id == Card.id, visit.left_at.is_(None)))
-        no_deadline = visit.deadline_at.is_(None)
-        query = query.where(
-            {
-                sla.BREACHED: visit.deadline_at <= now,
-                sla.APPROACHING: and_(visit.warning_at <= now, visit.deadline_at > now),
-                sla.ON_TIME: and_(
-                    visit.deadline_at > now,
-                    or_(visit.warning_at.is_(None), visit.warning_at > now),
-                ),
-                sla.NO_SLA: and_(no_deadline, visit.paused.is_(False)),
-                sla.PAUSED: and_(no_deadline, visit.paused.is_(True)),
-            }[filters.state]
-        )
+        query = query.where(visit_state_sql(now) == filters.state)
     return query
 
 
@@ -869,7 +862,28 @@ def _queue_row(
 ) -> QueueRow:
     timers = visit.timers if visit else sla.Timers(None, None)
     waited = (now - card.waiting_since).total_seconds() if card.waiting_since else None
-    state = sla.state_at(now, timers)
-    if state == sla.NO_SLA and visit is not None and visit.paused:
-        state = sla.PAUSED
+    state = visit_state(visit, now)
     return QueueRow(card, waited, state, sla.seconds_left(now, timers), last)
+
+
+def visit_state(visit: StageVisit | None, now: datetime) -> str:
+    """The SLA state a card shows: its current visit's (sla.state_at), or paused in a
+    pausing stage without an SLA of its own. visit_state_sql says the same in SQL."""
+    state = sla.state_at(now, visit.timers if visit else sla.Timers(None, None))
+    if state == sla.NO_SLA and visit is not None and visit.paused:
+        return sla.PAUSED
+    return state
+
+
+def visit_state_sql(now: datetime) -> ColumnElement[str]:
+    """visit_state as a SQL CASE on StageVisit, to count states in the database."""
+    visit = StageVisit
+    return case(
+        (
+            visit.deadline_at.is_(None),
+            case((visit.paused.is_(True), sla.PAUSED), else_=sla.NO_SLA),
+        ),
+        (visit.deadline_at <= now, sla.BREACHED),
+        (visit.warning_at <= now, sla.APPROACHING),
+        else_=sla.ON_TIME,
+    )

@@ -48,13 +48,14 @@ def fire(session: Session, visit_id: int, kind: str, now: datetime) -> Fired | N
     if not visit_is_live(visit):
         return None
     recorded = desk.recorded_kinds(session, visit)
-    if kind not in sla.due_kinds(now, visit.timers, recorded):
+    timers = owed_timers(visit)
+    if kind not in sla.due_kinds(now, timers, recorded):
         return None
-    due_at = visit.timers.instant(kind)
+    due_at = timers.instant(kind)
     assert due_at is not None
     event = SlaEvent(visit=visit, card_id=visit.card_id, kind=kind, due_at=due_at, fired_at=now)
     session.add(event)
-    visit.next_due_at = sla.next_instant(visit.timers, recorded | {kind})
+    visit.next_due_at = sla.next_instant(timers, recorded | {kind})
     if kind == sla.BREACH:
         visit.outcome = desk.BREACHED
     session.flush()
@@ -68,6 +69,13 @@ def fire(session: Session, visit_id: int, kind: str, now: datetime) -> Fired | N
         _reassign(session, visit, now, fired)
     session.flush()
     return fired
+
+
+def owed_timers(visit: StageVisit) -> sla.Timers:
+    """The visit's timers that can still fire: once a supervisor acknowledged the
+    escalation, no further level comes (the warning, breach, resolution and timeout do)."""
+    timers = visit.timers
+    return sla.without_levels(timers) if visit.acknowledged_at is not None else timers
 
 
 def notify(
@@ -239,10 +247,10 @@ def alert_text(visit: StageVisit, kind: str, now: datetime) -> str:
     if kind == sla.WARNING:
         assert visit.deadline_at is not None
         left = humanize(math.ceil((visit.deadline_at - now).total_seconds()))
+        deadline = local_time(calendars.row_for_stage(visit.stage), visit.deadline_at)
         return (
             f"⚠️ SLA warning — {who} in {where} has waited {waited}. "
-            f"The deadline is in {left} "
-            f"({_local(calendars.row_for_stage(visit.stage), visit.deadline_at)}). Card #{card.id}."
+            f"The deadline is in {left} ({deadline}). Card #{card.id}."
         )
     if kind in sla.CARD_KINDS:
         resolution = humanize(card.pipeline.resolution_seconds or 0)
@@ -253,7 +261,7 @@ def alert_text(visit: StageVisit, kind: str, now: datetime) -> str:
             return (
                 f"⏳ Resolution SLA warning — {who}'s conversation ({where}) has been open "
                 f"{open_for}; the resolution SLA ({resolution}) runs out in {left} "
-                f"({_local(card.pipeline.calendar, visit.resolution_at)}). Card #{card.id}."
+                f"({local_time(card.pipeline.calendar, visit.resolution_at)}). Card #{card.id}."
             )
         return (
             f"🚨 Resolution SLA breached — {who}'s conversation ({where}) has been open "
@@ -266,15 +274,22 @@ def alert_text(visit: StageVisit, kind: str, now: datetime) -> str:
         over = humanize((now - visit.deadline_at).total_seconds())
         return (
             f"🔺 Escalation level {level} — {who} has waited {waited} in {where}; "
-            f"the SLA ({sla_len}) was breached {over} ago. Card #{card.id}."
+            f"the SLA ({sla_len}) was breached {over} ago. Card #{card.id}.\n" + how_to_act(card.id)
         )
     return (
-        f"🚨 SLA breached — {who} has waited {waited} in {where} (SLA {sla_len}). Card #{card.id}."
+        f"🚨 SLA breached — {who} has waited {waited} in {where} (SLA {sla_len}). "
+        f"Card #{card.id}.\n" + how_to_act(card.id)
     )
 
 
-def _local(row: BusinessCalendar | None, moment: datetime) -> str:
-    """A time of day in the calendar's timezone, as the business reads its clock."""
+def how_to_act(card_id: int) -> str:
+    """The line under an escalation that says how to answer it by WhatsApp (commands.py)."""
+    return f"Reply TAKE, ACK, SNOOZE 30 or ASSIGN <name> (card #{card_id})."
+
+
+def local_time(row: BusinessCalendar | None, moment: datetime) -> str:
+    """A time of day in the calendar's timezone (UTC without one), as the business reads
+    its clock."""
     name = row.timezone if row is not None else "UTC"
     local = moment.astimezone(ZoneInfo(name) if row is not None else UTC)
     return f"{local:%H:%M:%S} {name}"

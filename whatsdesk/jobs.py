@@ -11,7 +11,7 @@ from sqlalchemy import Select, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import desk, escalation, notifications, settings, sla
+from . import desk, escalation, metrics, notifications, settings, sla
 from .alarms import (
     MAX_SEND_ATTEMPTS,
     Alarms,
@@ -33,6 +33,10 @@ EARLY_WAIT_LIMIT = 3.0
 STALE_SEND_SECONDS = 30
 # A send still "sending" this long was interrupted (killed worker, lost connection).
 INTERRUPTED_SEND_SECONDS = 300
+# A send "sending" this long without a live job has surely finished its call to Twilio
+# (the HTTP client gives up after whatsapp.REQUEST_TIMEOUT_SECONDS): Twilio can be asked.
+SEND_SETTLED_SECONDS = 20
+INTERRUPTED = "interrupted while sending; not retried to avoid a duplicate"
 # Timers ringing within this much of now are checked to be in Redis at every sweep.
 LOOKAHEAD_SECONDS = 300
 SWEEP_LOCK_SECONDS = 300
@@ -113,12 +117,14 @@ def fire_and_send(config: Config, visit_id: int, kind: str, now: datetime) -> bo
             fired = escalation.fire(session, visit_id, kind, now)
             if fired is None:
                 return False
+            event = fired.event
             staff = sorted({m.user_id for m in fired.messages if is_staff_alert(m) and m.user_id})
             customer = [m.id for m in fired.messages if not is_staff_alert(m)]
             visits = [(v.id, v.timers) for v in fired.visits]
     except IntegrityError:
         log.info("sla event %s/%s already recorded by another worker", visit_id, kind)
         return False
+    metrics.observe_event(event.kind, event.due_at, event.fired_at)
     alarms = _alarms(config)
     for user_id in staff:
         alarms.enqueue_alerts(user_id)
@@ -179,6 +185,7 @@ def send_message(message_id: int) -> str:
             return "already handled"
         message.from_address = message.from_address or config.twilio_whatsapp_from
         if not _window_checked(config, session, message):
+            metrics.observe_send("failed")
             return "failed"
         to, sender, body = message.to_address, message.from_address, message.body
         template = _template_of(message)
@@ -191,6 +198,7 @@ def send_message(message_id: int) -> str:
     except TransientSendError as exc:
         final = attempts >= MAX_SEND_ATTEMPTS
         _record_failure(config, message_id, "failed" if final else "retrying", None, str(exc))
+        metrics.observe_send("failed" if final else "retrying")
         if final:
             return "failed"
         raise  # RQ retries with backoff (alarms.SEND_RETRY_INTERVALS)
@@ -203,6 +211,7 @@ def send_message(message_id: int) -> str:
             _alarms(config).enqueue_send(message_id, again=True)
             return "outside the 24-hour window: sending the template"
         _record_failure(config, message_id, "failed", exc.code, exc.message)
+        metrics.observe_send("failed")
         return "failed"
     with session_scope(config.database_url) as session:
         message = session.get(Message, message_id)
@@ -210,6 +219,7 @@ def send_message(message_id: int) -> str:
         desk.record_sent(session, message, sent.sid, sent.status, utcnow())
         # A 63016 callback that beat us to the sid has just been applied.
         again = notifications.retry_as_template(session, sent.sid)
+    metrics.observe_send("sent")
     if again is not None:
         _alarms(config).enqueue_send(message_id, again=True)
         return "sent; refused outside the 24-hour window: sending the template"
@@ -355,11 +365,12 @@ def _due_events(config: Config, now: datetime) -> list[tuple[int, list[str]]]:
     with session_scope(config.database_url) as session:
         query = _open_visits().where(StageVisit.next_due_at <= now)
         for visit, recorded in _with_recorded(session, query):
-            kinds = sla.due_kinds(now, visit.timers, recorded)
+            timers = escalation.owed_timers(visit)
+            kinds = sla.due_kinds(now, timers, recorded)
             if kinds:
                 due.append((visit.id, kinds))
             else:  # recorded some other way: point it at what it really owes next
-                visit.next_due_at = sla.next_instant(visit.timers, recorded)
+                visit.next_due_at = sla.next_instant(timers, recorded)
     return due
 
 
@@ -374,8 +385,9 @@ def _timers_due_before(
             StageVisit.next_due_at > now, StageVisit.next_due_at <= horizon
         )
         for visit, recorded in _with_recorded(session, query):
-            for kind in sla.upcoming_kinds(now, visit.timers, recorded):
-                instant = visit.timers.instant(kind)
+            owed = escalation.owed_timers(visit)
+            for kind in sla.upcoming_kinds(now, owed, recorded):
+                instant = owed.instant(kind)
                 if instant is not None and instant <= horizon:
                     timers.append((visit.id, kind, instant))
     return timers
@@ -396,23 +408,66 @@ def _menus_due_before(config: Config, horizon: datetime) -> list[tuple[int, date
 
 
 def _fail_interrupted_sends(config: Config, alarms: Alarms, now: datetime) -> int:
-    """Sends cut off mid-call: Twilio may or may not have the message, so rather than risk a
-    duplicate they are marked failed, where supervisors see them."""
-    cutoff = now - timedelta(seconds=INTERRUPTED_SEND_SECONDS)
+    """Sends cut off mid-call (a killed worker, a lost connection): Twilio may or may not
+    have the message. Once the call has surely ended, Twilio is asked: what it took is
+    recorded, what it never got goes again. When it cannot be asked (the simulator, Twilio
+    unreachable for five minutes) they are marked failed, where supervisors see them,
+    rather than risk a duplicate."""
+    settled = now - timedelta(seconds=SEND_SETTLED_SECONDS)
     with session_scope(config.database_url) as session:
         stuck = session.scalars(
             select(Message).where(
                 Message.direction == "out",
                 Message.status == "sending",
-                Message.updated_at <= cutoff,
+                Message.updated_at <= settled,
             )
         ).all()
-        interrupted = [m for m in stuck if not alarms.is_live(send_job_id(m.id))]
+        interrupted = [
+            m
+            for m in stuck
+            if not alarms.is_live(send_job_id(m.id))
+            and not alarms.is_live(send_job_id(m.id) + "-again")
+        ]
+        resend, failed, found = [], 0, 0
         for message in interrupted:
-            message.status = "failed"
-            message.error_message = "interrupted while sending; not retried to avoid a duplicate"
-            message.updated_at = now
-        return len(interrupted)
+            outcome = _ask_twilio(config, session, message)
+            if outcome == "sent":
+                found += 1
+                continue
+            if outcome == "not sent":
+                message.status, message.updated_at = "retrying", now
+                resend.append(message.id)
+            elif message.updated_at <= now - timedelta(seconds=INTERRUPTED_SEND_SECONDS):
+                message.status = "failed"
+                message.error_message = INTERRUPTED
+                message.updated_at = now
+                failed += 1
+    for message_id in resend:
+        alarms.enqueue_send(message_id, again=True)
+    return failed + len(resend) + found
+
+
+def _ask_twilio(config: Config, session: Session, message: Message) -> str:
+    """Did Twilio take this interrupted send? "sent" (recorded now), "not sent", or
+    "unknown"."""
+    sender = sender_for(config)
+    find = getattr(sender, "find_sent", None)
+    if find is None or not message.from_address:
+        return "unknown"
+    since = message.updated_at - timedelta(seconds=SEND_SETTLED_SECONDS)
+    try:
+        found = find(
+            message.to_address, message.body, message.from_address, _template_of(message), since
+        )
+    except TransientSendError as exc:
+        log.warning("could not ask Twilio about interrupted send %s: %s", message.id, exc)
+        return "unknown"
+    if found is None:
+        log.info("interrupted send %s never reached Twilio: sending it again", message.id)
+        return "not sent"
+    log.info("interrupted send %s had reached Twilio as %s", message.id, found.sid)
+    desk.record_sent(session, message, found.sid, found.status, utcnow())
+    return "sent"
 
 
 def _stale_sends(config: Config, now: datetime) -> list[int]:

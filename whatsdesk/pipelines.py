@@ -6,7 +6,6 @@ import re
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 
@@ -423,7 +422,7 @@ def _check_placeholders(
     """Refuse a text that names anything but `placeholders` in braces."""
     try:
         text.format(**dict.fromkeys(placeholders, ""))
-    except (KeyError, IndexError, ValueError):
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError):
         known = ", ".join("{" + p + "}" for p in placeholders)
         reader.fail(node, path, f"may only use {known} (write {{{{ for a brace)")
 
@@ -669,7 +668,7 @@ def _calendar(reader: _Reader, node: yaml.Node, path: str) -> CalendarSpec:
         line=node.start_mark.line + 1,
     )
     spec.name = spec.name or spec.key
-    if spec.timezone and not _known_timezone(spec.timezone):
+    if spec.timezone and not clock.known_timezone(spec.timezone):
         reader.fail(
             fields["timezone"],
             f"{path}.timezone",
@@ -684,14 +683,6 @@ def _calendar(reader: _Reader, node: yaml.Node, path: str) -> CalendarSpec:
     if holidays is not None:
         _holidays(reader, holidays, f"{path}.holidays", spec)
     return spec
-
-
-def _known_timezone(name: str) -> bool:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        return False
-    return True
 
 
 def _hours(
@@ -776,18 +767,17 @@ def dump(spec: DeskSpec) -> str:
         }
         if spec.menu.template_sid:
             data["menu"]["template"] = spec.menu.template_sid
-    if spec.replies is not None and (spec.replies.canned or spec.replies.templates):
+    if spec.replies is not None:
+        # Even when empty: importing the file then clears what the desk had.
         data["replies"] = _replies_dict(spec.replies)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 def _replies_dict(spec: RepliesSpec) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if spec.canned:
-        out["canned"] = [asdict(c) for c in spec.canned]
-    if spec.templates:
-        out["templates"] = [asdict(t) for t in spec.templates]
-    return out
+    return {
+        "canned": [asdict(c) for c in spec.canned],
+        "templates": [asdict(t) for t in spec.templates],
+    }
 
 
 def _notifications_dict(spec: NotificationsSpec) -> dict[str, Any]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from .clock import Calendar, add_business_time
@@ -84,6 +84,11 @@ class Timers:
         levels = [level_kind(n) for n in range(1, len(self.levels) + 1)]
         timeout = [TIMEOUT] if TIMEOUT in kinds else []
         return [kind for kind in kinds if kind != TIMEOUT] + levels + timeout
+
+
+def without_levels(timers: Timers) -> Timers:
+    """What an acknowledged visit still owes: every timer but the escalation levels."""
+    return replace(timers, levels=())
 
 
 def _require_aware(moment: datetime) -> None:

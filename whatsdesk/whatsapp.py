@@ -9,6 +9,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from functools import lru_cache
 from typing import Any, Protocol
 
@@ -29,6 +30,9 @@ ADDRESS_RE = re.compile(r"^whatsapp:" + E164_RE.pattern.removeprefix("^"))
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response />'
 
 SID_RE = re.compile(r"^[A-Za-z0-9]{10,64}$")
+# What the desk stores from an inbound form, with its column's length: PostgreSQL refuses
+# longer text, and a NUL character anywhere, so such a form gets a 400, not a 503 retried.
+STORED_FIELDS = {"To": 64, "WaId": 32, "ProfileName": 255, "Body": None}
 
 
 # --- signatures -------------------------------------------------------------------------------
@@ -70,6 +74,8 @@ class Inbound:
     wa_id: str | None
     media: list[dict[str, str]] = field(default_factory=list)
     button_payload: str | None = None  # the id of a quick-reply button the customer tapped
+    # The message this one answers, when the sender used WhatsApp's "reply" on it.
+    replied_to_sid: str | None = None
 
 
 def parse_inbound(form: Mapping[str, str]) -> Inbound:
@@ -83,6 +89,7 @@ def parse_inbound(form: Mapping[str, str]) -> Inbound:
         raise BadInbound("MessageSid is not a Twilio message SID")
     if not ADDRESS_RE.match(sender):
         raise BadInbound("From must be a WhatsApp address like whatsapp:+14155550100")
+    _check_storable(form)
     return Inbound(
         sid=sid,
         from_address=sender,
@@ -92,7 +99,22 @@ def parse_inbound(form: Mapping[str, str]) -> Inbound:
         wa_id=form.get("WaId") or None,
         media=_media(form),
         button_payload=form.get("ButtonPayload") or None,
+        replied_to_sid=_sid_or_none(form.get("OriginalRepliedMessageSid", "")),
     )
+
+
+def _sid_or_none(value: str) -> str | None:
+    """A replied-to SID is context, not required: one that is not a SID is left out."""
+    return value if SID_RE.match(value) else None
+
+
+def _check_storable(form: Mapping[str, str]) -> None:
+    for name, limit in STORED_FIELDS.items():
+        value = form.get(name, "")
+        if "\x00" in value:
+            raise BadInbound(f"{name} contains a NUL character")
+        if limit is not None and len(value) > limit:
+            raise BadInbound(f"{name} is longer than {limit} characters")
 
 
 def _media(form: Mapping[str, str]) -> list[dict[str, str]]:
@@ -201,6 +223,26 @@ class TwilioSender:
         except requests.RequestException as exc:
             raise TransientSendError(f"Twilio unreachable: {type(exc).__name__}") from exc
         return Sent(sid=str(message.sid), status=str(message.status or "queued"))
+
+    def find_sent(
+        self, to: str, body: str, sender: str, template: Template | None, since: datetime
+    ) -> Sent | None:
+        """The message Twilio took from a send cut off mid-call (its worker died), if it
+        took it: the latest to `to` from `sender` created since `since` with this body (a
+        template's rendered text is Twilio's: any message then). TransientSendError when
+        Twilio cannot be asked now."""
+        try:
+            found = self.client.messages.list(to=to, from_=sender, limit=50)
+        except (TwilioRestException, TwilioServiceException, requests.RequestException) as exc:
+            raise TransientSendError(f"Twilio could not be asked: {type(exc).__name__}") from exc
+        for message in found:  # newest first
+            created = message.date_created
+            if created is not None and created < since.replace(microsecond=0):
+                continue
+            if template is None and message.body != body:
+                continue
+            return Sent(sid=str(message.sid), status=str(message.status or "queued"))
+        return None
 
 
 def _classify(status: int, code: int | None, text: str | None) -> Exception:

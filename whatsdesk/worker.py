@@ -1,12 +1,83 @@
 """The RQ worker class of the desk: `rq worker --worker-class whatsdesk.worker.Worker`."""
 
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from redis.exceptions import RedisError
 from rq.worker import SimpleWorker
 
 from . import jobs  # noqa: F401  (the desk's jobs and their libraries, loaded once)
+from .alarms import PULSE_SECONDS, pulse
+
+# RQ's own upkeep (abandoned jobs, a dead scheduler's lock taken over) runs this often rather
+# than every 10 minutes: the sweep's job wakes some worker every SWEEP_INTERVAL.
+MAINTENANCE_SECONDS = 30
 
 
 class Worker(SimpleWorker):
     """Runs each job in the worker process itself rather than in a fork per job: the
     desk's jobs are short and idempotent, and a warm process keeps its database pool, Redis
-    connection and Twilio client. SIGKILL loses at most the job running, which RQ then
-    counts as abandoned and the sweep makes good (exactly-once comes from the database)."""
+    connection and Twilio client. SIGKILL loses at most the job running: a pulse in Redis
+    (refreshed every second by a thread, gone seconds after the process dies) tells the
+    sweep that job is dead, and the sweep makes good (exactly-once comes from the database)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("maintenance_interval", MAINTENANCE_SECONDS)
+        super().__init__(*args, **kwargs)
+        self._pulse_stop = threading.Event()
+
+    def work(self, burst: bool = False, *args: Any, **kwargs: Any) -> bool:
+        """RQ's loop quits on a Redis error met outside a dequeue (Redis restarting while a
+        job finishes): start it again once Redis answers, unless asked to stop."""
+        worked = False
+        while True:
+            try:
+                worked = super().work(burst, *args, **kwargs) or worked
+            except RedisError as exc:
+                self.log.warning("Worker %s: Redis error %s", self.name, type(exc).__name__)
+            if (
+                burst
+                or self._asked_to_stop
+                or kwargs.get("max_jobs")
+                or kwargs.get("max_idle_time")
+            ):
+                return worked
+            self.log.warning("Worker %s: work loop ended; starting again", self.name)
+            self._await_redis()
+
+    @property
+    def _asked_to_stop(self) -> bool:
+        """SIGTERM/SIGINT: RQ notes when, and stops after the job at hand."""
+        return self._stop_requested or self._shutdown_requested_date is not None
+
+    def _await_redis(self) -> None:
+        while not self._asked_to_stop:
+            try:
+                self.connection.ping()
+                self.register_death()  # so that the same name can be born again
+                return
+            except RedisError:
+                time.sleep(1)
+
+    def register_birth(self) -> None:
+        super().register_birth()
+        self._pulse_stop = threading.Event()  # one pulse thread per birth
+        thread = threading.Thread(
+            target=self._beat, args=(self._pulse_stop,), name="whatsdesk-pulse", daemon=True
+        )
+        thread.start()
+
+    def register_death(self) -> None:
+        self._pulse_stop.set()
+        super().register_death()
+
+    def _beat(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                pulse(self.connection, self.name)
+            except RedisError:
+                pass  # Redis restarting: the next beat writes the pulse again
+            stop.wait(PULSE_SECONDS)

@@ -240,9 +240,7 @@ def conversation(session: Session, card_id: int, viewer: User, now: datetime) ->
     current = next((v for v in visits if v.left_at is None), None)
     timers = current.timers if current else sla.Timers(None, None)
     staff = list(session.scalars(select(User).where(User.active.is_(True)).order_by(User.name)))
-    state = sla.state_at(now, timers)
-    if state == sla.NO_SLA and current is not None and current.paused:
-        state = sla.PAUSED  # as the queue shows it
+    state = desk.visit_state(current, now)  # as the queue shows it
     return Conversation(
         card=card,
         entries=entries,

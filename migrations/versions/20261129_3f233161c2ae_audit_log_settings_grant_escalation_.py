@@ -10,7 +10,6 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-
 revision: str = "3f233161c2ae"
 down_revision: str | None = "783f2f70b6ee"
 branch_labels: str | Sequence[str] | None = None

@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import logging
+import re
+import time
 
-from flask import Blueprint, Response, abort, request
+from flask import Blueprint, Response, abort, g, request
 from redis.exceptions import RedisError
 from sqlalchemy.exc import IntegrityError
 
-from .. import current_alarms, current_config, desk, get_session, notifications, whatsapp
+from .. import current_alarms, current_config, desk, get_session, metrics, notifications, whatsapp
 from ..db import utcnow
 
 bp = Blueprint("webhooks", __name__, url_prefix="/twilio")
 log = logging.getLogger(__name__)
+
+
+@bp.before_request
+def _start_clock() -> None:
+    g.webhook_started = time.perf_counter()
+
+
+@bp.after_request
+def _observe(response: Response) -> Response:
+    webhook = "whatsapp" if request.endpoint == "webhooks.inbound" else "status"
+    seconds = time.perf_counter() - g.get("webhook_started", time.perf_counter())
+    metrics.observe_webhook(webhook, response.status_code, seconds, g.get("duplicate", False))
+    return response
 
 
 def public_url_for(path: str) -> str:
@@ -50,6 +65,7 @@ def inbound() -> Response:
     alarms = current_alarms()
     alarms.ping()  # Redis down → 503 before anything is written; Twilio retries
     received = _store(message)
+    g.duplicate = received.duplicate
     if not received.duplicate:
         _arm(received)
     return Response(whatsapp.EMPTY_TWIML, mimetype="text/xml")
@@ -87,7 +103,7 @@ def _arm(received: desk.Received) -> None:
     try:
         alarms = current_alarms()
         alarms.arm(
-            [(visit.id, visit.timers)] if visit is not None else [],
+            ([(visit.id, visit.timers)] if visit is not None else []) + received.timers,
             [out.id for out in received.outbound],
         )
         if received.menu_deadline is not None and received.card is not None:
@@ -104,8 +120,13 @@ def status() -> tuple[str, int]:
     missing = [n for n, v in (("MessageSid", sid), ("MessageStatus", state)) if not v]
     if missing:
         abort(400, f"missing required field(s): {', '.join(missing)}")
+    error_code = request.form.get("ErrorCode") or None
+    if not whatsapp.SID_RE.match(sid):  # what is kept must fit its column (EarlyStatus)
+        abort(400, "MessageSid is not a Twilio message SID")
+    if error_code is not None and not re.fullmatch(r"[0-9]{1,16}", error_code):
+        abort(400, "ErrorCode must be Twilio's numeric error code")
     session = get_session()
-    desk.apply_status(session, sid, state.lower(), request.form.get("ErrorCode") or None, utcnow())
+    desk.apply_status(session, sid, state.lower(), error_code, utcnow())
     again = notifications.retry_as_template(session, sid)
     session.commit()
     if again is not None:  # a staff alert refused as outside the window: send the template

@@ -1,0 +1,53 @@
+"""`python -m bench [--full] [names…]`: run the benchmarks, write docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from typing import Any
+
+from whatsdesk.config import PROJECT_ROOT
+
+from . import ingest, pages, report, timers
+from .harness import WORK, Sizes, Stores, machine
+
+NAMES = ("ingest", "precision", "storm", "pages")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--full", action="store_true", default=os.environ.get("FULL") == "1")
+    parser.add_argument("names", nargs="*", metavar="NAME", help=f"some of {NAMES}; default all")
+    args = parser.parse_args()
+    sizes = Sizes.pick(args.full)
+    chosen = args.names or NAMES
+    unknown = set(chosen) - set(NAMES)
+    if unknown:
+        parser.error(f"unknown benchmark(s) {sorted(unknown)}: choose from {NAMES}")
+    facts = machine()
+    results: dict[str, Any] = {}
+    started = time.monotonic()
+    WORK.mkdir(parents=True, exist_ok=True)
+    with Stores() as stores:
+        for name in chosen:
+            print(f"bench: {name}…", flush=True)
+            if name == "ingest":
+                results[name] = ingest.run(stores, sizes)
+            elif name == "precision":
+                results[name] = [timers.precision(stores, sizes, exact) for exact in (True, False)]
+            elif name == "storm":
+                results[name] = timers.storm(stores, sizes)
+            elif name == "pages":
+                results[name] = pages.run(stores, sizes)
+    facts["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    facts["run took"] = f"{time.monotonic() - started:.0f} s"
+    (WORK / "results.json").write_text(json.dumps(results, default=str, indent=1), "utf-8")
+    written = report.write(results, facts, sizes, PROJECT_ROOT / "docs")
+    print(f"bench: wrote {written.relative_to(PROJECT_ROOT)} in {facts['run took']}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

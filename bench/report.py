@@ -1,0 +1,325 @@
+"""docs/benchmarks.md and its plots (docs/bench-*.svg, pygal) from the benchmarks' numbers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pygal
+from pygal.style import CleanStyle
+
+from .harness import Sizes, percentile
+
+POINTS = [1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9, 100]
+
+
+def _ms(value: float | None) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.1f} ms" if value < 10_000 else f"{value / 1000:,.1f} s"
+
+
+def _check(ok: bool) -> str:
+    return "✅ met" if ok else "❌ missed"
+
+
+def _plot(path: Path, title: str, series: dict[str, list[float]], y_title: str) -> str:
+    """A percentile curve per series (log scale): where a distribution matters."""
+    chart = pygal.Line(
+        js=[], style=CleanStyle, logarithmic=True, title=title, x_title="percentile",
+        y_title=y_title, width=800, height=400, show_dots=True, dots_size=2,
+    )  # fmt: skip
+    chart.x_labels = [str(p) for p in POINTS]
+    for name, values in series.items():
+        if values:
+            chart.add(name, [max(percentile(values, p), 0.001) for p in POINTS])
+    chart.render_to_file(str(path))
+    return path.name
+
+
+def write(results: dict[str, Any], machine: dict[str, str], sizes: Sizes, docs: Path) -> Path:
+    out: list[str] = []
+    add = out.append
+    mode = "full sizes (`make bench FULL=1`)" if sizes.full else "quick pass (`make bench`)"
+    add("# Benchmarks\n")
+    add(
+        f"Written by `bench/` ({mode}) on {machine['date']}. Every figure below comes from this "
+        "one run, on the machine described here, with the load generator on the same cores. "
+        "Rerun `make bench FULL=1` on an idle machine for figures to compare with the targets; "
+        "the quick pass uses smaller sizes (stated in each section) and only checks the harness.\n"
+    )
+    if not sizes.full:
+        add(
+            "> **Quick pass: not the targets' sizes.** Compare with the targets only after "
+            "`make bench FULL=1`.\n"
+        )
+    add("## Machine\n")
+    add("| | |\n| --- | --- |")
+    for key, value in machine.items():
+        add(f"| {key} | {value} |")
+    add("")
+    add(_summary(results))
+    if "ingest" in results:
+        add(_ingest(results["ingest"], docs))
+    if "precision" in results:
+        add(_precision(results["precision"], docs))
+    if "storm" in results:
+        add(_storm(results["storm"]))
+    if "pages" in results:
+        add(_pages(results["pages"]))
+    add(_memory(results))
+    add(
+        "## Running them\n\n`make bench` (quick pass, under 5 minutes) or `make bench FULL=1`. "
+        "They need PostgreSQL (`BENCH_DATABASE_URL`, default "
+        "`postgresql+psycopg://postgres@127.0.0.1:5432/whatsdesk_bench`: the database is "
+        "dropped and made again), `redis-server` (a private one is started on a unix socket) "
+        "and `wrk` (`make bench` installs Debian's package). Logs and the raw numbers "
+        "(`results.json`) land in `instance/bench/`.\n"
+    )
+    target = docs / "benchmarks.md"
+    target.write_text("\n".join(out), encoding="utf-8")
+    return target
+
+
+def _summary(results: dict[str, Any]) -> str:
+    rows = [
+        "## Against the targets\n",
+        "| what | measured | target | |",
+        "| --- | --- | --- | --- |",
+    ]
+    if "ingest" in results:
+        r = results["ingest"]
+        desk = r["desk"]
+        rows.append(
+            f"| inbound ingest | {desk['rate']:,.0f} msg/s, p99 {_ms(desk['p99_ms'])} | "
+            f"≥ 800 msg/s, p99 < 50 ms | {_check(desk['rate'] >= 800 and desk['p99_ms'] < 50)} |"
+        )
+        rows.append(f"| ingest ÷ floor | {r['ratio']:.2f} | ≥ 0.6 | {_check(r['ratio'] >= 0.6)} |")
+    for run in results.get("precision", []):
+        late = run["lateness_ms"]
+        if run["exact"]:
+            ok = late.get("p99", 1e9) <= 50 and late.get("max", 1e9) <= 250 and not run["early"]
+            rows.append(
+                f"| SLA precision (exact jobs) | p99 {_ms(late.get('p99'))}, max "
+                f"{_ms(late.get('max'))}, {run['early']} early | p99 ≤ 50 ms, max ≤ 250 ms, none "
+                f"early | {_check(ok)} |"
+            )
+        else:
+            rows.append(
+                f"| SLA precision (sweep alone) | p99 {_ms(late.get('p99'))}, max "
+                f"{_ms(late.get('max'))} | peers: up to 300 s | "
+                f"{_check(late.get('max', 1e9) <= 300_000)} |"
+            )
+    if "storm" in results:
+        s = results["storm"]
+        ok = (
+            s["within_10s"]
+            and s["messages_sent"] < s["alerts"]
+            and (s["max_per_second"] <= s["rate_limit"])
+        )
+        rows.append(
+            f"| alert storm | max lateness {_ms(s['lateness_ms'].get('max'))}; "
+            f"{s['messages_sent']} messages for {s['alerts']} alerts; at most "
+            f"{s['max_per_second']}/s | all within 10 s; digests; ≤ {s['rate_limit']:g}/s | "
+            f"{_check(ok)} |"
+        )
+    if "pages" in results:
+        p = results["pages"]
+        for name in ("first page", "by stage", "mine"):
+            q = p["queue"][name]
+            rows.append(
+                f"| `/queue` {name} | p95 {_ms(q.get('p95'))} | p95 < 50 ms | "
+                f"{_check(q.get('p95', 1e9) < 50)} |"
+            )
+        for name, limit in (("dashboard", 200), ("30-day report", 1000)):
+            b = p["boards"][name]
+            if b.get("missing"):
+                rows.append(
+                    f"| {name} | not measured: the page does not exist yet | < {limit} ms | |"
+                )
+            else:
+                rows.append(
+                    f"| {name} | p50 {_ms(b['p50'])}, p95 {_ms(b['p95'])} | < {limit} ms | "
+                    f"{_check(b['p95'] < limit)} |"
+                )
+        nothing = p["sweep_open"][-1]
+        rows.append(
+            f"| sweep, {nothing['open']:,} open, nothing due | p50 {_ms(nothing['p50'])} | "
+            f"< 10 ms | {_check(nothing['p50'] < 10)} |"
+        )
+    return "\n".join(rows) + "\n"
+
+
+def _ingest(r: dict[str, Any], docs: Path) -> str:
+    plot = _plot(
+        docs / "bench-ingest.svg",
+        "Webhook latency (ms) under load",
+        {
+            "desk (full processing)": [ms for _p, ms in r["desk"]["percentiles_ms"]],
+            "floor (one row, one job)": [ms for _p, ms in r["floor"]["percentiles_ms"]],
+        },
+        "ms",
+    )
+    rows = [
+        "## Inbound ingest\n",
+        f"`wrk -t1 -c{r['connections']} -d{r['seconds']}s` replaying pre-signed webhooks (each "
+        "a distinct message, customers drawn at random from a fifth as many numbers, so most "
+        "messages after the first minute belong to an open conversation) into the Procfile's "
+        "`web` (gunicorn, 2 workers × 4 threads, access log on), with the Procfile's `worker` and "
+        "`sweep` running, on PostgreSQL. The floor is a bare Flask endpoint under the same "
+        "gunicorn command line that inserts one row and enqueues one RQ job. Each run follows a "
+        "3-second warm-up.\n",
+        "| | requests | msg/s | p50 | p99 | max | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name in ("floor", "desk"):
+        x = r[name]
+        rows.append(
+            f"| {name} | {x['requests']:,} | {x['rate']:,.0f} | {_ms(x['p50_ms'])} | "
+            f"{_ms(x['p99_ms'])} | {_ms(x['max_us'] / 1000)} | {x['errors']} |"
+        )
+    desk = r["desk"]
+    rows += [
+        "",
+        f"Ratio desk ÷ floor: **{r['ratio']:.2f}**. Stored {desk['stored']:,} messages on "
+        f"{desk['cards']:,} cards; {desk['repeated']} requests repeated an earlier message. "
+        f"One inbound message costs **{r['statements_per_message']:.1f} SQL statements** "
+        "(counted in-process): signature, contact upsert, the open card, the message, the "
+        "bot's answer and the stage visit with its timers, and the commit.\n",
+        f"![latency percentiles]({plot})\n",
+    ]
+    return "\n".join(rows)
+
+
+def _precision(runs: list[dict[str, Any]], docs: Path) -> str:
+    plot = _plot(
+        docs / "bench-sla-lateness.svg",
+        "SLA event lateness (ms): recorded − due",
+        {("exact jobs" if r["exact"] else "sweep alone"): r["distribution_ms"] for r in runs},
+        "ms",
+    )
+    first = runs[0]
+    rows = [
+        "## SLA precision\n",
+        f"{first['deadlines']:,} cards whose breach deadlines fall within {first['window_s']} s "
+        f"({first['arriving_per_s']:.0f} per second), each telling three supervisors (through "
+        f"their digests); the Procfile's worker × {first['workers']} and sweep. Lateness = "
+        "`fired_at − due_at` of each recorded event. *Exact jobs*: one RQ job per deadline, as "
+        "the desk schedules them. *Sweep alone*: the same run with no timer job scheduled at "
+        "all (`bench/sweep_only.py` switches them off, including the sweep's re-arming), so the "
+        "sweep (`rq cron`, every 5 s) fires everything.\n",
+        "| | recorded | early | p50 | p95 | p99 | max | events/s kept up |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in runs:
+        late = r["lateness_ms"]
+        rows.append(
+            f"| {'exact jobs' if r['exact'] else 'sweep alone'} | {r['recorded']:,} | "
+            f"{r['early']} | {_ms(late.get('p50'))} | {_ms(late.get('p95'))} | "
+            f"{_ms(late.get('p99'))} | {_ms(late.get('max'))} | {r['events_per_s']:.0f} |"
+        )
+    rows += [
+        "",
+        "When the workers record fewer events per second than arrive, a backlog builds and "
+        "lateness grows with it: the last column is what the workers sustained over the run.\n",
+        f"![lateness percentiles]({plot})\n",
+    ]
+    return "\n".join(rows)
+
+
+def _storm(s: dict[str, Any]) -> str:
+    late = s["lateness_ms"]
+    per = ", ".join(f"{to.removeprefix('whatsapp:')}: {n}" for to, n in s["per_supervisor"].items())
+    return "\n".join(
+        [
+            "## Alert storm\n",
+            f"{s['deadlines']:,} breach deadlines within one second, three supervisors, "
+            "digest window 30 s, `SEND_RATE_LIMIT` 80; messages go to a Twilio-compatible "
+            "server on this machine (`tests/twilio_server.py`) that notes when each arrives.\n",
+            "| | |\n| --- | --- |",
+            f"| events recorded | {s['recorded']:,} of {s['deadlines']:,} |",
+            f"| lateness p50 / p99 / max | {_ms(late.get('p50'))} / {_ms(late.get('p99'))} / "
+            f"{_ms(late.get('max'))} |",
+            f"| alerts recorded | {s['alerts']:,} ({s['bundled']:,} went out inside digests) |",
+            f"| WhatsApp messages sent | {s['messages_sent']} ({per}) |",
+            f"| most messages in any second | {s['max_per_second']} (limit {s['rate_limit']:g}) |",
+            f"| all sent, after the last event | {s['settled']} ({s['seconds_to_settle']:.0f} s) |",
+            "",
+        ]
+    )
+
+
+def _pages(p: dict[str, Any]) -> str:
+    rows = [
+        "## Queue page, dashboard and reports\n",
+        f"{p['open_cards']:,} open cards, {p['messages']:,} messages and {p['history_days']} days "
+        f"of history ({p['history_visits']:,} finished stage visits) on PostgreSQL (loaded in "
+        f"{p['loaded_in_s']:.0f} s with COPY). Sequential GETs by a logged-in agent (the "
+        "dashboard and report by a supervisor) through the Procfile's `web`, after two warm-up "
+        "requests; times measured by the client, whole round trip.\n",
+        "| page | n | p50 | p95 | p99 | max |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, q in [*p["queue"].items(), *p["boards"].items()]:
+        if q.get("missing"):
+            rows.append(f"| {name} | – | not measured: the page does not exist yet | | | |")
+            continue
+        rows.append(
+            f"| {name} | {q['n']} | {_ms(q['p50'])} | {_ms(q['p95'])} | {_ms(q['p99'])} | "
+            f"{_ms(q['max'])} |"
+        )
+    rows += ["", "### Query plans of the queue\n",
+             "`EXPLAIN (ANALYZE)` of each statement `desk.queue_page` runs, with the same "
+             "parameters.\n"]  # fmt: skip
+    for name, plans in p["plans"].items():
+        uses = all("Seq Scan on cards" not in plan for plan in plans)
+        rows.append(
+            f"<details><summary>{name}: "
+            f"{'index scans on cards' if uses else 'a sequential scan on cards'}</summary>\n"
+        )
+        for plan in plans:
+            rows.append("```\n" + plan + "\n```\n")
+        rows.append("</details>\n")
+    rows += [
+        "## Sweep\n",
+        "`jobs.reconcile` in-process, 20 times after one that re-arms what Redis lacks. First "
+        "with nothing due as the open cards grow, then with timers due within the five-minute "
+        "look-ahead (each checked against Redis):\n",
+        "| open cards | due soon | p50 | p95 | max |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in [*p["sweep_open"], *p["sweep_due"]]:
+        rows.append(
+            f"| {row['open']:,} | {row['due_soon']:,} | {_ms(row['p50'])} | {_ms(row['p95'])} | "
+            f"{_ms(row['max'])} |"
+        )
+    rows += ["", "Plan of the due-events query:\n", "```\n" + p["sweep_plan"] + "\n```\n"]
+    return "\n".join(rows)
+
+
+def _memory(results: dict[str, Any]) -> str:
+    rows = ["## Memory\n", "| what | value |", "| --- | --- |"]
+    if "ingest" in results:
+        d = results["ingest"]["desk"]
+        rows.append(
+            f"| RSS of a web worker (gunicorn), after the ingest run | {d['rss_web_mib']:.0f} MiB |"
+        )
+        rows.append(
+            f"| RSS of an RQ worker, after the ingest run | {d['rss_worker_mib']:.0f} MiB |"
+        )
+    for run in results.get("precision", []):
+        if run["exact"]:
+            rows.append(
+                "| RSS of an RQ worker, after the precision run | "
+                f"{run['rss_worker_mib']:.0f} MiB |"
+            )
+            rows.append(
+                f"| Redis bytes per scheduled deadline (`used_memory` growth ÷ deadlines) | "
+                f"{run['redis_bytes_per_deadline']:,.0f} B |"
+            )
+    if "pages" in results:
+        rows.append(
+            "| RSS of a web worker, after the page runs | "
+            f"{results['pages']['rss_web_mib']:.0f} MiB |"
+        )
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,125 @@
+"""GET /metrics: what Prometheus scrapes, and who may scrape it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from flask.testing import FlaskClient
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from whatsdesk import jobs
+from whatsdesk.config import Config
+from whatsdesk.db import utcnow
+from whatsdesk.models import Message, StageVisit
+
+from conftest import fresh, inbound_form, signed_post
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(client: FlaskClient, **kwargs: object) -> Samples:
+    answer = client.get("/metrics", **kwargs)  # type: ignore[arg-type]
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    assert answer.content_type.startswith("text/plain; version=0.0.4")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(answer.get_data(as_text=True))
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def write_in(client: FlaskClient, config: Config, phone: str) -> None:
+    answer = signed_post(client, config, "/twilio/whatsapp", inbound_form(phone=phone))
+    assert answer.status_code == 200  # type: ignore[attr-defined]
+
+
+def test_a_webhook_a_send_and_an_sla_event_show_in_the_scrape(
+    client: FlaskClient, seeded: Config, env: Config, session: Session
+) -> None:
+    # Other test processes share the metrics directory: their counts only add, so compare
+    # this test's scrapes by difference, at least what this test did.
+    before = scrape(client)
+    write_in(client, seeded, "+5511999990000")
+    assert client.post("/twilio/whatsapp", data=inbound_form()).status_code == 403  # unsigned
+    fresh(session)
+    acknowledgement = session.scalars(select(Message).where(Message.direction == "out")).one()
+    assert jobs.send_message(acknowledgement.id) == "sent"
+    visit = session.scalars(select(StageVisit)).one()
+    assert visit.deadline_at is not None
+    assert jobs.fire_and_send(seeded, visit.id, "breach", visit.deadline_at + timedelta(seconds=3))
+    after = scrape(client)
+
+    def grew(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew("whatsdesk_inbound_messages_total", outcome="stored") >= 1
+    assert grew("whatsdesk_inbound_messages_total", outcome="bad_signature") >= 1
+    assert grew("whatsdesk_webhook_seconds_count", webhook="whatsapp") >= 2
+    assert grew("whatsdesk_webhook_seconds_bucket", webhook="whatsapp", le="+Inf") >= 2
+    assert grew("whatsdesk_outbound_messages_total", status="sent") >= 1
+    assert grew("whatsdesk_sla_event_lateness_seconds_count", kind="breach") >= 1
+    # Three seconds late: above the 2.5 s bucket, within the 5 s one.
+    assert grew("whatsdesk_sla_event_lateness_seconds_bucket", kind="breach", le="5.0") >= 1
+    assert grew("whatsdesk_sla_event_lateness_seconds_sum", kind="breach") >= 3
+
+
+def test_open_cards_by_sla_state_and_the_queues_are_read_at_scrape_time(
+    client: FlaskClient, seeded: Config, session: Session
+) -> None:
+    write_in(client, seeded, "+5511999990001")
+    write_in(client, seeded, "+5511999990002")
+    fresh(session)
+    first = session.scalars(select(StageVisit).order_by(StageVisit.id)).first()
+    assert first is not None
+    session.execute(
+        update(StageVisit)
+        .where(StageVisit.id == first.id)
+        .values(deadline_at=utcnow() - timedelta(minutes=1))
+    )
+    session.commit()
+
+    samples = scrape(client)
+
+    assert value(samples, "whatsdesk_open_cards", state="breached") == 1
+    assert value(samples, "whatsdesk_open_cards", state="on_time") == 1
+    assert value(samples, "whatsdesk_open_cards", state="paused") == 0
+    # Two acknowledgements to send; each card's warning and breach timers scheduled.
+    assert value(samples, "whatsdesk_queue_jobs", queue="whatsdesk") == 2
+    assert value(samples, "whatsdesk_scheduled_jobs", queue="whatsdesk-clock") == 4
+    assert value(samples, "whatsdesk_failed_jobs", queue="whatsdesk") == 0
+
+
+def test_without_a_token_only_direct_loopback_requests_are_answered(
+    client: FlaskClient, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("METRICS_TOKEN", raising=False)
+    assert client.get("/metrics").status_code == 200
+    remote = client.get("/metrics", environ_base={"REMOTE_ADDR": "203.0.113.9"})
+    assert remote.status_code == 403
+    proxied = client.get("/metrics", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert proxied.status_code == 403
+    assert "loopback" in proxied.get_data(as_text=True)
+
+
+def test_with_a_token_only_its_bearer_is_answered_from_anywhere(
+    client: FlaskClient, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METRICS_TOKEN", "s3cret-scrape-token")
+    assert client.get("/metrics").status_code == 401
+    wrong = client.get("/metrics", headers={"Authorization": "Bearer guess"})
+    assert wrong.status_code == 401
+    assert wrong.headers["WWW-Authenticate"] == "Bearer"
+    right = client.get(
+        "/metrics",
+        headers={"Authorization": "Bearer s3cret-scrape-token", "X-Forwarded-For": "203.0.113.9"},
+        environ_base={"REMOTE_ADDR": "198.51.100.7"},
+    )
+    assert right.status_code == 200
+    assert "whatsdesk_open_cards" in right.get_data(as_text=True)

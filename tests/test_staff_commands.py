@@ -1,0 +1,498 @@
+"""Staff acting on escalations by WhatsApp (TAKE, ASSIGN, ACK, SNOOZE, HELP), through the
+real signed webhook, against real stored alerts, digests and stage visits."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from flask.testing import FlaskClient
+from redis import Redis
+from rq import Queue
+from rq.registry import ScheduledJobRegistry
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from whatsdesk import accounts, desk, escalation, jobs, notifications, pipeline_store, pipelines
+from whatsdesk.alarms import clock_queue_name
+from whatsdesk.config import Config
+from whatsdesk.db import utcnow
+from whatsdesk.models import Card, CardActivity, Contact, Message, SlaEvent, StageVisit
+
+from conftest import PASSWORD, STAFF, fresh, inbound_form, login, signed_post
+
+INBOUND = "/twilio/whatsapp"
+PHONE = {email.split("@")[0]: phone for _, email, _, phone in STAFF}
+# Escalation level 1 five minutes after the breach (to Bruno), level 2 twenty minutes after.
+CONFIG = """
+pipelines:
+  - key: support
+    name: Support
+    default: true
+    stages:
+      - key: new
+        name: New
+        sla: 10m
+        escalate:
+          - after: 5m
+            to: [bruno@example.com]
+          - after: 20m
+            to: [otto@example.com]
+notifications:
+  digest_window: 30s
+"""
+
+
+@pytest.fixture
+def desk_config(env: Config, session: Session) -> Config:
+    """Ana and Bruno (agents), Sofia and Otto (supervisors), and the pipeline; jobs run
+    in-process in simulator mode, where the send job stores a message SID as with Twilio."""
+    for name, email, role, phone in STAFF:
+        accounts.create_user(
+            session,
+            name=name,
+            email=email,
+            role=role,
+            whatsapp=phone,
+            password=PASSWORD,
+            now=utcnow(),
+        )
+    pipeline_store.load(session, pipelines.parse(CONFIG), utcnow())
+    session.commit()
+    return env
+
+
+def post(client: FlaskClient, config: Config, form: dict[str, str]) -> None:
+    answer = signed_post(client, config, INBOUND, form)
+    assert answer.status_code == 200, answer.get_data(as_text=True)  # type: ignore[attr-defined]
+
+
+def customer_writes(
+    client: FlaskClient, config: Config, session: Session, phone: str = "+5511999990000"
+) -> Card:
+    """A customer's first message opens a card (now, in real time)."""
+    post(client, config, inbound_form(phone=phone, name=f"Customer {phone[-2:]}"))
+    fresh(session)
+    return session.scalars(
+        select(Card).join(Contact).where(Contact.address == f"whatsapp:{phone}")
+    ).one()
+
+
+def visit_of(session: Session, card: Card) -> StageVisit:
+    fresh(session)
+    return session.scalars(
+        select(StageVisit).where(StageVisit.card_id == card.id, StageVisit.left_at.is_(None))
+    ).one()
+
+
+def breach(session: Session, card: Card) -> StageVisit:
+    """The card's SLA runs out: the supervisors' alerts are queued."""
+    visit = visit_of(session, card)
+    assert visit.deadline_at is not None
+    assert escalation.fire(session, visit.id, "breach", visit.deadline_at) is not None
+    session.commit()
+    return visit
+
+
+def deliver(session: Session, who: str, config: Config) -> list[Message]:
+    """The person's pending alerts go out (alone, or as one digest) through the send job,
+    which stores Twilio's SID; the messages sent."""
+    user = accounts.find_by_email(session, f"{who}@example.com")
+    assert user is not None
+    batch = notifications.gather(session, user.id, utcnow() + timedelta(hours=1))
+    session.commit()
+    ids = [m.id for m in batch.sends]
+    for message_id in ids:
+        assert jobs.send_message(message_id) == "sent"
+    fresh(session)
+    return [m for m in (session.get(Message, n) for n in ids) if m is not None]
+
+
+def staff_says(
+    client: FlaskClient,
+    config: Config,
+    who: str,
+    body: str,
+    replying_to: Message | None = None,
+    sid: str | None = None,
+) -> dict[str, str]:
+    """A staff member writes to the desk number, with WhatsApp's "reply" on `replying_to`."""
+    form = inbound_form(phone=PHONE[who], name=who.title(), body=body, sid=sid)
+    if replying_to is not None:
+        assert replying_to.sid
+        form["OriginalRepliedMessageSid"] = replying_to.sid
+    post(client, config, form)
+    return form
+
+
+def answers_to(session: Session, who: str) -> list[Message]:
+    """What the desk answered a staff member's commands, oldest first."""
+    fresh(session)
+    return list(
+        session.scalars(
+            select(Message)
+            .where(
+                Message.to_address == f"whatsapp:{PHONE[who]}",
+                Message.dedupe_key.like("command-%"),
+            )
+            .order_by(Message.id)
+        )
+    )
+
+
+def history(session: Session, card: Card) -> list[tuple[str, str]]:
+    fresh(session)
+    return [
+        (a.kind, a.body)
+        for a in session.scalars(
+            select(CardActivity).where(CardActivity.card_id == card.id).order_by(CardActivity.id)
+        )
+    ]
+
+
+def owner_of(session: Session, card: Card) -> str | None:
+    fresh(session)
+    found = session.get(Card, card.id)
+    assert found is not None
+    return found.owner.name if found.owner else None
+
+
+def queued(config: Config, redis: Redis) -> list[str]:
+    return Queue(config.queue_name, connection=redis).job_ids
+
+
+# --- the alert says how to act ------------------------------------------------------------------
+
+
+def test_a_breach_alert_ends_with_how_to_act(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    card = customer_writes(client, desk_config, session)
+    breach(session, card)
+
+    [alert] = deliver(session, "sofia", desk_config)
+
+    assert alert.body.startswith("🚨 SLA breached — Customer 00")
+    assert alert.body.endswith(
+        f"Card #{card.id}.\nReply TAKE, ACK, SNOOZE 30 or ASSIGN <name> (card #{card.id})."
+    )
+
+
+# --- TAKE ---------------------------------------------------------------------------------------
+
+
+def test_take_by_replying_to_the_alert_makes_the_card_yours_and_confirms(
+    client: FlaskClient, desk_config: Config, session: Session, redis: Redis
+) -> None:
+    card = customer_writes(client, desk_config, session)
+    breach(session, card)
+    [alert] = deliver(session, "sofia", desk_config)
+
+    staff_says(client, desk_config, "sofia", "take", replying_to=alert)
+
+    assert owner_of(session, card) == "Sofia Supervisor"
+    assert history(session, card) == [("claimed", "Sofia Supervisor took the conversation")]
+    [answer] = answers_to(session, "sofia")
+    assert answer.body.startswith(f"✅ Card #{card.id} is yours: Customer 00 (+5511999990000)")
+    assert (answer.card_id, answer.status) == (card.id, "pending")
+    assert f"send-{answer.id}" in queued(desk_config, redis)
+
+
+def test_take_by_code_works_for_an_agent_without_an_alert(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    card = customer_writes(client, desk_config, session)
+
+    staff_says(client, desk_config, "ana", f"TAKE #{card.id}")
+
+    assert owner_of(session, card) == "Ana Agent"
+    assert answers_to(session, "ana")[0].body.startswith(f"✅ Card #{card.id} is yours")
+
+
+def test_take_of_a_card_someone_else_has_is_refused(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    card = customer_writes(client, desk_config, session)
+    staff_says(client, desk_config, "ana", f"take {card.id}")
+
+    staff_says(client, desk_config, "bruno", f"take {card.id}")
+
+    assert owner_of(session, card) == "Ana Agent"
+    [answer] = answers_to(session, "bruno")
+    assert answer.body == f"⚠️ Ana Agent already has this conversation (card #{card.id})."
+
+
+# --- ASSIGN -------------------------------------------------------------------------------------
+
+
+def test_assign_by_code_to_a_named_agent(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    card = customer_writes(client, desk_config, session)
+
+    staff_says(client, desk_config, "sofia", f"ASSIGN Bruno #{card.id}")
+
+    assert owner_of(session, card) == "Bruno Agent"
+    assert history(session, card) == [("assigned", "Sofia Supervisor gave it to Bruno Agent")]
+    assert answers_to(session, "sofia")[0].body.startswith(
+        f"✅ Card #{card.id} is now Bruno Agent's: Customer 00"
+    )
+
+
+def test_assign_by_reply_to_an_email(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    card = customer_writes(client, desk_config, session)
+    breach(session, card)
+    [alert] = deliver(session, "otto", desk_config)
+
+    staff_says(client, desk_config, "otto", "assign ana@example.com", replying_to=alert)
+
+    assert owner_of(session, card) == "Ana Agent"
+
+
+# --- ACK ----------------------------------------------------------------------------------------
+
+
+def test_ack_by_reply_stops_further_levels_and_shows_on_the_conversation_page(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    card = customer_writes(client, desk_config, session)
+    visit = breach(session, card)
+    level_1 = visit.timers.levels[0]
+    [alert] = deliver(session, "sofia", desk_config)
+
+    staff_says(client, desk_config, "sofia", "ACK", replying_to=alert)
+
+    visit = visit_of(session, card)
+    assert visit.acknowledged_at is not None and visit.acknowledged_by is not None
+    assert visit.acknowledged_by.name == "Sofia Supervisor"
+    assert visit.next_due_at is None  # it owes nothing more: the sweep leaves it alone
+    assert escalation.fire(session, visit.id, "level-1", level_1) is None
+    assert escalation.fire(session, visit.id, "level-2", level_1 + timedelta(hours=1)) is None
+    session.commit()
+    assert session.scalars(select(SlaEvent.kind)).all() == ["breach"]
+    [answer] = answers_to(session, "sofia")
+    assert answer.body.startswith(
+        f"✅ Card #{card.id} acknowledged: no further escalation levels in New"
+    )
+    login(client, "otto@example.com")
+    page = client.get(f"/cards/{card.id}").get_data(as_text=True)
+    assert (
+        "Sofia Supervisor acknowledged the escalation by WhatsApp; "
+        "levels 1 and 2 will not fire" in page
+    )
+    assert "acknowledged by Sofia Supervisor" in page
+
+
+def test_ack_in_portuguese_by_code(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    card = customer_writes(client, desk_config, session)
+
+    staff_says(client, desk_config, "otto", f"Ciente, cartão #{card.id}")
+
+    assert visit_of(session, card).acknowledged_at is not None
+
+
+def test_ack_before_the_breach_lets_the_breach_fire_but_no_level(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    card = customer_writes(client, desk_config, session)
+    staff_says(client, desk_config, "sofia", f"ack #{card.id}")
+    visit = visit_of(session, card)
+    assert visit.next_due_at == visit.deadline_at
+
+    jobs.reconcile(desk_config, visit.timers.levels[1] + timedelta(minutes=1))
+
+    fresh(session)
+    assert session.scalars(select(SlaEvent.kind)).all() == ["breach"]
+    assert visit_of(session, card).next_due_at is None
+
+
+def test_an_agent_cannot_ack(client: FlaskClient, desk_config: Config, session: Session) -> None:
+    card = customer_writes(client, desk_config, session)
+
+    staff_says(client, desk_config, "ana", f"ACK #{card.id}")
+
+    assert visit_of(session, card).acknowledged_at is None
+    assert history(session, card) == []
+    [answer] = answers_to(session, "ana")
+    assert answer.body == "⚠️ Only supervisors and admins can ACK; you can TAKE a card."
+
+
+# --- SNOOZE -------------------------------------------------------------------------------------
+
+
+def test_snooze_moves_the_next_level_and_those_after_it_and_rearms_them(
+    client: FlaskClient, desk_config: Config, session: Session, redis: Redis
+) -> None:
+    card = customer_writes(client, desk_config, session)
+    visit = breach(session, card)
+    level_1, level_2 = visit.timers.levels
+
+    staff_says(client, desk_config, "sofia", f"SNOOZE 30 #{card.id}")
+
+    visit = visit_of(session, card)
+    later = timedelta(minutes=30)
+    assert visit.timers.levels == (level_1 + later, level_2 + later)
+    assert visit.next_due_at == level_1 + later
+    scheduled = ScheduledJobRegistry(
+        queue=Queue(clock_queue_name(desk_config.queue_name), connection=redis)
+    )
+    rings = scheduled.get_scheduled_time(f"sla-{visit.id}-level-1")
+    assert abs((rings - (level_1 + later)).total_seconds()) < 1
+    assert escalation.fire(session, visit.id, "level-1", level_1) is None  # not yet
+    assert escalation.fire(session, visit.id, "level-1", level_1 + later) is not None
+    session.commit()
+    [(kind, body)] = history(session, card)
+    assert kind == "snoozed"
+    assert body.startswith("Sofia Supervisor snoozed the escalation 30 min by WhatsApp")
+    assert answers_to(session, "sofia")[0].body.startswith(f"⏰ Card #{card.id} snoozed 30 min")
+
+
+def test_the_sweep_puts_a_snoozed_level_back_in_redis_at_its_new_instant(
+    client: FlaskClient, desk_config: Config, session: Session, redis: Redis
+) -> None:
+    card = customer_writes(client, desk_config, session)
+    visit = breach(session, card)
+    moved = visit.timers.levels[0] + timedelta(minutes=45)
+    staff_says(client, desk_config, "sofia", f"snooze 45 #{card.id}")
+    redis.flushdb()  # Redis lost every job
+
+    jobs.reconcile(desk_config, moved - timedelta(minutes=1))
+
+    scheduled = ScheduledJobRegistry(
+        queue=Queue(clock_queue_name(desk_config.queue_name), connection=redis)
+    )
+    rings = scheduled.get_scheduled_time(f"sla-{visit.id}-level-1")
+    assert abs((rings - moved).total_seconds()) < 1
+
+
+def test_snooze_after_the_first_level_moves_only_the_second(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    card = customer_writes(client, desk_config, session)
+    visit = breach(session, card)
+    level_1, level_2 = visit.timers.levels
+    assert escalation.fire(session, visit.id, "level-1", level_1) is not None
+    session.commit()
+    [alert] = deliver(session, "bruno", desk_config)  # level 1 goes to Bruno, an agent
+    staff_says(client, desk_config, "bruno", "snooze 15", replying_to=alert)
+    assert answers_to(session, "bruno")[0].body.startswith("⚠️ Only supervisors and admins")
+
+    staff_says(client, desk_config, "otto", f"snooze 15m #{card.id}")
+
+    assert visit_of(session, card).timers.levels == (level_1, level_2 + timedelta(minutes=15))
+
+
+# --- finding the card ---------------------------------------------------------------------------
+
+
+def test_a_reply_to_a_digest_of_several_cards_needs_the_code(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    first = customer_writes(client, desk_config, session, phone="+5511999990001")
+    second = customer_writes(client, desk_config, session, phone="+5511999990002")
+    breach(session, first)
+    breach(session, second)
+    [digest] = deliver(session, "sofia", desk_config)
+    assert digest.body.startswith("📋 2 SLA alerts")
+
+    staff_says(client, desk_config, "sofia", "ack", replying_to=digest)
+
+    assert answers_to(session, "sofia")[0].body == (
+        f"⚠️ That digest covers cards #{first.id}, #{second.id}: add the card's number, "
+        f"e.g. ACK #{first.id}."
+    )
+    assert visit_of(session, first).acknowledged_at is None
+    assert visit_of(session, second).acknowledged_at is None
+
+    staff_says(client, desk_config, "sofia", f"ack #{second.id}", replying_to=digest)
+
+    assert visit_of(session, first).acknowledged_at is None
+    assert visit_of(session, second).acknowledged_at is not None
+
+
+@pytest.mark.parametrize(
+    ("body", "answer"),
+    [
+        ("good morning", "whatsdesk commands — reply to an alert"),
+        ("ACK", "⚠️ Which card? Reply to its alert, or add its number, e.g. ACK #12."),
+        ("TAKE #999999", "⚠️ There is no card #999999."),
+        ("ASSIGN Zed #{card}", "⚠️ Nobody active on the staff is called 'zed'; try their email."),
+        ("ASSIGN supervisor #{card}", "⚠️ 'supervisor' could be Otto Supervisor, Sofia Super"),
+        ("SNOOZE soon #{card}", "⚠️ Say how many minutes, e.g. SNOOZE 30."),
+        ("ack #{card} please", "⚠️ I did not understand 'please'."),
+    ],
+)
+def test_what_is_not_a_command_changes_nothing_and_is_answered(
+    client: FlaskClient, desk_config: Config, session: Session, body: str, answer: str
+) -> None:
+    card = customer_writes(client, desk_config, session)
+
+    staff_says(client, desk_config, "sofia", body.format(card=card.id))
+
+    [told] = answers_to(session, "sofia")
+    assert told.body.startswith(answer), told.body
+    assert owner_of(session, card) is None
+    assert visit_of(session, card).acknowledged_at is None
+    assert history(session, card) == []
+
+
+def test_help_lists_the_commands_each_role_may_use(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    staff_says(client, desk_config, "sofia", "help")
+    staff_says(client, desk_config, "ana", "Ajuda")
+
+    [for_supervisor] = answers_to(session, "sofia")
+    [for_agent] = answers_to(session, "ana")
+    assert "• SNOOZE 30 — the next escalation level comes 30 minutes later" in for_supervisor.body
+    assert "A digest covers several cards: add the number" in for_supervisor.body
+    assert "SNOOZE 30 —" not in for_agent.body
+    assert "(ASSIGN, ACK and SNOOZE are for supervisors.)" in for_agent.body
+
+
+def test_a_command_on_a_resolved_card_changes_nothing(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    card = customer_writes(client, desk_config, session)
+    desk.resolve(session, card.id, utcnow())
+    session.commit()
+
+    staff_says(client, desk_config, "sofia", f"TAKE #{card.id}")
+
+    assert owner_of(session, card) is None
+    assert answers_to(session, "sofia")[0].body == f"⚠️ Card #{card.id} is resolved: nothing to do."
+
+
+# --- delivery -----------------------------------------------------------------------------------
+
+
+def test_a_webhook_delivered_twice_confirms_once(
+    client: FlaskClient, desk_config: Config, session: Session, redis: Redis
+) -> None:
+    card = customer_writes(client, desk_config, session)
+    form = staff_says(client, desk_config, "otto", f"snooze 10 #{card.id}")
+    levels = visit_of(session, card).timers.levels
+
+    post(client, desk_config, form)  # Twilio's retry of the same MessageSid
+
+    assert len(answers_to(session, "otto")) == 1
+    assert len(history(session, card)) == 1
+    assert visit_of(session, card).timers.levels == levels  # not snoozed twice
+
+
+def test_a_customer_writing_a_command_is_an_ordinary_customer(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    card = customer_writes(client, desk_config, session)
+
+    post(client, desk_config, inbound_form(phone="+5511988887777", body=f"ACK {card.id}"))
+
+    fresh(session)
+    assert visit_of(session, card).acknowledged_at is None
+    other = session.scalars(select(Card).where(Card.id != card.id)).one()
+    assert other.contact.address == "whatsapp:+5511988887777"
+    assert session.scalars(select(Message).where(Message.dedupe_key.like("command-%"))).all() == []

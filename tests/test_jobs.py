@@ -478,15 +478,16 @@ def test_reconcile_reenqueues_pending_sends_whose_job_is_gone(
     ack = open_card(session).outbound[0]  # pending since T0, its send job never reached Redis
     assert message(seeded, ack.id).status == "pending"
 
-    too_soon = jobs.reconcile(seeded, T0 + timedelta(seconds=29))
+    stale_after = jobs.STALE_SEND_SECONDS
+    too_soon = jobs.reconcile(seeded, T0 + timedelta(seconds=stale_after - 1))
     assert too_soon["resent"] == 0
     assert f"send-{ack.id}" not in queued_ids(seeded, redis)
 
-    stale = jobs.reconcile(seeded, T0 + timedelta(seconds=31))
+    stale = jobs.reconcile(seeded, T0 + timedelta(seconds=stale_after + 1))
     assert stale["resent"] == 1
     assert queued_ids(seeded, redis).count(f"send-{ack.id}") == 1
 
-    again = jobs.reconcile(seeded, T0 + timedelta(seconds=45))
+    again = jobs.reconcile(seeded, T0 + timedelta(seconds=stale_after + 15))
     assert again["resent"] == 0  # its job is waiting in the queue
     assert queued_ids(seeded, redis).count(f"send-{ack.id}") == 1
 

@@ -29,8 +29,9 @@ from .whatsapp import PermanentSendError, Template, TransientSendError, sender_f
 log = logging.getLogger(__name__)
 # RQ's scheduler keeps whole seconds and polls each second: a job can wake up to ~1 s early.
 EARLY_WAIT_LIMIT = 3.0
-# Outbound messages still pending this long after being queued have lost their job.
-STALE_SEND_SECONDS = 30
+# Outbound messages still pending this long after being queued, without a live send job,
+# have lost it (Redis restarted, the enqueue after commit failed): the sweep sends them.
+STALE_SEND_SECONDS = 5
 # A send still "sending" this long was interrupted (killed worker, lost connection).
 INTERRUPTED_SEND_SECONDS = 300
 # A send "sending" this long without a live job has surely finished its call to Twilio

@@ -10,7 +10,7 @@ def _no_exact_timer(*_args: object, **_kwargs: object) -> None:
     return None
 
 
-alarms.Alarms.schedule_timer = _no_exact_timer  # type: ignore[method-assign]
+alarms.Alarms.schedule_second = _no_exact_timer  # type: ignore[method-assign]
 
 
 class Worker(DeskWorker):

@@ -10,13 +10,11 @@ from click.testing import Result
 from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
-from rq import Queue
-from rq.registry import ScheduledJobRegistry
 from sqlalchemy import func, select
 from werkzeug.security import check_password_hash
 
 from whatsdesk import accounts, pipelines
-from whatsdesk.alarms import clock_queue_name
+from whatsdesk.alarms import Alarms
 from whatsdesk.cli import DEFAULT_PIPELINE_FILE, DEMO_PASSWORD, DEMO_STAFF
 from whatsdesk.config import Config
 from whatsdesk.db import session_factory
@@ -458,10 +456,8 @@ def test_pipeline_load_retime_moves_open_cards_to_the_new_sla_and_their_timers(
         retimed = s.get(StageVisit, visit.id)
         assert retimed is not None and retimed.deadline_at is not None
         assert retimed.deadline_at == visit.entered_at + timedelta(minutes=10)
-    clock = Queue(clock_queue_name(seeded.queue_name), connection=redis)
-    registry = ScheduledJobRegistry(queue=clock)
-    moved = registry.get_scheduled_time(f"sla-{visit.id}-breach")
-    assert moved == retimed.deadline_at.replace(microsecond=0)
+    wakes = Alarms(seeded.redis_url, seeded.queue_name).wakes_for(retimed.deadline_at)
+    assert wakes == retimed.deadline_at.replace(microsecond=0) - timedelta(seconds=1)
 
 
 def test_pipeline_load_without_retime_leaves_open_cards_on_their_sla(

@@ -19,7 +19,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from whatsdesk import desk, escalation, jobs, sla, whatsapp
-from whatsdesk.alarms import MAX_SEND_ATTEMPTS, Alarms, clock_queue_name
+from whatsdesk.alarms import (
+    MAX_SEND_ATTEMPTS,
+    TICK_AHEAD_SECONDS,
+    Alarms,
+    clock_queue_name,
+    second_of,
+    tick_job_id,
+)
 from whatsdesk.config import Config
 from whatsdesk.db import session_factory, utcnow
 from whatsdesk.models import EarlyStatus, Message, SlaEvent, StageVisit, User
@@ -41,9 +48,11 @@ CLOSED_TWILIO_URL = "http://127.0.0.1:1"
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def open_card(session: Session, at: datetime = T0, name: str = "Maria") -> desk.Received:
+def open_card(
+    session: Session, at: datetime = T0, name: str = "Maria", phone: str = CUSTOMER
+) -> desk.Received:
     """A customer's first message opens a card in the first stage; committed."""
-    inbound = whatsapp.parse_inbound(inbound_form(phone=CUSTOMER, name=name))
+    inbound = whatsapp.parse_inbound(inbound_form(phone=phone, name=name))
     received = desk.receive_message(session, inbound, at)
     session.commit()
     assert received.new_visit is not None
@@ -90,6 +99,14 @@ def scheduled(config: Config, redis: Redis) -> dict[str, datetime]:
 def whole_second(instant: datetime) -> datetime:
     """RQ keeps scheduled times in whole seconds."""
     return instant.replace(microsecond=0)
+
+
+def ticks(*instants: datetime) -> dict[str, datetime]:
+    """The clock jobs these instants need: one per second, woken a second before it."""
+    return {
+        tick_job_id(second_of(i)): whole_second(i) - timedelta(seconds=TICK_AHEAD_SECONDS)
+        for i in instants
+    }
 
 
 def lose_redis_data(redis: Redis) -> None:
@@ -325,7 +342,8 @@ def test_warning_not_fired_by_the_deadline_is_never_fired(
     assert escalation.fire(session, visit.id, "warning", BREACH_AT) is None
     assert escalation.fire(session, visit.id, "warning", BREACH_AT + timedelta(hours=1)) is None
     session.commit()
-    assert jobs.fire_sla_event(visit.id, "warning") == "nothing to do"  # a timer job woken late
+    # The clock job of the warning's second, woken late: nothing is owed any more.
+    assert jobs.fire_second(second_of(visit.warning_at)) == "fired 0"
 
     assert sla_events(env) == []
     assert alerts(env) == []
@@ -377,14 +395,14 @@ def short_sla(env: Config) -> Config:
     return env
 
 
-def test_timer_job_woken_a_little_early_waits_for_the_instant_then_fires(
+def test_clock_job_woken_before_its_second_waits_for_the_instant_then_fires(
     short_sla: Config, session: Session, redis: Redis
 ) -> None:
     visit = open_card(session, at=utcnow()).new_visit
     assert visit is not None and visit.warning_at is not None
-    assert visit.warning_at > utcnow()  # about one second early, as RQ's scheduler can be
+    assert visit.warning_at > utcnow()  # about one second early, as the job is woken
 
-    assert jobs.fire_sla_event(visit.id, "warning") == "fired"
+    assert jobs.fire_second(second_of(visit.warning_at)) == "fired 1"
 
     [event] = sla_events(short_sla)
     assert event.kind == "warning" and event.due_at == visit.warning_at
@@ -394,18 +412,39 @@ def test_timer_job_woken_a_little_early_waits_for_the_instant_then_fires(
     assert sorted(queued_ids(short_sla, redis)) == sorted(alert_jobs_for(sent))
 
 
-def test_timer_job_woken_far_too_early_reschedules_itself_for_the_instant(
+def test_clock_job_woken_far_too_early_reschedules_itself_for_its_second(
     env: Config, seeded: Config, session: Session, redis: Redis
 ) -> None:
     visit = open_card(session, at=utcnow()).new_visit  # breach two minutes from now
     assert visit is not None and visit.deadline_at is not None
+    second = second_of(visit.deadline_at)
 
-    assert jobs.fire_sla_event(visit.id, "breach") == "rescheduled"
+    assert jobs.fire_second(second) == "rescheduled"
 
     assert sla_events(env) == []
     assert alerts(env) == []
-    again = f"sla-{visit.id}-breach-at-{int(visit.deadline_at.timestamp())}"
-    assert scheduled(env, redis)[again] == whole_second(visit.deadline_at)
+    [(job_id, at)] = ticks(visit.deadline_at).items()
+    assert scheduled(env, redis)[f"{job_id}-again"] == at
+
+
+def test_one_clock_job_fires_every_event_of_its_second_in_order(
+    short_sla: Config, session: Session, redis: Redis
+) -> None:
+    """Deadlines sharing a second share a job, which fires each at its own instant."""
+    now = utcnow()
+    visits = [open_card(session, at=now, phone=f"+55119999900{n:02d}").new_visit for n in range(3)]
+    assert all(v is not None and v.deadline_at is not None for v in visits)
+    assert len(ticks(*[v.deadline_at for v in visits if v and v.deadline_at])) == 1
+
+    # The breaches' job; the warnings, a second earlier and still owed, go first.
+    assert jobs.fire_second(second_of(now + timedelta(seconds=2))) == "fired 6"
+
+    events = sla_events(short_sla)
+    assert sorted(e.kind for e in events) == ["breach"] * 3 + ["warning"] * 3
+    assert [e.fired_at for e in events] == sorted(e.fired_at for e in events)
+    assert all(e.due_at <= e.fired_at for e in events)  # never early
+    breaches = [e for e in events if e.kind == "breach"]
+    assert all(e.fired_at < e.due_at + timedelta(seconds=1) for e in breaches)
 
 
 def test_opening_a_card_by_webhook_schedules_its_timers(
@@ -418,12 +457,12 @@ def test_opening_a_card_by_webhook_schedules_its_timers(
         visit = s.scalars(select(StageVisit)).one()
     assert visit.warning_at is not None and visit.deadline_at is not None
     assert visit.deadline_at - visit.entered_at == timedelta(minutes=2)
-    assert scheduled(seeded, redis) == {
-        f"sla-{visit.id}-warning": whole_second(visit.warning_at),
-        f"sla-{visit.id}-breach": whole_second(visit.deadline_at),
-    }
-    job = Job.fetch(f"sla-{visit.id}-breach", connection=redis)
-    assert (job.func_name, job.args) == ("whatsdesk.jobs.fire_sla_event", (visit.id, "breach"))
+    assert scheduled(seeded, redis) == ticks(visit.warning_at, visit.deadline_at)
+    job = Job.fetch(tick_job_id(second_of(visit.deadline_at)), connection=redis)
+    assert (job.func_name, job.args) == (
+        "whatsdesk.jobs.fire_second",
+        (second_of(visit.deadline_at),),
+    )
 
 
 # --- reconciling after Redis lost its data ------------------------------------------------------
@@ -443,10 +482,7 @@ def test_reconcile_rearms_future_timers_redis_lost(
     counts = jobs.reconcile(seeded, T0 + timedelta(seconds=10))
 
     assert counts["rearmed"] == 2 and counts["fired"] == 0
-    assert scheduled(seeded, redis) == {
-        f"sla-{visit.id}-warning": WARNING_AT,
-        f"sla-{visit.id}-breach": BREACH_AT,
-    }
+    assert scheduled(seeded, redis) == ticks(WARNING_AT, BREACH_AT)
     assert jobs.reconcile(seeded, T0 + timedelta(seconds=11))["rearmed"] == 0
     assert sla_events(seeded) == []
 
@@ -469,7 +505,7 @@ def test_reconcile_fires_overdue_timers_exactly_once(
     assert sorted(m.to_address for m in sent) == sorted([ADDRESS["ana"], ADDRESS["bruno"]])
     assert alert_jobs_for(sent) <= set(queued_ids(seeded, redis))
     # The breach, still to come, is back on the clock.
-    assert scheduled(seeded, redis) == {f"sla-{visit.id}-breach": BREACH_AT}
+    assert scheduled(seeded, redis) == ticks(BREACH_AT)
 
 
 def test_reconcile_reenqueues_pending_sends_whose_job_is_gone(
@@ -840,10 +876,7 @@ def test_sweep_rearms_a_lost_timer_once_it_is_within_the_lookahead(
     assert jobs.reconcile(seeded, far_before)["rearmed"] == 0
     assert jobs.reconcile(seeded, T0)["rearmed"] == 2
     assert jobs.reconcile(seeded, T0 + timedelta(seconds=5))["rearmed"] == 0
-    assert scheduled(seeded, redis) == {
-        f"sla-{visit.id}-warning": WARNING_AT,
-        f"sla-{visit.id}-breach": BREACH_AT,
-    }
+    assert scheduled(seeded, redis) == ticks(WARNING_AT, BREACH_AT)
 
 
 def test_only_one_sweep_runs_at_a_time(env: Config, seeded: Config, redis: Redis) -> None:

@@ -11,6 +11,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from whatsdesk import jobs
+from whatsdesk.alarms import second_of
 from whatsdesk.config import Config
 from whatsdesk.db import utcnow
 from whatsdesk.models import Message, StageVisit
@@ -76,6 +77,13 @@ def test_open_cards_by_sla_state_and_the_queues_are_read_at_scrape_time(
     write_in(client, seeded, "+5511999990001")
     write_in(client, seeded, "+5511999990002")
     fresh(session)
+    # The clock jobs armed: one for each second holding a warning or a breach.
+    seconds = {
+        second_of(instant)
+        for visit in session.scalars(select(StageVisit))
+        for instant in (visit.warning_at, visit.deadline_at)
+        if instant is not None
+    }
     first = session.scalars(select(StageVisit).order_by(StageVisit.id)).first()
     assert first is not None
     session.execute(
@@ -90,9 +98,9 @@ def test_open_cards_by_sla_state_and_the_queues_are_read_at_scrape_time(
     assert value(samples, "whatsdesk_open_cards", state="breached") == 1
     assert value(samples, "whatsdesk_open_cards", state="on_time") == 1
     assert value(samples, "whatsdesk_open_cards", state="paused") == 0
-    # Two acknowledgements to send; each card's warning and breach timers scheduled.
+    # Two acknowledgements to send; a clock job for each second holding a warning or a breach.
     assert value(samples, "whatsdesk_queue_jobs", queue="whatsdesk") == 2
-    assert value(samples, "whatsdesk_scheduled_jobs", queue="whatsdesk-clock") == 4
+    assert value(samples, "whatsdesk_scheduled_jobs", queue="whatsdesk-clock") == len(seconds)
     assert value(samples, "whatsdesk_failed_jobs", queue="whatsdesk") == 0
 
 

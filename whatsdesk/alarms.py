@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 
 from redis import Redis
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus, get_current_job
+from rq.registry import ScheduledJobRegistry
 
 from .sla import Timers
 
@@ -55,8 +57,20 @@ def clock_queue_name(queue_name: str) -> str:
     return f"{queue_name}-clock"
 
 
-def timer_job_id(visit_id: int, kind: str) -> str:
-    return f"sla-{visit_id}-{kind}"
+def second_of(instant: datetime) -> int:
+    """The whole second (Unix time) an instant falls in."""
+    return math.floor(instant.timestamp())
+
+
+def tick_job_id(second: int) -> str:
+    """The clock job of one second: however many deadlines fall in it, one job."""
+    return f"tick-{second}"
+
+
+# A second's clock job is woken this long before the second begins (RQ's scheduler keeps
+# whole seconds and polls once a second: a job can start up to ~1 s late or early), and
+# then waits in the worker for each instant: never early, and late by its own work only.
+TICK_AHEAD_SECONDS = 1
 
 
 def menu_job_id(card_id: int) -> str:
@@ -130,27 +144,34 @@ class Alarms:
             self.enqueue_send(message_id)
 
     def schedule_timers(self, visit_id: int, timers: Timers) -> None:
-        """A job at each instant; the same id again moves the job instead of adding one."""
+        """The clock job of each instant's second (the visit's id is not needed: the job
+        reads from the database what falls due in its second)."""
         for kind in timers.kinds():
             instant = timers.instant(kind)
             if instant is not None:
-                self.schedule_timer(visit_id, kind, instant)
+                self.schedule_second(second_of(instant))
 
-    def schedule_timer(
-        self, visit_id: int, kind: str, instant: datetime, again: bool = False
-    ) -> None:
-        """A job at the instant; `again` for a job re-scheduling itself (another id)."""
-        job_id = timer_job_id(visit_id, kind)
-        if again:
-            job_id = f"{job_id}-at-{int(instant.timestamp())}"
+    def schedule_second(self, second: int, again: bool = False) -> None:
+        """The job that fires what falls due in this second, woken just before it begins;
+        the same id again replaces the job instead of adding one (`again`: a job putting
+        itself back, under an id of its own)."""
+        job_id = tick_job_id(second) + ("-again" if again else "")
         self.clock.enqueue_at(
-            instant,
-            "whatsdesk.jobs.fire_sla_event",
-            visit_id,
-            kind,
+            datetime.fromtimestamp(second - TICK_AHEAD_SECONDS, UTC),
+            "whatsdesk.jobs.fire_second",
+            second,
             job_id=job_id,
-            result_ttl=3600,
+            result_ttl=600,
         )
+
+    def wakes_for(self, instant: datetime) -> datetime | None:
+        """When the clock job covering this instant is woken; None when none is scheduled."""
+        try:
+            return ScheduledJobRegistry(queue=self.clock).get_scheduled_time(
+                tick_job_id(second_of(instant))
+            )
+        except NoSuchJobError:
+            return None
 
     @contextmanager
     def exclusive(self, name: str, ttl: int) -> Iterator[bool]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Select, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -14,11 +14,13 @@ from sqlalchemy.orm import Session
 from . import desk, escalation, metrics, notifications, settings, sla
 from .alarms import (
     MAX_SEND_ATTEMPTS,
+    TICK_AHEAD_SECONDS,
     Alarms,
     alerts_job_id,
     menu_job_id,
+    second_of,
     send_job_id,
-    timer_job_id,
+    tick_job_id,
 )
 from .config import Config
 from .db import session_scope, utcnow
@@ -55,19 +57,42 @@ def _alarms(config: Config) -> Alarms:
     return Alarms(config.redis_url, config.queue_name)
 
 
-def fire_sla_event(visit_id: int, kind: str) -> str:
-    """Timer job: record one warning/breach of a visit at most once and send its alerts."""
+def fire_second(second: int) -> str:
+    """Clock job of one second: fire, each at its instant and never before, every event of
+    an open visit that falls due before the second ends (and any overdue one). One job per
+    second, whatever the number of deadlines in it; each event is recorded once."""
     config = _config()
-    with session_scope(config.database_url) as session:
-        visit = session.get(StageVisit, visit_id)
-        instant = visit.timers.instant(kind) if visit else None
-    if instant is None:
-        return "no such timer"
+    start = datetime.fromtimestamp(second, UTC)
     if not _at_instant(
-        instant, lambda: _alarms(config).schedule_timer(visit_id, kind, instant, again=True)
+        start - timedelta(seconds=TICK_AHEAD_SECONDS),
+        lambda: _alarms(config).schedule_second(second, again=True),
     ):
         return "rescheduled"
-    return "fired" if fire_and_send(config, visit_id, kind, utcnow()) else "nothing to do"
+    fired = 0
+    for instant, visit_id, kind in _owed_before(config, start + timedelta(seconds=1)):
+        wait = (instant - utcnow()).total_seconds()
+        if wait > 0:
+            time.sleep(wait)
+        try:
+            fired += fire_and_send(config, visit_id, kind, utcnow())
+        except Exception:  # one bad visit must not hold up the others of its second
+            log.exception("could not fire %s of visit %s", kind, visit_id)
+    return f"fired {fired}"
+
+
+def _owed_before(config: Config, end: datetime) -> list[tuple[datetime, int, str]]:
+    """The events open visits owe before `end`, earliest first (an indexed range query on
+    each visit's next instant)."""
+    owed = []
+    with session_scope(config.database_url) as session:
+        query = _open_visits().where(StageVisit.next_due_at < end)
+        for visit, recorded in _with_recorded(session, query):
+            timers = escalation.owed_timers(visit)
+            for kind in timers.kinds():
+                instant = timers.instant(kind)
+                if kind not in recorded and instant is not None and instant < end:
+                    owed.append((instant, visit.id, kind))
+    return sorted(owed)
 
 
 def _at_instant(instant: datetime, come_back: Callable[[], None]) -> bool:
@@ -304,9 +329,12 @@ def reconcile(config: Config, now: datetime) -> dict[str, int]:
         elif not alarms.is_live(menu_job_id(card_id)):
             alarms.schedule_menu(card_id, deadline)
             counts["rearmed"] += 1
-    for visit_id, kind, instant in _timers_due_before(config, now, horizon):
-        if not alarms.is_live(timer_job_id(visit_id, kind)):
-            alarms.schedule_timer(visit_id, kind, instant)
+    seconds = {
+        second_of(instant) for _visit, _kind, instant in _timers_due_before(config, now, horizon)
+    }
+    for second in sorted(seconds):
+        if not alarms.is_live(tick_job_id(second)):
+            alarms.schedule_second(second)
             counts["rearmed"] += 1
     for message_id in _stale_sends(config, now):
         if not alarms.is_live(send_job_id(message_id)):

@@ -39,7 +39,7 @@ def load_file(path: Path, retime: bool = False) -> tuple[int, int]:
     session = get_session()
     try:
         applied = configuration.apply(
-            session, desk, None, "import", path.name, utcnow(), retime=retime
+            session, desk, None, "import", path.name, utcnow(), retime=retime, from_server=True
         )
         session.commit()
     except BaseException:

@@ -94,18 +94,56 @@ def apply(
     target: str,
     now: datetime,
     retime: bool = False,
+    from_server: bool = False,
 ) -> Applied:
     """Load `spec` (refused whole, with PipelineFileError, on any problem: nothing changes)
-    and audit it; `retime` re-times open cards of its pipelines to the new SLAs."""
+    and audit it; `retime` re-times the open cards of the pipelines the change touches (its
+    own SLAs, or a calendar it uses) to the new SLAs.
+
+    `from_server`: the operator's `flask pipeline load`, which may name .ics files and URLs
+    (read by the server) and reads every calendar's again. From the web, a new or changed
+    .ics source is refused — the server would read any file or address it names — and only
+    the calendars the change touches are read."""
     check(spec)
-    before = current_yaml(session)
-    loaded = pipeline_store.load(session, spec, now)
-    visits = pipeline_store.retime(session, loaded) if retime else []
+    before_spec = current(session)
+    if not from_server:
+        _refuse_new_sources(spec, before_spec)
+    changed = _touched_pipelines(session, spec, before_spec)
+    before = pipelines.dump(before_spec)
+    loaded = pipeline_store.load(session, spec, now, refresh=from_server)
+    touched = [pipeline for pipeline in loaded if pipeline.key in changed]
+    visits = pipeline_store.retime(session, touched) if retime else []
     session.flush()
     session.expire_all()  # read back what was written, not what the session remembers
     audit.record(session, user, action, target, before, current_yaml(session), now)
     session.flush()
     return Applied(len(spec.pipelines), [(visit.id, visit.timers) for visit in visits])
+
+
+def _refuse_new_sources(spec: DeskSpec, before: DeskSpec) -> None:
+    stored = {calendar.key: calendar.ics for calendar in before.calendars}
+    problems = [
+        f"calendar {calendar.key!r}, holidays.ics: an .ics file or URL is read by the server, "
+        "so only `flask pipeline load` on the server may set or change it"
+        for calendar in spec.calendars
+        if calendar.ics and calendar.ics != stored.get(calendar.key)
+    ]
+    if problems:
+        raise pipelines.PipelineFileError(problems)
+
+
+def _touched_pipelines(session: Session, spec: DeskSpec, before: DeskSpec) -> set[str]:
+    """The keys of the pipelines in `spec` whose open cards a re-time concerns: new or changed
+    pipelines, and those using a calendar the change alters."""
+    old = {pipeline.key: pipeline for pipeline in before.pipelines}
+    calendars = {c.key for c in spec.calendars} - pipeline_store.unchanged_calendars(session, spec)
+    return {
+        pipeline.key
+        for pipeline in spec.pipelines
+        if pipeline.key not in old
+        or not pipelines.same_pipeline(old[pipeline.key], pipeline)
+        or ({pipeline.calendar} | {stage.calendar for stage in pipeline.stages}) & calendars
+    }
 
 
 def edit(
@@ -119,3 +157,26 @@ def edit(
 ) -> Applied:
     """Apply `change` to the current configuration (a page's edit of one part of it)."""
     return apply(session, change(current(session)), user, action, target, now, retime)
+
+
+def on_pipeline(
+    key: str, change: Callable[[pipelines.PipelineSpec], pipelines.PipelineSpec]
+) -> Callable[[DeskSpec], DeskSpec]:
+    """A change for `edit`: `change` applied to pipeline `key`, the others left alone (a
+    stage's change: `on_pipeline(key, on_stage(stage_key, change))`)."""
+    from dataclasses import replace
+
+    return lambda desk: replace(
+        desk, pipelines=[change(p) if p.key == key else p for p in desk.pipelines]
+    )
+
+
+def on_stage(
+    key: str, change: Callable[[pipelines.StageSpec], pipelines.StageSpec]
+) -> Callable[[pipelines.PipelineSpec], pipelines.PipelineSpec]:
+    """A pipeline's change: `change` applied to its stage `key`, the others left alone."""
+    from dataclasses import replace
+
+    return lambda pipeline: replace(
+        pipeline, stages=[change(s) if s.key == key else s for s in pipeline.stages]
+    )

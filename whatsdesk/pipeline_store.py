@@ -30,15 +30,23 @@ from .pipelines import (
     PipelineSpec,
     StageSpec,
     TimeoutSpec,
+    same_calendar,
 )
 
 
-def load(session: Session, desk: DeskSpec, now: datetime) -> list[Pipeline]:
+def load(session: Session, desk: DeskSpec, now: datetime, refresh: bool = True) -> list[Pipeline]:
     """Create or update each calendar and pipeline of the file; refuses, changing nothing,
-    on any problem. SLA changes apply to stage visits that start afterwards (see retime)."""
+    on any problem. SLA changes apply to stage visits that start afterwards (see retime).
+    `refresh`: read every calendar's holiday sources (.ics) again; otherwise only those of
+    the calendars this configuration changes (a page's edit)."""
     specs = desk.pipelines
     problems: list[str] = []
-    resolved = [_resolve_calendar(spec, now, problems) for spec in desk.calendars]
+    unchanged = set() if refresh else unchanged_calendars(session, desk)
+    resolved = [
+        _resolve_calendar(spec, now, problems)
+        for spec in desk.calendars
+        if spec.key not in unchanged
+    ]
     users = _alert_users(session, specs, problems)
     known = {c.key for c in desk.calendars} | set(session.scalars(select(BusinessCalendar.key)))
     problems += _calendar_reference_problems(specs, known)
@@ -111,6 +119,16 @@ def _resolve_calendar(
         except Exception as exc:  # any unreadable source: refuse the file, say why
             problems.append(f"{where}.ics: cannot read {spec.ics}: {exc}")
     return spec, ics_days
+
+
+def unchanged_calendars(session: Session, desk: DeskSpec) -> set[str]:
+    """The keys of the calendars in `desk` that are stored exactly so already."""
+    stored = {row.key: row for row in session.scalars(select(BusinessCalendar))}
+    return {
+        spec.key
+        for spec in desk.calendars
+        if spec.key in stored and same_calendar(_calendar_spec(stored[spec.key]), spec)
+    }
 
 
 def _calendar_reference_problems(specs: list[PipelineSpec], known: set[str]) -> list[str]:

@@ -178,21 +178,27 @@ class DeskSpec:
     menu: MenuSpec | None = None  # None: leave the stored menu alone
 
 
+MAX_DURATION_DAYS = 365
+MAX_DURATION_SECONDS = MAX_DURATION_DAYS * 86400  # deadlines stay dates; columns stay int32
+
+
 def parse_duration(value: Any) -> int:
-    """Seconds from 90, '90s', '2m', '1h30m', '1d'; ValueError otherwise."""
+    """Seconds from 90, '90s', '2m', '1h30m', '1d' — more than zero, at most 365 days;
+    ValueError otherwise."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 90s, 15m or 2h")
     if isinstance(value, int):
-        if value <= 0:
-            raise ValueError("must be more than zero seconds")
-        return value
-    match = DURATION_RE.match(str(value).strip()) if isinstance(value, str) else None
-    if not match or not any(match.groups()):
-        raise ValueError(f"{value!r} is not a duration such as 90s, 15m, 2h or 1h30m")
-    d, h, m, s = (int(g or 0) for g in match.groups())
-    seconds = d * 86400 + h * 3600 + m * 60 + s
+        seconds = value
+    else:
+        match = DURATION_RE.match(str(value).strip()) if isinstance(value, str) else None
+        if not match or not any(match.groups()):
+            raise ValueError(f"{value!r} is not a duration such as 90s, 15m, 2h or 1h30m")
+        d, h, m, s = (int(g or 0) for g in match.groups())
+        seconds = d * 86400 + h * 3600 + m * 60 + s
     if seconds <= 0:
         raise ValueError("must be more than zero seconds")
+    if seconds > MAX_DURATION_SECONDS:
+        raise ValueError(f"must be at most {MAX_DURATION_DAYS} days")
     return seconds
 
 
@@ -789,6 +795,15 @@ def _notifications_dict(spec: NotificationsSpec) -> dict[str, Any]:
             "variables": dict(spec.template_variables),
         }
     return out
+
+
+def same_calendar(a: CalendarSpec, b: CalendarSpec) -> bool:
+    """The same calendar as the file would say it (wherever each was read from)."""
+    return _calendar_dict(a) == _calendar_dict(b)
+
+
+def same_pipeline(a: PipelineSpec, b: PipelineSpec) -> bool:
+    return _pipeline_dict(a) == _pipeline_dict(b)
 
 
 def _calendar_dict(spec: CalendarSpec) -> dict[str, Any]:

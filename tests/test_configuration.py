@@ -1,0 +1,152 @@
+"""The one write path for configuration: what a change from the web may touch, what it reads
+and which open cards a re-time concerns."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from whatsdesk import accounts, configuration, desk, pipelines, whatsapp
+from whatsdesk.config import Config
+from whatsdesk.db import session_factory, utcnow
+from whatsdesk.models import AuditEntry, BusinessCalendar, StageVisit
+from whatsdesk.pipelines import DeskSpec, PipelineFileError
+
+from conftest import PASSWORD, count, csrf_token, inbound_form, login, seed
+
+ICS = (
+    "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//whatsdesk test//EN\r\n"
+    "BEGIN:VEVENT\r\nUID:1\r\nDTSTART;VALUE=DATE:20261225\r\nDTEND;VALUE=DATE:20261226\r\n"
+    "SUMMARY:Closed\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+)
+
+DESK = """
+calendars:
+  - key: office
+    name: Office
+    timezone: UTC
+    hours:
+      mon-sun: ["00:00-24:00"]
+{holidays}
+pipelines:
+  - key: support
+    name: Support
+    default: true
+    stages:
+      - key: new
+        name: New
+        sla: 10m
+  - key: sales
+    name: Sales
+    calendar: office
+    stages:
+      - key: lead
+        name: Lead
+        sla: 1h
+"""
+
+
+def desk_yaml(ics: Path | None = None) -> str:
+    holidays = f"    holidays:\n      ics: {ics}" if ics else ""
+    return DESK.format(holidays=holidays)
+
+
+@pytest.fixture
+def admin(client: FlaskClient, config: Config) -> FlaskClient:
+    """The seeded desk, and an admin logged in on the client."""
+    seed(config.database_url)
+    with session_factory(config.database_url)() as s:
+        accounts.create_user(
+            s,
+            name="Ada Admin",
+            email="ada@example.com",
+            role="admin",
+            whatsapp=None,
+            password=PASSWORD,
+            now=utcnow(),
+        )
+        s.commit()
+    login(client, "ada@example.com")
+    return client
+
+
+def test_an_ics_source_cannot_be_set_from_the_web(admin: FlaskClient, session: Session) -> None:
+    page = admin.get("/settings/yaml").get_data(as_text=True)
+    audited = count(session, AuditEntry)
+
+    answer = admin.post(
+        "/settings/yaml",
+        data={"yaml": desk_yaml(Path("/etc/hostname")), "csrf_token": csrf_token(page)},
+    )
+
+    text = answer.get_data(as_text=True)
+    assert answer.status_code == 400
+    assert "only `flask pipeline load` on the server may set or change it" in text
+    assert count(session, AuditEntry) == audited
+    assert session.scalars(select(BusinessCalendar)).first() is None
+
+
+def test_the_server_may_name_an_ics_file_and_a_page_edit_does_not_read_it_again(
+    config: Config, session: Session, tmp_path: Path
+) -> None:
+    seed(config.database_url)
+    ics = tmp_path / "closed.ics"
+    ics.write_text(ICS)
+    spec = pipelines.parse(desk_yaml(ics))
+    configuration.apply(session, spec, None, "import", "file", utcnow(), from_server=True)
+    session.commit()
+    ics.unlink()  # the source is gone: reading it again would refuse every change
+
+    def rename(desk_spec: DeskSpec) -> DeskSpec:
+        sales = replace(desk_spec.pipelines[1], name="Sales team")
+        return replace(desk_spec, pipelines=[desk_spec.pipelines[0], sales])
+
+    configuration.edit(session, rename, None, "pipeline", "sales", utcnow())
+    session.commit()
+
+    stored = session.scalars(select(BusinessCalendar)).one()
+    assert stored.ics_dates == ["2026-12-25"]
+    assert configuration.current(session).pipelines[1].name == "Sales team"
+    # The operator's load reads it again, and says it cannot.
+    with pytest.raises(PipelineFileError, match="cannot read"):
+        configuration.apply(session, spec, None, "import", "file", utcnow(), from_server=True)
+
+
+def test_a_retime_concerns_only_the_pipelines_the_change_touches(
+    config: Config, session: Session
+) -> None:
+    seed(config.database_url)
+    configuration.apply(
+        session, pipelines.parse(desk_yaml()), None, "import", "file", utcnow(), from_server=True
+    )
+    session.commit()
+    now = utcnow()
+    support = desk.receive_message(
+        session, whatsapp.parse_inbound(inbound_form(phone="+5511999990001")), now
+    ).new_visit
+    assert support is not None
+    session.commit()
+
+    def slower(desk_spec: DeskSpec) -> DeskSpec:
+        new = replace(desk_spec.pipelines[0].stages[0], sla_seconds=3600)
+        first = replace(desk_spec.pipelines[0], stages=[new])
+        return replace(desk_spec, pipelines=[first, desk_spec.pipelines[1]])
+
+    def rename_sales(desk_spec: DeskSpec) -> DeskSpec:
+        sales = replace(desk_spec.pipelines[1], name="Sales team")
+        return replace(desk_spec, pipelines=[desk_spec.pipelines[0], sales])
+
+    untouched = configuration.edit(session, rename_sales, None, "p", "sales", now, retime=True)
+    touched = configuration.edit(session, slower, None, "stage", "support/new", now, retime=True)
+    session.commit()
+
+    assert untouched.timers == []
+    assert [visit_id for visit_id, _ in touched.timers] == [support.id]
+    visit = session.get(StageVisit, support.id)
+    assert visit is not None and visit.deadline_at == support.entered_at + timedelta(hours=1)

@@ -131,3 +131,14 @@ def test_with_a_token_only_its_bearer_is_answered_from_anywhere(
     )
     assert right.status_code == 200
     assert "whatsdesk_open_cards" in right.get_data(as_text=True)
+
+
+def test_a_token_that_is_not_ascii_is_refused_not_an_error(
+    client: FlaskClient, config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METRICS_TOKEN", "s3cret-scrape-token")
+
+    answer = client.get("/metrics", headers={"Authorization": "Bearer é"})
+
+    assert answer.status_code == 401
+    assert "a valid bearer token" in answer.get_data(as_text=True)

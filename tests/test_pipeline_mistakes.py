@@ -65,6 +65,12 @@ MISTAKES = [
         "line 21: pipelines[0].stages[0].sla: ",
     ),
     (
+        "a duration over a year",
+        "        sla: 15m",
+        "        sla: 3000000d",
+        "line 21: pipelines[0].stages[0].sla: must be at most 365 days",
+    ),
+    (
         "unknown field",
         "        pause: true",
         "        paused: true",

@@ -15,10 +15,20 @@ from flask.testing import FlaskClient
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-from whatsdesk import pipeline_store, pipelines, reports
+from whatsdesk import dashboard, pipeline_store, pipelines, reports
+from whatsdesk import desk as desk_module
 from whatsdesk.config import Config
 from whatsdesk.db import get_engine, session_factory
-from whatsdesk.models import AuditEntry, Card, Contact, SlaEvent, Stage, StageVisit, User
+from whatsdesk.models import (
+    AuditEntry,
+    Card,
+    Contact,
+    Pipeline,
+    SlaEvent,
+    Stage,
+    StageVisit,
+    User,
+)
 
 from conftest import count, csrf_token, fresh, login, seed
 
@@ -217,10 +227,35 @@ def test_violations_by_day_stage_pipeline_and_agent(client: FlaskClient, desk: C
     ]
     assert table(page, "pipelines")[1:] == [["Support", "3", "1"]]
     assert table(page, "agents")[1:] == [
-        ["Ana Agent", "1", "1"],
-        ["Bruno Agent", "1", "0"],
-        ["Unassigned", "1", "0"],
+        ["Ana Agent", "ana@example.com", "1", "1"],
+        ["Bruno Agent", "bruno@example.com", "1", "0"],
+        ["Unassigned", "", "1", "0"],
     ]
+
+
+def test_agents_and_pipelines_are_counted_by_id_not_by_name(
+    client: FlaskClient, desk: Config
+) -> None:
+    with session_factory(desk.database_url)() as s:
+        for name, email in [("Ana Agent", "ana.two@example.com"), ("Unassigned", "un@example.com")]:
+            s.add(User(name=name, email=email, role="agent", password_hash="!"))
+        s.flush()
+        h = History(s)
+        for owner in ("ana", "ana.two", "un", None):
+            visit = h.visit(h.card(owner), "new", "2026-03-02T12:00:00", 300, "breached")
+            h.event(visit, "breach", "2026-03-02T12:00:00")
+        s.commit()
+    login(client, "sofia@example.com")
+
+    rows = [
+        ["Ana Agent", "ana.two@example.com", "1", "0"],
+        ["Ana Agent", "ana@example.com", "1", "0"],
+        ["Unassigned", "", "1", "0"],
+        ["Unassigned", "un@example.com", "1", "0"],
+    ]
+    assert sorted(table(report_page(client), "agents")[1:]) == rows
+    assert sorted(get_csv(client, table="agents")[1:]) == rows
+    assert table(report_page(client), "pipelines")[1:] == [["Support", "4", "0"]]
 
 
 def test_hit_rate_time_in_stage_and_conversion(client: FlaskClient, desk: Config) -> None:
@@ -287,7 +322,7 @@ def test_csv_has_the_page_rows(client: FlaskClient, desk: Config) -> None:
         "p95 (s)",
     ]
     assert rows[1] == ["Support", "New", "120", "5", "3", "2", "60.0", "90", "240", "270"]
-    assert get_csv(client, table="agents")[1] == ["Ana Agent", "1", "1"]
+    assert get_csv(client, table="agents")[1] == ["Ana Agent", "ana@example.com", "1", "1"]
     answer = client.get("/reports.csv", query_string={**PERIOD, "table": "everything"})
     assert answer.status_code == 400 and "table must be one of" in answer.get_data(as_text=True)
 
@@ -359,9 +394,22 @@ def test_periods_and_their_errors(client: FlaskClient, desk: Config) -> None:
         ),
         ({"period": "custom", "start": "2026-03-01"}, "A custom period needs a end date"),
         ({"period": "fortnight"}, "Unknown period"),
+        (
+            {"period": "custom", "start": "9999-12-31", "end": "9999-12-31"},
+            "Dates must be from 2000-01-01 to ",
+        ),
+        (
+            {"period": "custom", "start": "0001-01-01", "end": "0001-01-02"},
+            "Dates must be from 2000-01-01 to ",
+        ),
     ]:
         answer = client.get("/reports", query_string=args)
         assert answer.status_code == 400 and message in answer.get_data(as_text=True), args
+    far = {"period": "custom", "start": "9999-12-31", "end": "9999-12-31"}
+    suggestions = client.get("/reports/suggestions", query_string=far)
+    assert suggestions.status_code == 400 and "Dates must be from" in suggestions.get_data(
+        as_text=True
+    )
     year = {"period": "custom", "start": "2025-03-05", "end": "2026-03-05"}
     assert client.get("/reports", query_string=year).status_code == 200
     csv_answer = client.get(
@@ -520,3 +568,16 @@ def test_chart_styles_are_a_file(client: FlaskClient, desk: Config) -> None:
     answer = client.get("/reports/charts.css")
     assert answer.status_code == 200 and answer.mimetype == "text/css"
     assert "svg.pygal-chart.palette-violations .color-0" in answer.get_data(as_text=True)
+
+
+def test_without_a_default_pipeline_reports_and_dashboard_use_the_first_ones_timezone(
+    client: FlaskClient, desk: Config, session: Session
+) -> None:
+    for pipeline in session.scalars(select(Pipeline)):
+        pipeline.is_default = False  # as a database from before `default:` was required
+    session.commit()
+
+    assert desk_module.desk_timezone(session).key == ZONE  # the first pipeline's calendar's
+    assert dashboard.build(session, at("2026-03-10T12:00:00")).timezone == ZONE
+    login(client, "sofia@example.com")
+    assert f"<strong>{ZONE}</strong>" in report_page(client)

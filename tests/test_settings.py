@@ -636,6 +636,53 @@ def test_the_audit_page_shows_other_entries_as_json_newest_first_a_page_at_a_tim
     assert "?before=" not in second
 
 
+@pytest.mark.parametrize("before", ["²", "99999999999999999999", "-1"])
+def test_an_audit_page_link_that_names_no_entry_is_a_clear_400(
+    client: FlaskClient, desk: Config, before: str
+) -> None:
+    login(client, SUPERVISOR)
+
+    answer = client.get("/settings/audit", query_string={"before": before})
+
+    assert answer.status_code == 400
+    assert "is not an audit entry number" in text(answer)
+
+
+# --- numbers from the forms ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rows", ["²", "1000000000"])
+def test_a_damaged_row_count_is_refused_and_changes_nothing(
+    client: FlaskClient, desk: Config, session: Session, rows: str
+) -> None:
+    login(client, ADMIN)
+    before = stored_yaml(session)
+
+    stage = post(client, STAGE, stage_form(levels=rows))
+    calendar = post(client, "/settings/calendars", {**CALENDAR, "groups": rows})
+
+    for answer in (stage, calendar):
+        assert answer.status_code == 400  # type: ignore[attr-defined]
+        assert "the form is damaged (at most 50 rows); reload" in text(answer)
+    assert stored_yaml(session) == before
+    assert count(session, AuditEntry) == 0
+
+
+@pytest.mark.parametrize("sla", ["3000000d", "366d", str(2**31)])
+def test_a_duration_over_a_year_is_refused_on_the_page(
+    client: FlaskClient, desk: Config, session: Session, sla: str
+) -> None:
+    login(client, ADMIN)
+    before = stored_yaml(session)
+
+    answer = post(client, STAGE, stage_form(sla=sla))
+
+    assert answer.status_code == 400  # type: ignore[attr-defined]
+    assert "SLA: must be at most 365 days" in text(answer)
+    assert stored_yaml(session) == before
+    assert post(client, STAGE, stage_form(sla="365d")).status_code == 302  # type: ignore[attr-defined]
+
+
 # --- round trip ----------------------------------------------------------------------------------
 
 

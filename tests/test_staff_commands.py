@@ -37,6 +37,12 @@ pipelines:
             to: [bruno@example.com]
           - after: 20m
             to: [otto@example.com]
+      - key: waiting
+        name: Waiting
+        sla: 10m
+        escalate:
+          - after: 5m
+            to: [bruno@example.com]
 notifications:
   digest_window: 30s
 """
@@ -93,12 +99,12 @@ def breach(session: Session, card: Card) -> StageVisit:
     return visit
 
 
-def deliver(session: Session, who: str, config: Config) -> list[Message]:
+def deliver(session: Session, who: str, config: Config, hours: int = 1) -> list[Message]:
     """The person's pending alerts go out (alone, or as one digest) through the send job,
-    which stores Twilio's SID; the messages sent."""
+    which stores Twilio's SID, `hours` from now; the messages sent."""
     user = accounts.find_by_email(session, f"{who}@example.com")
     assert user is not None
-    batch = notifications.gather(session, user.id, utcnow() + timedelta(hours=1))
+    batch = notifications.gather(session, user.id, utcnow() + timedelta(hours=hours))
     session.commit()
     ids = [m.id for m in batch.sends]
     for message_id in ids:
@@ -320,6 +326,109 @@ def test_an_agent_cannot_ack(client: FlaskClient, desk_config: Config, session: 
     assert answer.body == "⚠️ Only supervisors and admins can ACK; you can TAKE a card."
 
 
+# --- an alert about an earlier stage visit ------------------------------------------------------
+
+
+def moves_on(session: Session, card: Card) -> StageVisit:
+    """The card goes to Waiting: a new stage visit."""
+    desk.move_card(session, card.id, "waiting", utcnow())
+    session.commit()
+    return visit_of(session, card)
+
+
+def test_ack_replying_to_an_alert_about_a_stage_the_card_has_left_changes_nothing(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    card = customer_writes(client, desk_config, session)
+    old = breach(session, card)
+    [alert] = deliver(session, "sofia", desk_config)
+    moves_on(session, card)
+
+    staff_says(client, desk_config, "sofia", "ACK", replying_to=alert)
+
+    [answer] = answers_to(session, "sofia")
+    assert answer.body == (
+        f"⚠️ Card #{card.id} has moved on from New to Waiting since that alert: nothing to "
+        f"acknowledge there. Reply ACK #{card.id} to acknowledge its current stage."
+    )
+    assert visit_of(session, card).acknowledged_at is None
+    assert session.get(StageVisit, old.id).acknowledged_at is None  # type: ignore[union-attr]
+    assert history(session, card) == []
+
+
+def test_ack_replying_to_an_alert_from_before_the_card_was_reopened_changes_nothing(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    card = customer_writes(client, desk_config, session)
+    breach(session, card)
+    [alert] = deliver(session, "sofia", desk_config)
+    desk.resolve(session, card.id, utcnow())
+    desk.reopen(session, card.id, utcnow())  # back in New, a new visit
+    session.commit()
+
+    staff_says(client, desk_config, "sofia", "ciente", replying_to=alert)
+
+    assert answers_to(session, "sofia")[0].body.startswith(
+        f"⚠️ Card #{card.id} has left New and come back since that alert: nothing to acknowledge"
+    )
+    assert visit_of(session, card).acknowledged_at is None
+
+
+def test_snooze_replying_to_an_alert_about_a_stage_the_card_has_left_changes_nothing(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    card = customer_writes(client, desk_config, session)
+    breach(session, card)
+    [alert] = deliver(session, "sofia", desk_config)
+    levels = moves_on(session, card).timers.levels
+
+    staff_says(client, desk_config, "sofia", "snooze 30", replying_to=alert)
+
+    assert answers_to(session, "sofia")[0].body == (
+        f"⚠️ Card #{card.id} has moved on from New to Waiting since that alert: nothing to "
+        f"snooze there. Reply SNOOZE 30 #{card.id} to snooze its current stage."
+    )
+    assert visit_of(session, card).timers.levels == levels
+    assert history(session, card) == []
+
+
+def test_ack_replying_to_the_alert_about_the_current_stage_acknowledges_it(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    card = customer_writes(client, desk_config, session)
+    breach(session, card)
+    deliver(session, "sofia", desk_config)
+    moves_on(session, card)
+    current = breach(session, card)
+    [alert] = deliver(session, "sofia", desk_config, hours=2)  # after the digest window
+    assert "Support › Waiting" in alert.body
+
+    staff_says(client, desk_config, "sofia", "ACK", replying_to=alert)
+
+    visit = visit_of(session, card)
+    assert visit.id == current.id and visit.acknowledged_at is not None
+    assert answers_to(session, "sofia")[0].body.startswith(
+        f"✅ Card #{card.id} acknowledged: no further escalation levels in Waiting"
+    )
+
+
+def test_ack_by_number_after_the_card_moved_acknowledges_its_current_stage(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    card = customer_writes(client, desk_config, session)
+    old = breach(session, card)
+    [alert] = deliver(session, "sofia", desk_config)
+    moves_on(session, card)
+
+    staff_says(client, desk_config, "sofia", f"ACK #{card.id}", replying_to=alert)
+
+    assert visit_of(session, card).acknowledged_at is not None
+    assert session.get(StageVisit, old.id).acknowledged_at is None  # type: ignore[union-attr]
+    assert answers_to(session, "sofia")[0].body.startswith(
+        f"✅ Card #{card.id} acknowledged: no further escalation levels in Waiting"
+    )
+
+
 # --- SNOOZE -------------------------------------------------------------------------------------
 
 
@@ -489,3 +598,18 @@ def test_a_customer_writing_a_command_is_an_ordinary_customer(
     other = session.scalars(select(Card).where(Card.id != card.id)).one()
     assert other.contact.address == "whatsapp:+5511988887777"
     assert session.scalars(select(Message).where(Message.dedupe_key.like("command-%"))).all() == []
+
+
+def test_a_staff_command_without_a_valid_signature_is_refused_and_changes_nothing(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    card = customer_writes(client, desk_config, session)
+    form = inbound_form(phone=PHONE["sofia"], name="Sofia", body=f"ACK #{card.id}")
+
+    unsigned = client.post(INBOUND, data=form)
+    forged = client.post(INBOUND, data=form, headers={"X-Twilio-Signature": "bm90IGEgc2lnbmF0dXJl"})
+
+    assert (unsigned.status_code, forged.status_code) == (403, 403)
+    assert visit_of(session, card).acknowledged_at is None
+    assert answers_to(session, "sofia") == []
+    assert history(session, card) == []

@@ -107,6 +107,15 @@ end
 return 0
 """
 
+# Release a lock only if it is still ours: a holder whose worker's pulse lapsed may have had
+# its lock taken over, and must not delete the new holder's (GET then DEL is not atomic).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
 
 def _current_worker() -> str:
     """The name of the worker running the current job ('' outside a job)."""
@@ -125,6 +134,7 @@ class Alarms:
         self.clock = Queue(clock_queue_name(queue_name), connection=self.redis)
         self._pace = self.redis.register_script(_PACE)
         self._take_over = self.redis.register_script(_TAKE_OVER)
+        self._release = self.redis.register_script(_RELEASE)
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
@@ -188,8 +198,8 @@ class Alarms:
         try:
             yield held
         finally:
-            if held and self.redis.get(key) == token.encode():
-                self.redis.delete(key)
+            if held:
+                self._release(keys=[key], args=[token])
 
     def enqueue_send(self, message_id: int, again: bool = False) -> None:
         """The send job; `again` for a send job handing its message on (another id)."""

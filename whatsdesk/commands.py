@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from . import calendars, desk, escalation, sla, workspace
 from .desk import DeskError, Received
-from .models import Card, Message, StageVisit, User
+from .models import Card, Message, SlaEvent, StageVisit, User
 from .whatsapp import Inbound
 
 TAKE, ASSIGN, ACK, SNOOZE, HELP = "take", "assign", "ack", "snooze", "help"
@@ -54,6 +54,10 @@ class Command:
     minutes: int | None = None
     assignee: str = ""
     problem: str = ""  # what is wrong with the command as written
+    # The stage visits the replied-to alert (or the card's alerts in the digest) was about;
+    # None when the card was named by number, or the message replied to was no SLA alert:
+    # ACK and SNOOZE then act on the card's current visit.
+    alert_visits: frozenset[int] | None = None
 
 
 @dataclass
@@ -154,6 +158,8 @@ def execute(
             f"Only supervisors and admins can {command.verb.upper()}; you can TAKE a card."
         )
     found = find_card(session, command, replied_to_sid)
+    if command.card_id is None and replied_to_sid:
+        command = replace(command, alert_visits=alert_visits(session, replied_to_sid, found.id))
     card = desk.lock_card(session, found.id)
     if card is None or card.status != "open":
         raise CommandError(f"Card #{found.id} is resolved: nothing to do.")
@@ -193,6 +199,20 @@ def cards_of_message(session: Session, sid: str) -> list[int]:
         Message.digest_id == message.id, Message.card_id.is_not(None)
     )
     return sorted({card_id for card_id in session.scalars(bundled) if card_id is not None})
+
+
+def alert_visits(session: Session, sid: str, card_id: int) -> frozenset[int] | None:
+    """The stage visits of `card_id` that the alert with this SID was about (for a digest:
+    the card's alerts bundled in it); None when it carried no SLA event."""
+    message = session.scalars(select(Message).where(Message.sid == sid)).one_or_none()
+    if message is None:
+        return None
+    alerts = select(Message.sla_event_id).where(
+        Message.card_id == card_id,
+        (Message.id == message.id) | (Message.digest_id == message.id),
+    )
+    visits = session.scalars(select(SlaEvent.visit_id).where(SlaEvent.id.in_(alerts))).all()
+    return frozenset(visits) or None
 
 
 def take(session: Session, user: User, card: Card, command: Command, now: datetime) -> Outcome:
@@ -237,11 +257,14 @@ def find_staff(session: Session, query: str) -> User:
 def acknowledge(
     session: Session, user: User, card: Card, command: Command, now: datetime
 ) -> Outcome:
-    visit = _current_visit(session, card)
+    visit = _visit_to_act_on(session, card, command)
     if visit.acknowledged_at is not None:
         by = visit.acknowledged_by.name if visit.acknowledged_by else "someone"
         when = escalation.local_time(calendars.row_for_stage(visit.stage), visit.acknowledged_at)
-        return Outcome(f"Card #{card.id} was already acknowledged by {by} at {when}.", card)
+        return Outcome(
+            f"Card #{card.id} was already acknowledged in {visit.stage.name} by {by} at {when}.",
+            card,
+        )
     recorded = desk.recorded_kinds(session, visit)
     skipped = _pending_levels(visit, recorded)
     visit.acknowledged_at, visit.acknowledged_by = now, user
@@ -262,13 +285,16 @@ def acknowledge(
 
 
 def snooze(session: Session, user: User, card: Card, command: Command, now: datetime) -> Outcome:
-    visit = _current_visit(session, card)
+    visit = _visit_to_act_on(session, card, command)
+    stage = visit.stage.name
     if visit.acknowledged_at is not None:
-        raise CommandError(f"Card #{card.id} is acknowledged: no escalation levels are left.")
+        raise CommandError(
+            f"Card #{card.id} is acknowledged in {stage}: no escalation levels are left."
+        )
     recorded = desk.recorded_kinds(session, visit)
     pending = _pending_levels(visit, recorded)
     if not pending:
-        raise CommandError(f"Card #{card.id} has no escalation level left to snooze.")
+        raise CommandError(f"Card #{card.id} has no escalation level left to snooze in {stage}.")
     assert command.minutes is not None
     levels = list(visit.timers.levels)
     first = levels[pending[0] - 1]
@@ -278,7 +304,7 @@ def snooze(session: Session, user: User, card: Card, command: Command, now: date
     visit.escalations_at = [at.isoformat() for at in levels]
     visit.next_due_at = sla.next_instant(escalation.owed_timers(visit), recorded)
     when = escalation.local_time(calendars.row_for_stage(visit.stage), levels[pending[0] - 1])
-    what = f"level {pending[0]} now comes at {when}"
+    what = f"level {pending[0]} in {stage} now comes at {when}"
     workspace.log(
         session,
         card,
@@ -292,11 +318,27 @@ def snooze(session: Session, user: User, card: Card, command: Command, now: date
     return Outcome(text, card, timers=[(visit.id, visit.timers)])
 
 
-def _current_visit(session: Session, card: Card) -> StageVisit:
+def _visit_to_act_on(session: Session, card: Card, command: Command) -> StageVisit:
+    """The card's current stage visit, unless the alert replied to was about an earlier
+    one: then nothing is done (CommandError), as the sender never saw the current one."""
     visit = desk.current_visit(session, card)
     if visit is None:
         raise CommandError(f"Card #{card.id} is not in a stage yet: no escalation to act on.")
-    return visit
+    seen = command.alert_visits
+    if seen is None or visit.id in seen:
+        return visit
+    old = session.get(StageVisit, max(seen))
+    assert old is not None
+    if old.stage_id == visit.stage_id:
+        moved = f"has left {old.stage.name} and come back since that alert"
+    else:
+        moved = f"has moved on from {old.stage.name} to {visit.stage.name} since that alert"
+    verb, word = command.verb.upper(), "acknowledge" if command.verb == ACK else "snooze"
+    example = f"{verb} {command.minutes} #{card.id}" if command.minutes else f"{verb} #{card.id}"
+    raise CommandError(
+        f"Card #{card.id} {moved}: nothing to {word} there. "
+        f"Reply {example} to {word} its current stage."
+    )
 
 
 def _pending_levels(visit: StageVisit, recorded: set[str]) -> list[int]:

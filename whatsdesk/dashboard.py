@@ -9,13 +9,13 @@ ends the visit when it resolves the card), as desk.visit_state_sql says it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, func, select
-from sqlalchemy.orm import Session, joinedload, selectinload
+from sqlalchemy.orm import Session, selectinload
 
 from . import desk, sla
 from .models import Card, Contact, Pipeline, SlaEvent, Stage, StageVisit, User
@@ -134,10 +134,10 @@ def build(session: Session, now: datetime, nearest: int = NEAREST) -> Dashboard:
     """The dashboard as it stands at `now`."""
     pipelines = session.scalars(
         select(Pipeline)
-        .options(selectinload(Pipeline.stages), joinedload(Pipeline.calendar))
+        .options(selectinload(Pipeline.stages))
         .order_by(Pipeline.is_default.desc(), Pipeline.id)
     ).all()
-    zone = desk_timezone(pipelines)
+    zone = desk.desk_timezone(session)
     today = now.astimezone(zone).date()
     start, end = midnight(today, zone), midnight(today + timedelta(days=1), zone)
     counts = state_counts(session, now)
@@ -161,15 +161,6 @@ def build(session: Session, now: datetime, nearest: int = NEAREST) -> Dashboard:
         timezone=zone.key,
         day_start=start,
     )
-
-
-def desk_timezone(pipelines: Sequence[Pipeline]) -> ZoneInfo:
-    """The default pipeline's calendar's timezone (the first pipeline when none is marked
-    default, as desk.default_pipeline picks); UTC without a calendar."""
-    first = next(iter(pipelines), None)
-    if first is None or first.calendar is None:
-        return ZoneInfo("UTC")
-    return ZoneInfo(first.calendar.timezone)
 
 
 def midnight(day: date, zone: ZoneInfo) -> datetime:

@@ -56,6 +56,21 @@ def default_pipeline(session: Session) -> Pipeline:
     return pipeline
 
 
+def desk_timezone(session: Session) -> ZoneInfo:
+    """The desk's days run in this zone (dashboard's "today", reports' days): the calendar's
+    of the pipeline default_pipeline picks (the first when none is marked default); UTC
+    without a pipeline or a calendar."""
+    pipeline = session.scalars(
+        select(Pipeline)
+        .options(joinedload(Pipeline.calendar))
+        .order_by(Pipeline.is_default.desc(), Pipeline.id)
+        .limit(1)
+    ).first()
+    if pipeline is None or pipeline.calendar is None:
+        return ZoneInfo("UTC")
+    return ZoneInfo(pipeline.calendar.timezone)
+
+
 def upsert_contact(session: Session, inbound: Inbound, now: datetime) -> Contact:
     contact = session.scalars(
         select(Contact).where(Contact.address == inbound.from_address)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Select, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from . import desk, escalation, metrics, notifications, settings, sla
+from . import desk, escalation, metrics, notifications, settings, sla, whatsapp
 from .alarms import (
     MAX_SEND_ATTEMPTS,
     TICK_AHEAD_SECONDS,
@@ -39,6 +40,8 @@ INTERRUPTED_SEND_SECONDS = 300
 # A send "sending" this long without a live job has surely finished its call to Twilio
 # (the HTTP client gives up after whatsapp.REQUEST_TIMEOUT_SECONDS): Twilio can be asked.
 SEND_SETTLED_SECONDS = 20
+# Twilio's clock and ours may differ a little: the window of a send's call is this much wider.
+CLOCK_MARGIN_SECONDS = 5
 INTERRUPTED = "interrupted while sending; not retried to avoid a duplicate"
 # Timers ringing within this much of now are checked to be in Redis at every sweep.
 LOOKAHEAD_SECONDS = 300
@@ -219,6 +222,8 @@ def send_message(message_id: int) -> str:
     wait = _alarms(config).pace(sender, config.send_rate * PACE_HEADROOM)
     if wait > 0:
         time.sleep(wait)
+    if not _still_claimed(config, message_id, attempts):
+        return "taken over by the sweep"
     try:
         sent = sender_for(config).send(to, body, sender, template)
     except TransientSendError as exc:
@@ -250,6 +255,28 @@ def send_message(message_id: int) -> str:
         _alarms(config).enqueue_send(message_id, again=True)
         return "sent; refused outside the 24-hour window: sending the template"
     return "sent"
+
+
+def _still_claimed(config: Config, message_id: int, attempts: int) -> bool:
+    """Right before calling Twilio: is the message still "sending" under this attempt's
+    claim? A job that slept long in the pacing wait after Redis lost its record looks
+    interrupted to the sweep, which may have taken the message over ("retrying", then a
+    claim of its own that counts another attempt): then this job must not send. Stamps
+    updated_at with the call's start, from which the sweep reckons when the call was made;
+    the sweep's take-over is conditional on that stamp being old, so of the two exactly one
+    goes ahead."""
+    with session_scope(config.database_url) as session:
+        return bool(
+            session.execute(
+                update(Message)
+                .where(
+                    Message.id == message_id,
+                    Message.status == "sending",
+                    Message.attempts == attempts,
+                )
+                .values(updated_at=utcnow())
+            ).rowcount
+        )
 
 
 WINDOW_CLOSED = notifications.WINDOW_CLOSED
@@ -344,7 +371,8 @@ def reconcile(config: Config, now: datetime) -> dict[str, int]:
         if not alarms.is_live(alerts_job_id(user_id)):
             alarms.enqueue_alerts(user_id)
             counts["resent"] += 1
-    counts["interrupted"] = _fail_interrupted_sends(config, alarms, now)
+    counts["interrupted"], errors = _fail_interrupted_sends(config, alarms, now)
+    counts["errors"] += errors
     with session_scope(config.database_url) as session:
         counts["late_statuses"] = desk.settle_early_statuses(session, now)
         again = notifications.template_retries(session, now)
@@ -436,67 +464,164 @@ def _menus_due_before(config: Config, horizon: datetime) -> list[tuple[int, date
         ]
 
 
-def _fail_interrupted_sends(config: Config, alarms: Alarms, now: datetime) -> int:
+@dataclass(frozen=True)
+class _InDoubt:
+    """A send found "sending" with no live job, as the sweep read it."""
+
+    id: int
+    attempts: int
+    called_at: datetime  # its claim, or the start of its call to Twilio (_still_claimed)
+    to: str
+    sender: str
+    body: str
+    template: Template | None
+
+
+def _fail_interrupted_sends(config: Config, alarms: Alarms, now: datetime) -> tuple[int, int]:
     """Sends cut off mid-call (a killed worker, a lost connection): Twilio may or may not
-    have the message. Once the call has surely ended, Twilio is asked: what it took is
-    recorded, what it never got goes again. When it cannot be asked (the simulator, Twilio
-    unreachable for five minutes) they are marked failed, where supervisors see them,
-    rather than risk a duplicate."""
+    have the message. Once the call has surely ended, Twilio is asked (see _verdict): what
+    it took is recorded, what it never got goes again. When it cannot be asked (the
+    simulator, Twilio unreachable for five minutes), or cannot tell, they are marked failed,
+    where supervisors see them, rather than risk a duplicate. Each message is settled in a
+    transaction of its own: one that cannot be (a SID taken meanwhile) never stops the
+    sweep. Returns (settled, errors)."""
     settled = now - timedelta(seconds=SEND_SETTLED_SECONDS)
     with session_scope(config.database_url) as session:
-        stuck = session.scalars(
-            select(Message).where(
-                Message.direction == "out",
-                Message.status == "sending",
-                Message.updated_at <= settled,
+        stuck = [
+            _InDoubt(
+                m.id,
+                m.attempts,
+                m.updated_at,
+                m.to_address,
+                m.from_address,
+                m.body,
+                _template_of(m),
             )
-        ).all()
-        interrupted = [
-            m
-            for m in stuck
-            if not alarms.is_live(send_job_id(m.id))
-            and not alarms.is_live(send_job_id(m.id) + "-again")
+            for m in session.scalars(
+                select(Message).where(
+                    Message.direction == "out",
+                    Message.status == "sending",
+                    Message.updated_at <= settled,
+                )
+            )
         ]
-        resend, failed, found = [], 0, 0
-        for message in interrupted:
-            outcome = _ask_twilio(config, session, message)
-            if outcome == "sent":
-                found += 1
-                continue
-            if outcome == "not sent":
-                message.status, message.updated_at = "retrying", now
-                resend.append(message.id)
-            elif message.updated_at <= now - timedelta(seconds=INTERRUPTED_SEND_SECONDS):
-                message.status = "failed"
-                message.error_message = INTERRUPTED
-                message.updated_at = now
-                failed += 1
+    resend, done, errors = [], 0, 0
+    for doubt in stuck:
+        if alarms.is_live(send_job_id(doubt.id)) or alarms.is_live(
+            send_job_id(doubt.id) + "-again"
+        ):
+            continue
+        try:
+            outcome = _settle_interrupted(config, doubt, now, settled)
+        except Exception:  # one bad row must not stop the sweep for all the others
+            log.exception("sweep could not settle interrupted send %s", doubt.id)
+            errors += 1
+            continue
+        if outcome == "not sent":
+            resend.append(doubt.id)
+        if outcome in ("sent", "not sent", "failed"):
+            done += 1
     for message_id in resend:
         alarms.enqueue_send(message_id, again=True)
-    return failed + len(resend) + found
+    return done, errors
 
 
-def _ask_twilio(config: Config, session: Session, message: Message) -> str:
-    """Did Twilio take this interrupted send? "sent" (recorded now), "not sent", or
-    "unknown"."""
-    sender = sender_for(config)
-    find = getattr(sender, "find_sent", None)
-    if find is None or not message.from_address:
-        return "unknown"
-    since = message.updated_at - timedelta(seconds=SEND_SETTLED_SECONDS)
+INTERRUPTED_DOUBTFUL = (
+    "interrupted while sending; Twilio holds a message to this person from that moment "
+    "that may be this one: not retried to avoid a duplicate"
+)
+
+
+def _settle_interrupted(config: Config, doubt: _InDoubt, now: datetime, settled: datetime) -> str:
+    """Ask Twilio (outside any transaction), then take the message over, only if it is still
+    as the sweep found it (its send job may have woken from a long pacing wait and stamped
+    its call: then it is left alone), and record the verdict. "sent", "not sent", "failed",
+    or "left" (unknown yet, or its job came back)."""
+    listed = _ask_twilio(config, doubt)
     try:
-        found = find(
-            message.to_address, message.body, message.from_address, _template_of(message), since
-        )
+        with session_scope(config.database_url) as session:
+            verdict, found = (
+                ("unknown", None) if listed is None else _verdict(session, doubt, listed)
+            )
+            if verdict == "unknown" and doubt.called_at > now - timedelta(
+                seconds=INTERRUPTED_SEND_SECONDS
+            ):
+                return "left"  # ask again at the next sweep
+            taken = session.execute(
+                update(Message)
+                .where(
+                    Message.id == doubt.id,
+                    Message.status == "sending",
+                    Message.attempts == doubt.attempts,
+                    Message.updated_at <= settled,
+                )
+                .values(updated_at=now)
+            ).rowcount
+            message = session.get(Message, doubt.id)
+            if not taken or message is None:
+                return "left"
+            if verdict == "sent":
+                assert found is not None
+                log.info("interrupted send %s had reached Twilio as %s", doubt.id, found.sid)
+                desk.record_sent(session, message, found.sid, found.status, utcnow())
+                return "sent"
+            if verdict == "not sent":
+                log.info("interrupted send %s never reached Twilio: sending it again", doubt.id)
+                message.status = "retrying"
+                return "not sent"
+            message.status = "failed"
+            message.error_message = INTERRUPTED if verdict == "unknown" else INTERRUPTED_DOUBTFUL
+            return "failed"
+    except IntegrityError:  # the SID was stored for another message meanwhile: ask again
+        log.warning("interrupted send %s: Twilio's SID is taken; asking again later", doubt.id)
+        return "left"
+
+
+def _ask_twilio(config: Config, doubt: _InDoubt) -> list[whatsapp.Listed] | None:
+    """The messages Twilio holds to this person from around the send's own call (from its
+    stamp to the HTTP client's time-out, with a margin for the clocks); None when Twilio
+    cannot be asked."""
+    sender = sender_for(config)
+    between = getattr(sender, "sent_between", None)
+    if between is None or not doubt.sender:
+        return None
+    margin = timedelta(seconds=CLOCK_MARGIN_SECONDS)
+    start = doubt.called_at - margin
+    end = doubt.called_at + timedelta(seconds=whatsapp.REQUEST_TIMEOUT_SECONDS) + margin
+    try:
+        return list(between(doubt.to, doubt.sender, start, end))
     except TransientSendError as exc:
-        log.warning("could not ask Twilio about interrupted send %s: %s", message.id, exc)
-        return "unknown"
-    if found is None:
-        log.info("interrupted send %s never reached Twilio: sending it again", message.id)
-        return "not sent"
-    log.info("interrupted send %s had reached Twilio as %s", message.id, found.sid)
-    desk.record_sent(session, message, found.sid, found.status, utcnow())
-    return "sent"
+        log.warning("could not ask Twilio about interrupted send %s: %s", doubt.id, exc)
+        return None
+
+
+def _verdict(
+    session: Session, doubt: _InDoubt, listed: list[whatsapp.Listed]
+) -> tuple[str, whatsapp.Listed | None]:
+    """What Twilio's list says of an interrupted send. Messages whose SID another row holds
+    are someone else's. Free text: exactly one other message with the same text is this
+    one ("sent"); none means "not sent"; several are "doubtful". A template: Twilio's list
+    shows neither its Content SID nor its variables, so no message can be told to be this
+    one: none at all in the window means "not sent", any means "doubtful" — the message is
+    marked failed rather than risk a duplicate or take another send's SID."""
+    sids = [item.sid for item in listed]
+    held = (
+        set(
+            session.scalars(
+                select(Message.sid).where(Message.sid.in_(sids), Message.id != doubt.id)
+            )
+        )
+        if sids
+        else set()
+    )
+    free = [item for item in listed if item.sid not in held]
+    if doubt.template is None:
+        free = [item for item in free if item.body == doubt.body]
+        if len(free) == 1:
+            return "sent", free[0]
+    if not free:
+        return "not sent", None
+    return "doubtful", None
 
 
 def _stale_sends(config: Config, now: datetime) -> list[int]:

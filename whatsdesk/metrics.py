@@ -159,7 +159,11 @@ def may_scrape(token: str, authorization: str, remote_addr: str | None, proxied:
     request a local reverse proxy forwarded is refused, as it may come from anywhere)."""
     if token:
         scheme, _, given = authorization.partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+        # As bytes: compare_digest refuses str with anything but ASCII (a header may have it).
+        given_bytes, token_bytes = (
+            t.encode("utf-8", "surrogateescape") for t in (given.strip(), token)
+        )
+        return scheme.lower() == "bearer" and hmac.compare_digest(given_bytes, token_bytes)
     if proxied or not remote_addr:
         return False
     try:

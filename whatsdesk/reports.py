@@ -10,7 +10,7 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -18,21 +18,17 @@ from sqlalchemy import Date, and_, case, cast, exists, func, literal, literal_co
 from sqlalchemy.orm import Session, aliased, contains_eager, selectinload
 from sqlalchemy.sql.elements import ColumnElement
 
-from . import configuration
+from . import configuration, dashboard
 from .durations import spoken
-from .models import BusinessCalendar, Card, Pipeline, SlaEvent, Stage, StageVisit, User
-from .pipelines import DeskSpec
-
-BREACH = "breach"
-RESOLUTION_BREACH = "resolution-breach"
-WARNING = "warning"
-RESOLUTION_WARNING = "resolution-warning"
-LEVEL_PREFIX = "level-"
+from .models import Card, Pipeline, SlaEvent, Stage, StageVisit, User
+from .sla import BREACH, LEVEL_PREFIX, RESOLUTION_BREACH, RESOLUTION_WARNING, WARNING
 
 PRESETS = {"today": 1, "7d": 7, "30d": 30}
 PERIOD_LABELS = {"today": "Today", "7d": "7 days", "30d": "30 days", "custom": "Custom"}
 DEFAULT_PERIOD = "7d"
 MAX_DAYS = 366
+EARLIEST_DAY = date(2000, 1, 1)  # custom periods: no history before, and ...
+LATEST_AHEAD = timedelta(days=366)  # ... nothing to report more than a year ahead
 PERCENTILES = (0.5, 0.9, 0.95)
 
 # Suggestions: the share of visits a suggested SLA leaves over it, and the least evidence.
@@ -86,18 +82,7 @@ class Period:
 
 
 def _midnight(day: date, timezone: str) -> datetime:
-    return datetime.combine(day, time(0), tzinfo=ZoneInfo(timezone)).astimezone(UTC)
-
-
-def desk_timezone(session: Session) -> str:
-    """The default pipeline's calendar timezone, else UTC."""
-    zone = session.scalar(
-        select(BusinessCalendar.timezone)
-        .join(Pipeline, Pipeline.calendar_id == BusinessCalendar.id)
-        .where(Pipeline.is_default.is_(True))
-        .limit(1)
-    )
-    return zone or "UTC"
+    return dashboard.midnight(day, ZoneInfo(timezone))
 
 
 def parse_period(args: Mapping[str, str], now: datetime, timezone: str) -> Period:
@@ -113,6 +98,12 @@ def parse_period(args: Mapping[str, str], now: datetime, timezone: str) -> Perio
     last = _date(args.get("end"), "end")
     if last < first:
         raise PeriodError("The end date is before the start date.")
+    latest = today + LATEST_AHEAD
+    if first < EARLIEST_DAY or last > latest:
+        raise PeriodError(
+            f"Dates must be from {EARLIEST_DAY.isoformat()} to {latest.isoformat()} "
+            "(a year from today)."
+        )
     days = (last - first).days + 1
     if days > MAX_DAYS:
         raise PeriodError(f"A period covers at most {MAX_DAYS} days; this one covers {days}.")
@@ -216,6 +207,7 @@ def stage_times(
 @dataclass
 class StageInfo:
     id: int
+    pipeline_id: int
     pipeline_key: str
     pipeline_name: str
     key: str
@@ -245,6 +237,7 @@ def stages(session: Session) -> list[StageInfo]:
     return [
         StageInfo(
             s.id,
+            s.pipeline_id,
             s.pipeline.key,
             s.pipeline.name,
             s.key,
@@ -297,13 +290,28 @@ class Conversion:
 
 
 @dataclass
+class Tally:
+    """One pipeline's or one agent's violations, counted by id: two of the same name (or a
+    name like "Unassigned") stay apart."""
+
+    id: int | None  # an agent's None: the cards nobody owns
+    name: str
+    email: str = ""  # an agent's, to tell namesakes apart
+    violations: Violations = field(default_factory=Violations)
+
+    @property
+    def total(self) -> int:
+        return self.violations.breaches + self.violations.resolution_breaches
+
+
+@dataclass
 class Report:
     period: Period
     days: dict[date, Violations]
     stages: list[StageReport]
-    pipelines: dict[str, Violations]  # by pipeline name
-    agents: dict[str, Violations]  # by the card's current owner's name
-    resolution_conversion: dict[str, Conversion]  # by pipeline name
+    pipelines: list[Tally]  # by name, with violations in the period
+    agents: list[Tally]  # by the card's current owner, the most violations first
+    resolution_conversion: list[tuple[str, Conversion]]  # (pipeline name, …) by name
     max_level: int
 
     @property
@@ -330,7 +338,7 @@ def build(session: Session, period: Period) -> Report:
     days = {day: Violations() for day in period.days}
     per_stage: dict[int, Violations] = defaultdict(Violations)
     levels: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
-    pipelines: dict[str, Violations] = defaultdict(Violations)
+    pipelines: dict[int, Tally] = {}
     owners: dict[int | None, Violations] = defaultdict(Violations)
     for day, kind, stage_id, owner_id, n in _event_counts(session, period):
         if kind.startswith(LEVEL_PREFIX):
@@ -342,8 +350,16 @@ def build(session: Session, period: Period) -> Report:
         per_stage[stage_id].add(kind, n)
         owners[owner_id].add(kind, n)
         if stage_id in by_id:
-            pipelines[by_id[stage_id].pipeline_name].add(kind, n)
-    names = _user_names(session, [o for o in owners if o is not None])
+            info = by_id[stage_id]
+            tally = pipelines.setdefault(
+                info.pipeline_id, Tally(info.pipeline_id, info.pipeline_name)
+            )
+            tally.violations.add(kind, n)
+    users = _users(session, [o for o in owners if o is not None])
+    agents = [
+        Tally(o, *users.get(o, (f"User #{o}", "")), v) if o else Tally(None, UNASSIGNED, "", v)
+        for o, v in owners.items()
+    ]
     conversion, resolution = _conversions(session, period, by_id)
     times = stage_times(session, period)
     max_level = max(
@@ -362,13 +378,8 @@ def build(session: Session, period: Period) -> Report:
             )
             for s in infos
         ],
-        pipelines=dict(sorted(pipelines.items())),
-        agents=dict(
-            sorted(
-                ((names.get(o, UNASSIGNED) if o else UNASSIGNED, v) for o, v in owners.items()),
-                key=lambda item: (-(item[1].breaches + item[1].resolution_breaches), item[0]),
-            )
-        ),
+        pipelines=sorted(pipelines.values(), key=lambda p: (p.name, p.id or 0)),
+        agents=sorted(agents, key=lambda a: (-a.total, a.name, a.id is None, a.id or 0)),
         resolution_conversion=resolution,
         max_level=max_level,
     )
@@ -397,7 +408,7 @@ def _event_counts(session: Session, period: Period) -> list[Any]:
 
 def _conversions(
     session: Session, period: Period, by_id: dict[int, StageInfo]
-) -> tuple[dict[int, tuple[int, int]], dict[str, Conversion]]:
+) -> tuple[dict[int, tuple[int, int]], list[tuple[str, Conversion]]]:
     """Warnings fired in the period and how many of them were followed by the breach: per
     stage for the stage clock, per pipeline for the resolution clock. One query."""
     later = aliased(SlaEvent)
@@ -421,22 +432,25 @@ def _conversions(
         .group_by(StageVisit.stage_id, SlaEvent.kind)
     )
     per_stage: dict[int, tuple[int, int]] = {}
-    resolution: dict[str, Conversion] = defaultdict(Conversion)
+    resolution: dict[int, tuple[str, Conversion]] = {}  # by pipeline id
     for stage_id, kind, warnings, breached in rows:
         if kind == WARNING:
             per_stage[stage_id] = (warnings, int(breached or 0))
         elif stage_id in by_id:
-            entry = resolution[by_id[stage_id].pipeline_name]
+            info = by_id[stage_id]
+            _, entry = resolution.setdefault(info.pipeline_id, (info.pipeline_name, Conversion()))
             entry.warnings += warnings
             entry.breached += int(breached or 0)
-    return per_stage, dict(sorted(resolution.items()))
+    ordered = sorted(resolution.items(), key=lambda item: (item[1][0], item[0]))
+    return per_stage, [named for _, named in ordered]
 
 
-def _user_names(session: Session, ids: list[int]) -> dict[int, str]:
+def _users(session: Session, ids: list[int]) -> dict[int, tuple[str, str]]:
+    """{user id: (name, email)}."""
     if not ids:
         return {}
-    rows = session.execute(select(User.id, User.name).where(User.id.in_(ids)))
-    return {user_id: name for user_id, name in rows}
+    rows = session.execute(select(User.id, User.name, User.email).where(User.id.in_(ids)))
+    return {user_id: (name, email) for user_id, name, email in rows}
 
 
 def local_day(session: Session, column: Any, period: Period) -> ColumnElement[Any]:
@@ -634,21 +648,11 @@ def apply_suggestion(
     if warning is not None and warning >= new:
         warning = max(1, new // 5)
 
-    def change(desk: DeskSpec) -> DeskSpec:
-        pipelines = []
-        for pipeline in desk.pipelines:
-            if pipeline.key == info.pipeline_key:
-                pipeline = replace(
-                    pipeline,
-                    stages=[
-                        replace(stage, sla_seconds=new, warning_seconds=warning)
-                        if stage.key == info.key
-                        else stage
-                        for stage in pipeline.stages
-                    ],
-                )
-            pipelines.append(pipeline)
-        return replace(desk, pipelines=pipelines)
-
+    change = configuration.on_pipeline(
+        info.pipeline_key,
+        configuration.on_stage(
+            info.key, lambda stage: replace(stage, sla_seconds=new, warning_seconds=warning)
+        ),
+    )
     configuration.edit(session, change, user, AUDIT_ACTION, info.target, now)
     return AppliedSuggestion(info, info.sla_seconds, new, info.warning_seconds, warning)

@@ -22,6 +22,8 @@ from twilio.rest import Client
 from .config import DEFAULT_TWILIO_API_URL, Config
 
 REQUEST_TIMEOUT_SECONDS = 10
+# At most this many of a person's latest messages are read when asking Twilio about a send.
+LIST_LIMIT = 200
 # Twilio's rate-limit codes: too many requests, and WhatsApp's per-sender throttle.
 TRANSIENT_CODES = {20429, 63018}
 E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -153,6 +155,15 @@ class Sent:
 
 
 @dataclass(frozen=True)
+class Listed:
+    """A message as Twilio's Messages list shows it."""
+
+    sid: str
+    status: str
+    body: str | None
+
+
+@dataclass(frozen=True)
 class Template:
     """An approved WhatsApp template: its Content SID and the values of its variables."""
 
@@ -224,25 +235,33 @@ class TwilioSender:
             raise TransientSendError(f"Twilio unreachable: {type(exc).__name__}") from exc
         return Sent(sid=str(message.sid), status=str(message.status or "queued"))
 
-    def find_sent(
-        self, to: str, body: str, sender: str, template: Template | None, since: datetime
-    ) -> Sent | None:
-        """The message Twilio took from a send cut off mid-call (its worker died), if it
-        took it: the latest to `to` from `sender` created since `since` with this body (a
-        template's rendered text is Twilio's: any message then). TransientSendError when
-        Twilio cannot be asked now."""
+    def sent_between(self, to: str, sender: str, start: datetime, end: datetime) -> list[Listed]:
+        """Every message Twilio holds from `sender` to `to` created from `start` to `end`
+        (Twilio keeps whole seconds: `start` is rounded down), newest first: what the sweep
+        compares with a send cut off mid-call. Twilio's list gives the text it sent (a
+        template's rendered text) but neither a template's Content SID nor its variables.
+        TransientSendError when Twilio cannot be asked now."""
+        start = start.replace(microsecond=0)
+        found = []
         try:
-            found = self.client.messages.list(to=to, from_=sender, limit=50)
+            for message in self.client.messages.stream(
+                to=to, from_=sender, limit=LIST_LIMIT, page_size=50
+            ):  # newest first
+                created = message.date_created
+                if created is not None and created > end:
+                    continue
+                if created is not None and created < start:
+                    break
+                found.append(
+                    Listed(
+                        sid=str(message.sid),
+                        status=str(message.status or "queued"),
+                        body=message.body,
+                    )
+                )
         except (TwilioRestException, TwilioServiceException, requests.RequestException) as exc:
             raise TransientSendError(f"Twilio could not be asked: {type(exc).__name__}") from exc
-        for message in found:  # newest first
-            created = message.date_created
-            if created is not None and created < since.replace(microsecond=0):
-                continue
-            if template is None and message.body != body:
-                continue
-            return Sent(sid=str(message.sid), status=str(message.status or "queued"))
-        return None
+        return found
 
 
 def _classify(status: int, code: int | None, text: str | None) -> Exception:

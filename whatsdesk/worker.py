@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from redis.exceptions import RedisError
+from rq.exceptions import StopRequested
 from rq.worker import SimpleWorker
 
 from . import jobs  # noqa: F401  (the desk's jobs and their libraries, loaded once)
@@ -15,6 +16,8 @@ from .alarms import PULSE_SECONDS, pulse
 # RQ's own upkeep (abandoned jobs, a dead scheduler's lock taken over) runs this often rather
 # than every 10 minutes: the sweep's job wakes some worker every SWEEP_INTERVAL.
 MAINTENANCE_SECONDS = 30
+# After RQ's loop ends on an error, this long before starting it again.
+RESTART_PAUSE_SECONDS = 1.0
 
 
 class Worker(SimpleWorker):
@@ -31,13 +34,22 @@ class Worker(SimpleWorker):
 
     def work(self, burst: bool = False, *args: Any, **kwargs: Any) -> bool:
         """RQ's loop quits on a Redis error met outside a dequeue (Redis restarting while a
-        job finishes): start it again once Redis answers, unless asked to stop."""
+        job finishes): start it again once Redis answers, unless asked to stop.
+
+        RQ's loop also quits, with only a log line, on any other error outside a job (the
+        job's own errors fail the job, never the loop), so why it ended cannot be told
+        apart reliably. It is started again whatever the cause — a worker that quits leaves
+        the desk's sends and timers to nobody — but only after RESTART_PAUSE_SECONDS, so a
+        lasting fault logs once a second instead of spinning. SIGTERM/SIGINT while waiting
+        (RQ's handler raises StopRequested outside its loop) returns cleanly."""
         worked = False
         while True:
             try:
                 worked = super().work(burst, *args, **kwargs) or worked
             except RedisError as exc:
                 self.log.warning("Worker %s: Redis error %s", self.name, type(exc).__name__)
+            except StopRequested:
+                return worked
             if (
                 burst
                 or self._asked_to_stop
@@ -46,14 +58,27 @@ class Worker(SimpleWorker):
             ):
                 return worked
             self.log.warning("Worker %s: work loop ended; starting again", self.name)
-            self._await_redis()
+            try:
+                self._pause(RESTART_PAUSE_SECONDS)
+                self._await_redis()
+            except StopRequested:
+                return worked
+            if self._asked_to_stop:
+                return worked
 
     @property
     def _asked_to_stop(self) -> bool:
         """SIGTERM/SIGINT: RQ notes when, and stops after the job at hand."""
         return self._stop_requested or self._shutdown_requested_date is not None
 
+    def _pause(self, seconds: float) -> None:
+        """Wait, unless asked to stop (a signal interrupts the sleep by raising)."""
+        if not self._asked_to_stop:
+            time.sleep(seconds)
+
     def _await_redis(self) -> None:
+        """Wait until Redis answers (unless asked to stop). RQ's SIGTERM handler raises
+        StopRequested in whatever runs when the signal arrives: callers catch it."""
         while not self._asked_to_stop:
             try:
                 self.connection.ping()

@@ -4,7 +4,6 @@ pages and the YAML file never drift and each change is audited."""
 
 from __future__ import annotations
 
-import logging
 import re
 import string
 from collections.abc import Callable, Mapping
@@ -13,12 +12,10 @@ from dataclasses import replace
 from flask import Blueprint, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 from flask_login import current_user
-from redis.exceptions import RedisError
 from sqlalchemy import select
 
-from .. import configuration, current_alarms, get_session, settings
+from .. import get_session, settings
 from ..bot import LANGUAGES
-from ..db import utcnow
 from ..models import Pipeline
 from ..pipelines import (
     CONTENT_SID_RE,
@@ -36,13 +33,12 @@ from ..pipelines import (
     format_duration,
     parse_duration,
 )
+from . import forms, saving
 from .roles import settings_editor_required, settings_reader_required
 
 bp = Blueprint("messaging", __name__)
-log = logging.getLogger(__name__)
 
 Change = Callable[[DeskSpec], DeskSpec]
-LINE_PREFIX = re.compile(r"^line \d+: ")
 VARIABLE_LINE = re.compile(r"^\s*\{*\s*(\d+)\s*\}*\s*[=:]\s*(.*?)\s*$")
 SID_HINT = "an approved template's Content SID is HX followed by 32 hex digits"
 STALE = "it changed since you opened the page (someone else edited it): reload and try again"
@@ -145,9 +141,8 @@ def digest_seconds(raw: str) -> int:
     """'off' or 0: every alert alone; else a duration (bare digits are seconds)."""
     if raw.lower() in ("off", "0"):
         return 0
-    if raw.isdigit():
-        return int(raw)
-    return parse_duration(raw)
+    seconds = forms.count(raw, 10**12)  # bare digits are seconds (too many: refused)
+    return parse_duration(raw if seconds is None else seconds)
 
 
 def notifications_from(form: Mapping[str, str]) -> NotificationsSpec:
@@ -254,21 +249,10 @@ def _set(**parts: object) -> Change:
 def _save(change: Change, action: str, target: str, done: str, draft: str) -> ResponseReturnValue:
     """Apply the change as the current user and go back to the page saying so; on a problem,
     the page again with the problems and what was typed, nothing changed."""
-    session = get_session()
     try:
-        applied = configuration.edit(
-            session, change, current_user._get_current_object(), action, target, utcnow()
-        )
-        session.commit()
+        saving.save(change, action, target)
     except PipelineFileError as exc:
-        session.rollback()
-        problems = [LINE_PREFIX.sub("", problem) for problem in exc.problems]
-        return _page(problems=problems, draft=draft, values=request.form), 400
-    try:
-        for visit_id, timers in applied.timers:
-            current_alarms().schedule_timers(visit_id, timers)
-    except RedisError as exc:  # the database has it; the sweep re-arms within seconds
-        log.warning("settings %s: could not re-arm timers now (%s); the sweep will", action, exc)
+        return _refused(exc, draft)
     flash(done, "ok")
     return redirect(url_for("messaging.index", _anchor=draft.split("-")[0]))
 

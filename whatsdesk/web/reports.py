@@ -11,11 +11,12 @@ from typing import Any
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from .. import charts, get_session, reports
+from .. import charts, desk, get_session, reports
 from ..db import utcnow
 from ..durations import humanize
-from ..pipelines import PipelineFileError, format_duration
+from ..pipelines import MAX_DURATION_SECONDS, PipelineFileError, format_duration
 from ..reports import Period, PeriodError, Report
+from . import forms
 from .roles import settings_editor_required, supervisor_required
 
 bp = Blueprint("reports", __name__)
@@ -72,20 +73,21 @@ def tables(report: Report) -> dict[str, Table]:
         "pipelines": Table(
             "Violations by pipeline",
             [
-                Column("Pipeline", "text", lambda p: p[0]),
-                Column("Stage SLA breaches", "count", lambda p: p[1].breaches),
-                Column("Resolution breaches", "count", lambda p: p[1].resolution_breaches),
+                Column("Pipeline", "text", lambda p: p.name),
+                Column("Stage SLA breaches", "count", lambda p: p.violations.breaches),
+                Column("Resolution breaches", "count", lambda p: p.violations.resolution_breaches),
             ],
-            list(report.pipelines.items()),
+            report.pipelines,
         ),
         "agents": Table(
             "Violations by agent (the card's current owner)",
             [
-                Column("Agent", "text", lambda a: a[0]),
-                Column("Stage SLA breaches", "count", lambda a: a[1].breaches),
-                Column("Resolution breaches", "count", lambda a: a[1].resolution_breaches),
+                Column("Agent", "text", lambda a: a.name),
+                Column("Email", "text", lambda a: a.email),
+                Column("Stage SLA breaches", "count", lambda a: a.violations.breaches),
+                Column("Resolution breaches", "count", lambda a: a.violations.resolution_breaches),
             ],
-            list(report.agents.items()),
+            report.agents,
         ),
         "times": Table(
             "Hit rate and time in stage (visits that ended in the period)",
@@ -118,7 +120,7 @@ def tables(report: Report) -> dict[str, Table]:
             ]
             + [
                 (name, "Resolution", c.warnings, c.breached)
-                for name, c in report.resolution_conversion.items()
+                for name, c in report.resolution_conversion
             ],
         ),
     }
@@ -136,16 +138,19 @@ def shown(column: Column, row: Any) -> str:
     return str(value)
 
 
+def _timezone() -> str:
+    return desk.desk_timezone(get_session()).key
+
+
 def _period() -> tuple[Period | None, str | None]:
-    session = get_session()
     try:
-        return reports.parse_period(request.args, utcnow(), reports.desk_timezone(session)), None
+        return reports.parse_period(request.args, utcnow(), _timezone()), None
     except PeriodError as error:
         return None, str(error)
 
 
 def _form_period() -> Period:
-    return reports.parse_period(request.form, utcnow(), reports.desk_timezone(get_session()))
+    return reports.parse_period(request.form, utcnow(), _timezone())
 
 
 @bp.get("/reports")
@@ -183,7 +188,7 @@ def _page(report: Report | None, error: str | None) -> str:
         args=args,
         kind=args.get("period", reports.DEFAULT_PERIOD),
         labels=reports.PERIOD_LABELS,
-        timezone=reports.desk_timezone(get_session()),
+        timezone=_timezone(),
         tables=tables(report) if report else {},
         figures=figures,
         shown=shown,
@@ -201,7 +206,7 @@ def export() -> Response:
     if name == "suggestions":
         table = suggestion_table(reports.suggestions(get_session(), period))
     else:
-        available = tables(Report(period, {}, [], {}, {}, {}, 0))
+        available = tables(Report(period, {}, [], [], [], [], 0))
         if name not in available:
             choices = ", ".join([*available, "suggestions"])
             return Response(f"table must be one of: {choices}\n", 400, mimetype="text/plain")
@@ -264,7 +269,7 @@ def suggestions() -> tuple[str, int] | str:
         args=period.args() if period else {k: v for k, v in request.args.items() if v},
         kind=(period.kind if period else request.args.get("period", reports.DEFAULT_PERIOD)),
         labels=reports.PERIOD_LABELS,
-        timezone=reports.desk_timezone(get_session()),
+        timezone=_timezone(),
         rows=rows,
         shown=shown,
         table=suggestion_table(rows),
@@ -286,12 +291,13 @@ def apply(stage_id: int) -> Response:
         return redirect(url_for("reports.suggestions"))
     back = redirect(url_for("reports.suggestions", **period.args()))
     raw = request.form.get("sla_seconds", "")
-    if not (raw.isascii() and raw.isdigit()):
+    expected = forms.count(raw, MAX_DURATION_SECONDS)
+    if expected is None:
         flash("The suggested SLA is missing from the form; apply it from the page.", "error")
         return back
     try:
         done = reports.apply_suggestion(
-            session, period, stage_id, int(raw), current_user._get_current_object(), utcnow()
+            session, period, stage_id, expected, current_user._get_current_object(), utcnow()
         )
     except reports.SuggestionError as error:
         session.rollback()

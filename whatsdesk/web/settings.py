@@ -17,12 +17,11 @@ from typing import Any
 
 from flask import Blueprint, Response, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user
-from redis.exceptions import RedisError
 from sqlalchemy import select
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Response as Redirect
 
-from .. import audit, calendars, clock, configuration, current_alarms, get_session, pipelines
+from .. import audit, calendars, clock, configuration, get_session, pipelines
 from ..db import utcnow
 from ..models import AuditEntry, User
 from ..pipelines import (
@@ -39,6 +38,7 @@ from ..pipelines import (
     StageSpec,
     TimeoutSpec,
 )
+from . import forms, saving
 from .roles import settings_editor_required, settings_reader_required
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
@@ -117,7 +117,9 @@ def yaml_download() -> Response:
 @settings_reader_required
 def audit_log() -> str:
     raw = request.args.get("before", "")
-    before_id = int(raw) if raw.isdigit() else None
+    before_id = forms.count(raw, forms.MAX_ID) if raw else None
+    if raw and before_id is None:
+        abort(400, f"before={raw[:40]!r} is not an audit entry number; start from the newest")
     found = audit.entries(get_session(), limit=AUDIT_PAGE + 1, before_id=before_id)
     shown = found[:AUDIT_PAGE]
     older = shown[-1].id if len(found) > AUDIT_PAGE else None
@@ -204,7 +206,7 @@ def add_stage(key: str) -> Answer:
     except Invalid as exc:
         return _pipeline_page(found, _pipeline_values(found), exc.problems, form), 400
     return _save(
-        _with_pipeline(key, lambda p: dataclasses.replace(p, stages=[*p.stages, new])),
+        configuration.on_pipeline(key, lambda p: dataclasses.replace(p, stages=[*p.stages, new])),
         "stage",
         f"{key}/{stage_key}",
         False,
@@ -229,7 +231,7 @@ def move_stage(key: str, stage_key: str) -> Answer:
         return dataclasses.replace(p, stages=stages)
 
     return _save(
-        _with_pipeline(key, move),
+        configuration.on_pipeline(key, move),
         "stage-order",
         key,
         False,
@@ -256,7 +258,7 @@ def remove_stage(key: str, stage_key: str) -> Answer:
             ]
         )
     return _save(
-        _with_pipeline(
+        configuration.on_pipeline(
             key,
             lambda p: dataclasses.replace(p, stages=[s for s in p.stages if s.key != stage_key]),
         ),
@@ -285,12 +287,7 @@ def update_stage(key: str, stage_key: str) -> Answer:
     except Invalid as exc:
         return fail(exc.problems)
     return _save(
-        _with_pipeline(
-            key,
-            lambda p: dataclasses.replace(
-                p, stages=[changed if s.key == stage_key else s for s in p.stages]
-            ),
-        ),
+        configuration.on_pipeline(key, configuration.on_stage(stage_key, lambda _: changed)),
         "stage",
         f"{key}/{stage_key}",
         _retime(form),
@@ -364,14 +361,10 @@ def _save(
 ) -> Answer:
     """Apply the change (validated whole, audited), commit, move re-timed alarms; or show
     why not, changing nothing."""
-    session = get_session()
     try:
-        applied = configuration.edit(session, change, _user(), action, target, utcnow(), retime)
-        session.commit()
+        applied = saving.save(change, action, target, retime)
     except PipelineFileError as exc:
-        session.rollback()
-        return fail([configuration.without_line(p) for p in exc.problems])
-    _rearm(applied.timers)
+        return fail(exc.problems)
     if retime:
         done += f" Re-timed {len(applied.timers)} open card(s)."
     flash(done, "ok")
@@ -379,23 +372,7 @@ def _save(
 
 
 def _rearm(timers: list[tuple[int, Any]]) -> None:
-    try:
-        alarms = current_alarms()
-        for visit_id, visit_timers in timers:
-            alarms.schedule_timers(visit_id, visit_timers)
-    except RedisError as exc:  # the database is right; the sweep re-arms within minutes
-        log.warning("settings: could not move timers in Redis now (%s); the sweep will", exc)
-
-
-def _with_pipeline(
-    key: str, change: Callable[[PipelineSpec], PipelineSpec]
-) -> Callable[[DeskSpec], DeskSpec]:
-    def apply(desk: DeskSpec) -> DeskSpec:
-        return dataclasses.replace(
-            desk, pipelines=[change(p) if p.key == key else p for p in desk.pipelines]
-        )
-
-    return apply
+    saving.rearm(timers, "import")
 
 
 def _user() -> User:
@@ -436,10 +413,21 @@ def _duration(form: Form, name: str, label: str, problems: list[str]) -> int | N
     if not raw:
         return None
     try:
-        return pipelines.parse_duration(int(raw) if raw.isdigit() else raw)
+        seconds = forms.count(raw, 10**12)  # bare digits are seconds (too many: refused)
+        return pipelines.parse_duration(raw if seconds is None else seconds)
     except ValueError as exc:
         problems.append(f"{label}: {exc}")
         return None
+
+
+def _rows(form: Form, name: str, label: str, problems: list[str]) -> int:
+    """How many rows the page sent (a hidden field): 0 and a problem when it is not a number
+    from 0 to forms.MAX_ROWS, as no page of ours sends."""
+    rows = forms.count(form.get(name, "0"), forms.MAX_ROWS)
+    if rows is None:
+        problems.append(f"{label}: the form is damaged (at most {forms.MAX_ROWS} rows); reload")
+        return 0
+    return rows
 
 
 def _lead(
@@ -539,7 +527,7 @@ def _emails(chosen: list[str], staff: set[str], label: str, problems: list[str])
 
 def _levels(form: Form, staff: set[str], problems: list[str]) -> list[EscalationSpec]:
     """The rows of the levels table: kept ones in order, the blank row if filled in."""
-    count = int(form.get("levels", "0")) if form.get("levels", "0").isdigit() else 0
+    count = _rows(form, "levels", "Escalation levels", problems)
     levels: list[EscalationSpec] = []
     for row in range(count + 1):
         if form.get(f"level-{row}-remove") == "on":
@@ -656,7 +644,7 @@ def _calendar_from_form(form: Form, old: CalendarSpec | None, desk: DeskSpec) ->
 
 
 def _hours(form: Form, problems: list[str]) -> dict[str, list[str]]:
-    count = int(form.get("groups", "0")) if form.get("groups", "0").isdigit() else 0
+    count = _rows(form, "groups", "Hours", problems)
     hours: dict[str, list[str]] = {}
     for row in range(count + BLANK_HOUR_ROWS):
         days = form.get(f"days-{row}", "").strip().lower().replace(" ", "")
@@ -815,6 +803,7 @@ def _pipeline_page(
 def _stage_page(
     pipeline: PipelineSpec, spec: StageSpec, form: Form, problems: list[str] | None = None
 ) -> str:
+    form = _rows_shown(form, "levels")
     return render_template(
         "settings/stage.html",
         p=pipeline,
@@ -827,7 +816,8 @@ def _stage_page(
 
 
 def _calendar_page(spec: CalendarSpec | None, form: Form, problems: list[str] | None = None) -> str:
-    groups = int(form.get("groups", "0")) if form.get("groups", "0").isdigit() else 0
+    form = _rows_shown(form, "groups")
+    groups = int(form.get("groups", "0"))
     return render_template(
         "settings/calendar.html",
         c=spec,
@@ -837,6 +827,15 @@ def _calendar_page(spec: CalendarSpec | None, form: Form, problems: list[str] | 
         problems=problems or [],
         **_common(),
     )
+
+
+def _rows_shown(form: Form, name: str) -> Form:
+    """The form with its row count one the page can show (a damaged one: none)."""
+    if forms.count(form.get(name, "0"), forms.MAX_ROWS) is not None:
+        return form
+    shown = MultiDict(form)
+    shown[name] = "0"
+    return shown
 
 
 def _pipeline(desk: DeskSpec, key: str) -> PipelineSpec:

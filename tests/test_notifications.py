@@ -443,6 +443,23 @@ def test_the_alert_job_after_the_window_sends_the_digest_through_twilio(
     assert [a.status for a in alerts_to(env, "sofia")][1:] == ["bundled", "bundled"]
 
 
+def test_an_alert_job_a_killed_worker_took_from_the_queue_is_replaced(
+    env: Config, seeded: Config, session: Session, redis: Redis
+) -> None:
+    """A worker SIGKILLed between taking a job and starting it leaves it "queued" in no
+    queue: asking for the person's alerts again must not trust it."""
+    sofia = user(session, "sofia@example.com").id
+    alarms = Alarms(env.redis_url, env.queue_name)
+    alarms.enqueue_alerts(sofia)
+    alarms.enqueue_alerts(sofia)  # still waiting in the queue: not added twice
+    assert queued_ids(env, redis) == [f"alerts-{sofia}"]
+    redis.lrem(f"rq:queue:{env.queue_name}", 0, f"alerts-{sofia}")  # taken, never started
+
+    alarms.enqueue_alerts(sofia)
+
+    assert queued_ids(env, redis) == [f"alerts-{sofia}"]
+
+
 def test_a_second_alert_job_while_one_gathers_looks_again_later_and_one_digest_goes(
     env: Config, seeded: Config, session: Session, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

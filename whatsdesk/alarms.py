@@ -214,8 +214,10 @@ class Alarms:
 
     def enqueue_alerts(self, user_id: int) -> None:
         """Deliver a person's pending alerts (alone, or as a digest) now. A job for them
-        still waiting in the queue will see these alerts too: no second one is added."""
-        if self.status_of(alerts_job_id(user_id)) == JobStatus.QUEUED:
+        still waiting in the queue will see these alerts too: no second one is added (but one
+        a killed worker took from the queue, still marked queued, is replaced)."""
+        job_id = alerts_job_id(user_id)
+        if self.status_of(job_id) == JobStatus.QUEUED and self.is_live(job_id):
             return
         self.queue.enqueue(
             "whatsdesk.jobs.deliver_alerts", user_id, job_id=alerts_job_id(user_id), result_ttl=600

@@ -209,7 +209,8 @@ def _precision(runs: list[dict[str, Any]], docs: Path) -> str:
         f"({first['arriving_per_s']:.0f} per second), each telling three supervisors (through "
         f"their digests); the Procfile's worker × {first['workers']} and sweep. Lateness = "
         "`fired_at − due_at` of each recorded event. *Exact jobs*: the desk's clock jobs, one per "
-        "second of deadlines, each firing its events at their instants. *Sweep alone*: the same run with no timer job scheduled at "
+        "second of deadlines, each firing its events at their instants. *Sweep alone*: the "
+        "same run with no timer job scheduled at "
         "all (`bench/sweep_only.py` switches them off, including the sweep's re-arming), so the "
         "sweep (`rq cron`, every 5 s) fires everything.\n",
         "| | recorded | early | p50 | p95 | p99 | max | events/s kept up |",

@@ -217,7 +217,11 @@ class Alarms:
         still waiting in the queue will see these alerts too: no second one is added (but one
         a killed worker took from the queue, still marked queued, is replaced)."""
         job_id = alerts_job_id(user_id)
-        if self.status_of(job_id) == JobStatus.QUEUED and self.is_live(job_id):
+        queue_key = f"rq:queue:{self.queue.name}"
+        if (
+            self.status_of(job_id) == JobStatus.QUEUED
+            and self.redis.lpos(queue_key, job_id) is not None
+        ):
             return
         self.queue.enqueue(
             "whatsdesk.jobs.deliver_alerts", user_id, job_id=alerts_job_id(user_id), result_ttl=600

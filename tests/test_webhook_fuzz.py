@@ -146,6 +146,7 @@ def test_signed_arbitrary_inbound_forms_are_stored_or_refused_with_a_reason(
     @example(form={**inbound_form(), "ProfileName": "x" * 256})
     @example(form={**inbound_form(), "WaId": "1" * 33})
     @example(form={**inbound_form(), "To": "whatsapp:+1" + "4" * 60})
+    @example(form={**inbound_form(), "NumMedia": "²"})  # a digit to str.isdigit, not to int()
     def check(form: dict[str, str]) -> None:
         sid = sid_of(form)
         already = stored_with_sid(session, Message, sid) if sid else 0

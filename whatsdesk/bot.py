@@ -264,8 +264,8 @@ def menu_choice(body: str, payload: str | None, options: Sequence[tuple[str, str
     if payload in keys:
         return payload
     text = unicodedata.normalize("NFKC", body).strip().strip(".!)")
-    digits = "".join(c for c in text if c.isdigit())
-    rest = "".join(c for c in text if not c.isdigit() and c not in "\ufe0f\u20e3 .)")
+    digits = "".join(c for c in text if c.isdecimal())
+    rest = "".join(c for c in text if not c.isdecimal() and c not in "\ufe0f\u20e3 .)")
     if digits and not rest and 1 <= int(digits) <= len(options):
         return keys[int(digits) - 1]
     wanted = _plain(text)

@@ -407,7 +407,7 @@ def _replies(reader: _Reader, node: yaml.Node, path: str) -> RepliesSpec:
         if isinstance(variables, yaml.MappingNode):
             for key_node, value_node in variables.value:
                 name, value = str(key_node.value), str(value_node.value)
-                if not name.isdigit():
+                if not (name.isascii() and name.isdigit()):
                     reader.fail(key_node, f"{where}.variables.{name}", "numbered: 1, 2, …")
                 _check_placeholders(reader, value_node, f"{where}.variables.{name}", value)
                 template.variables[name] = value
@@ -470,7 +470,7 @@ def _template_variables(reader: _Reader, node: yaml.Node | None, path: str) -> d
     for key_node, value_node in node.value:
         name, value = str(key_node.value), str(value_node.value)
         where = f"{path}.variables.{name}"
-        if not name.isdigit():
+        if not (name.isascii() and name.isdigit()):
             reader.fail(key_node, where, "template variables are numbered: 1, 2, …")
         _check_placeholders(reader, value_node, where, value, TEMPLATE_PLACEHOLDERS)
         variables[name] = value

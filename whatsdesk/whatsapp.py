@@ -121,7 +121,7 @@ def _check_storable(form: Mapping[str, str]) -> None:
 
 def _media(form: Mapping[str, str]) -> list[dict[str, str]]:
     raw = form.get("NumMedia", "0") or "0"
-    if not raw.isdigit() or int(raw) > 10:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > 10:
         raise BadInbound("NumMedia must be a whole number from 0 to 10")
     items = []
     for n in range(int(raw)):

@@ -32,7 +32,7 @@ class LogoutForm(FlaskForm):  # type: ignore[misc]
 
 @login_manager.user_loader
 def load_user(user_id: str) -> User | None:
-    if not user_id.isdigit():
+    if not (user_id.isascii() and user_id.isdigit()):
         return None
     user = get_session().get(User, int(user_id))
     return user if user is not None and user.active else None

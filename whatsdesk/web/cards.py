@@ -85,7 +85,7 @@ def claim(card_id: int) -> Response:
 @login_required
 def assign(card_id: int) -> Response:
     raw = _field("user_id")
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):
         flash("Choose who gets the conversation.", "error")
         return redirect(url_for("cards.show", card_id=card_id))
     return _act(

@@ -20,6 +20,8 @@ DEMO_STAFF = [
     ("Ana Agent", "agent@whatsdesk.test", "agent", "+15550000001"),
     ("Bruno Agent", "agent2@whatsdesk.test", "agent", "+15550000002"),
     ("Sofia Supervisor", "supervisor@whatsdesk.test", "supervisor", "+15550000003"),
+    # Changes the settings (pipelines, staff, replies) on /settings.
+    ("Ada Admin", "admin@whatsdesk.test", "admin", "+15550000004"),
 ]
 
 pipeline_cli = AppGroup("pipeline", help="Pipelines, stages and SLAs as YAML.")

@@ -36,6 +36,11 @@ _EXAMPLE = "{'mon-fri': ['09:00-12:00', '13:00-18:00']}"
 _TIME = re.compile(r"([0-9]{1,2}):([0-9]{2})")
 
 
+def local_midnight(day: date, zone: ZoneInfo) -> datetime:
+    """The start of `day` in `zone`, as aware UTC."""
+    return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
+
+
 @lru_cache(maxsize=1)
 def _timezones() -> frozenset[str]:
     return frozenset(available_timezones())

@@ -108,9 +108,11 @@ def apply(
     before_spec = current(session)
     if not from_server:
         _refuse_new_sources(spec, before_spec)
-    changed = _touched_pipelines(session, spec, before_spec)
+    unchanged = pipeline_store.unchanged_calendars(session, spec)
+    changed = _touched_pipelines(spec, before_spec, unchanged)
     before = pipelines.dump(before_spec)
-    loaded = pipeline_store.load(session, spec, now, refresh=from_server)
+    # The server reads every calendar's sources again; a page only those it changes.
+    loaded = pipeline_store.load(session, spec, now, frozenset() if from_server else unchanged)
     touched = [pipeline for pipeline in loaded if pipeline.key in changed]
     visits = pipeline_store.retime(session, touched) if retime else []
     session.flush()
@@ -132,11 +134,11 @@ def _refuse_new_sources(spec: DeskSpec, before: DeskSpec) -> None:
         raise pipelines.PipelineFileError(problems)
 
 
-def _touched_pipelines(session: Session, spec: DeskSpec, before: DeskSpec) -> set[str]:
+def _touched_pipelines(spec: DeskSpec, before: DeskSpec, unchanged: frozenset[str]) -> set[str]:
     """The keys of the pipelines in `spec` whose open cards a re-time concerns: new or changed
     pipelines, and those using a calendar the change alters."""
     old = {pipeline.key: pipeline for pipeline in before.pipelines}
-    calendars = {c.key for c in spec.calendars} - pipeline_store.unchanged_calendars(session, spec)
+    calendars = {c.key for c in spec.calendars} - unchanged
     return {
         pipeline.key
         for pipeline in spec.pipelines

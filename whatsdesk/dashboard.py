@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.orm import Session, selectinload
 
-from . import desk, sla
+from . import clock, desk, sla
 from .models import Card, Contact, Pipeline, SlaEvent, Stage, StageVisit, User
 
 # In the order a person reads them, the good news first.
@@ -139,7 +139,8 @@ def build(session: Session, now: datetime, nearest: int = NEAREST) -> Dashboard:
     ).all()
     zone = desk.desk_timezone(session)
     today = now.astimezone(zone).date()
-    start, end = midnight(today, zone), midnight(today + timedelta(days=1), zone)
+    start = clock.local_midnight(today, zone)
+    end = clock.local_midnight(today + timedelta(days=1), zone)
     counts = state_counts(session, now)
     return Dashboard(
         now=now,
@@ -161,11 +162,6 @@ def build(session: Session, now: datetime, nearest: int = NEAREST) -> Dashboard:
         timezone=zone.key,
         day_start=start,
     )
-
-
-def midnight(day: date, zone: ZoneInfo) -> datetime:
-    """The start of `day` in `zone`, as aware UTC."""
-    return datetime.combine(day, time(0), tzinfo=zone).astimezone(UTC)
 
 
 def state_counts(session: Session, now: datetime) -> dict[int, dict[str, int]]:

@@ -34,14 +34,15 @@ from .pipelines import (
 )
 
 
-def load(session: Session, desk: DeskSpec, now: datetime, refresh: bool = True) -> list[Pipeline]:
+def load(
+    session: Session, desk: DeskSpec, now: datetime, unchanged: frozenset[str] = frozenset()
+) -> list[Pipeline]:
     """Create or update each calendar and pipeline of the file; refuses, changing nothing,
     on any problem. SLA changes apply to stage visits that start afterwards (see retime).
-    `refresh`: read every calendar's holiday sources (.ics) again; otherwise only those of
-    the calendars this configuration changes (a page's edit)."""
+    `unchanged`: calendars stored exactly so already (unchanged_calendars), whose holiday
+    sources (.ics) are not read again; by default every calendar's are."""
     specs = desk.pipelines
     problems: list[str] = []
-    unchanged = set() if refresh else unchanged_calendars(session, desk)
     resolved = [
         _resolve_calendar(spec, now, problems)
         for spec in desk.calendars
@@ -121,14 +122,14 @@ def _resolve_calendar(
     return spec, ics_days
 
 
-def unchanged_calendars(session: Session, desk: DeskSpec) -> set[str]:
+def unchanged_calendars(session: Session, desk: DeskSpec) -> frozenset[str]:
     """The keys of the calendars in `desk` that are stored exactly so already."""
     stored = {row.key: row for row in session.scalars(select(BusinessCalendar))}
-    return {
+    return frozenset(
         spec.key
         for spec in desk.calendars
         if spec.key in stored and same_calendar(_calendar_spec(stored[spec.key]), spec)
-    }
+    )
 
 
 def _calendar_reference_problems(specs: list[PipelineSpec], known: set[str]) -> list[str]:

@@ -18,7 +18,7 @@ from sqlalchemy import Date, and_, case, cast, exists, func, literal, literal_co
 from sqlalchemy.orm import Session, aliased, contains_eager, selectinload
 from sqlalchemy.sql.elements import ColumnElement
 
-from . import configuration, dashboard
+from . import clock, configuration
 from .durations import spoken
 from .models import Card, Pipeline, SlaEvent, Stage, StageVisit, User
 from .sla import BREACH, LEVEL_PREFIX, RESOLUTION_BREACH, RESOLUTION_WARNING, WARNING
@@ -82,7 +82,7 @@ class Period:
 
 
 def _midnight(day: date, timezone: str) -> datetime:
-    return dashboard.midnight(day, ZoneInfo(timezone))
+    return clock.local_midnight(day, ZoneInfo(timezone))
 
 
 def parse_period(args: Mapping[str, str], now: datetime, timezone: str) -> Period:

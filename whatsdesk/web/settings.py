@@ -342,7 +342,7 @@ def yaml_import() -> Answer:
     except PipelineFileError as exc:
         session.rollback()
         return fail(exc.problems)
-    _rearm(applied.timers)
+    saving.rearm(applied.timers, "import")
     flash(f"Imported {applied.count} pipeline(s) from {target}.", "ok")
     return redirect(url_for("settings.index"))
 
@@ -369,10 +369,6 @@ def _save(
         done += f" Re-timed {len(applied.timers)} open card(s)."
     flash(done, "ok")
     return redirect(then)
-
-
-def _rearm(timers: list[tuple[int, Any]]) -> None:
-    saving.rearm(timers, "import")
 
 
 def _user() -> User:

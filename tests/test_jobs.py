@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
@@ -896,14 +897,14 @@ def test_a_visit_that_cannot_fire_does_not_stop_the_sweep(
     fine = desk.receive_message(session, inbound, T0).new_visit
     session.commit()
     assert fine is not None
-    real = escalation.fire
+    real = escalation._fire_locked
 
-    def fire(s: Session, visit_id: int, kind: str, now: datetime) -> escalation.Fired | None:
-        if visit_id == broken.id:
+    def fire(s: Session, visit: StageVisit, *rest: Any) -> escalation.Fired | None:
+        if visit.id == broken.id:
             raise RuntimeError("a bad row")
-        return real(s, visit_id, kind, now)
+        return real(s, visit, *rest)
 
-    monkeypatch.setattr(escalation, "fire", fire)
+    monkeypatch.setattr(escalation, "_fire_locked", fire)
 
     counts = jobs.reconcile(seeded, WARNING_AT)
 

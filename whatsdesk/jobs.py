@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from .alarms import (
 )
 from .config import Config
 from .db import session_scope, utcnow
-from .models import Card, Message, SlaEvent, StageVisit
+from .models import Card, Message, StageVisit
 from .notifications import is_staff_alert
 from .whatsapp import PermanentSendError, Template, TransientSendError, sender_for
 
@@ -50,6 +51,9 @@ ALERTS_LOCK_SECONDS = 60
 # Sends start evenly spaced at 90 % of SEND_RATE_LIMIT: the network can bunch messages on
 # their way, and Twilio counts them as they arrive.
 PACE_HEADROOM = 0.9
+MAX_ID = 2**63  # sorts after every visit id: (instant, MAX_ID, "") follows all of instant's
+# Events fired in one transaction at most: their cards stay locked until it commits.
+MAX_BATCH = 200
 
 
 def _config() -> Config:
@@ -71,15 +75,17 @@ def fire_second(second: int) -> str:
         lambda: _alarms(config).schedule_second(second, again=True),
     ):
         return "rescheduled"
+    owed = _owed_before(config, start + timedelta(seconds=1))
     fired = 0
-    for instant, visit_id, kind in _owed_before(config, start + timedelta(seconds=1)):
-        wait = (instant - utcnow()).total_seconds()
+    while owed:
+        wait = (owed[0][0] - utcnow()).total_seconds()
         if wait > 0:
             time.sleep(wait)
-        try:
-            fired += fire_and_send(config, visit_id, kind, utcnow())
-        except Exception:  # one bad visit must not hold up the others of its second
-            log.exception("could not fire %s of visit %s", kind, visit_id)
+        # Everything whose instant has come goes in one transaction: while one batch is
+        # written, the next gathers, so a busy second costs a few commits, not one each.
+        ready = min(bisect.bisect_right(owed, (utcnow(), MAX_ID, "")), MAX_BATCH)
+        batch, owed = owed[:ready], owed[ready:]
+        fired += fire_events(config, [(visit_id, kind) for _at, visit_id, kind in batch]).fired
     return f"fired {fired}"
 
 
@@ -139,21 +145,46 @@ def _time_out_menu(config: Config, card_id: int, now: datetime) -> bool:
 
 
 def fire_and_send(config: Config, visit_id: int, kind: str, now: datetime) -> bool:
-    """Fire the event in its own transaction; after commit, hand its messages to the sender
-    (staff alerts through their recipient's digest) and arm any stage visit it started."""
+    """Fire one event at `now` (see fire_events)."""
+    return fire_events(config, [(visit_id, kind)], lambda: now).fired == 1
+
+
+@dataclass(frozen=True)
+class Firing:
+    fired: int = 0
+    failed: int = 0
+
+    def __add__(self, other: Firing) -> Firing:
+        return Firing(self.fired + other.fired, self.failed + other.failed)
+
+
+def fire_events(
+    config: Config, owed: list[tuple[int, str]], now: Callable[[], datetime] = utcnow
+) -> Firing:
+    """Fire events in one transaction, each at `now()` as its turn comes; after commit,
+    hand their messages to the sender (staff alerts through each recipient's digest, one
+    job per person) and arm any stage visit they started. When the batch fails (a bad
+    visit, a deadlock, another worker's twin), each event is tried again on its own; an
+    event that fails alone is logged and counted, and the others still fire."""
     try:
         with session_scope(config.database_url) as session:
-            fired = escalation.fire(session, visit_id, kind, now)
-            if fired is None:
-                return False
-            event = fired.event
-            staff = sorted({m.user_id for m in fired.messages if is_staff_alert(m) and m.user_id})
-            customer = [m.id for m in fired.messages if not is_staff_alert(m)]
-            visits = [(v.id, v.timers) for v in fired.visits]
-    except IntegrityError:
-        log.info("sla event %s/%s already recorded by another worker", visit_id, kind)
-        return False
-    metrics.observe_event(event.kind, event.due_at, event.fired_at)
+            done = escalation.fire_many(session, owed, now)
+            events = [(f.event.kind, f.event.due_at, f.event.fired_at) for f in done]
+            messages = [m for f in done for m in f.messages]
+            staff = sorted({m.user_id for m in messages if is_staff_alert(m) and m.user_id})
+            customer = [m.id for m in messages if not is_staff_alert(m)]
+            visits = [(v.id, v.timers) for f in done for v in f.visits]
+    except Exception as exc:
+        if len(owed) > 1:
+            log.warning("a batch of %d events failed (%s); firing each alone", len(owed), exc)
+            return sum((fire_events(config, [one], now) for one in owed), Firing())
+        if isinstance(exc, IntegrityError):
+            log.info("sla event %s/%s already recorded by another worker", *owed[0])
+            return Firing()
+        log.exception("could not fire %s of visit %s", owed[0][1], owed[0][0])
+        return Firing(failed=1)
+    for kind, due_at, fired_at in events:
+        metrics.observe_event(kind, due_at, fired_at)
     alarms = _alarms(config)
     for user_id in staff:
         alarms.enqueue_alerts(user_id)
@@ -161,7 +192,7 @@ def fire_and_send(config: Config, visit_id: int, kind: str, now: datetime) -> bo
         alarms.enqueue_send(message_id)
     for new_visit_id, timers in visits:
         alarms.schedule_timers(new_visit_id, timers)
-    return True
+    return Firing(fired=len(events))
 
 
 def deliver_alerts(user_id: int) -> str:
@@ -342,13 +373,10 @@ def reconcile(config: Config, now: datetime) -> dict[str, int]:
     alarms = _alarms(config)
     counts = {"fired": 0, "rearmed": 0, "resent": 0, "interrupted": 0, "late_statuses": 0}
     counts["errors"] = 0
-    for visit_id, kinds in _due_events(config, now):
-        for kind in kinds:
-            try:
-                counts["fired"] += fire_and_send(config, visit_id, kind, now)
-            except Exception:  # one bad visit must not stop the sweep for all the others
-                log.exception("sweep could not fire %s of visit %s", kind, visit_id)
-                counts["errors"] += 1
+    due = [(visit_id, kind) for visit_id, kinds in _due_events(config, now) for kind in kinds]
+    if due:  # one bad visit does not stop the sweep for all the others
+        firing = fire_events(config, due, lambda: now)
+        counts["fired"], counts["errors"] = firing.fired, firing.failed
     horizon = now + timedelta(seconds=max(LOOKAHEAD_SECONDS, 3 * config.sweep_seconds))
     for card_id, deadline in _menus_due_before(config, horizon):
         if deadline <= now:
@@ -398,22 +426,8 @@ def _with_recorded(
 ) -> list[tuple[StageVisit, set[str]]]:
     """The visits of `query`, each with the event kinds already recorded (two queries)."""
     visits = session.scalars(query).all()
-    recorded: dict[int, set[str]] = {visit.id: set() for visit in visits}
-    by_card: dict[int, set[str]] = {visit.card_id: set() for visit in visits}
-    if recorded:
-        for visit_id, card_id, kind in session.execute(
-            select(SlaEvent.visit_id, SlaEvent.card_id, SlaEvent.kind).where(
-                or_(
-                    SlaEvent.visit_id.in_(recorded),
-                    SlaEvent.card_id.in_(by_card) & SlaEvent.kind.in_(sla.CARD_KINDS),
-                )
-            )
-        ):
-            if visit_id in recorded:
-                recorded[visit_id].add(kind)
-            if kind in sla.CARD_KINDS:
-                by_card[card_id].add(kind)
-    return [(visit, recorded[visit.id] | by_card[visit.card_id]) for visit in visits]
+    recorded = escalation.recorded_of(session, visits)
+    return [(visit, recorded[visit.id]) for visit in visits]
 
 
 def _due_events(config: Config, now: datetime) -> list[tuple[int, list[str]]]:

@@ -386,6 +386,7 @@ class Message(Base):
     card: Mapped[Card | None] = relationship()
     contact: Mapped[Contact | None] = relationship()
     user: Mapped[User | None] = relationship()
+    sla_event: Mapped[SlaEvent | None] = relationship(foreign_keys=[sla_event_id])
     digest: Mapped[Message | None] = relationship(remote_side=[id])
 
     @property

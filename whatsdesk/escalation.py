@@ -68,7 +68,12 @@ def fire_many(
         for visit in session.scalars(
             select(StageVisit)
             .where(StageVisit.id.in_(visit_ids))
-            .options(joinedload(StageVisit.card).joinedload(Card.contact))
+            .options(
+                joinedload(StageVisit.stage),
+                joinedload(StageVisit.card).options(
+                    joinedload(Card.contact), joinedload(Card.pipeline), joinedload(Card.owner)
+                ),
+            )
             .execution_options(populate_existing=True)
         ).unique()
     }
@@ -134,8 +139,10 @@ def _fire_locked(
         session.flush()
         _time_out(session, visit, event, now, fired)
         return fired
-    text = alert_text(visit, kind, now)
-    fired.messages += notify(session, event, recipients(session, visit, kind, people), text, now)
+    with session.no_autoflush:  # these reads do not depend on what the batch writes
+        text = alert_text(visit, kind, now)
+        told = recipients(session, visit, kind, people)
+    fired.messages += notify(session, event, told, text, now)
     if kind == sla.BREACH:
         _reassign(session, visit, now, fired)
     return fired

@@ -369,42 +369,44 @@ def sweep() -> dict[str, int]:
 
 
 def reconcile(config: Config, now: datetime) -> dict[str, int]:
-    """Make Redis agree with the database, which is the source of truth."""
+    """Make Redis agree with the database, which is the source of truth: read everything
+    the sweep looks at in one transaction, then act on it."""
     alarms = _alarms(config)
     counts = {"fired": 0, "rearmed": 0, "resent": 0, "interrupted": 0, "late_statuses": 0}
-    counts["errors"] = 0
-    due = [(visit_id, kind) for visit_id, kinds in _due_events(config, now) for kind in kinds]
-    if due:  # one bad visit does not stop the sweep for all the others
-        firing = fire_events(config, due, lambda: now)
-        counts["fired"], counts["errors"] = firing.fired, firing.failed
     horizon = now + timedelta(seconds=max(LOOKAHEAD_SECONDS, 3 * config.sweep_seconds))
-    for card_id, deadline in _menus_due_before(config, horizon):
+    with session_scope(config.database_url) as session:
+        due = [(visit_id, kind) for visit_id, kinds in _due_events(session, now) for kind in kinds]
+        menus = _menus_due_before(session, horizon)
+        seconds = sorted(
+            {second_of(instant) for _v, _k, instant in _timers_due_before(session, now, horizon)}
+        )
+        stale_sends = _stale_sends(session, now)
+        stale_alerts = _stale_alerts(session, now)
+        stuck = _sends_in_doubt(session, now)
+        counts["late_statuses"] = desk.settle_early_statuses(session, now)
+        resend = [m.id for m in notifications.template_retries(session, now)]
+    firing = fire_events(config, due, lambda: now) if due else Firing()
+    counts["fired"], counts["errors"] = firing.fired, firing.failed  # one bad visit: others fire
+    for card_id, deadline in menus:
         if deadline <= now:
             counts["fired"] += _time_out_menu(config, card_id, now)
         elif not alarms.is_live(menu_job_id(card_id)):
             alarms.schedule_menu(card_id, deadline)
             counts["rearmed"] += 1
-    seconds = {
-        second_of(instant) for _visit, _kind, instant in _timers_due_before(config, now, horizon)
-    }
-    for second in sorted(seconds):
+    for second in seconds:
         if not alarms.is_live(tick_job_id(second)):
             alarms.schedule_second(second)
             counts["rearmed"] += 1
-    for message_id in _stale_sends(config, now):
+    for message_id in stale_sends:
         if not alarms.is_live(send_job_id(message_id)):
             alarms.enqueue_send(message_id)
             counts["resent"] += 1
-    for user_id in _stale_alerts(config, now):
+    for user_id in stale_alerts:
         if not alarms.is_live(alerts_job_id(user_id)):
             alarms.enqueue_alerts(user_id)
             counts["resent"] += 1
-    counts["interrupted"], errors = _fail_interrupted_sends(config, alarms, now)
+    counts["interrupted"], errors = _fail_interrupted_sends(config, alarms, stuck, now)
     counts["errors"] += errors
-    with session_scope(config.database_url) as session:
-        counts["late_statuses"] = desk.settle_early_statuses(session, now)
-        again = notifications.template_retries(session, now)
-        resend = [m.id for m in again]
     for message_id in resend:
         alarms.enqueue_send(message_id, again=True)
     counts["resent"] += len(resend)
@@ -430,52 +432,47 @@ def _with_recorded(
     return [(visit, recorded[visit.id]) for visit in visits]
 
 
-def _due_events(config: Config, now: datetime) -> list[tuple[int, list[str]]]:
+def _due_events(session: Session, now: datetime) -> list[tuple[int, list[str]]]:
     """Visits whose next instant has come (an indexed range query), with what they owe."""
     due = []
-    with session_scope(config.database_url) as session:
-        query = _open_visits().where(StageVisit.next_due_at <= now)
-        for visit, recorded in _with_recorded(session, query):
-            timers = escalation.owed_timers(visit)
-            kinds = sla.due_kinds(now, timers, recorded)
-            if kinds:
-                due.append((visit.id, kinds))
-            else:  # recorded some other way: point it at what it really owes next
-                visit.next_due_at = sla.next_instant(timers, recorded)
+    query = _open_visits().where(StageVisit.next_due_at <= now)
+    for visit, recorded in _with_recorded(session, query):
+        timers = escalation.owed_timers(visit)
+        kinds = sla.due_kinds(now, timers, recorded)
+        if kinds:
+            due.append((visit.id, kinds))
+        else:  # recorded some other way: point it at what it really owes next
+            visit.next_due_at = sla.next_instant(timers, recorded)
     return due
 
 
 def _timers_due_before(
-    config: Config, now: datetime, horizon: datetime
+    session: Session, now: datetime, horizon: datetime
 ) -> list[tuple[int, str, datetime]]:
     """The timers that ring before `horizon` (an indexed range query on the next instant):
     each must be in Redis by then, whatever Redis lost (a restart, a flush, a failed write)."""
     timers = []
-    with session_scope(config.database_url) as session:
-        query = _open_visits().where(
-            StageVisit.next_due_at > now, StageVisit.next_due_at <= horizon
-        )
-        for visit, recorded in _with_recorded(session, query):
-            owed = escalation.owed_timers(visit)
-            for kind in sla.upcoming_kinds(now, owed, recorded):
-                instant = owed.instant(kind)
-                if instant is not None and instant <= horizon:
-                    timers.append((visit.id, kind, instant))
+    query = _open_visits().where(StageVisit.next_due_at > now, StageVisit.next_due_at <= horizon)
+    for visit, recorded in _with_recorded(session, query):
+        owed = escalation.owed_timers(visit)
+        for kind in sla.upcoming_kinds(now, owed, recorded):
+            instant = owed.instant(kind)
+            if instant is not None and instant <= horizon:
+                timers.append((visit.id, kind, instant))
     return timers
 
 
-def _menus_due_before(config: Config, horizon: datetime) -> list[tuple[int, datetime]]:
+def _menus_due_before(session: Session, horizon: datetime) -> list[tuple[int, datetime]]:
     """Team menus that run out before `horizon` (an indexed range query)."""
-    with session_scope(config.database_url) as session:
-        return [
-            (card_id, deadline)
-            for card_id, deadline in session.execute(
-                select(Card.id, Card.menu_deadline_at).where(
-                    Card.menu_deadline_at <= horizon, Card.status == "open"
-                )
-            ).all()
-            if deadline is not None
-        ]
+    return [
+        (card_id, deadline)
+        for card_id, deadline in session.execute(
+            select(Card.id, Card.menu_deadline_at).where(
+                Card.menu_deadline_at <= horizon, Card.status == "open"
+            )
+        ).all()
+        if deadline is not None
+    ]
 
 
 @dataclass(frozen=True)
@@ -491,7 +488,25 @@ class _InDoubt:
     template: Template | None
 
 
-def _fail_interrupted_sends(config: Config, alarms: Alarms, now: datetime) -> tuple[int, int]:
+def _sends_in_doubt(session: Session, now: datetime) -> list[_InDoubt]:
+    """Sends "sending" for so long that their call to Twilio has surely ended."""
+    return [
+        _InDoubt(
+            m.id, m.attempts, m.updated_at, m.to_address, m.from_address, m.body, _template_of(m)
+        )
+        for m in session.scalars(
+            select(Message).where(
+                Message.direction == "out",
+                Message.status == "sending",
+                Message.updated_at <= now - timedelta(seconds=SEND_SETTLED_SECONDS),
+            )
+        )
+    ]
+
+
+def _fail_interrupted_sends(
+    config: Config, alarms: Alarms, stuck: list[_InDoubt], now: datetime
+) -> tuple[int, int]:
     """Sends cut off mid-call (a killed worker, a lost connection): Twilio may or may not
     have the message. Once the call has surely ended, Twilio is asked (see _verdict): what
     it took is recorded, what it never got goes again. When it cannot be asked (the
@@ -500,25 +515,6 @@ def _fail_interrupted_sends(config: Config, alarms: Alarms, now: datetime) -> tu
     transaction of its own: one that cannot be (a SID taken meanwhile) never stops the
     sweep. Returns (settled, errors)."""
     settled = now - timedelta(seconds=SEND_SETTLED_SECONDS)
-    with session_scope(config.database_url) as session:
-        stuck = [
-            _InDoubt(
-                m.id,
-                m.attempts,
-                m.updated_at,
-                m.to_address,
-                m.from_address,
-                m.body,
-                _template_of(m),
-            )
-            for m in session.scalars(
-                select(Message).where(
-                    Message.direction == "out",
-                    Message.status == "sending",
-                    Message.updated_at <= settled,
-                )
-            )
-        ]
     resend, done, errors = [], 0, 0
     for doubt in stuck:
         if alarms.is_live(send_job_id(doubt.id)) or alarms.is_live(
@@ -638,38 +634,36 @@ def _verdict(
     return "doubtful", None
 
 
-def _stale_sends(config: Config, now: datetime) -> list[int]:
+def _stale_sends(session: Session, now: datetime) -> list[int]:
     """Messages handed to the sender (customers', digests, alerts let through) whose send
     job is overdue."""
     cutoff = now - timedelta(seconds=STALE_SEND_SECONDS)
-    with session_scope(config.database_url) as session:
-        return list(
-            session.scalars(
-                select(Message.id).where(
-                    Message.direction == "out",
-                    Message.status.in_(("pending", "retrying")),
-                    Message.updated_at <= cutoff,
-                    or_(Message.contact_id.is_not(None), Message.sent_at.is_not(None)),
-                )
+    return list(
+        session.scalars(
+            select(Message.id).where(
+                Message.direction == "out",
+                Message.status.in_(("pending", "retrying")),
+                Message.updated_at <= cutoff,
+                or_(Message.contact_id.is_not(None), Message.sent_at.is_not(None)),
             )
         )
+    )
 
 
-def _stale_alerts(config: Config, now: datetime) -> list[int]:
+def _stale_alerts(session: Session, now: datetime) -> list[int]:
     """People with alerts still waiting for their digest well after its window ended."""
-    with session_scope(config.database_url) as session:
-        window = settings.notifications(session).digest_seconds
-        cutoff = now - timedelta(seconds=STALE_SEND_SECONDS + window)
-        return list(
-            session.scalars(
-                select(Message.user_id)
-                .where(
-                    Message.status == "pending",
-                    Message.contact_id.is_(None),
-                    Message.sent_at.is_(None),
-                    Message.user_id.is_not(None),
-                    Message.updated_at <= cutoff,
-                )
-                .distinct()
+    window = settings.notifications(session).digest_seconds
+    cutoff = now - timedelta(seconds=STALE_SEND_SECONDS + window)
+    return list(
+        session.scalars(
+            select(Message.user_id)
+            .where(
+                Message.status == "pending",
+                Message.contact_id.is_(None),
+                Message.sent_at.is_(None),
+                Message.user_id.is_not(None),
+                Message.updated_at <= cutoff,
             )
+            .distinct()
         )
+    )

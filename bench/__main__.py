@@ -37,6 +37,7 @@ def main() -> int:
                 results[name] = ingest.run(stores, sizes)
             elif name == "precision":
                 results[name] = [timers.precision(stores, sizes, exact) for exact in (True, False)]
+                results["redis_memory"] = timers.redis_memory(stores)
             elif name == "storm":
                 results[name] = timers.storm(stores, sizes)
             elif name == "pages":

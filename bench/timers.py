@@ -60,7 +60,6 @@ def precision(stores: Stores, sizes: Sizes, exact: bool) -> dict[str, Any]:
     now = datetime.now(UTC)
     seeded = data.seed(stores.database_url, now)
     count, window = sizes.precision_deadlines, sizes.precision_window
-    redis = stores.redis_client()
     with processes(
         stores, ["worker", "sweep"], workers=WORKERS, swap=None if exact else SWEEP_ONLY
     ) as running:
@@ -69,12 +68,10 @@ def precision(stores: Stores, sizes: Sizes, exact: bool) -> dict[str, Any]:
         start = datetime.now(UTC) + timedelta(seconds=5 + count / 400)
         deadlines = _deadlines(start, count, window, random.Random(5))
         visits = data.open_cards(stores.database_url, seeded, count, now, deadlines=deadlines)
-        before = int(redis.info("memory")["used_memory"])
         armed_at = None
         if exact:
             _arm(stores, visits, deadlines)
             armed_at = datetime.now(UTC)
-        after = int(redis.info("memory")["used_memory"])
         finish = (deadlines[-1] - datetime.now(UTC)).total_seconds() + 60
         complete = eventually(lambda: _events(stores) >= count, finish, step=0.5)
         rss = [rss_mib(pid) for pid in running.pids("worker")]
@@ -93,9 +90,27 @@ def precision(stores: Stores, sizes: Sizes, exact: bool) -> dict[str, Any]:
         "lateness_ms": summary(late),
         "distribution_ms": late,
         "armed_before_first": armed_at is None or armed_at < deadlines[0],
-        "redis_bytes_per_deadline": (after - before) / count if exact else None,
         "rss_worker_mib": max(rss, default=0.0),
     }
+
+
+def redis_memory(stores: Stores, count: int = 10_000) -> dict[str, Any]:
+    """Redis bytes per scheduled deadline, measured with no worker running (so nothing else
+    moves `used_memory`): `count` deadlines each in a second of its own (one clock job each:
+    the worst case), then the same number within one minute (one job per second)."""
+    rows = {}
+    start = second_of(datetime.now(UTC)) + 3600  # far enough that nothing fires meanwhile
+    for name, seconds in (("one per second", count), ("within a minute", 60)):
+        stores.empty()
+        redis = stores.redis_client()
+        alarms = Alarms(stores.redis_url, stores.config.queue_name)
+        alarms.schedule_second(start - 10)  # the queue's own keys exist before measuring
+        before = int(redis.info("memory")["used_memory"])
+        for n in range(count):
+            alarms.schedule_second(start + n % seconds)
+        after = int(redis.info("memory")["used_memory"])
+        rows[name] = {"jobs": min(count, seconds), "bytes": after - before}
+    return {"deadlines": count, **rows}
 
 
 def storm(stores: Stores, sizes: Sizes) -> dict[str, Any]:

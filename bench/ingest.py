@@ -1,5 +1,10 @@
 """Inbound ingest: signed WhatsApp webhooks through gunicorn (the Procfile's web) into
-PostgreSQL with full processing, against the stack's floor, in the same run."""
+PostgreSQL with full processing, against the stack's floor, in the same run.
+
+The desk runs twice: its `web` alone, measured as the floor is (the jobs it queues wait in
+Redis, no worker takes them), and `web` with the Procfile's `worker` and `sweep` carrying
+them out on the same cores. The traffic: one message in five opens a conversation (a number
+never seen before) and four continue one already open (see `customer_of`)."""
 
 from __future__ import annotations
 
@@ -27,13 +32,29 @@ MAX_RATE = 1200
 PATH = "/twilio/whatsapp"
 
 
-def requests_file(base: str, token: str, count: int, contacts: int, name: str) -> Path:
-    """`count` distinct messages from `contacts` customers, each signed for `base`."""
+# Each requests file writes from numbers of its own, so a warm-up opens none of the
+# conversations its run then counts as new.
+SERIES = {"floor": 1, "warm": 2, "desk": 3}
+NEW_EVERY = 5  # one message in this many opens a conversation
+
+
+def customer_of(n: int, rng: random.Random) -> int:
+    """Who writes message n (from 0): every fifth message (n = 0, 5, 10 …) comes from a new
+    customer, n // 5; each of the others from a customer drawn (seeded, uniformly) among
+    those seen so far, 0 … n // 5, whose conversation is open (nothing answers or resolves
+    it during the run). So at any point of the run one message in five opens a
+    conversation and four continue one, whatever rate the run reaches."""
+    newest = n // NEW_EVERY
+    return newest if n % NEW_EVERY == 0 else rng.randrange(newest + 1)
+
+
+def requests_file(base: str, token: str, count: int, name: str) -> Path:
+    """`count` distinct messages (see `customer_of`), each signed for `base`."""
     rng = random.Random(3)
     path = WORK / f"{name}.requests"
     with path.open("w", encoding="utf-8") as out:
         for n in range(count):
-            phone = f"+55118{rng.randrange(contacts):07d}"
+            phone = f"+551{SERIES[name]}{customer_of(n, rng):09d}"
             form = {
                 "MessageSid": f"SM{name[:4]}{n:028x}",
                 "AccountSid": "AC" + "0" * 32,
@@ -75,25 +96,27 @@ def floor(stores: Stores, sizes: Sizes) -> dict[str, Any]:
             )
         )
     with processes(stores, ["web"], swap={"app:app": "bench.floor_app:app"}) as running:
-        requests = requests_file(running.base, "floor", 20_000, 1000, "floor")
+        requests = requests_file(running.base, "floor", 20_000, "floor")
         wrk(running.base, requests, 3, "floor-warmup")
         result = wrk(running.base, requests, sizes.ingest_seconds, "floor")
     return result
 
 
-def desk(stores: Stores, sizes: Sizes) -> dict[str, Any]:
-    """The Procfile's web, worker and sweep, as in production, on the same two cores."""
+def desk(stores: Stores, sizes: Sizes, names: list[str]) -> dict[str, Any]:
+    """The Procfile's processes `names` on the same two cores: `web` alone as the floor is
+    run, or with `worker` and `sweep` as in production."""
     data.seed(stores.database_url, datetime.now(UTC))
     count = MAX_RATE * sizes.ingest_seconds
     token = whatsapp.webhook_token(stores.config)
-    with processes(stores, ["web", "worker", "sweep"]) as running:
-        warmup = requests_file(running.base, token, 2000, 500, "warm")
+    with processes(stores, names) as running:
+        warmup = requests_file(running.base, token, 2000, "warm")
         wrk(running.base, warmup, 3, "desk-warmup")
-        requests = requests_file(running.base, token, count, max(1000, count // 5), "desk")
+        requests = requests_file(running.base, token, count, "desk")
         result = wrk(running.base, requests, sizes.ingest_seconds, "desk")
         web = children(running.pids("web")[0])
         result["rss_web_mib"] = max((rss_mib(pid) for pid in web), default=0.0)
-        result["rss_worker_mib"] = rss_mib(running.pids("worker")[0])
+        if "worker" in names:
+            result["rss_worker_mib"] = rss_mib(running.pids("worker")[0])
     result["repeated"] = max(0, result["requests"] - count)
     with session_factory(stores.database_url)() as session:
         stored = session.scalar(
@@ -106,8 +129,10 @@ def desk(stores: Stores, sizes: Sizes) -> dict[str, Any]:
     return result
 
 
-def statements_per_message(stores: Stores, count: int = 50) -> float:
-    """SQL statements one inbound message costs, counted in-process (test client)."""
+def statements_per_message(stores: Stores, count: int = 25) -> dict[str, float]:
+    """SQL statements one inbound message (a sentence, as in the runs) costs, counted
+    in-process (test client), besides BEGIN and COMMIT: `count` messages that open a
+    conversation each, then one more on each of those open conversations."""
     from sqlalchemy import event
 
     from whatsdesk import create_app
@@ -122,27 +147,41 @@ def statements_per_message(stores: Stores, count: int = 50) -> float:
     def capture(*args: Any) -> None:
         seen.append(args[2])
 
+    per_message: dict[str, float] = {}
     event.listen(engine, "before_cursor_execute", capture)
     try:
-        for n in range(count):
-            form = {"MessageSid": f"SMcount{n:026x}", "From": f"whatsapp:+5511700{n % 25:05d}",
-                    "To": "whatsapp:+14155238886", "Body": "Hello", "NumMedia": "0"}  # fmt: skip
-            signature = whatsapp.sign(token, "http://localhost" + PATH, form)
-            client.post(PATH, data=form, headers={"X-Twilio-Signature": signature})
+        for kind, first in (("new", 0), ("open", count)):
+            seen.clear()
+            for n in range(first, first + count):
+                form = {
+                    "MessageSid": f"SMcount{n:026x}",
+                    "From": f"whatsapp:+5511700{n % count:05d}",
+                    "To": "whatsapp:+14155238886",
+                    "Body": f"Hello, my order #{n} has not arrived yet. Can you help?",
+                    "NumMedia": "0",
+                }
+                signature = whatsapp.sign(token, "http://localhost" + PATH, form)
+                client.post(PATH, data=form, headers={"X-Twilio-Signature": signature})
+            per_message[kind] = len(seen) / count
     finally:
         event.remove(engine, "before_cursor_execute", capture)
-    return len(seen) / count
+    return per_message
 
 
 def run(stores: Stores, sizes: Sizes) -> dict[str, Any]:
+    """The floor, the desk's web alone (the ratio: web alone ÷ floor, both measured alike),
+    then the desk's web with its worker and sweep."""
     stores.empty()
     base = floor(stores, sizes)
     stores.empty()
-    full = desk(stores, sizes)
+    alone = desk(stores, sizes, ["web"])
+    stores.empty()
+    full = desk(stores, sizes, ["web", "worker", "sweep"])
     return {
         "floor": base,
+        "web": alone,
         "desk": full,
-        "ratio": full["rate"] / base["rate"] if base["rate"] else 0.0,
+        "ratio": alone["rate"] / base["rate"] if base["rate"] else 0.0,
         "statements_per_message": statements_per_message(stores),
         "connections": CONNECTIONS,
         "seconds": sizes.ingest_seconds,

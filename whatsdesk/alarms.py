@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 
 from redis import Redis
+from redis.client import Pipeline
 from rq import Queue, Retry
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus, get_current_job
@@ -60,6 +62,9 @@ def clock_queue_name(queue_name: str) -> str:
 def second_of(instant: datetime) -> int:
     """The whole second (Unix time) an instant falls in."""
     return math.floor(instant.timestamp())
+
+
+TICK_ID = re.compile(r"tick-[0-9]+")
 
 
 def tick_job_id(second: int) -> str:
@@ -139,29 +144,55 @@ class Alarms:
     def ping(self) -> bool:
         return bool(self.redis.ping())
 
-    def schedule_menu(self, card_id: int, instant: datetime, again: bool = False) -> None:
+    def schedule_menu(
+        self,
+        card_id: int,
+        instant: datetime,
+        again: bool = False,
+        pipeline: Pipeline | None = None,
+    ) -> None:
         """When a new conversation's team menu runs out: the default pipeline takes it."""
         job_id = menu_job_id(card_id) + (f"-at-{int(instant.timestamp())}" if again else "")
         self.clock.enqueue_at(
-            instant, "whatsdesk.jobs.menu_timeout", card_id, job_id=job_id, result_ttl=3600
+            instant,
+            "whatsdesk.jobs.menu_timeout",
+            card_id,
+            job_id=job_id,
+            result_ttl=3600,
+            pipeline=pipeline,
         )
 
-    def arm(self, timers: list[tuple[int, Timers]], sends: list[int]) -> None:
-        """After a commit: the new stage visits' timers, and the messages to send."""
-        for visit_id, visit_timers in timers:
-            self.schedule_timers(visit_id, visit_timers)
-        for message_id in sends:
-            self.enqueue_send(message_id)
+    def arm(
+        self,
+        timers: list[tuple[int, Timers]],
+        sends: list[int],
+        menu: tuple[int, datetime] | None = None,
+    ) -> None:
+        """After a commit: the new stage visits' timers, the messages to send and a team
+        menu's deadline (card id, instant), in one round trip to Redis (MULTI … EXEC)."""
+        with self.redis.pipeline() as pipe:
+            pipe.multi()  # RQ switches a pipeline it is given to MULTI, before any command
+            for visit_id, visit_timers in timers:
+                self.schedule_timers(visit_id, visit_timers, pipe)
+            for message_id in sends:
+                self.enqueue_send(message_id, pipeline=pipe)
+            if menu is not None:
+                self.schedule_menu(*menu, pipeline=pipe)
+            pipe.execute()
 
-    def schedule_timers(self, visit_id: int, timers: Timers) -> None:
+    def schedule_timers(
+        self, visit_id: int, timers: Timers, pipeline: Pipeline | None = None
+    ) -> None:
         """The clock job of each instant's second (the visit's id is not needed: the job
         reads from the database what falls due in its second)."""
         for kind in timers.kinds():
             instant = timers.instant(kind)
             if instant is not None:
-                self.schedule_second(second_of(instant))
+                self.schedule_second(second_of(instant), pipeline=pipeline)
 
-    def schedule_second(self, second: int, again: bool = False) -> None:
+    def schedule_second(
+        self, second: int, again: bool = False, pipeline: Pipeline | None = None
+    ) -> None:
         """The job that fires what falls due in this second, woken just before it begins;
         the same id again replaces the job instead of adding one (`again`: a job putting
         itself back, under an id of its own)."""
@@ -172,7 +203,15 @@ class Alarms:
             second,
             job_id=job_id,
             result_ttl=600,
+            pipeline=pipeline,
         )
+
+    def armed_seconds(self) -> set[int]:
+        """The seconds whose clock job waits in the scheduler or in the clock queue (a job
+        already taken is not listed: `is_live` tells those)."""
+        registry = ScheduledJobRegistry(queue=self.clock)
+        ids = [*registry.get_job_ids(cleanup=False), *self.clock.get_job_ids()]
+        return {int(i[len("tick-") :]) for i in ids if TICK_ID.fullmatch(i)}
 
     def wakes_for(self, instant: datetime) -> datetime | None:
         """When the clock job covering this instant is woken; None when none is scheduled."""
@@ -201,7 +240,9 @@ class Alarms:
             if held:
                 self._release(keys=[key], args=[token])
 
-    def enqueue_send(self, message_id: int, again: bool = False) -> None:
+    def enqueue_send(
+        self, message_id: int, again: bool = False, pipeline: Pipeline | None = None
+    ) -> None:
         """The send job; `again` for a send job handing its message on (another id)."""
         job_id = send_job_id(message_id) + ("-again" if again else "")
         self.queue.enqueue(
@@ -210,6 +251,7 @@ class Alarms:
             job_id=job_id,
             retry=Retry(max=len(SEND_RETRY_INTERVALS), interval=SEND_RETRY_INTERVALS),
             result_ttl=3600,
+            pipeline=pipeline,
         )
 
     def enqueue_alerts(self, user_id: int) -> None:

@@ -176,13 +176,20 @@ def opening(local: datetime, today: datetime, lang: str = DEFAULT_LANGUAGE) -> s
     return _ON[lang].format(day=f"{local:%Y-%m-%d}", time=time)
 
 
+def may_be_command(body: str) -> bool:
+    """Whether the message is a single word: only then can command_of find a command in it,
+    whatever the language and keywords."""
+    word = _plain(body)
+    return bool(word) and " " not in word
+
+
 def command_of(
     body: str, lang: str, extra: Mapping[str, Sequence[str]] | None = None
 ) -> str | None:
     """'stop', 'start' or 'status' when the whole message is one of those words."""
-    word = _plain(body)
-    if not word or " " in word:
+    if not may_be_command(body):
         return None
+    word = _plain(body)
     for command in COMMANDS:
         words = list(KEYWORDS[lang][command]) + list(KEYWORDS["en"][command])
         words += list((extra or {}).get(command, ()))

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select, update
 from sqlalchemy.orm import Session, joinedload
 
 from . import bot, calendars, clock, settings, sla
@@ -48,9 +48,21 @@ class Received:
 
 
 def default_pipeline(session: Session) -> Pipeline:
-    pipeline = session.scalars(
-        select(Pipeline).order_by(Pipeline.is_default.desc(), Pipeline.id).limit(1)
-    ).first()
+    # Read in one statement with what a new card needs: its stages, their escalation levels
+    # (its first visit's timers) and the calendar.
+    pipeline = (
+        session.scalars(
+            select(Pipeline)
+            .options(
+                joinedload(Pipeline.stages).joinedload(Stage.escalations),
+                joinedload(Pipeline.calendar),
+            )
+            .order_by(Pipeline.is_default.desc(), Pipeline.id)
+            .limit(1)
+        )
+        .unique()
+        .first()
+    )
     if pipeline is None or not pipeline.stages:
         raise DeskError("no pipeline is configured: load one with `flask pipeline load`")
     return pipeline
@@ -71,19 +83,55 @@ def desk_timezone(session: Session) -> ZoneInfo:
     return ZoneInfo(pipeline.calendar.timezone)
 
 
-def upsert_contact(session: Session, inbound: Inbound, now: datetime) -> Contact:
-    contact = session.scalars(
-        select(Contact).where(Contact.address == inbound.from_address)
-    ).one_or_none()
-    if contact is None:
-        contact = Contact(address=inbound.from_address, created_at=now)
-        session.add(contact)
+def upsert_contact(session: Session, inbound: Inbound, now: datetime) -> tuple[Contact, bool]:
+    """The sender's contact with their latest message and profile (one UPDATE … RETURNING
+    for a number the desk knows), and whether it was made just now."""
+    latest: dict[str, Any] = {"last_inbound_at": now}
     if inbound.profile_name:
-        contact.profile_name = inbound.profile_name
+        latest["profile_name"] = inbound.profile_name
     if inbound.wa_id:
-        contact.wa_id = inbound.wa_id
-    contact.last_inbound_at = now
-    return contact
+        latest["wa_id"] = inbound.wa_id
+    known = session.scalars(
+        update(Contact)
+        .where(Contact.address == inbound.from_address)
+        .values(latest)
+        .returning(Contact),
+        # The row it returns refreshes the contact if the session holds it already.
+        execution_options={"synchronize_session": False, "populate_existing": True},
+    ).one_or_none()
+    if known is not None:
+        return known, False
+    contact = Contact(address=inbound.from_address, created_at=now, **latest)
+    session.add(contact)
+    session.flush()
+    return contact, True
+
+
+def _sid_and_sender(session: Session, inbound: Inbound) -> tuple[int | None, bool]:
+    """Before anything is written, in one round trip: the message already stored under this
+    sid (Twilio delivered it again), and whether the sender is an active staff member's
+    WhatsApp (a former employee writing in is a customer)."""
+    stored = select(Message.id).where(Message.sid == inbound.sid).scalar_subquery()
+    staff = (
+        select(User.id).where(User.whatsapp == inbound.from_address, User.active.is_(True)).exists()
+    )
+    message_id, is_staff = session.execute(select(stored, staff)).one()
+    return message_id, bool(is_staff)
+
+
+def _locked_open_card(session: Session, contact: Contact) -> Card | None:
+    """The contact's open card, its row locked until commit as lock_card locks it, in one
+    read. A card changed while we waited for the lock is read as it now is (PostgreSQL
+    checks the conditions again on its new version): None if it was closed meanwhile."""
+    # Its pipeline is not joined in: a join is checked again against the pipeline row read
+    # before the wait, and would skip a card whose pipeline a team menu's timeout just chose.
+    return session.scalars(
+        select(Card)
+        .where(Card.contact_id == contact.id, Card.status == "open")
+        .with_for_update()
+        .execution_options(populate_existing=True)
+        .limit(1)
+    ).first()
 
 
 def open_card_of(session: Session, contact: Contact) -> Card | None:
@@ -103,12 +151,12 @@ def receive_message(session: Session, inbound: Inbound, now: datetime) -> Receiv
       card starts, linked to the previous one.
     - The bot answers only a new conversation (honest about the wait); once a person works
       the conversation it stays silent."""
-    existing = session.scalars(select(Message).where(Message.sid == inbound.sid)).one_or_none()
-    if existing is not None:
+    stored, staff = _sid_and_sender(session, inbound)
+    if stored is not None:
+        existing = session.get_one(Message, stored)
         return Received(message=existing, card=existing.card, duplicate=True)
-    contact = upsert_contact(session, inbound, now)
-    session.flush()
-    if is_staff_number(session, contact.address):
+    contact, new_contact = upsert_contact(session, inbound, now)
+    if staff:
         # Staff writing to the desk open their 24-hour window (alerts may go as free text);
         # they are not customers: no card, no acknowledgement. What they write is a command
         # (TAKE, ACK, …) or gets the commands' help.
@@ -118,40 +166,66 @@ def receive_message(session: Session, inbound: Inbound, now: datetime) -> Receiv
         session.add(note)
         session.flush()
         return commands.handle(session, inbound, note, now)
-    card = open_card_of(session, contact)
-    if card is not None:
-        card = lock_card(session, card.id)
-        if card is not None and card.status != "open":  # closed meanwhile (its timeout)
-            card = None
-    pipeline = card.pipeline if card is not None else default_pipeline(session)
+    # A contact made by this very message has no card yet.
+    card = None if new_contact else _locked_open_card(session, contact)
+    if card is None:
+        return _new_conversation(session, inbound, contact, now, first_contact=new_contact)
+    return _on_open_card(session, inbound, contact, card, now)
+
+
+def _new_conversation(
+    session: Session, inbound: Inbound, contact: Contact, now: datetime, first_contact: bool
+) -> Received:
+    """The customer has no open card: a command is answered; else their latest card reopens,
+    or a new one starts (after the team menu, if there is one) and the bot acknowledges it."""
+    pipeline = default_pipeline(session)
     texts = bot.Texts(pipeline.language, pipeline.texts)
     command = None if inbound.media else bot.command_of(inbound.body, texts.lang, pipeline.keywords)
     if command is not None:
-        return _command(session, inbound, contact, card, texts, command, now)
-    if card is not None and card.menu_deadline_at is not None:
+        return _command(session, inbound, contact, None, texts, command, now)
+    menu = settings.menu(session)
+    card, new_visit, opened = _reopen_or_open(
+        session, contact, pipeline, now, menu, first_contact=first_contact
+    )
+    if new_visit is None and opened and menu is not None:
+        return _ask_menu(session, inbound, contact, card, menu, now)
+    if card.waiting_since is None:
+        card.waiting_since = now
+    # The wait is read before the messages are added, so that one flush writes both, the
+    # customer's first: the thread reads in order (the two share created_at).
+    wait = estimate(session, card, now) if opened else None
+    message = _inbound_message(inbound, card, contact, now)
+    session.add(message)
+    outbound = []
+    if wait is not None:
+        ack = texts.acknowledgement(contact.profile_name, card.pipeline.name, wait)
+        outbound.append(_bot_says(session, contact, card, ack, f"ack-{inbound.sid}", now))
+    session.flush()
+    return Received(message, card, new_visit=new_visit, outbound=outbound)
+
+
+def _on_open_card(
+    session: Session, inbound: Inbound, contact: Contact, card: Card, now: datetime
+) -> Received:
+    """A message on the customer's open card: a command is answered, an answer to the team
+    menu routes the card, a new question after an answer sets off `customer_message`."""
+    # Only a single word can be a command: the card's pipeline (its language and keywords)
+    # is read for those alone, and when the card moves.
+    if not inbound.media and bot.may_be_command(inbound.body):
+        texts = bot.Texts(card.pipeline.language, card.pipeline.texts)
+        command = bot.command_of(inbound.body, texts.lang, card.pipeline.keywords)
+        if command is not None:
+            return _command(session, inbound, contact, card, texts, command, now)
+    if card.menu_deadline_at is not None:
         return _menu_answer(session, inbound, contact, card, now)
     new_visit = None
-    opened = False
-    if card is None:
-        menu = settings.menu(session)
-        card, new_visit, opened = _reopen_or_open(session, contact, pipeline, now, menu)
-        if new_visit is None and opened and menu is not None:
-            return _ask_menu(session, inbound, contact, card, menu, now)
-    elif card.waiting_since is None:  # they had an answer: this is a new question
+    if card.waiting_since is None:  # they had an answer: this is a new question
         new_visit = automate(session, card, CUSTOMER_MESSAGE, now)
-    if card.waiting_since is None:
         card.waiting_since = now
     message = _inbound_message(inbound, card, contact, now)
     session.add(message)
-    session.flush()  # before the reply, so the thread reads in order (same created_at)
-    outbound = []
-    if opened:
-        ack = texts.acknowledgement(
-            contact.profile_name, card.pipeline.name, estimate(session, card, now)
-        )
-        outbound.append(_bot_says(session, contact, card, ack, f"ack-{inbound.sid}", now))
-        session.flush()
-    return Received(message, card, new_visit=new_visit, outbound=outbound)
+    session.flush()
+    return Received(message, card, new_visit=new_visit)
 
 
 def _bot_says(
@@ -168,16 +242,20 @@ def _reopen_or_open(
     pipeline: Pipeline,
     now: datetime,
     menu: MenuSpec | None = None,
+    first_contact: bool = False,
 ) -> tuple[Card, StageVisit | None, bool]:
     """The customer's latest card again if it was resolved within its pipeline's reopen
     window, else a new card (linked to that one): (card, its new visit, whether new). With
-    a team menu the new card has no stage visit yet: its clock starts with the choice."""
-    last = session.scalars(
-        select(Card)
-        .where(Card.contact_id == contact.id, Card.status == "resolved")
-        .order_by(Card.resolved_at.desc(), Card.id.desc())
-        .limit(1)
-    ).first()
+    a team menu the new card has no stage visit yet: its clock starts with the choice.
+    `first_contact`: the contact was made by this message, so has no earlier card."""
+    last = None
+    if not first_contact:
+        last = session.scalars(
+            select(Card)
+            .where(Card.contact_id == contact.id, Card.status == "resolved")
+            .order_by(Card.resolved_at.desc(), Card.id.desc())
+            .limit(1)
+        ).first()
     window = last.pipeline.reopen_seconds if last is not None else None
     if last is not None and window and last.resolved_at is not None:
         if now - last.resolved_at <= timedelta(seconds=window):
@@ -193,8 +271,7 @@ def _reopen_or_open(
         session.add(card)
         session.flush()
         return card, None, True
-    card, visit = open_card(session, contact, pipeline, now)
-    card.previous_card_id = previous
+    card, visit = open_card(session, contact, pipeline, now, previous)
     return card, visit, True
 
 
@@ -372,21 +449,21 @@ def _inbound_message(
     )
 
 
-def is_staff_number(session: Session, address: str) -> bool:
-    """An active staff member's WhatsApp (a former employee writing in is a customer)."""
-    staff = select(User.id).where(User.whatsapp == address, User.active.is_(True)).limit(1)
-    return session.scalars(staff).first() is not None
-
-
 def open_card(
-    session: Session, contact: Contact, pipeline: Pipeline, now: datetime
+    session: Session,
+    contact: Contact,
+    pipeline: Pipeline,
+    now: datetime,
+    previous_card_id: int | None = None,
 ) -> tuple[Card, StageVisit]:
+    """A new conversation, the customer waiting since now, and its first stage visit (the
+    card and the visit written in one flush)."""
     first = stage_for_event(pipeline, NEW_CONVERSATION) or pipeline.stages[0]
     card = Card(contact=contact, pipeline=pipeline, stage=first, status="open", opened_at=now)
     card.resolution_used_seconds = card.paused_seconds = 0
+    card.previous_card_id, card.waiting_since = previous_card_id, now
     session.add(card)
-    session.flush()
-    return card, enter_stage(session, card, first, now)
+    return card, _start_visit(session, card, first, now)
 
 
 def current_visit(session: Session, card: Card) -> StageVisit | None:
@@ -449,6 +526,11 @@ def enter_stage(session: Session, card: Card, stage: Stage, now: datetime) -> St
     visit = current_visit(session, card)
     if visit is not None:
         leave(visit, now)
+    return _start_visit(session, card, stage, now)
+
+
+def _start_visit(session: Session, card: Card, stage: Stage, now: datetime) -> StageVisit:
+    """A visit of `card` to `stage` with its timers; the card has no other visit open."""
     card.stage = stage
     timers = visit_timers(session, card, stage, now)
     new = StageVisit(card=card, stage=stage, entered_at=now, paused=stage.pauses)

@@ -100,14 +100,15 @@ def _store(message: whatsapp.Inbound) -> desk.Received:
 def _arm(received: desk.Received) -> None:
     """Hand the new timers and sends to Redis; if it fails now, the sweep re-arms them."""
     visit = received.new_visit
+    menu = None
+    if received.menu_deadline is not None and received.card is not None:
+        menu = (received.card.id, received.menu_deadline)
     try:
-        alarms = current_alarms()
-        alarms.arm(
+        current_alarms().arm(
             ([(visit.id, visit.timers)] if visit is not None else []) + received.timers,
             [out.id for out in received.outbound],
+            menu,
         )
-        if received.menu_deadline is not None and received.card is not None:
-            alarms.schedule_menu(received.card.id, received.menu_deadline)
     except RedisError as exc:
         log.warning("could not arm jobs for %s (%s); the sweep will", received.message.sid, exc)
 

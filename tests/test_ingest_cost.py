@@ -1,0 +1,133 @@
+"""What one inbound message costs the desk: its SQL statements, and the Redis work it arms."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+
+from flask.testing import FlaskClient
+from redis import Redis
+from rq import Queue
+from rq.registry import ScheduledJobRegistry
+from sqlalchemy import event, select
+from sqlalchemy.orm import Session
+
+from whatsdesk import desk, pipeline_store, pipelines, whatsapp
+from whatsdesk.alarms import clock_queue_name
+from whatsdesk.config import Config
+from whatsdesk.db import get_engine, utcnow
+from whatsdesk.models import Card, Contact, Message
+
+from conftest import inbound_form, signed_post
+
+INBOUND = "/twilio/whatsapp"
+
+
+@contextmanager
+def statements(config: Config) -> Iterator[list[str]]:
+    """The SQL statements run meanwhile (BEGIN and COMMIT are not statements here)."""
+    seen: list[str] = []
+
+    def capture(*args: object) -> None:
+        seen.append(str(args[2]))
+
+    engine = get_engine(config.database_url)
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+
+
+def post(client: FlaskClient, config: Config, form: dict[str, str]) -> None:
+    answer = signed_post(client, config, INBOUND, form)
+    assert getattr(answer, "status_code", None) == 200
+
+
+def test_a_message_on_an_open_conversation_takes_four_statements(
+    client: FlaskClient, seeded: Config
+) -> None:
+    post(client, seeded, inbound_form(body="Hello?"))
+    with statements(seeded) as seen:
+        post(client, seeded, inbound_form(body="Anyone there?"))
+    # Is the sid stored, is the sender staff; the contact; the card, locked; the message.
+    assert len(seen) == 4, seen
+
+
+def test_a_new_conversation_from_a_new_number_takes_ten_statements(
+    client: FlaskClient, seeded: Config
+) -> None:
+    with statements(seeded) as seen:
+        post(client, seeded, inbound_form(body="My order never arrived"))
+    # The sid and sender; the contact (not known: made); the pipeline with its stages; the
+    # team menu setting; the card and its stage visit; the customer's place and the recent
+    # waits; the message and the acknowledgement, in one statement (on SQLite, whose
+    # RETURNING keeps no order, two).
+    expected = 11 if seeded.database_url.startswith("sqlite") else 10
+    assert len(seen) == expected, "\n".join(s[:90] for s in seen)
+
+
+def test_a_contact_the_session_already_holds_is_brought_up_to_date(
+    seeded: Config, session: Session
+) -> None:
+    first_at = utcnow()
+    first = whatsapp.parse_inbound(inbound_form(name="Maria"))
+    contact = desk.receive_message(session, first, first_at).message.contact
+    assert contact is not None and contact.profile_name == "Maria"
+
+    later = first_at + timedelta(minutes=1)
+    again = whatsapp.parse_inbound(inbound_form(name="Maria Silva"))
+    received = desk.receive_message(session, again, later)
+
+    assert received.message.contact is contact
+    assert (contact.profile_name, contact.last_inbound_at) == ("Maria Silva", later)
+    session.commit()
+    stored = session.scalars(select(Contact)).one()
+    assert (stored.profile_name, stored.last_inbound_at) == ("Maria Silva", later)
+
+
+def test_a_message_without_a_profile_name_keeps_the_one_known(
+    seeded: Config, session: Session
+) -> None:
+    desk.receive_message(session, whatsapp.parse_inbound(inbound_form(name="Maria")), utcnow())
+    form = inbound_form()
+    del form["ProfileName"], form["WaId"]
+    desk.receive_message(session, whatsapp.parse_inbound(form), utcnow())
+    session.commit()
+
+    contact = session.scalars(select(Contact)).one()
+    assert (contact.profile_name, contact.wa_id) == ("Maria", "5511999990000")
+
+
+MENU_FILE = """
+pipelines:
+  - key: sales
+    name: Sales
+    stages: [{key: lead, name: New lead, sla: 1h}]
+  - key: support
+    name: Support
+    default: true
+    stages: [{key: new, name: New, sla: 15m}]
+menu:
+  pipelines: [sales, support]
+  wait: 2m
+"""
+
+
+def test_a_team_menu_arms_its_deadline_with_the_question_s_send(
+    client: FlaskClient, seeded: Config, session: Session, redis: Redis
+) -> None:
+    pipeline_store.load(session, pipelines.parse(MENU_FILE), utcnow())
+    session.commit()
+
+    post(client, seeded, inbound_form(phone="+15550008003"))
+
+    session.expire_all()
+    card = session.scalars(select(Card)).one()
+    [ask] = session.scalars(select(Message).where(Message.direction == "out")).all()
+    assert card.menu_deadline_at is not None
+    clock = Queue(clock_queue_name(seeded.queue_name), connection=redis)
+    scheduled = ScheduledJobRegistry(queue=clock).get_scheduled_time(f"menu-{card.id}")
+    assert scheduled == card.menu_deadline_at.replace(microsecond=0)
+    assert f"send-{ask.id}" in Queue(seeded.queue_name, connection=redis).get_job_ids()

@@ -377,9 +377,7 @@ def reconcile(config: Config, now: datetime) -> dict[str, int]:
     with session_scope(config.database_url) as session:
         due = [(visit_id, kind) for visit_id, kinds in _due_events(session, now) for kind in kinds]
         menus = _menus_due_before(session, horizon)
-        seconds = sorted(
-            {second_of(instant) for _v, _k, instant in _timers_due_before(session, now, horizon)}
-        )
+        seconds = _seconds_to_arm(session, now, horizon)
         stale_sends = _stale_sends(session, now)
         stale_alerts = _stale_alerts(session, now)
         stuck = _sends_in_doubt(session, now)
@@ -393,7 +391,8 @@ def reconcile(config: Config, now: datetime) -> dict[str, int]:
         elif not alarms.is_live(menu_job_id(card_id)):
             alarms.schedule_menu(card_id, deadline)
             counts["rearmed"] += 1
-    for second in seconds:
+    armed = alarms.armed_seconds()  # two reads, not one check per second
+    for second in sorted(seconds - armed):
         if not alarms.is_live(tick_job_id(second)):
             alarms.schedule_second(second)
             counts["rearmed"] += 1
@@ -446,20 +445,36 @@ def _due_events(session: Session, now: datetime) -> list[tuple[int, list[str]]]:
     return due
 
 
-def _timers_due_before(
-    session: Session, now: datetime, horizon: datetime
-) -> list[tuple[int, str, datetime]]:
-    """The timers that ring before `horizon` (an indexed range query on the next instant):
-    each must be in Redis by then, whatever Redis lost (a restart, a flush, a failed write)."""
-    timers = []
-    query = _open_visits().where(StageVisit.next_due_at > now, StageVisit.next_due_at <= horizon)
-    for visit, recorded in _with_recorded(session, query):
-        owed = escalation.owed_timers(visit)
-        for kind in sla.upcoming_kinds(now, owed, recorded):
-            instant = owed.instant(kind)
-            if instant is not None and instant <= horizon:
-                timers.append((visit.id, kind, instant))
-    return timers
+def _seconds_to_arm(session: Session, now: datetime, horizon: datetime) -> set[int]:
+    """The seconds in which open visits' timers ring after `now` and before `horizon`: each
+    needs its clock job in Redis by then, whatever Redis lost (a restart, a flush, a failed
+    write). An indexed range query on the next instant, reading columns, not objects: a
+    visit owes nothing after `now` it has recorded (never early), so at worst a second whose
+    card recorded its resolution event on an earlier visit gets a clock job with nothing
+    to do."""
+    seconds = set()
+    for *instants, levels, acknowledged in session.execute(
+        select(
+            StageVisit.warning_at,
+            StageVisit.deadline_at,
+            StageVisit.resolution_warning_at,
+            StageVisit.resolution_at,
+            StageVisit.timeout_at,
+            StageVisit.escalations_at,
+            StageVisit.acknowledged_at,
+        )
+        .join(Card, Card.id == StageVisit.card_id)
+        .where(
+            StageVisit.left_at.is_(None),
+            Card.status == "open",
+            StageVisit.next_due_at > now,
+            StageVisit.next_due_at <= horizon,
+        )
+    ):
+        if acknowledged is None:  # acknowledged: no further escalation level comes
+            instants += [datetime.fromisoformat(at) for at in levels or []]
+        seconds.update(second_of(at) for at in instants if at is not None and now < at <= horizon)
+    return seconds
 
 
 def _menus_due_before(session: Session, horizon: datetime) -> list[tuple[int, datetime]]:

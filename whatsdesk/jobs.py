@@ -5,11 +5,11 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Select, or_, select, update
+from sqlalchemy import ColumnElement, Select, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -90,18 +90,43 @@ def fire_second(second: int) -> str:
 
 
 def _owed_before(config: Config, end: datetime) -> list[tuple[datetime, int, str]]:
-    """The events open visits owe before `end`, earliest first (an indexed range query on
-    each visit's next instant)."""
+    """The events open visits owe before `end`, earliest first: the instants from each
+    visit's next one on (earlier ones are recorded). One indexed range query on the next
+    instant, reading columns; `fire_many` checks each event again under the card's lock."""
     owed = []
     with session_scope(config.database_url) as session:
-        query = _open_visits().where(StageVisit.next_due_at < end)
-        for visit, recorded in _with_recorded(session, query):
-            timers = escalation.owed_timers(visit)
+        for visit_id, next_due, timers in _timers_of(session, StageVisit.next_due_at < end):
             for kind in timers.kinds():
                 instant = timers.instant(kind)
-                if kind not in recorded and instant is not None and instant < end:
-                    owed.append((instant, visit.id, kind))
+                if instant is not None and next_due <= instant < end:
+                    owed.append((instant, visit_id, kind))
     return sorted(owed)
+
+
+def _timers_of(
+    session: Session, *where: ColumnElement[bool]
+) -> Iterator[tuple[int, datetime, sla.Timers]]:
+    """Open visits (id, next instant, the timers they can still fire: `owed_timers`) whose
+    next instant matches `where`, read as columns, without loading objects."""
+    rows = session.execute(
+        select(
+            StageVisit.id,
+            StageVisit.next_due_at,
+            StageVisit.warning_at,
+            StageVisit.deadline_at,
+            StageVisit.escalations_at,
+            StageVisit.resolution_warning_at,
+            StageVisit.resolution_at,
+            StageVisit.timeout_at,
+            StageVisit.acknowledged_at,
+        )
+        .join(Card, Card.id == StageVisit.card_id)
+        .where(StageVisit.left_at.is_(None), Card.status == "open", *where)
+    )
+    for visit_id, next_due, warning, deadline, levels, r_warning, r_breach, timeout, ack in rows:
+        # Acknowledged: no further escalation level comes.
+        at = () if ack is not None else tuple(datetime.fromisoformat(x) for x in levels or [])
+        yield visit_id, next_due, sla.Timers(warning, deadline, at, r_warning, r_breach, timeout)
 
 
 def _at_instant(instant: datetime, come_back: Callable[[], None]) -> bool:
@@ -448,32 +473,15 @@ def _due_events(session: Session, now: datetime) -> list[tuple[int, list[str]]]:
 def _seconds_to_arm(session: Session, now: datetime, horizon: datetime) -> set[int]:
     """The seconds in which open visits' timers ring after `now` and before `horizon`: each
     needs its clock job in Redis by then, whatever Redis lost (a restart, a flush, a failed
-    write). An indexed range query on the next instant, reading columns, not objects: a
-    visit owes nothing after `now` it has recorded (never early), so at worst a second whose
-    card recorded its resolution event on an earlier visit gets a clock job with nothing
-    to do."""
+    write). A visit records nothing before its instant (never early), so at worst a second
+    whose card recorded its resolution event on an earlier visit gets an idle clock job."""
     seconds = set()
-    for *instants, levels, acknowledged in session.execute(
-        select(
-            StageVisit.warning_at,
-            StageVisit.deadline_at,
-            StageVisit.resolution_warning_at,
-            StageVisit.resolution_at,
-            StageVisit.timeout_at,
-            StageVisit.escalations_at,
-            StageVisit.acknowledged_at,
-        )
-        .join(Card, Card.id == StageVisit.card_id)
-        .where(
-            StageVisit.left_at.is_(None),
-            Card.status == "open",
-            StageVisit.next_due_at > now,
-            StageVisit.next_due_at <= horizon,
-        )
-    ):
-        if acknowledged is None:  # acknowledged: no further escalation level comes
-            instants += [datetime.fromisoformat(at) for at in levels or []]
-        seconds.update(second_of(at) for at in instants if at is not None and now < at <= horizon)
+    due_soon = (StageVisit.next_due_at > now, StageVisit.next_due_at <= horizon)
+    for _visit_id, _next, timers in _timers_of(session, *due_soon):
+        for kind in timers.kinds():
+            instant = timers.instant(kind)
+            if instant is not None and now < instant <= horizon:
+                seconds.add(second_of(instant))
     return seconds
 
 

@@ -72,10 +72,13 @@ def tick_job_id(second: int) -> str:
     return f"tick-{second}"
 
 
-# A second's clock job is woken this long before the second begins (RQ's scheduler keeps
-# whole seconds and polls once a second: a job can start up to ~1 s late or early), and
-# then waits in the worker for each instant: never early, and late by its own work only.
-TICK_AHEAD_SECONDS = 1
+# A second's clock job is woken this long before the second begins, and then waits in the
+# worker for each instant: never early, and late by its own work only. RQ's scheduler keeps
+# whole seconds and polls once a second, so a job is enqueued anywhere in the second after
+# its time: two seconds ahead, it is always queued before the previous second's job ends,
+# and a worker starts it a second before its own begins (one ahead, it could be enqueued
+# just as its second begins, and its first deadlines waited for it).
+TICK_AHEAD_SECONDS = 2
 
 
 def menu_job_id(card_id: int) -> str:

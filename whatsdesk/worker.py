@@ -10,7 +10,7 @@ from redis.exceptions import RedisError
 from rq.exceptions import StopRequested
 from rq.worker import SimpleWorker
 
-from . import jobs  # noqa: F401  (the desk's jobs and their libraries, loaded once)
+from . import freeze_heap, jobs  # noqa: F401  (the desk's jobs and their libraries, loaded once)
 from .alarms import PULSE_SECONDS, pulse
 
 # RQ's own upkeep (abandoned jobs, a dead scheduler's lock taken over) runs this often rather
@@ -31,6 +31,7 @@ class Worker(SimpleWorker):
         kwargs.setdefault("maintenance_interval", MAINTENANCE_SECONDS)
         super().__init__(*args, **kwargs)
         self._pulse_stop = threading.Event()
+        freeze_heap()  # the jobs and their libraries are loaded (see freeze_heap)
 
     def work(self, burst: bool = False, *args: Any, **kwargs: Any) -> bool:
         """RQ's loop quits on a Redis error met outside a dequeue (Redis restarting while a

@@ -360,15 +360,7 @@ def test_two_workers_firing_at_once_record_one_event_and_one_set_of_alerts(
         # worst interleaving; the unique (visit, kind) constraint must still make it once.
         # (On PostgreSQL the card's row lock lets the second read only after the first
         # committed, so that interleaving cannot happen there.)
-        both_checked = threading.Barrier(2)
-        real_recorded_kinds = desk.recorded_kinds
-
-        def recorded_kinds_then_wait(s: Session, visit: StageVisit) -> set[str]:
-            kinds = real_recorded_kinds(s, visit)
-            both_checked.wait(timeout=10)
-            return kinds
-
-        monkeypatch.setattr(desk, "recorded_kinds", recorded_kinds_then_wait)
+        both_read_what_is_recorded(monkeypatch)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
         futures = [
@@ -383,6 +375,50 @@ def test_two_workers_firing_at_once_record_one_event_and_one_set_of_alerts(
     sent = alerts(seeded)
     assert sorted(m.to_address for m in sent) == sorted([ADDRESS["ana"], ADDRESS["bruno"]])
     assert {m.sla_event_id for m in sent} == {event.id}
+    assert sorted(queued_ids(seeded, redis)) == sorted(alert_jobs_for(sent))
+
+
+def both_read_what_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two firings each read what is recorded, then wait for the other to have read too (the
+    first read of each; any later one, such as a retry, goes on alone)."""
+    both_checked = threading.Barrier(2)
+    real_recorded_of = escalation.recorded_of
+    reads = iter(range(2))
+
+    def recorded_of_then_wait(s: Session, visits: Any) -> dict[int, set[str]]:
+        recorded = real_recorded_of(s, visits)
+        if next(reads, None) is not None:
+            both_checked.wait(timeout=10)
+        return recorded
+
+    monkeypatch.setattr(escalation, "recorded_of", recorded_of_then_wait)
+
+
+def test_two_workers_firing_the_same_batch_at_once_record_each_event_and_alert_once(
+    seeded: Config, session: Session, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A clock job and the sweep can take the same second's events together: on PostgreSQL
+    the cards' locks serialise them; on SQLite the unique constraints fail the second batch,
+    which then tries each event alone and finds it recorded."""
+    visits = [open_card(session, phone=f"+55119999800{n:02d}").new_visit for n in range(3)]
+    owed = [(v.id, "warning") for v in visits if v is not None]
+    if session.get_bind().dialect.name == "sqlite":
+        both_read_what_is_recorded(monkeypatch)
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = [
+            pool.submit(jobs.fire_events, seeded, owed, lambda: WARNING_AT) for _ in range(2)
+        ]
+        firings = sorted((f.result(timeout=30) for f in futures), key=lambda f: f.fired)
+
+    assert firings == [jobs.Firing(fired=0, failed=0), jobs.Firing(fired=3, failed=0)]
+    events = sla_events(seeded)
+    assert sorted((e.visit_id, e.kind) for e in events) == sorted(owed)
+    sent = alerts(seeded)
+    assert len(sent) == 2 * 3  # ana and bruno, once per event
+    assert {(m.sla_event_id, m.to_address) for m in sent} == {
+        (e.id, a) for e in events for a in (ADDRESS["ana"], ADDRESS["bruno"])
+    }
     assert sorted(queued_ids(seeded, redis)) == sorted(alert_jobs_for(sent))
 
 

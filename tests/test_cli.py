@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from werkzeug.security import check_password_hash
 
 from whatsdesk import accounts, pipelines
-from whatsdesk.alarms import Alarms
+from whatsdesk.alarms import TICK_AHEAD_SECONDS, Alarms
 from whatsdesk.cli import DEFAULT_PIPELINE_FILE, DEMO_PASSWORD, DEMO_STAFF
 from whatsdesk.config import Config
 from whatsdesk.db import session_factory
@@ -457,7 +457,8 @@ def test_pipeline_load_retime_moves_open_cards_to_the_new_sla_and_their_timers(
         assert retimed is not None and retimed.deadline_at is not None
         assert retimed.deadline_at == visit.entered_at + timedelta(minutes=10)
     wakes = Alarms(seeded.redis_url, seeded.queue_name).wakes_for(retimed.deadline_at)
-    assert wakes == retimed.deadline_at.replace(microsecond=0) - timedelta(seconds=1)
+    ahead = timedelta(seconds=TICK_AHEAD_SECONDS)
+    assert wakes == retimed.deadline_at.replace(microsecond=0) - ahead
 
 
 def test_pipeline_load_without_retime_leaves_open_cards_on_their_sla(

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from flask.testing import FlaskClient
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.registry import ScheduledJobRegistry
@@ -473,8 +474,8 @@ def test_one_clock_job_fires_every_event_of_its_second_in_order(
     assert all(v is not None and v.deadline_at is not None for v in visits)
     assert len(ticks(*[v.deadline_at for v in visits if v and v.deadline_at])) == 1
 
-    # The breaches' job; the warnings, a second earlier and still owed, go first.
-    assert jobs.fire_second(second_of(now + timedelta(seconds=2))) == "fired 6"
+    assert jobs.fire_second(second_of(now + timedelta(seconds=1))) == "fired 3"  # warnings
+    assert jobs.fire_second(second_of(now + timedelta(seconds=2))) == "fired 3"  # breaches
 
     events = sla_events(short_sla)
     assert sorted(e.kind for e in events) == ["breach"] * 3 + ["warning"] * 3
@@ -482,6 +483,53 @@ def test_one_clock_job_fires_every_event_of_its_second_in_order(
     assert all(e.due_at <= e.fired_at for e in events)  # never early
     breaches = [e for e in events if e.kind == "breach"]
     assert all(e.fired_at < e.due_at + timedelta(seconds=1) for e in breaches)
+
+
+def test_a_clock_job_leaves_an_earlier_seconds_events_to_that_seconds_job(
+    short_sla: Config, session: Session
+) -> None:
+    """Two jobs never wait on each other for the same events: the breaches' job, started
+    while the warnings are still to come, fires its own second only."""
+    now = utcnow()
+    visit = open_card(session, at=now).new_visit
+    assert visit is not None
+
+    assert jobs.fire_second(second_of(now + timedelta(seconds=2))) == "fired 1"
+
+    assert [e.kind for e in sla_events(short_sla)] == ["breach"]
+
+
+def test_a_clock_job_fires_what_a_lost_job_left_overdue(
+    short_sla: Config, session: Session
+) -> None:
+    """Redis lost the job of an earlier second: the next job that runs fires what it owed
+    (the breach; the warning no longer counts once the deadline has passed)."""
+    now = utcnow()
+    visit = open_card(session, at=now - timedelta(seconds=10)).new_visit
+    assert visit is not None and visit.deadline_at is not None
+
+    assert jobs.fire_second(second_of(now)) == "fired 1"
+
+    [event] = sla_events(short_sla)
+    assert (event.kind, event.due_at) == ("breach", visit.deadline_at)
+
+
+def test_events_fired_when_redis_fails_after_the_commit_stay_recorded_and_their_alerts_wait(
+    seeded: Config, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep finds alerts whose job never reached Redis (see _stale_alerts)."""
+    visit = open_card(session).new_visit
+    assert visit is not None
+
+    def redis_gone(self: Alarms, user_id: int) -> None:
+        raise RedisConnectionError("connection reset")
+
+    monkeypatch.setattr(Alarms, "enqueue_alerts", redis_gone)
+
+    assert jobs.fire_events(seeded, [(visit.id, "warning")], lambda: WARNING_AT).fired == 1
+    [event] = sla_events(seeded)
+    assert event.kind == "warning"
+    assert {m.status for m in alerts(seeded)} == {"pending"}
 
 
 def test_opening_a_card_by_webhook_schedules_its_timers(
@@ -532,6 +580,8 @@ def test_reconcile_fires_overdue_timers_exactly_once(
     lose_redis_data(redis)
 
     first = jobs.reconcile(seeded, WARNING_AT + timedelta(seconds=30))
+    # The breach, still to come, is back on the clock from the run that fired the warning.
+    assert scheduled(seeded, redis) == ticks(BREACH_AT)
     second = jobs.reconcile(seeded, WARNING_AT + timedelta(seconds=40))
 
     assert (first["fired"], second["fired"]) == (1, 0)

@@ -209,11 +209,12 @@ class Alarms:
             pipeline=pipeline,
         )
 
-    def armed_seconds(self) -> set[int]:
-        """The seconds whose clock job waits in the scheduler or in the clock queue (a job
-        already taken is not listed: `is_live` tells those)."""
+    def armed_seconds(self, until: datetime) -> set[int]:
+        """The seconds up to `until` whose clock job waits in the scheduler or in the clock
+        queue (a job already taken is not listed: `is_live` tells those)."""
         registry = ScheduledJobRegistry(queue=self.clock)
-        ids = [*registry.get_job_ids(cleanup=False), *self.clock.get_job_ids()]
+        scheduled = self.redis.zrangebyscore(registry.key, "-inf", until.timestamp())
+        ids = [i.decode() for i in scheduled] + self.clock.get_job_ids()
         return {int(i[len("tick-") :]) for i in ids if TICK_ID.fullmatch(i)}
 
     def wakes_for(self, instant: datetime) -> datetime | None:

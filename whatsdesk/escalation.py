@@ -74,6 +74,8 @@ def fire_many(
                     joinedload(Card.contact), joinedload(Card.pipeline), joinedload(Card.owner)
                 ),
             )
+            .order_by(StageVisit.id)  # locked in id order, as every writer of visits does
+            .with_for_update(of=StageVisit)
             .execution_options(populate_existing=True)
         ).unique()
     }

@@ -9,6 +9,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from redis.exceptions import RedisError
+from rq.timeouts import BaseTimeoutException
 from sqlalchemy import ColumnElement, Select, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -66,8 +68,9 @@ def _alarms(config: Config) -> Alarms:
 
 def fire_second(second: int) -> str:
     """Clock job of one second: fire, each at its instant and never before, every event of
-    an open visit that falls due before the second ends (and any overdue one). One job per
-    second, whatever the number of deadlines in it; each event is recorded once."""
+    an open visit that falls due in this second, and any whose own second's job is clearly
+    lost (overdue by more than TICK_AHEAD_SECONDS). One job per second, whatever the number
+    of deadlines in it; each event is recorded once."""
     config = _config()
     start = datetime.fromtimestamp(second, UTC)
     if not _at_instant(
@@ -75,7 +78,7 @@ def fire_second(second: int) -> str:
         lambda: _alarms(config).schedule_second(second, again=True),
     ):
         return "rescheduled"
-    owed = _owed_before(config, start + timedelta(seconds=1))
+    owed = _owed_before(config, start, utcnow() - timedelta(seconds=TICK_AHEAD_SECONDS))
     fired = 0
     while owed:
         wait = (owed[0][0] - utcnow()).total_seconds()
@@ -89,16 +92,24 @@ def fire_second(second: int) -> str:
     return f"fired {fired}"
 
 
-def _owed_before(config: Config, end: datetime) -> list[tuple[datetime, int, str]]:
-    """The events open visits owe before `end`, earliest first: the instants from each
-    visit's next one on (earlier ones are recorded). One indexed range query on the next
-    instant, reading columns; `fire_many` checks each event again under the card's lock."""
+def _owed_before(
+    config: Config, start: datetime, orphaned: datetime
+) -> list[tuple[datetime, int, str]]:
+    """The events open visits owe in the second from `start`, and those older than
+    `orphaned` (another second's job would have fired them by now), earliest first: the
+    instants from each visit's next one on (earlier ones are recorded). One indexed range
+    query on the next instant, reading columns; `fire_many` checks each event again under
+    the card's lock. Instants of an earlier second not yet overdue are left to its own job,
+    so two jobs do not wait on each other's locks for the same events."""
+    end = start + timedelta(seconds=1)
     owed = []
     with session_scope(config.database_url) as session:
         for visit_id, next_due, timers in _timers_of(session, StageVisit.next_due_at < end):
             for kind in timers.kinds():
                 instant = timers.instant(kind)
-                if instant is not None and next_due <= instant < end:
+                if instant is None or not next_due <= instant < end:
+                    continue
+                if instant >= start or instant < orphaned:
                     owed.append((instant, visit_id, kind))
     return sorted(owed)
 
@@ -199,6 +210,8 @@ def fire_events(
             staff = sorted({m.user_id for m in messages if is_staff_alert(m) and m.user_id})
             customer = [m.id for m in messages if not is_staff_alert(m)]
             visits = [(v.id, v.timers) for f in done for v in f.visits]
+    except BaseTimeoutException:
+        raise  # the job ran out of time: RQ's to handle, not one event's failure
     except Exception as exc:
         if len(owed) > 1:
             log.warning("a batch of %d events failed (%s); firing each alone", len(owed), exc)
@@ -210,13 +223,16 @@ def fire_events(
         return Firing(failed=1)
     for kind, due_at, fired_at in events:
         metrics.observe_event(kind, due_at, fired_at)
-    alarms = _alarms(config)
-    for user_id in staff:
-        alarms.enqueue_alerts(user_id)
-    for message_id in customer:
-        alarms.enqueue_send(message_id)
-    for new_visit_id, timers in visits:
-        alarms.schedule_timers(new_visit_id, timers)
+    try:
+        alarms = _alarms(config)
+        for user_id in staff:
+            alarms.enqueue_alerts(user_id)
+        for message_id in customer:
+            alarms.enqueue_send(message_id)
+        for new_visit_id, timers in visits:
+            alarms.schedule_timers(new_visit_id, timers)
+    except RedisError as exc:  # committed: the sweep finds the waiting sends and timers
+        log.warning("fired %d events but could not hand them to Redis (%s)", len(events), exc)
     return Firing(fired=len(events))
 
 
@@ -394,8 +410,8 @@ def sweep() -> dict[str, int]:
 
 
 def reconcile(config: Config, now: datetime) -> dict[str, int]:
-    """Make Redis agree with the database, which is the source of truth: read everything
-    the sweep looks at in one transaction, then act on it."""
+    """Make Redis agree with the database, which is the source of truth: what the timers
+    owe is read in one transaction and acted on, then the sends in the same way."""
     alarms = _alarms(config)
     counts = {"fired": 0, "rearmed": 0, "resent": 0, "interrupted": 0, "late_statuses": 0}
     horizon = now + timedelta(seconds=max(LOOKAHEAD_SECONDS, 3 * config.sweep_seconds))
@@ -403,24 +419,27 @@ def reconcile(config: Config, now: datetime) -> dict[str, int]:
         due = [(visit_id, kind) for visit_id, kinds in _due_events(session, now) for kind in kinds]
         menus = _menus_due_before(session, horizon)
         seconds = _seconds_to_arm(session, now, horizon)
-        stale_sends = _stale_sends(session, now)
-        stale_alerts = _stale_alerts(session, now)
-        stuck = _sends_in_doubt(session, now)
-        counts["late_statuses"] = desk.settle_early_statuses(session, now)
-        resend = [m.id for m in notifications.template_retries(session, now)]
-    firing = fire_events(config, due, lambda: now) if due else Firing()
-    counts["fired"], counts["errors"] = firing.fired, firing.failed  # one bad visit: others fire
+    firing = Firing()
+    for start in range(0, len(due), MAX_BATCH):  # one bad visit: the others still fire
+        firing += fire_events(config, due[start : start + MAX_BATCH], lambda: now)
+    counts["fired"], counts["errors"] = firing.fired, firing.failed
     for card_id, deadline in menus:
         if deadline <= now:
             counts["fired"] += _time_out_menu(config, card_id, now)
         elif not alarms.is_live(menu_job_id(card_id)):
             alarms.schedule_menu(card_id, deadline)
             counts["rearmed"] += 1
-    armed = alarms.armed_seconds()  # two reads, not one check per second
+    armed = alarms.armed_seconds(horizon)  # two reads, not one check per second
     for second in sorted(seconds - armed):
         if not alarms.is_live(tick_job_id(second)):
             alarms.schedule_second(second)
             counts["rearmed"] += 1
+    with session_scope(config.database_url) as session:
+        stale_sends = _stale_sends(session, now)
+        stale_alerts = _stale_alerts(session, now)
+        stuck = _sends_in_doubt(session, now)
+        counts["late_statuses"] = desk.settle_early_statuses(session, now)
+        resend = [m.id for m in notifications.template_retries(session, now)]
     for message_id in stale_sends:
         if not alarms.is_live(send_job_id(message_id)):
             alarms.enqueue_send(message_id)
@@ -476,8 +495,8 @@ def _seconds_to_arm(session: Session, now: datetime, horizon: datetime) -> set[i
     write). A visit records nothing before its instant (never early), so at worst a second
     whose card recorded its resolution event on an earlier visit gets an idle clock job."""
     seconds = set()
-    due_soon = (StageVisit.next_due_at > now, StageVisit.next_due_at <= horizon)
-    for _visit_id, _next, timers in _timers_of(session, *due_soon):
+    # Visits due now count too: what they owe after the event the sweep is about to fire.
+    for _visit_id, _next, timers in _timers_of(session, StageVisit.next_due_at <= horizon):
         for kind in timers.kinds():
             instant = timers.instant(kind)
             if instant is not None and now < instant <= horizon:

@@ -131,3 +131,22 @@ def test_a_team_menu_arms_its_deadline_with_the_question_s_send(
     scheduled = ScheduledJobRegistry(queue=clock).get_scheduled_time(f"menu-{card.id}")
     assert scheduled == card.menu_deadline_at.replace(microsecond=0)
     assert f"send-{ask.id}" in Queue(seeded.queue_name, connection=redis).get_job_ids()
+
+
+def test_a_new_customers_place_in_the_queue_is_counted_on_an_index(
+    client: FlaskClient, seeded: Config, session: Session
+) -> None:
+    """The acknowledgement's count of waiting customers reads an index range, however long
+    the queue (a table scan would grow with every open card of every pipeline)."""
+    post(client, seeded, inbound_form(phone="+5511900000001"))
+    card = session.scalars(select(Card)).one()
+    engine = session.get_bind()
+    query = desk.waiting_ahead(card, utcnow())
+    compiled = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            plan = " ".join(str(r) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}"))
+        else:
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            plan = " ".join(str(r) for r in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
+    assert "ix_cards_pipeline_queue" in plan, plan

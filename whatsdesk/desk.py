@@ -393,19 +393,22 @@ ESTIMATE_DAYS = 7
 ESTIMATE_MIN_SAMPLES = 5
 
 
+def waiting_ahead(card: Card, since: datetime) -> Select[tuple[int]]:
+    """How many of the pipeline's customers have waited longer than `card`'s (an index range
+    count on ix_cards_pipeline_queue)."""
+    return select(func.count(Card.id)).where(
+        Card.status == "open",
+        Card.pipeline_id == card.pipeline_id,
+        Card.waiting_since.is_not(None),
+        or_(Card.waiting_since < since, and_(Card.waiting_since == since, Card.id < card.id)),
+    )
+
+
 def estimate(session: Session, card: Card, now: datetime) -> bot.Wait:
     """What to tell a waiting customer: their place among the pipeline's waiting customers,
     and the wait — the next opening when closed, else the 80th percentile of the stage's
     recent answers in business time, else its SLA."""
-    since = card.waiting_since or now
-    ahead = session.scalar(
-        select(func.count(Card.id)).where(
-            Card.status == "open",
-            Card.pipeline_id == card.pipeline_id,
-            Card.waiting_since.is_not(None),
-            or_(Card.waiting_since < since, and_(Card.waiting_since == since, Card.id < card.id)),
-        )
-    )
+    ahead = session.scalar(waiting_ahead(card, card.waiting_since or now))
     position = (ahead or 0) + 1
     stage = card.stage
     calendar = calendars.for_stage(stage, now)

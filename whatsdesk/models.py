@@ -217,6 +217,8 @@ class Card(Base):
     __table_args__ = (
         # The queue: open cards, the longest-waiting customer first.
         Index("ix_cards_queue", "status", "waiting_since", "id"),
+        # A new customer's place in their pipeline's queue (the bot's acknowledgement).
+        Index("ix_cards_pipeline_queue", "status", "pipeline_id", "waiting_since", "id"),
         # One open conversation per customer, even when their messages arrive at once.
         Index(
             "uq_cards_open_contact",

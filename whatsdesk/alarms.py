@@ -72,13 +72,12 @@ def tick_job_id(second: int) -> str:
     return f"tick-{second}"
 
 
-# A second's clock job is woken this long before the second begins, and then waits in the
-# worker for each instant: never early, and late by its own work only. RQ's scheduler keeps
-# whole seconds and polls once a second, so a job is enqueued anywhere in the second after
-# its time: two seconds ahead, it is always queued before the previous second's job ends,
-# and a worker starts it a second before its own begins (one ahead, it could be enqueued
-# just as its second begins, and its first deadlines waited for it).
-TICK_AHEAD_SECONDS = 2
+# A second's clock job is woken this long before the second begins (RQ's scheduler keeps
+# whole seconds and polls once a second: it is enqueued anywhere in the second before its
+# own), reads what its second owes (one indexed query, a few ms) and then waits in the
+# worker for each instant: never early, and late by its own work only. It holds a worker for
+# at most two seconds, so with three workers one stays free for sends however busy the clock.
+TICK_AHEAD_SECONDS = 1
 
 
 def menu_job_id(card_id: int) -> str:

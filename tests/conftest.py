@@ -23,6 +23,7 @@ from redis import Redis
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import ClauseElement
 
 from whatsdesk import accounts, create_app, pipeline_store, pipelines, whatsapp
 from whatsdesk.config import PROJECT_ROOT, Config
@@ -235,6 +236,34 @@ pipelines:
 notifications:
   digest_window: off
 """
+
+
+# Two pipelines and a team menu asking which one a new conversation is for.
+MENU_YAML = """
+pipelines:
+  - key: sales
+    name: Sales
+    stages: [{key: lead, name: New lead, sla: 1h}]
+  - key: support
+    name: Support
+    default: true
+    stages: [{key: new, name: New, sla: 15m}]
+menu:
+  pipelines: [sales, support]
+  wait: 2m
+"""
+
+
+def query_plan(session: Session, query: ClauseElement) -> str:
+    """The database's plan for `query` (PostgreSQL with sequential scans off, so a usable
+    index shows even on a table too small to need it)."""
+    engine = session.get_bind()
+    compiled = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            return " ".join(str(r) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}"))
+        conn.exec_driver_sql("SET enable_seqscan = off")
+        return " ".join(str(r) for r in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
 
 
 def seed(

@@ -19,7 +19,7 @@ from whatsdesk.config import Config
 from whatsdesk.db import get_engine, utcnow
 from whatsdesk.models import Card, Contact, Message
 
-from conftest import inbound_form, signed_post
+from conftest import MENU_YAML, inbound_form, query_plan, signed_post
 
 INBOUND = "/twilio/whatsapp"
 
@@ -100,25 +100,10 @@ def test_a_message_without_a_profile_name_keeps_the_one_known(
     assert (contact.profile_name, contact.wa_id) == ("Maria", "5511999990000")
 
 
-MENU_FILE = """
-pipelines:
-  - key: sales
-    name: Sales
-    stages: [{key: lead, name: New lead, sla: 1h}]
-  - key: support
-    name: Support
-    default: true
-    stages: [{key: new, name: New, sla: 15m}]
-menu:
-  pipelines: [sales, support]
-  wait: 2m
-"""
-
-
 def test_a_team_menu_arms_its_deadline_with_the_question_s_send(
     client: FlaskClient, seeded: Config, session: Session, redis: Redis
 ) -> None:
-    pipeline_store.load(session, pipelines.parse(MENU_FILE), utcnow())
+    pipeline_store.load(session, pipelines.parse(MENU_YAML), utcnow())
     session.commit()
 
     post(client, seeded, inbound_form(phone="+15550008003"))
@@ -140,13 +125,5 @@ def test_a_new_customers_place_in_the_queue_is_counted_on_an_index(
     the queue (a table scan would grow with every open card of every pipeline)."""
     post(client, seeded, inbound_form(phone="+5511900000001"))
     card = session.scalars(select(Card)).one()
-    engine = session.get_bind()
-    query = desk.waiting_ahead(card, utcnow())
-    compiled = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
-    with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            plan = " ".join(str(r) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}"))
-        else:
-            conn.exec_driver_sql("SET enable_seqscan = off")
-            plan = " ".join(str(r) for r in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
+    plan = query_plan(session, desk.waiting_ahead(card, utcnow()))
     assert "ix_cards_pipeline_queue" in plan, plan

@@ -33,7 +33,7 @@ from whatsdesk.config import Config
 from whatsdesk.db import session_factory, utcnow
 from whatsdesk.models import EarlyStatus, Message, SlaEvent, StageVisit, User
 
-from conftest import STAFF, inbound_form, seed, signed_post
+from conftest import STAFF, inbound_form, query_plan, seed, signed_post
 from twilio_server import TwilioServer
 
 # The seeded first stage "New": SLA 2 min, warning 1 min before; alerts go to Ana and Bruno.
@@ -999,13 +999,5 @@ def test_a_visit_that_cannot_fire_does_not_stop_the_sweep(
 
 
 def test_the_sweeps_due_query_uses_the_next_due_index(seeded: Config, session: Session) -> None:
-    engine = session.get_bind()
-    query = select(StageVisit.id).where(StageVisit.next_due_at <= T0)
-    compiled = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
-    with engine.connect() as conn:
-        if engine.dialect.name == "sqlite":
-            plan = " ".join(str(r) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {compiled}"))
-        else:
-            conn.exec_driver_sql("SET enable_seqscan = off")
-            plan = " ".join(str(r) for r in conn.exec_driver_sql(f"EXPLAIN {compiled}"))
+    plan = query_plan(session, select(StageVisit.id).where(StageVisit.next_due_at <= T0))
     assert "ix_stage_visits_next_due_at" in plan, plan

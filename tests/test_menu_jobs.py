@@ -16,25 +16,11 @@ from whatsdesk.config import Config
 from whatsdesk.db import utcnow
 from whatsdesk.models import Card, Message
 
-from conftest import inbound_form
-
-MENU_FILE = """
-pipelines:
-  - key: sales
-    name: Sales
-    stages: [{key: lead, name: New lead, sla: 1h}]
-  - key: support
-    name: Support
-    default: true
-    stages: [{key: new, name: New, sla: 15m}]
-menu:
-  pipelines: [sales, support]
-  wait: 2m
-"""
+from conftest import MENU_YAML, inbound_form
 
 
 def asked(session: Session, at: object) -> Card:
-    pipeline_store.load(session, pipelines.parse(MENU_FILE), utcnow())
+    pipeline_store.load(session, pipelines.parse(MENU_YAML), utcnow())
     inbound = whatsapp.parse_inbound(inbound_form(phone="+15550008001"))
     received = desk.receive_message(session, inbound, at)  # type: ignore[arg-type]
     session.commit()
@@ -78,7 +64,7 @@ def test_with_a_quick_reply_template_the_menu_goes_as_that_template(
     env: Config, session: Session
 ) -> None:
     template = "HX" + "ab" * 16
-    pipeline_store.load(session, pipelines.parse(MENU_FILE + f"  template: {template}\n"), utcnow())
+    pipeline_store.load(session, pipelines.parse(MENU_YAML + f"  template: {template}\n"), utcnow())
     inbound = whatsapp.parse_inbound(inbound_form(phone="+15550008002", name="Ann"))
 
     received = desk.receive_message(session, inbound, utcnow())

@@ -28,7 +28,7 @@ from .alarms import (
 )
 from .config import Config
 from .db import session_scope, utcnow
-from .models import Card, Message, StageVisit
+from .models import Card, Message, StageVisit, timers_from
 from .notifications import is_staff_alert
 from .whatsapp import PermanentSendError, Template, TransientSendError, sender_for
 
@@ -119,25 +119,16 @@ def _timers_of(
 ) -> Iterator[tuple[int, datetime, sla.Timers]]:
     """Open visits (id, next instant, the timers they can still fire: `owed_timers`) whose
     next instant matches `where`, read as columns, without loading objects."""
+    columns = [getattr(StageVisit, name) for name in StageVisit.TIMER_COLUMNS]
     rows = session.execute(
-        select(
-            StageVisit.id,
-            StageVisit.next_due_at,
-            StageVisit.warning_at,
-            StageVisit.deadline_at,
-            StageVisit.escalations_at,
-            StageVisit.resolution_warning_at,
-            StageVisit.resolution_at,
-            StageVisit.timeout_at,
-            StageVisit.acknowledged_at,
-        )
+        select(StageVisit.id, StageVisit.next_due_at, StageVisit.acknowledged_at, *columns)
         .join(Card, Card.id == StageVisit.card_id)
         .where(StageVisit.left_at.is_(None), Card.status == "open", *where)
     )
-    for visit_id, next_due, warning, deadline, levels, r_warning, r_breach, timeout, ack in rows:
-        # Acknowledged: no further escalation level comes.
-        at = () if ack is not None else tuple(datetime.fromisoformat(x) for x in levels or [])
-        yield visit_id, next_due, sla.Timers(warning, deadline, at, r_warning, r_breach, timeout)
+    for visit_id, next_due, acknowledged, *values in rows:
+        timers = timers_from(*values)
+        # Acknowledged: no further escalation level comes (as escalation.owed_timers).
+        yield visit_id, next_due, sla.without_levels(timers) if acknowledged else timers
 
 
 def _at_instant(instant: datetime, come_back: Callable[[], None]) -> bool:

@@ -291,17 +291,32 @@ class StageVisit(Base):
     stage: Mapped[Stage] = relationship()
     acknowledged_by: Mapped[User | None] = relationship()
 
+    # The columns the timers are read from, in the order `timers_from` takes them.
+    TIMER_COLUMNS = (
+        "warning_at",
+        "deadline_at",
+        "escalations_at",
+        "resolution_warning_at",
+        "resolution_at",
+        "timeout_at",
+    )
+
     @property
     def timers(self) -> Timers:
-        levels = tuple(datetime.fromisoformat(at) for at in self.escalations_at or [])
-        return Timers(
-            self.warning_at,
-            self.deadline_at,
-            levels,
-            resolution_warning_at=self.resolution_warning_at,
-            resolution_at=self.resolution_at,
-            timeout_at=self.timeout_at,
-        )
+        return timers_from(*(getattr(self, name) for name in self.TIMER_COLUMNS))
+
+
+def timers_from(
+    warning_at: datetime | None,
+    deadline_at: datetime | None,
+    escalations_at: list[str] | None,
+    resolution_warning_at: datetime | None,
+    resolution_at: datetime | None,
+    timeout_at: datetime | None,
+) -> Timers:
+    """A visit's timers from its columns (StageVisit.TIMER_COLUMNS), loaded or not."""
+    levels = tuple(datetime.fromisoformat(at) for at in escalations_at or [])
+    return Timers(warning_at, deadline_at, levels, resolution_warning_at, resolution_at, timeout_at)
 
 
 class SlaEvent(Base):

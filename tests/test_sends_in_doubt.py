@@ -11,6 +11,7 @@ from datetime import datetime, timedelta
 import pytest
 from faults.harness import ListingTwilio
 from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
 from sqlalchemy import select
@@ -234,6 +235,41 @@ def test_a_send_taken_over_by_the_sweep_during_its_pacing_wait_does_not_send(
     assert jobs.send_message(out.id) == "sent"  # the sweep's job
     sent = row(config, out.id)
     assert (sent.sid, sent.attempts) == (twilio.sids[0], 2)
+    assert len(twilio.requests) == 1
+
+
+def test_a_send_that_loses_redis_before_calling_twilio_is_sent_by_the_next_sweep(
+    twilio: ListingTwilio,
+    env: Config,
+    session: Session,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Redis dies between the claim and the call (the pacing slot): Twilio was never called,
+    so the message is handed back and goes at the first sweep after STALE_SEND_SECONDS, not
+    after the SEND_SETTLED_SECONDS an interrupted call has to wait."""
+    config = jobs._config()
+    out = queue_message(session, "Paced")
+    out.sent_at = utcnow()  # handed to the sender, as an alert let through is
+    session.commit()
+    real_pace = Alarms.pace
+
+    def redis_gone(self: Alarms, sender: str, per_second: float) -> float:
+        raise RedisConnectionError("connection reset")
+
+    monkeypatch.setattr(Alarms, "pace", redis_gone)
+    with pytest.raises(RedisConnectionError):
+        jobs.send_message(out.id)
+    handed_back = row(config, out.id)
+    assert (handed_back.status, handed_back.attempts) == ("retrying", 0)
+
+    monkeypatch.setattr(Alarms, "pace", real_pace)
+    later = utcnow() + timedelta(seconds=jobs.STALE_SEND_SECONDS + 1)
+    assert jobs.reconcile(config, later)["resent"] == 1
+    assert queued(config, redis) == [f"send-{out.id}"]
+    assert jobs.send_message(out.id) == "sent"
+    sent = row(config, out.id)
+    assert (sent.status, sent.sid, sent.attempts) == ("queued", twilio.sids[0], 1)
     assert len(twilio.requests) == 1
 
 

@@ -282,9 +282,13 @@ def send_message(message_id: int) -> str:
         to, sender, body = message.to_address, message.from_address, message.body
         template = _template_of(message)
         attempts = message.attempts
-    wait = _alarms(config).pace(sender, config.send_rate * PACE_HEADROOM)
-    if wait > 0:
-        time.sleep(wait)
+    try:
+        wait = _alarms(config).pace(sender, config.send_rate * PACE_HEADROOM)
+        if wait > 0:
+            time.sleep(wait)
+    except BaseException:  # Redis gone, the job's time-out: Twilio was never called
+        _release_claim(config, message_id, attempts)
+        raise
     if not _still_claimed(config, message_id, attempts):
         return "taken over by the sweep"
     try:
@@ -318,6 +322,26 @@ def send_message(message_id: int) -> str:
         _alarms(config).enqueue_send(message_id, again=True)
         return "sent; refused outside the 24-hour window: sending the template"
     return "sent"
+
+
+def _release_claim(config: Config, message_id: int, attempts: int) -> None:
+    """A send job failing before its call to Twilio hands its message back ("retrying", the
+    attempt not counted): its own retry or the sweep sends it within STALE_SEND_SECONDS,
+    rather than it waiting SEND_SETTLED_SECONDS as a call that might have reached Twilio.
+    If the database cannot be reached either, the sweep settles it as interrupted."""
+    try:
+        with session_scope(config.database_url) as session:
+            session.execute(
+                update(Message)
+                .where(
+                    Message.id == message_id,
+                    Message.status == "sending",
+                    Message.attempts == attempts,
+                )
+                .values(status="retrying", attempts=attempts - 1, updated_at=utcnow())
+            )
+    except Exception:
+        log.exception("send %s: could not hand its claim back; the sweep will", message_id)
 
 
 def _still_claimed(config: Config, message_id: int, attempts: int) -> bool:

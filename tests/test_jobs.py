@@ -844,22 +844,6 @@ def test_twilio_unreachable_marks_the_message_retrying_and_raises_for_rq(
     assert [form["Body"] for form in twilio.messages] == [ack.body]
 
 
-def test_twilio_answering_too_late_fails_the_message_without_retry(
-    twilio: TwilioServer, env: Config, session: Session, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ack = open_card(session).outbound[0]
-    monkeypatch.setattr(whatsapp, "REQUEST_TIMEOUT_SECONDS", 0.5)
-    twilio.hang_next(30)  # Twilio takes the message but its answer comes too late
-
-    assert jobs.send_message(ack.id) == "failed"  # no exception, so RQ does not retry
-
-    failed = message(env, ack.id)
-    assert (failed.status, failed.error_code, failed.sid) == ("failed", "timeout", None)
-    assert "did not answer in time" in (failed.error_message or "")
-    assert jobs.send_message(ack.id) == "already handled"
-    assert len(twilio.requests) == 1  # sent once: a second try could reach the customer twice
-
-
 def test_rq_schedules_a_retry_of_a_send_twilio_was_too_busy_for(
     twilio: TwilioServer, env: Config, session: Session, redis: Redis
 ) -> None:

@@ -238,6 +238,49 @@ def test_a_send_taken_over_by_the_sweep_during_its_pacing_wait_does_not_send(
     assert len(twilio.requests) == 1
 
 
+@pytest.mark.parametrize("took", [True, False], ids=["twilio took it", "twilio did not"])
+def test_twilio_answering_too_late_leaves_the_send_to_the_sweep_which_asks_twilio(
+    twilio: ListingTwilio,
+    env: Config,
+    session: Session,
+    redis: Redis,
+    monkeypatch: pytest.MonkeyPatch,
+    took: bool,
+) -> None:
+    """Twilio's answer never comes within the client's timeout: the job neither retries
+    (Twilio may have the message) nor gives up. Once the call has surely ended the sweep
+    asks Twilio: what it took is recorded with its SID, what it never got goes again — the
+    person gets the message once either way."""
+    config = jobs._config()
+    out = queue_message(session, "Hung")
+    monkeypatch.setattr(whatsapp, "REQUEST_TIMEOUT_SECONDS", 0.5)
+    twilio.hang_next(5)  # Twilio takes the message but answers too late
+
+    assert jobs.send_message(out.id) == "in doubt: the sweep asks Twilio"
+    hung = row(config, out.id)
+    assert (hung.status, hung.sid, hung.attempts) == ("sending", None, 1)
+    assert len(twilio.requests) == 1
+    if not took:  # the request was lost on its way: Twilio's list never shows it
+        with twilio._changed:
+            twilio.sids.clear()
+            twilio.messages.clear()
+            twilio.created.clear()
+
+    later = utcnow() + timedelta(seconds=jobs.SEND_SETTLED_SECONDS + 1)
+    assert jobs.reconcile(config, later)["interrupted"] == 1
+    if took:
+        settled = row(config, out.id)
+        assert (settled.status, settled.sid) == ("queued", twilio.sids[0])
+        assert queued(config, redis) == []
+        assert len(twilio.requests) == 1
+    else:
+        assert queued(config, redis) == [f"send-{out.id}-again"]
+        assert jobs.send_message(out.id) == "sent"
+        sent = row(config, out.id)
+        assert (sent.status, sent.sid, sent.attempts) == ("queued", twilio.sids[0], 2)
+        assert len(twilio.requests) == 2
+
+
 def test_a_send_that_loses_redis_before_calling_twilio_is_sent_by_the_next_sweep(
     twilio: ListingTwilio,
     env: Config,

@@ -30,7 +30,13 @@ from .config import Config
 from .db import session_scope, utcnow
 from .models import Card, Message, StageVisit, timers_from
 from .notifications import is_staff_alert
-from .whatsapp import PermanentSendError, Template, TransientSendError, sender_for
+from .whatsapp import (
+    PermanentSendError,
+    SendInDoubt,
+    Template,
+    TransientSendError,
+    sender_for,
+)
 
 log = logging.getLogger(__name__)
 # RQ's scheduler keeps whole seconds and polls each second: a job can wake up to ~1 s early.
@@ -300,6 +306,12 @@ def send_message(message_id: int) -> str:
         if final:
             return "failed"
         raise  # RQ retries with backoff (alarms.SEND_RETRY_INTERVALS)
+    except SendInDoubt as exc:
+        # Left "sending", stamped with the call's start: once the call has surely ended the
+        # sweep asks Twilio whether it took the message (_fail_interrupted_sends).
+        log.warning("send %s in doubt (%s): the sweep will ask Twilio", message_id, exc)
+        metrics.observe_send("in_doubt")
+        return "in doubt: the sweep asks Twilio"
     except PermanentSendError as exc:
         if (
             exc.code == WINDOW_CLOSED

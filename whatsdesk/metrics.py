@@ -60,7 +60,8 @@ INBOUND = Counter(
 )
 OUTBOUND = Counter(
     "whatsdesk_outbound_messages",
-    "Outbound send attempts by result: sent, retrying (Twilio busy or unreachable), failed.",
+    "Outbound send attempts by result: sent, retrying (Twilio busy or unreachable), failed, "
+    "in_doubt (Twilio did not answer; the sweep asks it).",
     ["status"],
 )
 SLA_LATENESS = Histogram(
@@ -86,7 +87,7 @@ def observe_webhook(webhook: str, status_code: int, seconds: float, duplicate: b
 
 
 def observe_send(status: str) -> None:
-    """The result of one send attempt: sent, retrying or failed."""
+    """The result of one send attempt: sent, retrying, failed or in_doubt."""
     OUTBOUND.labels(status).inc()
 
 

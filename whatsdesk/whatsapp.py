@@ -139,6 +139,11 @@ class TransientSendError(Exception):
     """Twilio could not take the message now; trying again later can help."""
 
 
+class SendInDoubt(Exception):
+    """The request reached Twilio but its answer never came: Twilio may have taken the
+    message or not. Trying again could send it twice; the sweep asks Twilio instead."""
+
+
 class PermanentSendError(Exception):
     """Twilio refused the message; trying again cannot help."""
 
@@ -228,9 +233,7 @@ class TwilioSender:
             raise _classify(exc.status, exc.code, exc.detail or exc.title) from exc
         except requests.ReadTimeout as exc:
             # The request reached Twilio, which may have accepted it: a retry could send twice.
-            raise PermanentSendError(
-                "timeout", "Twilio did not answer in time; not retried in case it was sent"
-            ) from exc
+            raise SendInDoubt("Twilio did not answer in time") from exc
         except requests.RequestException as exc:
             raise TransientSendError(f"Twilio unreachable: {type(exc).__name__}") from exc
         return Sent(sid=str(message.sid), status=str(message.status or "queued"))

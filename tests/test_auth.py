@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 from werkzeug.test import TestResponse
 
-from whatsdesk import desk, escalation, whatsapp
+from whatsdesk import create_app, desk, escalation, whatsapp
 from whatsdesk.config import Config
 from whatsdesk.db import session_factory, utcnow
 from whatsdesk.models import Message, User
@@ -286,6 +286,33 @@ def test_twenty_failed_logins_from_one_address_make_every_account_wait(
     assert answer.status_code == 429
     assert "Too many failed logins." in answer.get_data(as_text=True)
     assert not is_logged_in(client)
+
+
+@pytest.mark.parametrize("trusted_proxies", [1, 0], ids=["behind a trusted proxy", "direct"])
+def test_the_address_limit_counts_the_client_a_trusted_proxy_names(
+    seeded: Config, trusted_proxies: int
+) -> None:
+    """Behind a reverse proxy every request comes from the proxy's address: with
+    TRUSTED_PROXIES=1 the client's own address (X-Forwarded-For) is counted, so one guesser
+    does not lock out the whole team. Without it the header is not believed: a guesser
+    cannot dodge the limit by writing any address there."""
+    app = create_app(seeded.with_(trusted_proxies=trusted_proxies))
+    app.config["TESTING"] = True
+    guesser, colleague = app.test_client(), app.test_client()
+    guesser.environ_base["HTTP_X_FORWARDED_FOR"] = "203.0.113.7"
+    colleague.environ_base["HTTP_X_FORWARDED_FOR"] = "198.51.100.9"
+    for n in range(20):
+        fail_logins(guesser, f"guess{n}@example.com", 1)
+
+    answer = post_login(colleague, "bruno@example.com", PASSWORD)
+
+    if trusted_proxies:
+        assert answer.status_code == 302
+        assert is_logged_in(colleague)
+        assert post_login(guesser, "bruno@example.com", PASSWORD).status_code == 429
+    else:
+        assert answer.status_code == 429
+        assert not is_logged_in(colleague)
 
 
 # --- the alerts page ----------------------------------------------------------------------------

@@ -91,3 +91,11 @@ def test_sweep_interval_is_read_from_the_environment_and_checked() -> None:
     for bad in ("0", "abc", "4000"):
         with pytest.raises(RuntimeError, match="SWEEP_INTERVAL must be whole seconds"):
             Config.from_env({"SWEEP_INTERVAL": bad})
+
+
+def test_trusted_proxies_is_read_from_the_environment_and_checked() -> None:
+    assert Config.from_env({}).trusted_proxies == 0
+    assert Config.from_env({"TRUSTED_PROXIES": "2"}).trusted_proxies == 2
+    for bad in ("-1", "yes", "6"):
+        with pytest.raises(RuntimeError, match="TRUSTED_PROXIES must be whole from 0 to 5"):
+            Config.from_env({"TRUSTED_PROXIES": bad})

@@ -9,6 +9,7 @@ from flask import Flask, current_app, g
 from flask_login import LoginManager
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy.orm import Session
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .alarms import Alarms
 from .config import PROJECT_ROOT, Config
@@ -55,6 +56,14 @@ def configure(app: Flask, config: Config) -> None:
         REMEMBER_COOKIE_SAMESITE="Lax",
         WTF_CSRF_TIME_LIMIT=None,
     )
+    if config.trusted_proxies:
+        # Behind a reverse proxy the client's address, scheme and host come from its
+        # X-Forwarded-* headers (login throttling, signed URLs, secure cookies); believed
+        # only for the configured number of hops, else anyone could name any address.
+        hops = config.trusted_proxies
+        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops
+        )
     app.extensions["whatsdesk.config"] = config
     app.extensions["whatsdesk.sessions"] = session_factory(config.database_url)
     app.extensions["whatsdesk.alarms"] = Alarms(config.redis_url, config.queue_name)

@@ -38,6 +38,8 @@ class Config:
     # Outbound messages per second per sender number, across every worker (WhatsApp: 80).
     send_rate: float = 80
     max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH
+    # Reverse proxies in front of the web process whose X-Forwarded-* headers are believed.
+    trusted_proxies: int = 0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Config:
@@ -59,6 +61,7 @@ class Config:
             port=_port(env.get("PORT", "")),
             sweep_seconds=_sweep_seconds(env.get("SWEEP_INTERVAL", "")),
             send_rate=_send_rate(env.get("SEND_RATE_LIMIT", "")),
+            trusted_proxies=_whole(env.get("TRUSTED_PROXIES", ""), "TRUSTED_PROXIES", 0, 0, 5),
         )
 
     @property

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic import command
@@ -368,6 +369,15 @@ def answers(url: str) -> bool:
             return bool(answer.status == 200)
     except OSError:
         return False
+
+
+def keeps_another_waiting(database_url: str, dbapi_connection: Any) -> bool:
+    """PostgreSQL: a lock this connection holds keeps another connection waiting."""
+    if make_url(database_url).get_backend_name() != "postgresql":
+        return False
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE :me = ANY(pg_blocking_pids(pid))")
+    with get_engine(database_url).connect() as watcher:
+        return bool(watcher.scalar(query, {"me": dbapi_connection.info.backend_pid}))
 
 
 def eventually(condition: Callable[[], bool], timeout: float) -> bool:

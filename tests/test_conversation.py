@@ -16,7 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
 from rq import Queue, SimpleWorker
-from sqlalchemy import event, func, select, text
+from sqlalchemy import event, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -25,7 +25,14 @@ from whatsdesk.config import Config
 from whatsdesk.db import get_engine, session_factory, utcnow
 from whatsdesk.models import Message, StageVisit, User
 
-from conftest import PIPELINE_YAML, csrf_token, eventually, inbound_form, login
+from conftest import (
+    PIPELINE_YAML,
+    csrf_token,
+    eventually,
+    inbound_form,
+    keeps_another_waiting,
+    login,
+)
 from twilio_server import TwilioServer
 
 # 4 March 2025, long before the tests run: a customer who wrote then has no open window.
@@ -420,17 +427,6 @@ def test_two_agents_taking_it_at_once_one_gets_it_and_the_other_is_told_who(
     have_read: set[int] = set()
     together: list[bool] = []
 
-    def blocks_the_other(conn: Connection) -> bool:
-        """PostgreSQL: this connection's row lock keeps another one waiting."""
-        if engine.dialect.name != "postgresql":
-            return False
-        pid = conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
-        with engine.connect() as watcher:
-            query = text(
-                "SELECT count(*) FROM pg_stat_activity WHERE :me = ANY(pg_blocking_pids(pid))"
-            )
-            return bool(watcher.scalar(query, {"me": pid}))
-
     def after_execute(conn: Connection, _cursor: object, statement: str, *_rest: object) -> None:
         # Each agent, having read the card, goes on only once the other has read it too,
         # or is being kept waiting for it: both clicks are truly at the same moment.
@@ -439,7 +435,13 @@ def test_two_agents_taking_it_at_once_one_gets_it_and_the_other_is_told_who(
             return
         have_read.add(me)
         together.append(
-            eventually(lambda: len(have_read) == 2 or blocks_the_other(conn), timeout=10)
+            eventually(
+                lambda: (
+                    len(have_read) == 2
+                    or keeps_another_waiting(seeded.database_url, conn.connection.dbapi_connection)
+                ),
+                timeout=10,
+            )
         )
 
     statuses: dict[str, int] = {}

@@ -4,11 +4,12 @@ audited without passwords, and the desk never left without an active admin."""
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import select
+from sqlalchemy import make_url, select
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
@@ -17,7 +18,7 @@ from whatsdesk.config import Config
 from whatsdesk.db import session_factory
 from whatsdesk.models import AuditEntry, User
 
-from conftest import PASSWORD, count, fresh, login, page_token
+from conftest import PASSWORD, count, eventually, fresh, keeps_another_waiting, login, page_token
 
 ADMIN = "ada@example.com"
 CALENDAR_YAML = """
@@ -327,6 +328,51 @@ def test_the_last_active_admin_cannot_be_demoted(
     assert "Ada Admin is the last active admin: make someone else an admin first" in text(answer)
     assert user(session, ADMIN).role == "admin"
     assert audit_entries(session) == []
+
+
+def demote(session: Session, email: str, by_email: str) -> None:
+    target, by = accounts.find_by_email(session, email), accounts.find_by_email(session, by_email)
+    assert target is not None and by is not None
+    accounts.update_user(
+        session, target, by, datetime.now(UTC), name=target.name, email=target.email,
+        role="supervisor", whatsapp=None, shift_calendar=None, can_edit_settings=False,
+    )  # fmt: skip
+
+
+def test_two_admins_demoting_each_other_at_once_leave_one_admin(admin: Config) -> None:
+    """Ada demotes Bob while Bob demotes Ada: the second waits for the first to commit, then
+    finds itself the last active admin and is refused."""
+    if make_url(admin.database_url).get_backend_name() != "postgresql":
+        pytest.skip("SQLite has no row locks: it runs one writer at a time")
+    add_admin(admin, "bob@example.com", "Bob Admin")
+    factory = session_factory(admin.database_url)
+    ada_side, bob_side = factory(), factory()
+    refused: list[str] = []
+
+    def bob_demotes_ada() -> None:
+        try:
+            demote(bob_side, ADMIN, "bob@example.com")
+            bob_side.commit()
+        except accounts.AccountError as exc:
+            bob_side.rollback()
+            refused.append(str(exc))
+
+    try:
+        demote(ada_side, "bob@example.com", ADMIN)  # not committed yet
+        bob = threading.Thread(target=bob_demotes_ada)
+        bob.start()
+        holder = ada_side.connection().connection.dbapi_connection
+        assert eventually(lambda: keeps_another_waiting(admin.database_url, holder), timeout=10)
+        ada_side.commit()
+        bob.join(timeout=10)
+    finally:
+        ada_side.close()
+        bob_side.close()
+
+    assert refused == ["Ada Admin is the last active admin: make someone else an admin first"]
+    with factory() as s:
+        roles = dict(s.execute(select(User.email, User.role).where(User.role != "agent")).all())
+    assert (roles[ADMIN], roles["bob@example.com"]) == ("admin", "supervisor")
 
 
 def test_an_admin_may_be_demoted_or_deactivated_while_another_remains(

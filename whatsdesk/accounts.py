@@ -241,11 +241,14 @@ def _set_active(session: Session, user: User, by: User | None, active: bool, now
 
 
 def _last_admin(session: Session, user: User) -> bool:
-    """Whether no other active admin would be left without `user`."""
-    others = select(func.count()).where(
-        User.role == "admin", User.active.is_(True), User.id != user.id
+    """Whether no other active admin would be left without `user`. The active admins' rows
+    stay locked until commit (PostgreSQL), so two admins demoting or deactivating each
+    other at the same moment cannot both succeed: the second waits for the first, then
+    reads who is still an admin."""
+    admins = session.scalars(
+        select(User.id).where(User.role == "admin", User.active.is_(True)).with_for_update()
     )
-    return not session.scalar(others)
+    return all(admin == user.id for admin in admins)
 
 
 def _whatsapp_holder(session: Session, address: str, user: User) -> User | None:

@@ -21,7 +21,7 @@ from alembic.config import Config as AlembicConfig
 from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ClauseElement
@@ -369,6 +369,22 @@ def answers(url: str) -> bool:
             return bool(answer.status == 200)
     except OSError:
         return False
+
+
+@contextmanager
+def statements(config: Config) -> Iterator[list[str]]:
+    """The SQL statements run meanwhile (BEGIN and COMMIT are not statements here)."""
+    seen: list[str] = []
+
+    def capture(*args: object) -> None:
+        seen.append(str(args[2]))
+
+    engine = get_engine(config.database_url)
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
 
 
 def keeps_another_waiting(database_url: str, dbapi_connection: Any) -> bool:

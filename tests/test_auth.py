@@ -17,7 +17,7 @@ from whatsdesk.config import Config
 from whatsdesk.db import session_factory, utcnow
 from whatsdesk.models import Message, User
 
-from conftest import PASSWORD, inbound_form, login, page_token
+from conftest import PASSWORD, inbound_form, login, page_token, statements
 
 
 def post_login(
@@ -323,14 +323,15 @@ def visible(fragment: str) -> str:
     return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", fragment)).split())
 
 
-def alerts_fired(config: Config) -> dict[tuple[str, str], int]:
-    """Maria has waited too long: the stage's warning went to its alert list (Ana, Bruno),
-    then the breach, a minute late, to the supervisors (Sofia, Otto). Each alert's id by
-    (event, person)."""
+def alerts_fired(config: Config, **customer: str) -> dict[tuple[str, str], int]:
+    """Maria (or `customer`, inbound_form's phone and name) has waited too long: the stage's
+    warning went to its alert list (Ana, Bruno), then the breach, a minute late, to the
+    supervisors (Sofia, Otto). Each alert's id by (event, person)."""
     opened = utcnow() - timedelta(minutes=10)  # "New": warning after 1 min, breach after 2
     told = {}
     with session_factory(config.database_url)() as s:
-        received = desk.receive_message(s, whatsapp.parse_inbound(inbound_form()), opened)
+        inbound = whatsapp.parse_inbound(inbound_form(**customer))
+        received = desk.receive_message(s, inbound, opened)
         assert received.card is not None
         visit = desk.current_visit(s, received.card)
         assert visit is not None
@@ -400,6 +401,26 @@ def test_supervisors_see_each_alert_whom_it_told_and_whether_it_arrived(
     ]
     assert breach[0].endswith(" UTC")
     assert '<a href="/cards/1">' in page
+
+
+def test_the_alerts_page_costs_the_same_few_queries_however_many_alerts_it_shows(
+    client: FlaskClient, seeded: Config
+) -> None:
+    alerts_fired(seeded)
+    login(client, "sofia@example.com")
+    with statements(seeded) as for_one_card:
+        assert client.get("/alerts").status_code == 200
+    for n in range(3):
+        alerts_fired(seeded, phone=f"+5511988880{n:03d}", name=f"Customer {n}")
+
+    with statements(seeded) as for_four_cards:
+        page = client.get("/alerts").get_data(as_text=True)
+
+    assert len(alert_rows(page)) == 8
+    assert {row[2] for row in alert_rows(page)} == {
+        "#1 Maria", "#2 Customer 0", "#3 Customer 1", "#4 Customer 2",
+    }  # fmt: skip
+    assert len(for_four_cards) == len(for_one_card)
 
 
 def test_agents_may_not_see_the_alerts(client: FlaskClient, seeded: Config) -> None:

@@ -2,42 +2,24 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import timedelta
 
 from flask.testing import FlaskClient
 from redis import Redis
 from rq import Queue
 from rq.registry import ScheduledJobRegistry
-from sqlalchemy import event, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from whatsdesk import desk, pipeline_store, pipelines, whatsapp
 from whatsdesk.alarms import clock_queue_name
 from whatsdesk.config import Config
-from whatsdesk.db import get_engine, utcnow
+from whatsdesk.db import utcnow
 from whatsdesk.models import Card, Contact, Message
 
-from conftest import MENU_YAML, inbound_form, query_plan, signed_post
+from conftest import MENU_YAML, inbound_form, query_plan, signed_post, statements
 
 INBOUND = "/twilio/whatsapp"
-
-
-@contextmanager
-def statements(config: Config) -> Iterator[list[str]]:
-    """The SQL statements run meanwhile (BEGIN and COMMIT are not statements here)."""
-    seen: list[str] = []
-
-    def capture(*args: object) -> None:
-        seen.append(str(args[2]))
-
-    engine = get_engine(config.database_url)
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
 
 
 def post(client: FlaskClient, config: Config, form: dict[str, str]) -> None:

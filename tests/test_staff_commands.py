@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
 from rq import Queue
@@ -18,7 +19,7 @@ from whatsdesk.config import Config
 from whatsdesk.db import utcnow
 from whatsdesk.models import Card, CardActivity, Contact, Message, SlaEvent, StageVisit
 
-from conftest import PASSWORD, STAFF, fresh, inbound_form, login, signed_post
+from conftest import PASSWORD, STAFF, fresh, inbound_form, login, page_token, signed_post
 
 INBOUND = "/twilio/whatsapp"
 PHONE = {email.split("@")[0]: phone for _, email, _, phone in STAFF}
@@ -288,6 +289,73 @@ def test_ack_by_reply_stops_further_levels_and_shows_on_the_conversation_page(
         "levels 1 and 2 will not fire" in page
     )
     assert "acknowledged by Sofia Supervisor" in page
+
+
+def press_acknowledge(client: FlaskClient, card: Card) -> tuple[int, str]:
+    """Press "Acknowledge escalation" on the conversation page: the post's status, and the
+    page it leads back to."""
+    token = page_token(client, f"/cards/{card.id}")
+    answer = client.post(f"/cards/{card.id}/acknowledge", data={"csrf_token": token})
+    return answer.status_code, client.get(f"/cards/{card.id}").get_data(as_text=True)
+
+
+def test_a_supervisor_acknowledges_on_the_conversation_page_and_no_level_fires(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    card = customer_writes(client, desk_config, session)
+    visit = breach(session, card)
+    level_1 = visit.timers.levels[0]
+    login(client, "otto@example.com")
+    assert "Acknowledge escalation" in client.get(f"/cards/{card.id}").get_data(as_text=True)
+
+    status, page = press_acknowledge(client, card)
+
+    assert status == 302
+    assert "Escalation acknowledged: its remaining levels will not fire in this stage." in page
+    assert (
+        "Otto Supervisor acknowledged the escalation on the desk; levels 1 and 2 will not fire"
+        in page
+    )
+    assert "acknowledged by Otto Supervisor" in page
+    assert "Acknowledge escalation" not in page
+    visit = visit_of(session, card)
+    assert visit.next_due_at is None
+    assert escalation.fire(session, visit.id, "level-1", level_1) is None
+    session.commit()
+    assert session.scalars(select(SlaEvent.kind)).all() == ["breach"]
+
+
+def test_an_escalation_acknowledged_meanwhile_is_not_acknowledged_twice(
+    app: Flask, client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    card = customer_writes(client, desk_config, session)
+    breach(session, card)
+    sofia, otto = app.test_client(), app.test_client()
+    login(sofia, "sofia@example.com")
+    login(otto, "otto@example.com")
+    press_acknowledge(sofia, card)
+
+    status, page = press_acknowledge(otto, card)
+
+    assert status == 302
+    assert "the escalation in New was already acknowledged by Sofia Supervisor" in page
+    fresh(session)
+    kinds = session.scalars(select(CardActivity.kind).where(CardActivity.card_id == card.id))
+    assert list(kinds).count("acknowledged") == 1
+
+
+def test_agents_neither_see_nor_use_the_acknowledge_action(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    card = customer_writes(client, desk_config, session)
+    breach(session, card)
+    login(client, "ana@example.com")
+    assert "Acknowledge escalation" not in client.get(f"/cards/{card.id}").get_data(as_text=True)
+
+    status, _page = press_acknowledge(client, card)
+
+    assert status == 403
+    assert visit_of(session, card).acknowledged_at is None
 
 
 def test_ack_in_portuguese_by_code(

@@ -265,20 +265,7 @@ def acknowledge(
             f"Card #{card.id} was already acknowledged in {visit.stage.name} by {by} at {when}.",
             card,
         )
-    recorded = desk.recorded_kinds(session, visit)
-    skipped = _pending_levels(visit, recorded)
-    visit.acknowledged_at, visit.acknowledged_by = now, user
-    visit.next_due_at = sla.next_instant(escalation.owed_timers(visit), recorded)
-    stopped = f"; {_levels(skipped)} will not fire" if skipped else ""
-    workspace.log(
-        session,
-        card,
-        user,
-        "acknowledged",
-        f"{user.name} acknowledged the escalation by WhatsApp{stopped}",
-        now,
-    )
-    session.flush()
+    skipped = workspace.acknowledge_visit(session, card, visit, user, now, "by WhatsApp")
     left = "no further escalation levels" if skipped else "no escalation levels were left"
     told = f"{left} in {visit.stage.name}"
     return Outcome(f"✅ Card #{card.id} acknowledged: {told} ({about(card)}).", card)
@@ -292,7 +279,7 @@ def snooze(session: Session, user: User, card: Card, command: Command, now: date
             f"Card #{card.id} is acknowledged in {stage}: no escalation levels are left."
         )
     recorded = desk.recorded_kinds(session, visit)
-    pending = _pending_levels(visit, recorded)
+    pending = workspace.pending_levels(visit, recorded)
     if not pending:
         raise CommandError(f"Card #{card.id} has no escalation level left to snooze in {stage}.")
     assert command.minutes is not None
@@ -339,18 +326,6 @@ def _visit_to_act_on(session: Session, card: Card, command: Command) -> StageVis
         f"Card #{card.id} {moved}: nothing to {word} there. "
         f"Reply {example} to {word} its current stage."
     )
-
-
-def _pending_levels(visit: StageVisit, recorded: set[str]) -> list[int]:
-    """The escalation levels (1, 2, …) of the visit not fired yet."""
-    count = len(visit.timers.levels)
-    return [n for n in range(1, count + 1) if sla.level_kind(n) not in recorded]
-
-
-def _levels(numbers: list[int]) -> str:
-    if len(numbers) == 1:
-        return f"level {numbers[0]}"
-    return f"levels {', '.join(str(n) for n in numbers[:-1])} and {numbers[-1]}"
 
 
 def about(card: Card) -> str:

@@ -10,7 +10,7 @@ from datetime import datetime
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
-from . import desk, settings, sla
+from . import desk, escalation, settings, sla
 from .desk import DeskError, Replied
 from .models import Card, CardActivity, Message, SlaEvent, StageVisit, User
 from .pipelines import CustomerTemplateSpec
@@ -126,6 +126,52 @@ def reopen(session: Session, card_id: int, user: User, now: datetime) -> Done:
     return Done.of(visit=visit)
 
 
+def acknowledge(session: Session, card_id: int, user: User, now: datetime) -> Done:
+    """A supervisor, from the conversation page, acknowledges the escalation of the card's
+    current stage: its escalation levels not fired yet will not fire (as ACK by WhatsApp)."""
+    if not user.is_supervisor:
+        raise PermissionError("only supervisors can acknowledge an escalation")
+    card = desk.lock_card(session, card_id)
+    if card is None or card.status != "open":
+        raise DeskError(f"conversation #{card_id} is not open")
+    visit = desk.current_visit(session, card)
+    if visit is None or not visit.timers.levels:
+        raise DeskError("this stage has no escalation levels to acknowledge")
+    if visit.acknowledged_at is not None:
+        by = visit.acknowledged_by.name if visit.acknowledged_by else "someone"
+        raise DeskError(f"the escalation in {visit.stage.name} was already acknowledged by {by}")
+    acknowledge_visit(session, card, visit, user, now, "on the desk")
+    return Done()
+
+
+def acknowledge_visit(
+    session: Session, card: Card, visit: StageVisit, user: User, now: datetime, where: str
+) -> list[int]:
+    """Record `user`'s acknowledgement of the visit's escalation and log it on the card
+    ("… acknowledged the escalation `where`"). Returns the levels that will now not fire."""
+    recorded = desk.recorded_kinds(session, visit)
+    skipped = pending_levels(visit, recorded)
+    visit.acknowledged_at, visit.acknowledged_by = now, user
+    visit.next_due_at = sla.next_instant(escalation.owed_timers(visit), recorded)
+    stopped = f"; {level_names(skipped)} will not fire" if skipped else ""
+    text = f"{user.name} acknowledged the escalation {where}{stopped}"
+    log(session, card, user, "acknowledged", text, now)
+    session.flush()
+    return skipped
+
+
+def pending_levels(visit: StageVisit, recorded: set[str]) -> list[int]:
+    """The escalation levels (1, 2, …) of the visit not fired yet."""
+    count = len(visit.timers.levels)
+    return [n for n in range(1, count + 1) if sla.level_kind(n) not in recorded]
+
+
+def level_names(numbers: list[int]) -> str:
+    if len(numbers) == 1:
+        return f"level {numbers[0]}"
+    return f"levels {', '.join(str(n) for n in numbers[:-1])} and {numbers[-1]}"
+
+
 def templates(session: Session) -> list[CustomerTemplateSpec]:
     return settings.replies(session).templates
 
@@ -200,6 +246,7 @@ class Conversation:
     staff: list[User] = field(default_factory=list)
     state: str = sla.NO_SLA
     seconds_left: float | None = None
+    can_acknowledge: bool = False  # the viewer may acknowledge the current stage's escalation
 
 
 def conversation(session: Session, card_id: int, viewer: User, now: datetime) -> Conversation:
@@ -252,4 +299,11 @@ def conversation(session: Session, card_id: int, viewer: User, now: datetime) ->
         staff=staff if viewer.is_supervisor else [],
         state=state,
         seconds_left=sla.seconds_left(now, timers),
+        can_acknowledge=(
+            viewer.is_supervisor
+            and card.status == "open"
+            and current is not None
+            and bool(timers.levels)
+            and current.acknowledged_at is None
+        ),
     )

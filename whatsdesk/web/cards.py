@@ -135,6 +135,16 @@ def move(card_id: int) -> Response:
     )
 
 
+@bp.post("/cards/<int:card_id>/acknowledge")
+@login_required
+def acknowledge(card_id: int) -> Response:
+    return _act(
+        card_id,
+        lambda s: workspace.acknowledge(s, card_id, current_user, utcnow()),
+        "Escalation acknowledged: its remaining levels will not fire in this stage.",
+    )
+
+
 @bp.post("/cards/<int:card_id>/resolve")
 @login_required
 def resolve(card_id: int) -> Response:

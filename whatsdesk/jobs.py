@@ -343,15 +343,7 @@ def _release_claim(config: Config, message_id: int, attempts: int) -> None:
     If the database cannot be reached either, the sweep settles it as interrupted."""
     try:
         with session_scope(config.database_url) as session:
-            session.execute(
-                update(Message)
-                .where(
-                    Message.id == message_id,
-                    Message.status == "sending",
-                    Message.attempts == attempts,
-                )
-                .values(status="retrying", attempts=attempts - 1, updated_at=utcnow())
-            )
+            _update_claim(session, message_id, attempts, status="retrying", attempts=attempts - 1)
     except Exception:
         log.exception("send %s: could not hand its claim back; the sweep will", message_id)
 
@@ -365,17 +357,21 @@ def _still_claimed(config: Config, message_id: int, attempts: int) -> bool:
     the sweep's take-over is conditional on that stamp being old, so of the two exactly one
     goes ahead."""
     with session_scope(config.database_url) as session:
-        return bool(
-            session.execute(
-                update(Message)
-                .where(
-                    Message.id == message_id,
-                    Message.status == "sending",
-                    Message.attempts == attempts,
-                )
-                .values(updated_at=utcnow())
-            ).rowcount
+        return bool(_update_claim(session, message_id, attempts))
+
+
+def _update_claim(session: Session, message_id: int, attempt: int, **values: object) -> int:
+    """Change a message only while it is "sending" under the claim of attempt number
+    `attempt` (stamping updated_at); how many rows changed (0 or 1)."""
+    return session.execute(
+        update(Message)
+        .where(
+            Message.id == message_id,
+            Message.status == "sending",
+            Message.attempts == attempt,
         )
+        .values(updated_at=utcnow(), **values)
+    ).rowcount
 
 
 WINDOW_CLOSED = notifications.WINDOW_CLOSED

@@ -43,12 +43,18 @@ def log(
     session.add(CardActivity(card=card, user=user, kind=kind, body=body, created_at=now))
 
 
-def claim(session: Session, card_id: int, user: User, now: datetime) -> Done:
-    """Take an unowned conversation. Two agents at once: the card's row lock (PostgreSQL)
-    or the conditional update (SQLite) makes one win; the other is told who has it."""
+def _locked_open_card(session: Session, card_id: int) -> Card:
+    """The card, locked until commit (see desk.lock_card); DeskError unless it is open."""
     card = desk.lock_card(session, card_id)
     if card is None or card.status != "open":
         raise DeskError(f"conversation #{card_id} is not open")
+    return card
+
+
+def claim(session: Session, card_id: int, user: User, now: datetime) -> Done:
+    """Take an unowned conversation. Two agents at once: the card's row lock (PostgreSQL)
+    or the conditional update (SQLite) makes one win; the other is told who has it."""
+    card = _locked_open_card(session, card_id)
     if card.owner_id == user.id:
         return Done()
     if card.owner is not None:
@@ -73,9 +79,7 @@ def assign(session: Session, card_id: int, actor: User, assignee_id: int, now: d
     """A supervisor gives the conversation to anyone on the staff."""
     if not actor.is_supervisor:
         raise PermissionError("only supervisors can assign conversations to others")
-    card = desk.lock_card(session, card_id)
-    if card is None or card.status != "open":
-        raise DeskError(f"conversation #{card_id} is not open")
+    card = _locked_open_card(session, card_id)
     assignee = session.get(User, assignee_id)
     if assignee is None or not assignee.active:
         raise DeskError("choose an active member of staff")
@@ -131,9 +135,7 @@ def acknowledge(session: Session, card_id: int, user: User, now: datetime) -> Do
     current stage: its escalation levels not fired yet will not fire (as ACK by WhatsApp)."""
     if not user.is_supervisor:
         raise PermissionError("only supervisors can acknowledge an escalation")
-    card = desk.lock_card(session, card_id)
-    if card is None or card.status != "open":
-        raise DeskError(f"conversation #{card_id} is not open")
+    card = _locked_open_card(session, card_id)
     visit = desk.current_visit(session, card)
     if visit is None or not visit.timers.levels:
         raise DeskError("this stage has no escalation levels to acknowledge")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 from datetime import timedelta
+from html.parser import HTMLParser
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
@@ -51,6 +52,35 @@ def test_queue_redirects_anonymous_users_to_login(client: FlaskClient, seeded: C
     assert parse_qs(location.query) == {"next": ["/queue"]}
     page = client.get(answer.headers["Location"]).get_data(as_text=True)
     assert "<h1>Log in</h1>" in page
+
+
+def test_the_login_form_names_each_field_with_one_label(
+    client: FlaskClient, seeded: Config
+) -> None:
+    """Each field sits in a label of its own (a label inside a label is invalid HTML and
+    confuses screen readers)."""
+
+    class Labels(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.depth, self.deepest, self.fields = 0, 0, {}
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag == "label":
+                self.depth += 1
+                self.deepest = max(self.deepest, self.depth)
+            elif tag == "input" and dict(attrs).get("type") != "hidden":
+                self.fields[dict(attrs).get("name")] = self.depth
+
+        def handle_endtag(self, tag: str) -> None:
+            if tag == "label":
+                self.depth -= 1
+
+    labels = Labels()
+    labels.feed(client.get("/login").get_data(as_text=True))
+
+    assert labels.deepest == 1
+    assert labels.fields == {"email": 1, "password": 1}
 
 
 def test_home_leads_to_the_queue(client: FlaskClient, seeded: Config) -> None:

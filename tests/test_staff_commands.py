@@ -3,6 +3,7 @@ real signed webhook, against real stored alerts, digests and stage visits."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -291,11 +292,22 @@ def test_ack_by_reply_stops_further_levels_and_shows_on_the_conversation_page(
     assert "acknowledged by Sofia Supervisor" in page
 
 
-def press_acknowledge(client: FlaskClient, card: Card) -> tuple[int, str]:
-    """Press "Acknowledge escalation" on the conversation page: the post's status, and the
-    page it leads back to."""
-    token = page_token(client, f"/cards/{card.id}")
-    answer = client.post(f"/cards/{card.id}/acknowledge", data={"csrf_token": token})
+def acknowledge_form(client: FlaskClient, card: Card) -> dict[str, str]:
+    """The conversation page's "Acknowledge escalation" form, as the browser would post it
+    (the page must offer it)."""
+    page = client.get(f"/cards/{card.id}").get_data(as_text=True)
+    form = re.search(r'<form [^>]*action="/cards/\d+/acknowledge".*?</form>', page, re.S)
+    assert form, "the page offers no Acknowledge escalation"
+    return dict(re.findall(r'name="([a-z_]+)" value="([^"]*)"', form[0]))
+
+
+def press_acknowledge(
+    client: FlaskClient, card: Card, form: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """Press "Acknowledge escalation" (on the page as it is now, or as it was when `form`
+    was read from it): the post's status, and the page it leads back to."""
+    form = form or acknowledge_form(client, card)
+    answer = client.post(f"/cards/{card.id}/acknowledge", data=form)
     return answer.status_code, client.get(f"/cards/{card.id}").get_data(as_text=True)
 
 
@@ -333,15 +345,39 @@ def test_an_escalation_acknowledged_meanwhile_is_not_acknowledged_twice(
     sofia, otto = app.test_client(), app.test_client()
     login(sofia, "sofia@example.com")
     login(otto, "otto@example.com")
+    opened_earlier = acknowledge_form(otto, card)
     press_acknowledge(sofia, card)
 
-    status, page = press_acknowledge(otto, card)
+    status, page = press_acknowledge(otto, card, opened_earlier)
 
     assert status == 302
     assert "the escalation in New was already acknowledged by Sofia Supervisor" in page
     fresh(session)
     kinds = session.scalars(select(CardActivity.kind).where(CardActivity.card_id == card.id))
     assert list(kinds).count("acknowledged") == 1
+
+
+def test_acknowledging_a_page_opened_before_the_card_moved_acknowledges_nothing(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    """The supervisor saw the escalation in New; meanwhile the card moved on: its new stage,
+    which they never saw, is not acknowledged."""
+    card = customer_writes(client, desk_config, session)
+    breach(session, card)
+    login(client, "otto@example.com")
+    opened_earlier = acknowledge_form(client, card)
+    moved = client.post(
+        f"/cards/{card.id}/move",
+        data={"csrf_token": opened_earlier["csrf_token"], "stage": "waiting"},
+    )
+    assert moved.status_code == 302
+
+    status, page = press_acknowledge(client, card, opened_earlier)
+
+    assert status == 302
+    assert "the conversation has moved since the page was opened" in page
+    fresh(session)
+    assert session.scalars(select(StageVisit.acknowledged_at)).all() == [None, None]
 
 
 def test_agents_neither_see_nor_use_the_acknowledge_action(
@@ -351,8 +387,10 @@ def test_agents_neither_see_nor_use_the_acknowledge_action(
     breach(session, card)
     login(client, "ana@example.com")
     assert "Acknowledge escalation" not in client.get(f"/cards/{card.id}").get_data(as_text=True)
+    form = {"csrf_token": page_token(client, f"/cards/{card.id}")}
+    form["visit_id"] = str(visit_of(session, card).id)
 
-    status, _page = press_acknowledge(client, card)
+    status, _page = press_acknowledge(client, card, form)
 
     assert status == 403
     assert visit_of(session, card).acknowledged_at is None

@@ -57,13 +57,12 @@ def configure(app: Flask, config: Config) -> None:
         WTF_CSRF_TIME_LIMIT=None,
     )
     if config.trusted_proxies:
-        # Behind a reverse proxy the client's address, scheme and host come from its
-        # X-Forwarded-* headers (login throttling, signed URLs, secure cookies); believed
-        # only for the configured number of hops, else anyone could name any address.
+        # Behind a reverse proxy the client's address and scheme come from the proxy's
+        # X-Forwarded-For and -Proto (login throttling counts the client); believed only for
+        # the configured number of hops, else anyone could name any address. Host and path
+        # prefix are not taken from headers: PUBLIC_URL names them.
         hops = config.trusted_proxies
-        app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
-            app.wsgi_app, x_for=hops, x_proto=hops, x_host=hops, x_prefix=hops
-        )
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)  # type: ignore[method-assign]
     app.extensions["whatsdesk.config"] = config
     app.extensions["whatsdesk.sessions"] = session_factory(config.database_url)
     app.extensions["whatsdesk.alarms"] = Alarms(config.redis_url, config.queue_name)

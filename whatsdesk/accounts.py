@@ -246,7 +246,10 @@ def _last_admin(session: Session, user: User) -> bool:
     other at the same moment cannot both succeed: the second waits for the first, then
     reads who is still an admin."""
     admins = session.scalars(
-        select(User.id).where(User.role == "admin", User.active.is_(True)).with_for_update()
+        select(User.id)
+        .where(User.role == "admin", User.active.is_(True))
+        .order_by(User.id)  # always the same order: two such checks never deadlock
+        .with_for_update()
     )
     return all(admin == user.id for admin in admins)
 

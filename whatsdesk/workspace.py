@@ -130,14 +130,22 @@ def reopen(session: Session, card_id: int, user: User, now: datetime) -> Done:
     return Done.of(visit=visit)
 
 
-def acknowledge(session: Session, card_id: int, user: User, now: datetime) -> Done:
-    """A supervisor, from the conversation page, acknowledges the escalation of the card's
-    current stage: its escalation levels not fired yet will not fire (as ACK by WhatsApp)."""
+def acknowledge(session: Session, card_id: int, user: User, visit_id: int, now: datetime) -> Done:
+    """A supervisor, from the conversation page, acknowledges the escalation of the stage
+    visit the page showed (`visit_id`): its escalation levels not fired yet will not fire
+    (as ACK by WhatsApp). Refused if the card has left that visit since: the supervisor
+    never saw the stage it is in now."""
     if not user.is_supervisor:
         raise PermissionError("only supervisors can acknowledge an escalation")
     card = _locked_open_card(session, card_id)
     visit = desk.current_visit(session, card)
-    if visit is None or not visit.timers.levels:
+    if visit is None or visit.id != visit_id:
+        now_in = f" and is now in {visit.stage.name}" if visit is not None else ""
+        raise DeskError(
+            f"the conversation has moved since the page was opened{now_in}: nothing was "
+            "acknowledged; look at it again"
+        )
+    if not visit.timers.levels:
         raise DeskError("this stage has no escalation levels to acknowledge")
     if visit.acknowledged_at is not None:
         by = visit.acknowledged_by.name if visit.acknowledged_by else "someone"
@@ -248,7 +256,8 @@ class Conversation:
     staff: list[User] = field(default_factory=list)
     state: str = sla.NO_SLA
     seconds_left: float | None = None
-    can_acknowledge: bool = False  # the viewer may acknowledge the current stage's escalation
+    # The current stage visit, when the viewer may acknowledge its escalation.
+    acknowledgeable: StageVisit | None = None
 
 
 def conversation(session: Session, card_id: int, viewer: User, now: datetime) -> Conversation:
@@ -301,11 +310,13 @@ def conversation(session: Session, card_id: int, viewer: User, now: datetime) ->
         staff=staff if viewer.is_supervisor else [],
         state=state,
         seconds_left=sla.seconds_left(now, timers),
-        can_acknowledge=(
-            viewer.is_supervisor
+        acknowledgeable=(
+            current
+            if viewer.is_supervisor
             and card.status == "open"
             and current is not None
-            and bool(timers.levels)
+            and timers.levels
             and current.acknowledged_at is None
+            else None
         ),
     )

@@ -138,9 +138,12 @@ def move(card_id: int) -> Response:
 @bp.post("/cards/<int:card_id>/acknowledge")
 @login_required
 def acknowledge(card_id: int) -> Response:
+    raw = _field("visit_id")
+    if not (raw.isascii() and raw.isdigit()):
+        abort(400, "the form did not say which stage visit to acknowledge")
     return _act(
         card_id,
-        lambda s: workspace.acknowledge(s, card_id, current_user, utcnow()),
+        lambda s: workspace.acknowledge(s, card_id, current_user, int(raw), utcnow()),
         "Escalation acknowledged: its remaining levels will not fire in this stage.",
     )
 

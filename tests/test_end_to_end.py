@@ -28,7 +28,7 @@ from whatsdesk import (
     procfile,
     whatsapp,
 )
-from whatsdesk.alarms import Alarms
+from whatsdesk.alarms import Alarms, clock_queue_name
 from whatsdesk.config import PROJECT_ROOT, Config
 from whatsdesk.db import session_factory, utcnow
 from whatsdesk.models import Message, SlaEvent, StageVisit
@@ -170,6 +170,28 @@ def test_a_redis_that_lost_its_data_loses_no_deadline(config: Config, redis: Red
         assert (warning.kind, breach.kind) == ("warning", "breach")
         for event in (warning, breach):  # each within one sweep interval of its instant
             assert 0 <= event.lateness_seconds <= Config().sweep_seconds
+
+
+def test_a_worker_takes_over_the_scheduler_of_a_killed_one_and_deadlines_keep_their_time(
+    config: Config, redis: Redis
+) -> None:
+    """The worker running RQ's scheduler was SIGKILLed: its lock's 61-second lease still
+    runs, refreshed by nobody. A worker takes the scheduler over within seconds, so the
+    clock's jobs fire on time (no sweep runs here to make up for them)."""
+    seed(config.database_url, sla="6s", warning="3s", staff_windows=True)
+    queues = (config.queue_name, clock_queue_name(config.queue_name))
+    for queue in queues:  # as a scheduler killed 20 s after its last refresh leaves them
+        redis.set(f"rq:scheduler-lock:{queue}", "killed-scheduler", ex=41)
+    with TwilioServer() as twilio, processes(config, twilio, "web", "worker") as web:
+        form = inbound_form(phone="+5511987654321", name="Maria Silva", body="My order is late")
+        assert post_signed(web, twilio.auth_token, form) == 200
+        twilio.wait_for(to({CUSTOMER, *AGENTS, *SUPERVISORS}), timeout=20)
+
+        warning, breach = events(config)
+        assert (warning.kind, breach.kind) == ("warning", "breach")
+        assert max(warning.lateness_seconds, breach.lateness_seconds) < 1
+        holders = {redis.get(f"rq:scheduler-lock:{queue}") for queue in queues}
+        assert len(holders) == 1 and None not in holders and b"killed-scheduler" not in holders
 
 
 STORM_FILE = """

@@ -377,6 +377,24 @@ def desk_worker(config: Config, redis: Redis) -> worker_module.Worker:
     return worker_module.Worker([Queue(config.queue_name, connection=redis)], connection=redis)
 
 
+@pytest.mark.parametrize(
+    ("lease_left", "free"),
+    [(None, True), (61, False), (60 - alarms_module.SCHEDULER_SILENT_SECONDS, True), (-1, False)],
+    ids=["no lock", "refreshed just now", "silent too long", "no lease"],
+)
+def test_a_scheduler_lock_is_free_for_the_taking_once_its_holder_stops_refreshing_it(
+    redis: Redis, lease_left: int | None, free: bool
+) -> None:
+    key = "rq:scheduler-lock:whatsdesk-clock"
+    if lease_left is not None:
+        redis.set(key, "a-scheduler", ex=lease_left if lease_left > 0 else None)
+
+    assert alarms_module.free_silent_scheduler_lock(redis, key, 61) is free
+
+    expected = None if free else (None if lease_left is None else b"a-scheduler")
+    assert redis.get(key) == expected
+
+
 def test_sigterm_while_waiting_for_redis_ends_the_worker_cleanly(
     desk_worker: worker_module.Worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -49,6 +49,30 @@ def worker_died(redis: Redis, worker_name: str | None) -> bool:
     return bool(pulsing) and not alive
 
 
+# RQ's scheduler refreshes its lock (to a 61 s lease) every second; one silent this long is
+# dead (its worker SIGKILLed, OOM-killed): another worker may take the lock over at once
+# instead of waiting out the lease with nobody enqueueing the clock's jobs.
+SCHEDULER_SILENT_SECONDS = 5
+# Deletes the lock only if its lease has not been refreshed for ARGV[1] seconds, atomically.
+_FREE_SILENT_LOCK = """
+local left = redis.call('TTL', KEYS[1])
+if left == -2 then return 1 end
+if left >= 0 and left < tonumber(ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+
+def free_silent_scheduler_lock(redis: Redis, lock_key: str, lease_seconds: int) -> bool:
+    """Is RQ's scheduler lock `lock_key` free for the taking: absent, or held by a scheduler
+    that has not refreshed its `lease_seconds` lease for SCHEDULER_SILENT_SECONDS (then it
+    is deleted)? A live scheduler refreshes it every second and keeps it."""
+    keep_above = lease_seconds - SCHEDULER_SILENT_SECONDS
+    return bool(redis.eval(_FREE_SILENT_LOCK, 1, lock_key, keep_above))
+
+
 @lru_cache(maxsize=8)
 def redis_for(url: str) -> Redis:
     """One connection pool per Redis URL per process."""

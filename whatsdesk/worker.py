@@ -6,16 +6,19 @@ import threading
 import time
 from typing import Any
 
+from redis.client import Pipeline
 from redis.exceptions import RedisError
 from rq.exceptions import StopRequested
 from rq.worker import SimpleWorker
 
 from . import freeze_heap, jobs  # noqa: F401  (the desk's jobs and their libraries, loaded once)
-from .alarms import PULSE_SECONDS, pulse
+from .alarms import PULSE_SECONDS, free_silent_scheduler_lock, pulse
 
 # RQ's own upkeep (abandoned jobs, a dead scheduler's lock taken over) runs this often rather
 # than every 10 minutes: the sweep's job wakes some worker every SWEEP_INTERVAL.
 MAINTENANCE_SECONDS = 30
+# How often a worker looks whether RQ's scheduler needs a new home (see heartbeat).
+SCHEDULER_LOOK_SECONDS = 1.0
 # After RQ's loop ends on an error, this long before starting it again.
 RESTART_PAUSE_SECONDS = 1.0
 
@@ -31,7 +34,40 @@ class Worker(SimpleWorker):
         kwargs.setdefault("maintenance_interval", MAINTENANCE_SECONDS)
         super().__init__(*args, **kwargs)
         self._pulse_stop = threading.Event()
+        self._next_scheduler_look = 0.0
         freeze_heap()  # the jobs and their libraries are loaded (see freeze_heap)
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
+        """RQ's heartbeat. The one of its loop (before each job and each wait for one, no
+        pipeline) also, at most once a second, takes over RQ's scheduler from a dead one
+        (see _take_over_dead_scheduler)."""
+        super().heartbeat(timeout, pipeline)
+        if pipeline is None and time.monotonic() >= self._next_scheduler_look:
+            self._next_scheduler_look = time.monotonic() + SCHEDULER_LOOK_SECONDS
+            try:
+                self._take_over_dead_scheduler()
+            except RedisError as exc:
+                self.log.warning("Worker %s: scheduler check failed: %s", self.name, exc)
+
+    def _take_over_dead_scheduler(self) -> bool:
+        """A worker started --with-scheduler whose own scheduler is not running starts one
+        as soon as the holder of RQ's scheduler lock stops refreshing it (killed with its
+        worker): RQ itself would wait for the 61-second lease to run out and then for some
+        worker's upkeep, and meanwhile nobody moves the clock's jobs to their queue (the
+        sweep fires what is due, a sweep interval late). True if it started one."""
+        scheduler = self.scheduler
+        if scheduler is None or (scheduler._process and scheduler._process.is_alive()):
+            return False
+        lease = scheduler.interval + 60  # what RQScheduler.acquire_locks asks for
+        free = [
+            name
+            for name in self.queue_names()
+            if free_silent_scheduler_lock(self.connection, scheduler.get_locking_key(name), lease)
+        ]
+        if not free:
+            return False
+        self.log.warning("Worker %s: taking over RQ's scheduler for %s", self.name, free)
+        return bool(scheduler.acquire_locks(auto_start=True))
 
     def work(self, burst: bool = False, *args: Any, **kwargs: Any) -> bool:
         """RQ's loop quits on a Redis error met outside a dequeue (Redis restarting while a

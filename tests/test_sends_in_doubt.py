@@ -238,6 +238,7 @@ def test_a_send_taken_over_by_the_sweep_during_its_pacing_wait_does_not_send(
     assert len(twilio.requests) == 1
 
 
+@pytest.mark.parametrize("trouble", ["late answer", "dropped connection"])
 @pytest.mark.parametrize("took", [True, False], ids=["twilio took it", "twilio did not"])
 def test_twilio_answering_too_late_leaves_the_send_to_the_sweep_which_asks_twilio(
     twilio: ListingTwilio,
@@ -246,15 +247,19 @@ def test_twilio_answering_too_late_leaves_the_send_to_the_sweep_which_asks_twili
     redis: Redis,
     monkeypatch: pytest.MonkeyPatch,
     took: bool,
+    trouble: str,
 ) -> None:
-    """Twilio's answer never comes within the client's timeout: the job neither retries
-    (Twilio may have the message) nor gives up. Once the call has surely ended the sweep
-    asks Twilio: what it took is recorded with its SID, what it never got goes again — the
-    person gets the message once either way."""
+    """Twilio's answer never comes — not within the client's timeout, or the connection
+    closes once the request is out: the job neither retries (Twilio may have the message)
+    nor gives up. Once the call has surely ended the sweep asks Twilio: what it took is
+    recorded with its SID, what it never got goes again — the person gets it once."""
     config = jobs._config()
     out = queue_message(session, "Hung")
-    monkeypatch.setattr(whatsapp, "REQUEST_TIMEOUT_SECONDS", 0.5)
-    twilio.hang_next(5)  # Twilio takes the message but answers too late
+    if trouble == "late answer":
+        monkeypatch.setattr(whatsapp, "REQUEST_TIMEOUT_SECONDS", 0.5)
+        twilio.hang_next(5)  # Twilio takes the message but answers too late
+    else:
+        twilio.drop_next()  # Twilio takes the message, then the connection closes
 
     assert jobs.send_message(out.id) == "in doubt: the sweep asks Twilio"
     hung = row(config, out.id)

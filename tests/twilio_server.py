@@ -6,6 +6,7 @@
         monkeypatch.setenv("TWILIO_API_URL", twilio.url)
         twilio.fail_next(429, 20429)            # the next POST is refused (rate limit)
         twilio.hang_next(5)                     # the next POST is answered 5 s late
+        twilio.drop_next()                      # the next POST is taken, then the line drops
         ...
         forms = twilio.wait_for(lambda messages: len(messages) >= 2, timeout=10)
 
@@ -17,7 +18,8 @@ A wrong account SID or auth token gets a 401.
 authenticated GET as Twilio serves a customer's photo; `.media_requests` holds the path of
 every GET the server received.
 A hung POST is taken (recorded) at once and only its answer is late, as when Twilio accepts a
-message but the reply is slow; stopping the server releases any answer still held back.
+message but the reply is slow; stopping the server releases any answer still held back. A
+dropped POST is taken too, but the connection closes before any answer.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class TwilioServer:
         self.media_requests: list[str] = []
         self._failures: list[tuple[int, int, str]] = []
         self._hangs: list[float] = []
+        self._drops = 0
         self._stopping = threading.Event()
         self._changed = threading.Condition()
         self._server: ThreadingHTTPServer | None = None
@@ -108,6 +111,19 @@ class TwilioServer:
         """Refuse the next `times` messages with this HTTP status and Twilio error code."""
         with self._changed:
             self._failures.extend([(status, code, message or f"fake error {code}")] * times)
+
+    def drop_next(self) -> None:
+        """Take the next POST as usual, then close the connection without answering (the
+        line dropped after Twilio had the message)."""
+        with self._changed:
+            self._drops += 1
+
+    def _dropping(self) -> bool:
+        with self._changed:
+            if self._drops:
+                self._drops -= 1
+                return True
+            return False
 
     def hang_next(self, seconds: float) -> None:
         """Take the next POST as usual but hold its answer back `seconds` (a slow Twilio)."""
@@ -212,6 +228,9 @@ def _handler_for(server: TwilioServer) -> type[BaseHTTPRequestHandler]:
             }
             delay = server._delay()
             answer = server._answer(form)
+            if server._dropping():
+                self.close_connection = True
+                return
             server._hold(delay)
             try:
                 self._reply(*answer)

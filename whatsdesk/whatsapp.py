@@ -18,6 +18,7 @@ from twilio.base.exceptions import TwilioRestException, TwilioServiceException
 from twilio.http.http_client import TwilioHttpClient
 from twilio.request_validator import RequestValidator
 from twilio.rest import Client
+from urllib3.exceptions import ProtocolError
 
 from .config import DEFAULT_TWILIO_API_URL, Config
 
@@ -234,6 +235,10 @@ class TwilioSender:
         except requests.ReadTimeout as exc:
             # The request reached Twilio, which may have accepted it: a retry could send twice.
             raise SendInDoubt("Twilio did not answer in time") from exc
+        except requests.ConnectionError as exc:
+            if _dropped_after_sending(exc):  # the same doubt: the line dropped mid-answer
+                raise SendInDoubt("the connection to Twilio closed before its answer") from exc
+            raise TransientSendError(f"Twilio unreachable: {type(exc).__name__}") from exc
         except requests.RequestException as exc:
             raise TransientSendError(f"Twilio unreachable: {type(exc).__name__}") from exc
         return Sent(sid=str(message.sid), status=str(message.status or "queued"))
@@ -265,6 +270,14 @@ class TwilioSender:
         except (TwilioRestException, TwilioServiceException, requests.RequestException) as exc:
             raise TransientSendError(f"Twilio could not be asked: {type(exc).__name__}") from exc
         return found
+
+
+def _dropped_after_sending(exc: requests.ConnectionError) -> bool:
+    """Did the connection fail after the request went out (closed or reset while waiting for
+    the answer: urllib3's ProtocolError), rather than before (refused, unresolvable, a
+    connect time-out: Twilio never saw it, and trying again is safe)?"""
+    cause = exc.args[0] if exc.args else None
+    return isinstance(cause, ProtocolError)
 
 
 def _classify(status: int, code: int | None, text: str | None) -> Exception:

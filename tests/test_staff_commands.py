@@ -14,7 +14,16 @@ from rq import Queue
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from whatsdesk import accounts, desk, escalation, jobs, notifications, pipeline_store, pipelines
+from whatsdesk import (
+    accounts,
+    configuration,
+    desk,
+    escalation,
+    jobs,
+    notifications,
+    pipeline_store,
+    pipelines,
+)
 from whatsdesk.alarms import TICK_AHEAD_SECONDS, Alarms
 from whatsdesk.config import Config
 from whatsdesk.db import utcnow
@@ -592,6 +601,32 @@ def test_snooze_after_the_first_level_moves_only_the_second(
     staff_says(client, desk_config, "otto", f"snooze 15m #{card.id}")
 
     assert visit_of(session, card).timers.levels == (level_1, level_2 + timedelta(minutes=15))
+
+
+def test_a_snooze_is_kept_when_the_settings_re_time_open_cards(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    """A supervisor snoozed 30 min; then level 1 of the stage changes from 5 to 10 min after
+    the breach, open cards re-timed: the levels come 30 min after the new schedule, not at
+    it (the snooze is not undone)."""
+    card = customer_writes(client, desk_config, session)
+    visit = breach(session, card)
+    deadline = visit.timers.deadline_at
+    assert deadline is not None
+    staff_says(client, desk_config, "sofia", f"SNOOZE 30 #{card.id}")
+    fresh(session)
+
+    changed = CONFIG.replace("after: 5m", "after: 10m", 1)  # New's level 1
+    assert changed != CONFIG
+    spec = pipelines.parse(changed)
+    configuration.apply(session, spec, None, "import", "test", utcnow(), retime=True)
+    session.commit()
+
+    later = timedelta(minutes=30)
+    assert visit_of(session, card).timers.levels == (
+        deadline + timedelta(minutes=10) + later,
+        deadline + timedelta(minutes=20) + later,
+    )
 
 
 # --- finding the card ---------------------------------------------------------------------------

@@ -289,6 +289,9 @@ def snooze(session: Session, user: User, card: Card, command: Command, now: date
     for level in pending:  # the same shift for each keeps them in order
         levels[level - 1] += shift
     visit.escalations_at = [at.isoformat() for at in levels]
+    visit.escalation_delay_seconds = (visit.escalation_delay_seconds or 0) + int(
+        shift.total_seconds()
+    )
     visit.next_due_at = sla.next_instant(escalation.owed_timers(visit), recorded)
     when = escalation.local_time(calendars.row_for_stage(visit.stage), levels[pending[0] - 1])
     what = f"level {pending[0]} in {stage} now comes at {when}"

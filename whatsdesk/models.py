@@ -270,6 +270,9 @@ class StageVisit(Base):
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # Escalation levels' instants (ISO, UTC), fixed when the visit starts, like the deadline.
     escalations_at: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # How much later than its stage's schedule SNOOZE has put the levels still to come: kept
+    # when the visit is re-timed to changed SLAs.
+    escalation_delay_seconds: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # The card's resolution clock, as it stood when the visit began (None when paused).
     resolution_warning_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     resolution_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

@@ -7,7 +7,7 @@ from datetime import date, datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from . import calendars, settings
+from . import calendars, settings, sla
 from . import desk as desk_cases
 from .models import (
     BusinessCalendar,
@@ -96,7 +96,10 @@ def retime(session: Session, pipelines: list[Pipeline]) -> list[StageVisit]:
     for visit in visits:
         visit.paused = visit.stage.pauses  # its time is counted as its timers are set
         timers = desk_cases.visit_timers(session, visit.card, visit.stage, visit.entered_at)
-        desk_cases.set_timers(visit, timers, desk_cases.recorded_kinds(session, visit))
+        recorded = desk_cases.recorded_kinds(session, visit)
+        # A SNOOZE stays: the levels still to come keep their delay over the new schedule.
+        timers = sla.delay_levels(timers, visit.escalation_delay_seconds or 0, recorded)
+        desk_cases.set_timers(visit, timers, recorded)
     session.flush()
     return list(visits)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from .clock import Calendar, add_business_time
 
@@ -89,6 +89,19 @@ class Timers:
 def without_levels(timers: Timers) -> Timers:
     """What an acknowledged visit still owes: every timer but the escalation levels."""
     return replace(timers, levels=())
+
+
+def delay_levels(timers: Timers, seconds: int, recorded: Iterable[str]) -> Timers:
+    """The escalation levels not recorded yet, `seconds` later (a SNOOZE kept over a new
+    schedule); those already fired keep their instant."""
+    if not seconds:
+        return timers
+    done = set(recorded)
+    later = timedelta(seconds=seconds)
+    levels = tuple(
+        at if level_kind(n) in done else at + later for n, at in enumerate(timers.levels, start=1)
+    )
+    return replace(timers, levels=levels)
 
 
 def _require_aware(moment: datetime) -> None:

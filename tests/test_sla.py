@@ -148,3 +148,14 @@ def test_next_instant_is_the_earliest_unrecorded_until_the_breach() -> None:
     assert sla.next_instant(timers, [sla.WARNING]) == timers.deadline_at
     assert sla.next_instant(timers, [sla.BREACH]) is None
     assert sla.next_instant(sla.Timers(None, None), []) is None
+
+
+def test_a_snooze_delay_moves_only_the_levels_not_yet_fired() -> None:
+    first, second = ENTERED + timedelta(minutes=15), ENTERED + timedelta(minutes=30)
+    timers = sla.Timers(ENTERED, ENTERED + timedelta(minutes=10), levels=(first, second))
+
+    delayed = sla.delay_levels(timers, 600, recorded={"breach", "level-1"})
+
+    assert delayed.levels == (first, second + timedelta(minutes=10))
+    assert (delayed.warning_at, delayed.deadline_at) == (timers.warning_at, timers.deadline_at)
+    assert sla.delay_levels(timers, 0, recorded=set()) == timers

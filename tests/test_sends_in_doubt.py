@@ -14,6 +14,7 @@ from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue, SimpleWorker
 from rq.exceptions import StopRequested
+from rq.scheduler import RQScheduler
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -398,6 +399,22 @@ def test_a_scheduler_lock_is_free_for_the_taking_once_its_holder_stops_refreshin
 
     expected = None if free else (None if lease_left is None else b"a-scheduler")
     assert redis.get(key) == expected
+
+
+def test_a_worker_asked_to_stop_does_not_start_a_scheduler_of_its_own(
+    desk_worker: worker_module.Worker, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM: RQ stops the worker's scheduler, which frees its lock; the worker's last
+    heartbeat must not take that for a dead scheduler and start another (it would outlive
+    the worker and keep the process from exiting)."""
+    started: list[RQScheduler] = []
+    monkeypatch.setattr(RQScheduler, "start", lambda self: started.append(self))
+    desk_worker.scheduler = RQScheduler(desk_worker.queues, connection=redis)
+    desk_worker._shutdown_requested_date = utcnow()
+
+    assert desk_worker._take_over_dead_scheduler() is False
+    assert started == []
+    assert redis.keys("rq:scheduler-lock:*") == []
 
 
 def test_sigterm_while_waiting_for_redis_ends_the_worker_cleanly(

@@ -56,6 +56,8 @@ class Worker(SimpleWorker):
         worker's upkeep, and meanwhile nobody moves the clock's jobs to their queue (the
         sweep fires what is due, a sweep interval late). True if it started one."""
         scheduler = self.scheduler
+        if self._asked_to_stop:  # its own scheduler has just been stopped: not another one
+            return False
         if scheduler is None or (scheduler._process and scheduler._process.is_alive()):
             return False
         lease = scheduler.interval + 60  # what RQScheduler.acquire_locks asks for

@@ -154,8 +154,8 @@ def test_a_snooze_delay_moves_only_the_levels_not_yet_fired() -> None:
     first, second = ENTERED + timedelta(minutes=15), ENTERED + timedelta(minutes=30)
     timers = sla.Timers(ENTERED, ENTERED + timedelta(minutes=10), levels=(first, second))
 
-    delayed = sla.delay_levels(timers, 600, recorded={"breach", "level-1"})
+    delayed = sla.delay_levels(timers, timedelta(minutes=10), recorded={"breach", "level-1"})
 
     assert delayed.levels == (first, second + timedelta(minutes=10))
     assert (delayed.warning_at, delayed.deadline_at) == (timers.warning_at, timers.deadline_at)
-    assert sla.delay_levels(timers, 0, recorded=set()) == timers
+    assert sla.delay_levels(timers, timedelta(0), recorded=set()) == timers

@@ -7,6 +7,7 @@ recorded in the card's history."""
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Callable
@@ -283,13 +284,13 @@ def snooze(session: Session, user: User, card: Card, command: Command, now: date
     if not pending:
         raise CommandError(f"Card #{card.id} has no escalation level left to snooze in {stage}.")
     assert command.minutes is not None
-    levels = list(visit.timers.levels)
-    first = levels[pending[0] - 1]
+    first = visit.timers.levels[pending[0] - 1]
     shift = max(first, now) + timedelta(minutes=command.minutes) - first
-    for level in pending:  # the same shift for each keeps them in order
-        levels[level - 1] += shift
+    # The same shift for each level still to come keeps them in order; it is kept on the
+    # visit so that re-timing to changed SLAs keeps the snooze (pipeline_store.retime).
+    levels = sla.delay_levels(visit.timers, shift, recorded).levels
     visit.escalations_at = [at.isoformat() for at in levels]
-    visit.escalation_delay_seconds = (visit.escalation_delay_seconds or 0) + int(
+    visit.escalation_delay_seconds = (visit.escalation_delay_seconds or 0) + math.ceil(
         shift.total_seconds()
     )
     visit.next_due_at = sla.next_instant(escalation.owed_timers(visit), recorded)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -98,7 +98,8 @@ def retime(session: Session, pipelines: list[Pipeline]) -> list[StageVisit]:
         timers = desk_cases.visit_timers(session, visit.card, visit.stage, visit.entered_at)
         recorded = desk_cases.recorded_kinds(session, visit)
         # A SNOOZE stays: the levels still to come keep their delay over the new schedule.
-        timers = sla.delay_levels(timers, visit.escalation_delay_seconds or 0, recorded)
+        delay = timedelta(seconds=visit.escalation_delay_seconds or 0)
+        timers = sla.delay_levels(timers, delay, recorded)
         desk_cases.set_timers(visit, timers, recorded)
     session.flush()
     return list(visits)

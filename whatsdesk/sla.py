@@ -91,13 +91,12 @@ def without_levels(timers: Timers) -> Timers:
     return replace(timers, levels=())
 
 
-def delay_levels(timers: Timers, seconds: int, recorded: Iterable[str]) -> Timers:
-    """The escalation levels not recorded yet, `seconds` later (a SNOOZE kept over a new
+def delay_levels(timers: Timers, later: timedelta, recorded: Iterable[str]) -> Timers:
+    """The escalation levels not recorded yet, `later` (a SNOOZE, or one kept over a new
     schedule); those already fired keep their instant."""
-    if not seconds:
+    if not later:
         return timers
     done = set(recorded)
-    later = timedelta(seconds=seconds)
     levels = tuple(
         at if level_kind(n) in done else at + later for n, at in enumerate(timers.levels, start=1)
     )

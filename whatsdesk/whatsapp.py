@@ -232,14 +232,9 @@ class TwilioSender:
             raise _classify(exc.status, exc.code, exc.msg) from exc
         except TwilioServiceException as exc:  # the API's newer RFC 9457 error format
             raise _classify(exc.status, exc.code, exc.detail or exc.title) from exc
-        except requests.ReadTimeout as exc:
-            # The request reached Twilio, which may have accepted it: a retry could send twice.
-            raise SendInDoubt("Twilio did not answer in time") from exc
-        except requests.ConnectionError as exc:
-            if _dropped_after_sending(exc):  # the same doubt: the line dropped mid-answer
-                raise SendInDoubt("the connection to Twilio closed before its answer") from exc
-            raise TransientSendError(f"Twilio unreachable: {type(exc).__name__}") from exc
         except requests.RequestException as exc:
+            if _reached_twilio(exc):  # it may have taken the message: a retry could send twice
+                raise SendInDoubt(f"no answer from Twilio: {type(exc).__name__}") from exc
             raise TransientSendError(f"Twilio unreachable: {type(exc).__name__}") from exc
         return Sent(sid=str(message.sid), status=str(message.status or "queued"))
 
@@ -272,12 +267,15 @@ class TwilioSender:
         return found
 
 
-def _dropped_after_sending(exc: requests.ConnectionError) -> bool:
-    """Did the connection fail after the request went out (closed or reset while waiting for
-    the answer: urllib3's ProtocolError), rather than before (refused, unresolvable, a
-    connect time-out: Twilio never saw it, and trying again is safe)?"""
+def _reached_twilio(exc: requests.RequestException) -> bool:
+    """Did the request go out before the call failed: no answer in time (ReadTimeout), or the
+    connection closed or reset while waiting for it (urllib3's ProtocolError)? Not when it
+    was refused, unresolvable or timed out connecting: Twilio never saw it, and trying
+    again is safe."""
+    if isinstance(exc, requests.ReadTimeout):
+        return True
     cause = exc.args[0] if exc.args else None
-    return isinstance(cause, ProtocolError)
+    return isinstance(exc, requests.ConnectionError) and isinstance(cause, ProtocolError)
 
 
 def _classify(status: int, code: int | None, text: str | None) -> Exception:

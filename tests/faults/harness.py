@@ -335,6 +335,14 @@ class ListingTwilio(TwilioServer):
                 self.created.append(datetime.now(UTC))
         return status, payload
 
+    def forget(self) -> None:
+        """Twilio's list shows none of the messages taken so far (as if each request had
+        been lost on its way); `.requests` still counts them."""
+        with self._changed:
+            self.sids.clear()
+            self.messages.clear()
+            self.created.clear()
+
     def listing(self, query: dict[str, str]) -> dict[str, Any]:
         with self._changed:
             rows = list(zip(self.sids, self.messages, self.created, strict=False))

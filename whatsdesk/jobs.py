@@ -338,12 +338,22 @@ def send_message(message_id: int) -> str:
 
 def _release_claim(config: Config, message_id: int, attempts: int) -> None:
     """A send job failing before its call to Twilio hands its message back ("retrying", the
-    attempt not counted): its own retry or the sweep sends it within STALE_SEND_SECONDS,
-    rather than it waiting SEND_SETTLED_SECONDS as a call that might have reached Twilio.
-    If the database cannot be reached either, the sweep settles it as interrupted."""
+    attempt not counted), rather than leave it to wait SEND_SETTLED_SECONDS as a call that
+    might have reached Twilio. Its job is gone (or RQ's retry has it, which the sweep sees
+    as live): stamped as stale already, the message is sent by the next sweep, without the
+    STALE_SEND_SECONDS grace a job still on its way to Redis gets. If the database cannot
+    be reached either, the sweep settles it as interrupted."""
+    stale = utcnow() - timedelta(seconds=STALE_SEND_SECONDS)
     try:
         with session_scope(config.database_url) as session:
-            _update_claim(session, message_id, attempts, status="retrying", attempts=attempts - 1)
+            _update_claim(
+                session,
+                message_id,
+                attempts,
+                status="retrying",
+                attempts=attempts - 1,
+                updated_at=stale,
+            )
     except Exception:
         log.exception("send %s: could not hand its claim back; the sweep will", message_id)
 
@@ -362,7 +372,8 @@ def _still_claimed(config: Config, message_id: int, attempts: int) -> bool:
 
 def _update_claim(session: Session, message_id: int, attempt: int, **values: object) -> int:
     """Change a message only while it is "sending" under the claim of attempt number
-    `attempt` (stamping updated_at); how many rows changed (0 or 1)."""
+    `attempt` (stamping updated_at with now, unless `values` say otherwise); how many rows
+    changed (0 or 1)."""
     return session.execute(
         update(Message)
         .where(
@@ -370,7 +381,7 @@ def _update_claim(session: Session, message_id: int, attempt: int, **values: obj
             Message.status == "sending",
             Message.attempts == attempt,
         )
-        .values(updated_at=utcnow(), **values)
+        .values({"updated_at": utcnow(), **values})
     ).rowcount
 
 

@@ -302,6 +302,45 @@ def test_alerts_held_back_go_out_as_one_digest_at_the_window_end(
     assert message(env, digest.id).status == "queued"
 
 
+def test_an_alert_after_a_digest_waits_for_the_window_to_end_again(
+    seeded: Config, session: Session
+) -> None:
+    configure(session, window="30s")
+    sofia = user(session, "sofia@example.com").id
+    breach(session, open_card(session, *customer(1)))
+    notifications.gather(session, sofia, BREACH_AT)
+    for n in (2, 3):
+        breach(session, open_card(session, *customer(n)), at=BREACH_AT + timedelta(seconds=5))
+    [digest] = notifications.gather(session, sofia, BREACH_AT + timedelta(seconds=30)).sends
+    session.commit()
+    assert digest.sla_event_id is None  # a digest is no alert of its own
+
+    breach(session, open_card(session, *customer(4)), at=BREACH_AT + timedelta(seconds=40))
+    batch = notifications.gather(session, sofia, BREACH_AT + timedelta(seconds=40))
+
+    assert batch.sends == [] and batch.wait_until == BREACH_AT + timedelta(seconds=60)
+
+
+def test_an_answer_to_a_staff_command_does_not_hold_back_the_next_alert(
+    seeded: Config, session: Session
+) -> None:
+    """Sofia wrote to the desk (the commands' help answered her) five seconds before a breach."""
+    configure(session, window="30s")
+    sofia = user(session, "sofia@example.com").id
+    form = inbound_form(phone=ADDRESS["sofia"].removeprefix("whatsapp:"), body="on it")
+    wrote_at = BREACH_AT - timedelta(seconds=5)
+    received = desk.receive_message(session, whatsapp.parse_inbound(form), wrote_at)
+    session.commit()
+    [answer] = received.outbound
+    assert answer.sent_at == wrote_at  # handed to the sender at once, as alerts are
+    breach(session, open_card(session))
+    [alert] = alerts_to(seeded, "sofia")
+
+    batch = notifications.gather(session, sofia, BREACH_AT)
+
+    assert [m.id for m in batch.sends] == [alert.id] and batch.wait_until is None
+
+
 def test_an_alert_handed_to_the_sender_alone_is_not_bundled_again(
     twilio: TwilioServer, env: Config, session: Session
 ) -> None:

@@ -8,8 +8,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy.orm import Session, aliased
 
 from . import desk, settings, sla
 from .models import Contact, Message, SlaEvent, User
@@ -60,11 +60,7 @@ def gather(session: Session, user_id: int, now: datetime) -> Batch:
         for message in pending:
             message.sent_at = now
         return Batch(sends=list(pending))
-    last = session.scalar(
-        select(func.max(Message.sent_at)).where(
-            Message.user_id == user_id, Message.contact_id.is_(None)
-        )
-    )
+    last = session.scalar(select(func.max(Message.sent_at)).where(_alerted(user_id)))
     if last is not None and now < last + window:
         return Batch(wait_until=last + window)
     if len(pending) == 1:
@@ -85,6 +81,20 @@ def gather(session: Session, user_id: int, now: datetime) -> Batch:
     for message in pending:
         message.status, message.digest_id, message.updated_at = "bundled", digest.id, now
     return Batch(sends=[digest])
+
+
+def _alerted(user_id: int) -> ColumnElement[bool]:
+    """The person's alerts and digests: what the digest window counts from. Answers to
+    their own commands do not count, or a TAKE just before a breach would hold its alert."""
+    bundled = aliased(Message)
+    return and_(
+        Message.user_id == user_id,
+        Message.contact_id.is_(None),
+        or_(
+            Message.sla_event_id.is_not(None),
+            select(bundled.id).where(bundled.digest_id == Message.id).exists(),
+        ),
+    )
 
 
 DIGEST_LIMIT = 1500  # characters: WhatsApp takes 1600 per message

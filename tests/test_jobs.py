@@ -7,6 +7,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.registry import ScheduledJobRegistry
-from sqlalchemy import select
+from sqlalchemy import make_url, select
 from sqlalchemy.orm import Session
 
 from whatsdesk import desk, escalation, jobs, sla, whatsapp
@@ -33,7 +34,15 @@ from whatsdesk.config import Config
 from whatsdesk.db import session_factory, utcnow
 from whatsdesk.models import EarlyStatus, Message, SlaEvent, StageVisit, User
 
-from conftest import STAFF, inbound_form, query_plan, seed, signed_post
+from conftest import (
+    STAFF,
+    eventually,
+    inbound_form,
+    keeps_another_waiting,
+    query_plan,
+    seed,
+    signed_post,
+)
 from twilio_server import TwilioServer
 
 # The seeded first stage "New": SLA 2 min, warning 1 min before; alerts go to Ana and Bruno.
@@ -980,6 +989,40 @@ def test_a_visit_that_cannot_fire_does_not_stop_the_sweep(
 
     assert (counts["fired"], counts["errors"]) == (1, 1)
     assert [(e.visit_id, e.kind) for e in sla_events(seeded)] == [(fine.id, "warning")]
+
+
+def test_the_sweep_points_a_visit_at_its_next_instant_as_a_re_timing_left_it(
+    env: Config, seeded: Config, session: Session
+) -> None:
+    """The sweep finds a visit still pointing at its recorded warning while the settings
+    re-time it (breach 30 s sooner, not yet committed): it waits for the re-timing and points
+    the visit at the new breach, not at the old one it read first."""
+    if make_url(seeded.database_url).get_backend_name() != "postgresql":
+        pytest.skip("SQLite has no row locks: it runs one writer at a time")
+    visit_id = open_card(session).new_visit.id  # type: ignore[union-attr]
+    jobs.fire_and_send(seeded, visit_id, "warning", WARNING_AT)
+    session.get_one(StageVisit, visit_id).next_due_at = WARNING_AT  # recorded some other way
+    session.commit()
+    sooner = BREACH_AT - timedelta(seconds=30)
+    retimer = session_factory(seeded.database_url)()
+    try:
+        visit = retimer.scalars(
+            select(StageVisit).where(StageVisit.id == visit_id).with_for_update()
+        ).one()
+        desk.set_timers(visit, replace(visit.timers, deadline_at=sooner), {"warning"})
+        retimer.flush()
+        sweep = threading.Thread(
+            target=jobs.reconcile, args=(env, WARNING_AT + timedelta(seconds=10))
+        )
+        sweep.start()
+        holder = retimer.connection().connection.dbapi_connection
+        assert eventually(lambda: keeps_another_waiting(seeded.database_url, holder), timeout=10)
+        retimer.commit()
+        sweep.join(timeout=10)
+    finally:
+        retimer.close()
+
+    assert next_due(seeded, visit_id) == sooner
 
 
 def test_the_sweeps_due_query_uses_the_next_due_index(seeded: Config, session: Session) -> None:

@@ -511,16 +511,33 @@ def _with_recorded(
 
 def _due_events(session: Session, now: datetime) -> list[tuple[int, list[str]]]:
     """Visits whose next instant has come (an indexed range query), with what they owe."""
-    due = []
+    due, astray = [], []
     query = _open_visits().where(StageVisit.next_due_at <= now)
     for visit, recorded in _with_recorded(session, query):
-        timers = escalation.owed_timers(visit)
-        kinds = sla.due_kinds(now, timers, recorded)
+        kinds = sla.due_kinds(now, escalation.owed_timers(visit), recorded)
         if kinds:
             due.append((visit.id, kinds))
-        else:  # recorded some other way: point it at what it really owes next
-            visit.next_due_at = sla.next_instant(timers, recorded)
+        else:  # recorded some other way (a clock job, an ACK)
+            astray.append(visit.id)
+    if astray:
+        _repoint(session, astray)
     return due
+
+
+def _repoint(session: Session, visit_ids: list[int]) -> None:
+    """Point each visit at what it really owes next, as it is once locked (in id order, as
+    every writer of visits locks them): a re-timing or a SNOOZE committed since the sweep
+    read it must not be overwritten with an instant from its old timers."""
+    visits = session.scalars(
+        select(StageVisit)
+        .where(StageVisit.id.in_(visit_ids), StageVisit.left_at.is_(None))
+        .order_by(StageVisit.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).all()
+    recorded = escalation.recorded_of(session, visits)
+    for visit in visits:
+        visit.next_due_at = sla.next_instant(escalation.owed_timers(visit), recorded[visit.id])
 
 
 def _seconds_to_arm(session: Session, now: datetime, horizon: datetime) -> set[int]:

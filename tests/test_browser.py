@@ -130,6 +130,20 @@ def test_new_customers_appear_on_the_open_queue_without_a_reload(
     if os.environ.get("UPDATE_DOCS_SCREENSHOTS"):
         shutil.copy(OUTPUT / "queue.png", PROJECT_ROOT / "docs" / "queue.png")
 
+    # The backlog outgrows a page (50 rows): the pager comes in with the refresh too.
+    pager = page.locator("#queue-pager")
+    expect(pager).to_have_text("")
+    for n in range(48):
+        form = inbound_form(phone=f"+55119300{n:05d}", name=f"Customer {n:02d}")
+        assert post_signed(web, twilio.auth_token, form) == 200
+    expect(pager).to_contain_text("Page 1 of 2", timeout=POLL_MS)
+    expect(page.locator("#queue-total")).to_have_text("51")
+    expect(rows).to_have_count(50)
+    assert page.evaluate("window.sameDocument") is True, "the queue page was reloaded"
+    pager.get_by_role("link", name="Next →").click()
+    expect(pager).to_contain_text("Page 2 of 2")
+    expect(rows.locator("td").first).to_have_text("51")
+
 
 def test_an_agent_takes_answers_moves_and_resolves_a_conversation(
     page: Page, desk: tuple[str, TwilioServer]

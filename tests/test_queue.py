@@ -251,7 +251,7 @@ def test_customer_text_is_escaped(client: FlaskClient, agent: Config) -> None:
     assert row["last"] == "<script>alert(1)</script>"
 
 
-def test_fragment_returns_just_the_rows(client: FlaskClient, agent: Config) -> None:
+def test_fragment_returns_just_the_rows_and_the_pager(client: FlaskClient, agent: Config) -> None:
     customer_writes(client, agent, "+5511900000001", "Alice")
     customer_writes(client, agent, "+5511900000002", "Bob")
 
@@ -259,8 +259,9 @@ def test_fragment_returns_just_the_rows(client: FlaskClient, agent: Config) -> N
 
     assert answer.status_code == 200
     fragment = answer.get_data(as_text=True)
-    assert fragment.lstrip().startswith("<tr")
-    for whole_page_only in ("<html", "<head", "<thead", "<h1", "Log out", "queue.js"):
+    assert '<tbody id="queue-rows"' in fragment
+    assert '<div id="queue-pager">' in fragment
+    for whole_page_only in ("<html", "<head", "<thead", "<h1", "Log out", "queue.js", "<form"):
         assert whole_page_only not in fragment
     assert [r["customer"].split()[0] for r in queue_rows(fragment)] == ["Alice", "Bob"]
 
@@ -554,6 +555,65 @@ def test_the_refreshing_rows_of_page_two_are_page_two(client: FlaskClient, crowd
 
     assert rows == queue_rows(page)
     assert rows[0]["#"] == "51"
+
+
+def customers_wait(config: Config, count: int, first: int = 1) -> None:
+    """`count` more customers waiting ("Waiting NN"), each with a conversation of their own."""
+    with session_factory(config.database_url)() as s:
+        for n in range(first, first + count):
+            form = inbound_form(phone=f"+55119300{n:05d}", name=f"Waiting {n:02d}")
+            desk.receive_message(s, whatsapp.parse_inbound(form), T0 + timedelta(minutes=n))
+        s.commit()
+
+
+def test_the_refresh_brings_the_pager_of_a_grown_backlog(
+    client: FlaskClient, agent: Config
+) -> None:
+    customers_wait(agent, 50)
+    page = client.get("/queue").get_data(as_text=True)
+    assert '<nav class="pages"' not in page  # one page: no pager
+
+    customers_wait(agent, 1, first=51)
+    refreshed = client.get(refresh_source(page)).get_data(as_text=True)
+
+    assert pager(refreshed) == "Page 1 of 2 Next →"
+    assert parse_qs(urlsplit(link(refreshed, "next")).query) == {"page": ["2"]}
+    assert len(queue_rows(refreshed)) == 50
+
+
+def test_the_refreshing_pager_keeps_the_filters(client: FlaskClient, crowded: Config) -> None:
+    page = client.get("/queue?owner=unassigned&page=2").get_data(as_text=True)
+
+    refreshed = client.get(refresh_source(page)).get_data(as_text=True)
+
+    assert pager(refreshed) == pager(page) == "← Previous Page 2 of 3 Next →"
+    assert parse_qs(urlsplit(link(refreshed, "prev")).query) == {
+        "owner": ["unassigned"],
+        "page": ["1"],
+    }
+    assert parse_qs(urlsplit(link(refreshed, "next")).query) == {
+        "owner": ["unassigned"],
+        "page": ["3"],
+    }
+
+
+def test_a_page_gone_with_a_shrunk_backlog_shows_the_last_page(
+    client: FlaskClient, crowded: Config
+) -> None:
+    page = client.get("/queue?page=3").get_data(as_text=True)
+    with session_factory(crowded.database_url)() as s:  # 30 answered: 90 left, two pages
+        for card in s.scalars(select(Card).where(Card.waiting_since.is_(None)).limit(30)):
+            card.status, card.resolved_at = "resolved", utcnow()
+        s.commit()
+
+    refreshed = client.get(refresh_source(page)).get_data(as_text=True)
+    reloaded = client.get("/queue?page=3").get_data(as_text=True)
+
+    for shown in (refreshed, reloaded):
+        assert pager(shown) == "← Previous Page 2 of 2"
+        assert [r["#"] for r in queue_rows(shown)] == [str(n) for n in range(51, 91)]
+        # The next refresh stays on the page shown.
+        assert parse_qs(urlsplit(refresh_source(shown)).query)["page"] == ["2"]
 
 
 def test_each_row_opens_its_conversation(client: FlaskClient, agent: Config) -> None:

@@ -46,7 +46,7 @@ def index() -> str | Response:
     fragment = bool(request.args.get("fragment"))
     args = {k: v for k, v in request.args.items() if k not in ("fragment", "page") and v}
     html = render_template(
-        "_queue_rows.html" if fragment else "queue.html",
+        "_queue_refresh.html" if fragment else "queue.html",
         rows=page.rows,
         page=page,
         filters=filters,
@@ -61,7 +61,7 @@ def index() -> str | Response:
     )
     if not fragment:
         return html
-    # The rows' refresh also updates the page's count of open conversations.
+    # The refresh (rows and pager) also updates the page's count of open conversations.
     answer = make_response(html)
     answer.headers["X-Queue-Total"] = str(page.total)
     return answer

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from whatsdesk import clock, desk, pipeline_store, pipelines
-from whatsdesk.calendars import read_ics
+from whatsdesk.calendars import ics_years, read_ics
 from whatsdesk.config import Config
 from whatsdesk.models import BusinessCalendar, Card, StageVisit
 from whatsdesk.whatsapp import Inbound
@@ -161,7 +161,7 @@ def test_an_ics_file_closes_its_days(config: Config, session: Session, tmp_path:
         "BEGIN:VEVENT\r\nUID:1\r\nDTSTART;VALUE=DATE:20261125\r\nDTEND;VALUE=DATE:20261127\r\n"
         "SUMMARY:Team offsite\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
     )
-    assert read_ics(str(ics)) == [date(2026, 11, 25), date(2026, 11, 26)]
+    assert read_ics(str(ics), ics_years(2026)) == [date(2026, 11, 25), date(2026, 11, 26)]
     yearly = "        - {date: 2025-12-31, yearly: true}\n"
     load(session, FILE.replace(yearly, f"{yearly}      ics: {ics}\n"))
 
@@ -170,6 +170,50 @@ def test_an_ics_file_closes_its_days(config: Config, session: Session, tmp_path:
     assert visit_of(session, card).deadline_at == local(2026, 11, 27, 10, 0)
     stored = session.scalars(select(BusinessCalendar)).one()
     assert stored.ics_dates == ["2026-11-25", "2026-11-26"]
+
+
+def test_a_recurring_ics_holiday_closes_its_day_in_years_after_the_load(
+    config: Config, session: Session, tmp_path: Path
+) -> None:
+    ics = tmp_path / "founders.ics"
+    ics.write_text(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//whatsdesk test//EN\r\n"
+        "BEGIN:VEVENT\r\nUID:founders\r\nDTSTART;VALUE=DATE:20201124\r\n"
+        "DTEND;VALUE=DATE:20201125\r\nRRULE:FREQ=YEARLY\r\nSUMMARY:Founders' day\r\n"
+        "END:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+    yearly = "        - {date: 2025-12-31, yearly: true}\n"
+    load(session, FILE.replace(yearly, f"{yearly}      ics: {ics}\n"), now=local(2026, 6, 1, 9, 0))
+
+    # Thursday 23 Nov 2028, an hour before closing; Friday 24 is Founders' day.
+    card = customer_writes(session, local(2028, 11, 23, 17, 0))
+
+    assert visit_of(session, card).deadline_at == local(2028, 11, 27, 10, 0)
+
+
+def test_recurring_ics_events_skip_excluded_dates_and_follow_moved_ones(tmp_path: Path) -> None:
+    ics = tmp_path / "closures.ics"
+    ics.write_text(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//whatsdesk test//EN\r\n"
+        "BEGIN:VEVENT\r\nUID:xmas\r\nDTSTART;VALUE=DATE:20201225\r\n"
+        "DTEND;VALUE=DATE:20201226\r\nRRULE:FREQ=YEARLY\r\n"
+        "EXDATE;VALUE=DATE:20271225\r\nSUMMARY:Christmas\r\nEND:VEVENT\r\n"
+        "BEGIN:VEVENT\r\nUID:xmas\r\nRECURRENCE-ID;VALUE=DATE:20281225\r\n"
+        "DTSTART;VALUE=DATE:20281227\r\nDTEND;VALUE=DATE:20281228\r\n"
+        "SUMMARY:Christmas (closed two days later)\r\nEND:VEVENT\r\n"
+        "BEGIN:VEVENT\r\nUID:stocktake\r\nDTSTART;VALUE=DATE:20260105\r\n"
+        "RRULE:FREQ=WEEKLY;COUNT=3\r\nSUMMARY:Stocktake Mondays\r\nEND:VEVENT\r\n"
+        "END:VCALENDAR\r\n"
+    )
+
+    assert read_ics(str(ics), range(2026, 2030)) == [
+        date(2026, 1, 5),
+        date(2026, 1, 12),
+        date(2026, 1, 19),
+        date(2026, 12, 25),
+        date(2028, 12, 27),
+        date(2029, 12, 25),
+    ]
 
 
 def test_calendar_mistakes_in_the_file_are_refused_naming_line_and_field() -> None:
@@ -290,4 +334,4 @@ def test_ics_timed_events_ending_at_midnight_and_cancelled_events(tmp_path: Path
         "BEGIN:VEVENT\r\nUID:2\r\nSTATUS:CANCELLED\r\nDTSTART;VALUE=DATE:20261210\r\n"
         "SUMMARY:Called off\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
     )
-    assert read_ics(str(ics)) == [date(2026, 12, 1)]
+    assert read_ics(str(ics), ics_years(2026)) == [date(2026, 12, 1)]

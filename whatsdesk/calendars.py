@@ -9,6 +9,7 @@ from pathlib import Path
 
 import holidays as public_holidays
 import icalendar
+import recurring_ical_events
 
 from . import clock
 from .models import BusinessCalendar, Pipeline, Stage
@@ -16,6 +17,14 @@ from .models import BusinessCalendar, Pipeline, Stage
 ICS_TIMEOUT_SECONDS = 10
 # Holidays are resolved for the years around an instant: enough for any SLA that ends in them.
 YEARS_BEFORE, YEARS_AFTER = 1, 3
+# An .ics file is read once, when the configuration is loaded: its recurring events are
+# expanded from the year before that to ten years after (loading again extends them).
+ICS_YEARS_BEFORE, ICS_YEARS_AFTER = 1, 10
+
+
+def ics_years(year: int) -> range:
+    """The years an .ics file read in `year` closes days in."""
+    return range(year - ICS_YEARS_BEFORE, year + ICS_YEARS_AFTER + 1)
 
 
 def row_for_stage(stage: Stage) -> BusinessCalendar | None:
@@ -87,8 +96,10 @@ def own_dates(day: date, yearly: bool, years: range) -> list[date]:
     return repeated
 
 
-def read_ics(source: str) -> list[date]:
-    """Every day covered by the events of an iCalendar file (a path) or URL (http/https)."""
+def read_ics(source: str, years: range) -> list[date]:
+    """Every day of `years` covered by the events of an iCalendar file (a path) or URL
+    (http/https), recurring events expanded (RRULE and RDATE, less EXDATE; a moved or
+    cancelled occurrence as its RECURRENCE-ID override says)."""
     if source.startswith(("http://", "https://")):
         with urllib.request.urlopen(source, timeout=ICS_TIMEOUT_SECONDS) as answer:  # noqa: S310
             raw = answer.read()
@@ -96,14 +107,17 @@ def read_ics(source: str) -> list[date]:
         raw = Path(source).read_bytes()
     try:
         parsed = icalendar.Calendar.from_ical(raw)
+        events = recurring_ical_events.of(parsed).between(
+            date(years.start, 1, 1), date(years.stop, 1, 1)
+        )
     except ValueError as exc:
         raise ValueError(f"not an iCalendar file: {exc}") from exc
     days: set[date] = set()
-    for event in parsed.walk("VEVENT"):
+    for event in events:
         if str(event.get("STATUS", "")).upper() == "CANCELLED":
             continue
         days |= set(_event_days(event))
-    return sorted(days)
+    return sorted(day for day in days if day.year in years)
 
 
 def _event_days(event: icalendar.Event) -> list[date]:

@@ -120,7 +120,9 @@ def _resolve_calendar(
     ics_days: list[str] = []
     if spec.ics:
         try:
-            ics_days = [d.isoformat() for d in calendars.read_ics(spec.ics)]
+            ics_days = [
+                d.isoformat() for d in calendars.read_ics(spec.ics, calendars.ics_years(now.year))
+            ]
         except Exception as exc:  # any unreadable source: refuse the file, say why
             problems.append(f"{where}.ics: cannot read {spec.ics}: {exc}")
     return spec, ics_days

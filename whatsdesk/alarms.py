@@ -70,7 +70,9 @@ def free_silent_scheduler_lock(redis: Redis, lock_key: str, lease_seconds: int) 
     that has not refreshed its `lease_seconds` lease for SCHEDULER_SILENT_SECONDS (then it
     is deleted)? A live scheduler refreshes it every second and keeps it."""
     keep_above = lease_seconds - SCHEDULER_SILENT_SECONDS
-    return bool(redis.eval(_FREE_SILENT_LOCK, 1, lock_key, keep_above))
+    # EVALSHA: the script's text goes to Redis once, not with each check.
+    free = redis.register_script(_FREE_SILENT_LOCK)
+    return bool(free(keys=[lock_key], args=[keep_above]))
 
 
 @lru_cache(maxsize=8)

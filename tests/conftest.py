@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import tempfile
+
+# Each test process (and what it starts) counts its metrics in a directory of its own, set
+# before whatsdesk.metrics is imported: never in instance/metrics, which `make run` uses.
+METRICS_DIR = tempfile.mkdtemp(prefix="whatsdesk-test-metrics-")
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = METRICS_DIR
 import re
 import shutil
 import socket
@@ -35,6 +41,10 @@ from whatsdesk.redis_server import PrivateRedis
 PASSWORD = "correct-horse-42"
 BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("TEST_DATABASE_URL") else [])
 RUN_ID = uuid.uuid4().hex[:8]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(METRICS_DIR, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -36,12 +36,16 @@ def test_launcher_starts_web_worker_and_sweep_and_ctrl_c_stops_them(
     database = f"sqlite:///{tmp_path / 'run.db'}"
     migrate(database)
     port = free_port()
+    counters = tmp_path / "metrics"
+    counters.mkdir()
+    (counters / "counter_99999.db").write_bytes(b"an earlier run's counts")
     env = {
         **os.environ,
         "DATABASE_URL": database,
         "REDIS_URL": config.redis_url,
         "SECRET_KEY": "launcher-test-key",
         "PORT": str(port),
+        "PROMETHEUS_MULTIPROC_DIR": str(counters),
     }
     launcher = subprocess.Popen(
         [sys.executable, "-m", "whatsdesk.devserver"],
@@ -57,6 +61,8 @@ def test_launcher_starts_web_worker_and_sweep_and_ctrl_c_stops_them(
         assert eventually(
             lambda: bool(Redis.from_url(config.redis_url).smembers("rq:workers")), timeout=30
         )
+        # The metrics start from zero: an earlier run's counters are gone.
+        assert not (counters / "counter_99999.db").exists()
     finally:
         launcher.send_signal(signal.SIGINT)
         launcher.wait(timeout=60)

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import procfile
+from . import metrics, procfile
 from .config import INSTANCE_DIR, PRIVATE_REDIS_SOCKET, PROJECT_ROOT, Config
 from .redis_server import PrivateRedis
 
@@ -31,6 +31,7 @@ def local_secret_key() -> str:
 
 def main() -> int:
     config = Config.from_env()
+    metrics.start_afresh()  # this run's counters start from zero, as Prometheus expects
     redis = PrivateRedis(PRIVATE_REDIS_SOCKET) if config.redis_url_is_private else None
     redis_url = redis.start() if redis else config.redis_url
     env = {

@@ -14,6 +14,7 @@ import ipaddress
 import os
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
 from .config import INSTANCE_DIR
 
@@ -43,6 +44,18 @@ from .models import Card  # noqa: E402
 
 if not getattr(values.ValueClass, "_multiprocess", False):  # imported before us: switch it
     values.ValueClass = values.MultiProcessValue()
+
+
+def start_afresh() -> int:
+    """Remove the counters that processes of an earlier run left in the metrics directory
+    (Prometheus expects counters to restart from zero with the service); before any process
+    of this run starts. The number of files removed."""
+    removed = 0
+    for leftover in Path(os.environ[MULTIPROC_ENV]).glob("*.db"):
+        leftover.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -151,10 +151,14 @@ def _fire_locked(
 
 
 def owed_timers(visit: StageVisit) -> sla.Timers:
-    """The visit's timers that can still fire: once a supervisor acknowledged the
+    """The visit's timers that can still fire."""
+    return owed(visit.timers, visit.acknowledged_at)
+
+
+def owed(timers: sla.Timers, acknowledged_at: datetime | None) -> sla.Timers:
+    """Of a visit's timers, those that can still fire: once a supervisor acknowledged the
     escalation, no further level comes (the warning, breach, resolution and timeout do)."""
-    timers = visit.timers
-    return sla.without_levels(timers) if visit.acknowledged_at is not None else timers
+    return sla.without_levels(timers) if acknowledged_at is not None else timers
 
 
 def notify(

@@ -132,9 +132,7 @@ def _timers_of(
         .where(StageVisit.left_at.is_(None), Card.status == "open", *where)
     )
     for visit_id, next_due, acknowledged, *values in rows:
-        timers = timers_from(*values)
-        # Acknowledged: no further escalation level comes (as escalation.owed_timers).
-        yield visit_id, next_due, sla.without_levels(timers) if acknowledged else timers
+        yield visit_id, next_due, escalation.owed(timers_from(*values), acknowledged)
 
 
 def _at_instant(instant: datetime, come_back: Callable[[], None]) -> bool:

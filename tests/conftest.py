@@ -12,6 +12,7 @@ os.environ["PROMETHEUS_MULTIPROC_DIR"] = METRICS_DIR
 import re
 import shutil
 import socket
+import threading
 import time
 import urllib.request
 import uuid
@@ -404,6 +405,18 @@ def keeps_another_waiting(database_url: str, dbapi_connection: Any) -> bool:
     query = text("SELECT count(*) FROM pg_stat_activity WHERE :me = ANY(pg_blocking_pids(pid))")
     with get_engine(database_url).connect() as watcher:
         return bool(watcher.scalar(query, {"me": dbapi_connection.info.backend_pid}))
+
+
+def commit_once_it_waits(session: Session, database_url: str, other: Callable[[], Any]) -> None:
+    """PostgreSQL: run `other` in a thread until it waits on a lock `session` holds, then
+    commit `session` and let `other` finish."""
+    thread = threading.Thread(target=other)
+    thread.start()
+    holder = session.connection().connection.dbapi_connection
+    assert eventually(lambda: keeps_another_waiting(database_url, holder), timeout=10)
+    session.commit()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
 
 
 def eventually(condition: Callable[[], bool], timeout: float) -> bool:

@@ -36,9 +36,8 @@ from whatsdesk.models import EarlyStatus, Message, SlaEvent, StageVisit, User
 
 from conftest import (
     STAFF,
-    eventually,
+    commit_once_it_waits,
     inbound_form,
-    keeps_another_waiting,
     query_plan,
     seed,
     signed_post,
@@ -1011,14 +1010,8 @@ def test_the_sweep_points_a_visit_at_its_next_instant_as_a_re_timing_left_it(
         ).one()
         desk.set_timers(visit, replace(visit.timers, deadline_at=sooner), {"warning"})
         retimer.flush()
-        sweep = threading.Thread(
-            target=jobs.reconcile, args=(env, WARNING_AT + timedelta(seconds=10))
-        )
-        sweep.start()
-        holder = retimer.connection().connection.dbapi_connection
-        assert eventually(lambda: keeps_another_waiting(seeded.database_url, holder), timeout=10)
-        retimer.commit()
-        sweep.join(timeout=10)
+        later = WARNING_AT + timedelta(seconds=10)
+        commit_once_it_waits(retimer, seeded.database_url, lambda: jobs.reconcile(env, later))
     finally:
         retimer.close()
 

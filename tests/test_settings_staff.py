@@ -4,7 +4,6 @@ audited without passwords, and the desk never left without an active admin."""
 from __future__ import annotations
 
 import json
-import threading
 from datetime import UTC, datetime
 
 import pytest
@@ -18,7 +17,7 @@ from whatsdesk.config import Config
 from whatsdesk.db import session_factory
 from whatsdesk.models import AuditEntry, User
 
-from conftest import PASSWORD, count, eventually, fresh, keeps_another_waiting, login, page_token
+from conftest import PASSWORD, commit_once_it_waits, count, fresh, login, page_token
 
 ADMIN = "ada@example.com"
 CALENDAR_YAML = """
@@ -359,12 +358,7 @@ def test_two_admins_demoting_each_other_at_once_leave_one_admin(admin: Config) -
 
     try:
         demote(ada_side, "bob@example.com", ADMIN)  # not committed yet
-        bob = threading.Thread(target=bob_demotes_ada)
-        bob.start()
-        holder = ada_side.connection().connection.dbapi_connection
-        assert eventually(lambda: keeps_another_waiting(admin.database_url, holder), timeout=10)
-        ada_side.commit()
-        bob.join(timeout=10)
+        commit_once_it_waits(ada_side, admin.database_url, bob_demotes_ada)
     finally:
         ada_side.close()
         bob_side.close()

@@ -304,7 +304,8 @@ def test_missing_message_sid_is_refused_naming_the_field(
 def test_sender_that_is_not_a_whatsapp_e164_address_is_refused(
     client: FlaskClient, seeded: Config, session: Session
 ) -> None:
-    for sender in (PHONE, "whatsapp:5511999990000", "whatsapp:+55 11 99999", "sms:+5511999990000"):
+    odd = (PHONE, "whatsapp:5511999990000", "whatsapp:+55 11 99999", "sms:+5511999990000")
+    for sender in (*odd, f"whatsapp:{PHONE}\n"):  # a final new line would make a second contact
         answer = post(client, seeded, INBOUND, {**inbound_form(), "From": sender})
         assert answer.status_code == 400, sender
         assert "From must be a WhatsApp address" in answer.get_data(as_text=True)
@@ -314,9 +315,10 @@ def test_sender_that_is_not_a_whatsapp_e164_address_is_refused(
 def test_message_sid_that_is_not_a_twilio_sid_is_refused(
     client: FlaskClient, seeded: Config, session: Session
 ) -> None:
-    answer = post(client, seeded, INBOUND, inbound_form(sid="SM-1; DROP TABLE messages"))
-    assert answer.status_code == 400
-    assert "MessageSid is not a Twilio message SID" in answer.get_data(as_text=True)
+    for sid in ("SM-1; DROP TABLE messages", "SM" + "a" * 62 + "\n"):
+        answer = post(client, seeded, INBOUND, inbound_form(sid=sid))
+        assert answer.status_code == 400, sid
+        assert "MessageSid is not a Twilio message SID" in answer.get_data(as_text=True)
     assert nothing_stored(session)
 
 
@@ -575,6 +577,16 @@ def test_status_without_message_status_is_refused(
     answer = post(client, config, STATUS, form)
     assert answer.status_code == 400
     assert "MessageStatus" in answer.get_data(as_text=True)
+    assert stored(session, message.id).status == "queued"
+
+
+def test_status_for_a_sid_that_is_not_a_twilio_sid_is_refused(
+    client: FlaskClient, config: Config, session: Session
+) -> None:
+    message = outbound(session)
+    answer = post(client, config, STATUS, status_form(f"{message.sid}\n", "delivered"))
+    assert answer.status_code == 400
+    assert "MessageSid is not a Twilio message SID" in answer.get_data(as_text=True)
     assert stored(session, message.id).status == "queued"
 
 

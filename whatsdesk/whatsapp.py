@@ -27,12 +27,12 @@ REQUEST_TIMEOUT_SECONDS = 10
 LIST_LIMIT = 200
 # Twilio's rate-limit codes: too many requests, and WhatsApp's per-sender throttle.
 TRANSIENT_CODES = {20429, 63018}
-E164_RE = re.compile(r"^\+[1-9]\d{6,14}$")
+E164_RE = re.compile(r"^\+[1-9]\d{6,14}\Z")  # \Z: "$" would let a final new line through
 ADDRESS_RE = re.compile(r"^whatsapp:" + E164_RE.pattern.removeprefix("^"))
 # TwiML for "no reply": the desk answers through the REST API, from its jobs.
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response />'
 
-SID_RE = re.compile(r"^[A-Za-z0-9]{10,64}$")
+SID_RE = re.compile(r"^[A-Za-z0-9]{10,64}\Z")
 # What the desk stores from an inbound form, with its column's length: PostgreSQL refuses
 # longer text, and a NUL character anywhere, so such a form gets a 400, not a 503 retried.
 STORED_FIELDS = {"To": 64, "WaId": 32, "ProfileName": 255, "Body": None}

@@ -581,6 +581,21 @@ def test_the_refresh_brings_the_pager_of_a_grown_backlog(
     assert len(queue_rows(refreshed)) == 50
 
 
+def test_unknown_query_arguments_are_left_out_of_the_queues_links(
+    client: FlaskClient, agent: Config
+) -> None:
+    customer_writes(client, agent, "+5511900000001", "Alice")
+    answer = client.get("/queue?owner=unassigned&endpoint=x&table=y&_external=1")
+    page = answer.get_data(as_text=True)
+
+    assert answer.status_code == 200 and "Alice" in page
+    assert parse_qs(urlsplit(refresh_source(page)).query) == {
+        "fragment": ["1"],
+        "page": ["1"],
+        "owner": ["unassigned"],
+    }
+
+
 def test_the_refreshing_pager_keeps_the_filters(client: FlaskClient, crowded: Config) -> None:
     page = client.get("/queue?owner=unassigned&page=2").get_data(as_text=True)
 

@@ -418,6 +418,18 @@ def test_periods_and_their_errors(client: FlaskClient, desk: Config) -> None:
     assert csv_answer.status_code == 400 and "is not a date" in csv_answer.get_data(as_text=True)
 
 
+def test_unknown_query_arguments_beside_a_bad_period_are_dropped_from_the_links(
+    client: FlaskClient, desk: Config
+) -> None:
+    login(client, "sofia@example.com")
+    odd = {"period": "fortnight", "endpoint": "x", "table": "days", "next": "//evil.example"}
+    for path in ("/reports", "/reports/suggestions"):
+        answer = client.get(path, query_string=odd)
+        page = answer.get_data(as_text=True)
+        assert answer.status_code == 400 and "Unknown period" in page, path
+        assert "period=fortnight" in page and "evil" not in page and "endpoint" not in page
+
+
 def test_agents_may_not_read_or_apply(client: FlaskClient, desk: Config) -> None:
     assert client.get("/reports").status_code == 302  # to the login page
     login(client, "ana@example.com")

@@ -15,6 +15,7 @@ from ..sla import STATE_LABELS
 
 bp = Blueprint("queue", __name__)
 PER_PAGE = 50
+FILTER_ARGS = ("pipeline", "stage", "owner", "state")
 OWNERS = {"anyone": "Anyone", "mine": "Mine", "unassigned": "Unassigned"}
 
 
@@ -44,7 +45,8 @@ def index() -> str | Response:
     session = get_session()
     page = desk.queue_page(session, now, filters, _number("page") or 1, PER_PAGE)
     fragment = bool(request.args.get("fragment"))
-    args = {k: v for k, v in request.args.items() if k not in ("fragment", "page") and v}
+    # The filters as given, to keep in the pager's and the refresh's links (only these).
+    args = {k: v for k in FILTER_ARGS if (v := request.args.get(k, ""))}
     html = render_template(
         "_queue_refresh.html" if fragment else "queue.html",
         rows=page.rows,

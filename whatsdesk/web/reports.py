@@ -149,6 +149,15 @@ def _period() -> tuple[Period | None, str | None]:
         return None, str(error)
 
 
+def _asked_period() -> dict[str, str]:
+    """The period's query arguments as given, to ask again after a mistake (only these:
+    links are built from them)."""
+    return {k: v for k in PERIOD_ARGS if (v := request.args.get(k, ""))}
+
+
+PERIOD_ARGS = ("period", "start", "end")
+
+
 def _form_period() -> Period:
     return reports.parse_period(request.form, utcnow(), _timezone())
 
@@ -163,7 +172,7 @@ def index() -> tuple[str, int] | str:
 
 
 def _page(report: Report | None, error: str | None) -> str:
-    args = report.period.args() if report else {k: v for k, v in request.args.items() if v}
+    args = report.period.args() if report else _asked_period()
     figures: dict[str, str] = {}
     if report is not None:
         names = [s.stage.label for s in report.stages]
@@ -266,7 +275,7 @@ def suggestions() -> tuple[str, int] | str:
         "suggestions.html",
         period=period,
         error=error,
-        args=period.args() if period else {k: v for k, v in request.args.items() if v},
+        args=period.args() if period else _asked_period(),
         kind=(period.kind if period else request.args.get("period", reports.DEFAULT_PERIOD)),
         labels=reports.PERIOD_LABELS,
         timezone=_timezone(),

@@ -171,7 +171,7 @@ def test_an_agent_takes_answers_moves_and_resolves_a_conversation(
     expect(page.locator("#history .from-desk").last).to_contain_text(reply)
     expect(page.locator("#history .from-desk").last).to_contain_text("Ana Agent")
 
-    page.get_by_label("Stage").select_option(label="In progress")
+    page.get_by_label("Move to stage").select_option(label="In progress")
     page.get_by_role("button", name="Move").click()
     expect(page.get_by_role("alert")).to_have_text("Moved.")
     expect(page.locator(".stage-name")).to_have_text("In progress")

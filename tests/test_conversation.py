@@ -664,6 +664,23 @@ def test_moving_the_conversation_changes_its_stage_and_writes_it_down(
     assert [row[0] for row in timeline(page)] == ["New", "Waiting on customer (paused)"]
 
 
+def test_moving_to_the_stage_it_is_in_is_refused_and_its_clock_keeps_running(
+    client: FlaskClient, agent: Config
+) -> None:
+    card = customer_writes(agent)
+    before = timeline(conversation(client, card))
+
+    page = press(client, card, "move", stage="new")
+
+    assert flashes(page) == ["the conversation is already in New"]
+    assert timeline(page) == before  # the same visit, its deadline unchanged
+    assert options(page, 'name="stage" required') == [
+        ("", "—"),
+        ("open", "In progress"),
+        ("waiting", "Waiting on customer"),
+    ]
+
+
 def test_resolving_closes_the_conversation_and_writes_it_down(
     client: FlaskClient, agent: Config
 ) -> None:

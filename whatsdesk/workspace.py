@@ -111,6 +111,11 @@ def reply(session: Session, card_id: int, agent: User, body: str, now: datetime)
 
 
 def move(session: Session, card_id: int, user: User, stage_key: str, now: datetime) -> Done:
+    """To another stage: moving to the stage it is in would restart its SLA clock and record
+    the visit as met, silencing its warning and breach."""
+    card = desk.lock_card(session, card_id)
+    if card is not None and card.status == "open" and card.stage.key == stage_key:
+        raise DeskError(f"the conversation is already in {card.stage.name}")
     visit = desk.move_card(session, card_id, stage_key, now)
     log(session, visit.card, user, "moved", f"{user.name} moved it to {visit.stage.name}", now)
     return Done.of(visit=visit)

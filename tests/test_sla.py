@@ -93,6 +93,24 @@ def test_due_kinds_skips_recorded_kinds() -> None:
     assert sla.due_kinds(ENTERED + 90 * SECOND, timers, {sla.WARNING}) == []
 
 
+def test_a_visit_left_after_its_deadline_owes_the_breach_and_the_levels_come_by_then() -> None:
+    minute = timedelta(minutes=1)
+    timers = sla.Timers(
+        warning_at=ENTERED + minute,
+        deadline_at=ENTERED + 2 * minute,
+        levels=(ENTERED + 5 * minute, ENTERED + 10 * minute),
+        resolution_warning_at=ENTERED + 3 * minute,
+        resolution_at=ENTERED + 20 * minute,
+        timeout_at=ENTERED + 4 * minute,
+    )
+    left = ENTERED + 5 * minute  # exactly at level 1
+
+    owed = sla.left_behind(timers, left)
+
+    assert sla.due_kinds(left + minute, owed, []) == [sla.BREACH, sla.level_kind(1)]
+    assert sla.left_behind(timers, ENTERED + 90 * SECOND).kinds() == []  # left before it
+
+
 def test_upcoming_kinds_are_the_unrecorded_instants_still_ahead() -> None:
     timers = two_minute_timers()
     assert sla.upcoming_kinds(ENTERED, timers, []) == [sla.WARNING, sla.BREACH]

@@ -299,6 +299,60 @@ def test_a_card_that_moves_after_its_resolution_sla_ran_out_is_breached_at_once(
     assert recipients(fired.messages) == [SOFIA, OTTO]
 
 
+def test_a_breach_due_a_moment_before_the_card_moved_on_is_still_recorded_and_alerted(
+    env: Config, desk_config: Config, session: Session
+) -> None:
+    """New's SLA ran out at 10:00; the agent's reply at 10:00:10 moved the card to
+    "Waiting on customer" before the clock recorded the breach."""
+    card, new = opened(session)
+    reply(session, card, at(2, 10) + timedelta(seconds=10))
+
+    jobs.reconcile(desk_config, at(2, 10, 1))
+
+    assert events_of(session, card) == [("breach", "new")]
+    alerts = session.scalars(select(Message).where(Message.sla_event_id.is_not(None))).all()
+    assert recipients(list(alerts)) == [SOFIA, OTTO]  # the breach's supervisors
+    assert [v.stage.key for v in visits_of(session, card)] == ["new", "waiting"]
+    assert jobs.reconcile(desk_config, at(2, 10, 2))["fired"] == 0  # once
+
+
+def test_a_resolution_sla_that_ran_out_before_a_pause_is_still_breached(
+    env: Config, desk_config: Config, session: Session
+) -> None:
+    """The 8 office hours ran out at 17:00 and nobody swept then; at 17:30 the agent's
+    reply moved the card to a stage that pauses the clock."""
+    card, _ = opened(session)
+    reply(session, card, at(2, 17, 30))
+
+    jobs.reconcile(desk_config, at(2, 17, 31))
+
+    assert ("resolution-breach", "new") in events_of(session, card)
+    jobs.reconcile(desk_config, at(3, 16, 31))  # the waiting stage's 23 h timeout resolves it
+    kinds = [kind for kind, _stage in events_of(session, card)]
+    assert kinds.count("resolution-breach") == 1 and kinds[-1] == "timeout"
+
+
+def test_the_clock_fires_a_warning_due_with_the_stage_timeout_before_the_timeout(
+    env: Config, desk_config: Config, session: Session
+) -> None:
+    """ "Needs a reply" warns 30 min before its 2 h SLA, and here also times out after 90
+    min, back to New: both at 10:30. The warning goes first (the timeout would move the card
+    on and take the warning with it), as the sweep fires them."""
+    timing_out = "warning: 30m\n" + " " * 8 + "timeout: {after: 90m, then: new}\n"
+    pipeline_store.load(session, pipelines.parse(CONFIG.replace("warning: 30m\n", timing_out)), T0)
+    card, _ = opened(session)
+    visit = desk.move_card(session, card.id, "reply", T0)
+    session.commit()
+
+    owed = jobs.owed_before(desk_config, at(2, 10, 30), orphaned=T0)
+
+    assert [(instant, kind) for instant, _visit, _order, kind in owed] == [
+        (at(2, 10, 30), "warning"),
+        (at(2, 10, 30), "timeout"),
+    ]
+    assert {visit_id for _instant, visit_id, _order, _kind in owed} == {visit.id}
+
+
 # --- events, alerts and delivery ------------------------------------------------------------
 
 

@@ -557,7 +557,10 @@ def leave(visit: StageVisit, now: datetime) -> None:
     """End a stage visit: time spent in wall and business seconds, paused time, whether its
     SLA was met, and the time it adds to the card's resolution clock."""
     visit.left_at = now
-    visit.next_due_at = None
+    # What fell due and was not recorded yet is still owed (escalation.owed): the clock or
+    # the sweep records it, never lost because the card moved or closed a moment after.
+    if visit.next_due_at is not None and visit.next_due_at > now:
+        visit.next_due_at = None
     visit.wall_seconds = int((now - visit.entered_at).total_seconds())
     calendar = calendars.for_stage(visit.stage, visit.entered_at)
     visit.business_seconds = int(clock.business_seconds_between(calendar, visit.entered_at, now))

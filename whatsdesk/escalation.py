@@ -25,6 +25,12 @@ def visit_is_live(visit: StageVisit | None) -> bool:
     return visit is not None and visit.left_at is None and visit.card.status == "open"
 
 
+def may_fire(visit: StageVisit) -> bool:
+    """The card's current visit on an open card, or one it has left, which owes what fell
+    due before it ended (`sla.left_behind`)."""
+    return visit.left_at is not None or visit_is_live(visit)
+
+
 @dataclass
 class Fired:
     """What firing an event did: alerts to send, and a new stage visit to arm if it moved."""
@@ -88,7 +94,10 @@ def fire_many(
             continue
         done = _fire_locked(session, visit, recorded[visit_id], kind, now(), people)
         if done is not None:
-            recorded[visit_id].add(kind)
+            # A resolution event is the card's: its other visits here have it too.
+            same = [v.id for v in visits.values() if v.card_id == visit.card_id]
+            for other in same if kind in sla.CARD_KINDS else [visit_id]:
+                recorded[other].add(kind)
             fired.append(done)
     session.flush()  # the events, their alerts and the visits' next instants, in bulk
     return fired
@@ -124,7 +133,7 @@ def _fire_locked(
     people: dict[str, list[User]],
 ) -> Fired | None:
     """`fire` once the card is locked and the visit and its recorded kinds read after."""
-    if not visit_is_live(visit):
+    if not may_fire(visit):
         return None
     timers = owed_timers(visit)
     if kind not in sla.due_kinds(now, timers, recorded):
@@ -145,20 +154,25 @@ def _fire_locked(
         text = alert_text(visit, kind, now)
         told = recipients(session, visit, kind, people)
     fired.messages += notify(session, event, told, text, now)
-    if kind == sla.BREACH:
+    if kind == sla.BREACH and visit.left_at is None:  # a card that moved on keeps its owner
         _reassign(session, visit, now, fired)
     return fired
 
 
 def owed_timers(visit: StageVisit) -> sla.Timers:
     """The visit's timers that can still fire."""
-    return owed(visit.timers, visit.acknowledged_at)
+    return owed(visit.timers, visit.acknowledged_at, visit.left_at)
 
 
-def owed(timers: sla.Timers, acknowledged_at: datetime | None) -> sla.Timers:
+def owed(
+    timers: sla.Timers, acknowledged_at: datetime | None, left_at: datetime | None
+) -> sla.Timers:
     """Of a visit's timers, those that can still fire: once a supervisor acknowledged the
-    escalation, no further level comes (the warning, breach, resolution and timeout do)."""
-    return sla.without_levels(timers) if acknowledged_at is not None else timers
+    escalation, no further level comes (the warning, breach, resolution and timeout do);
+    once the visit ended, only what fell due before (`sla.left_behind`)."""
+    if acknowledged_at is not None:
+        timers = sla.without_levels(timers)
+    return sla.left_behind(timers, left_at) if left_at is not None else timers
 
 
 def notify(

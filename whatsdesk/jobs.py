@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from redis.exceptions import RedisError
 from rq.timeouts import BaseTimeoutException
-from sqlalchemy import ColumnElement, Select, or_, select, update
+from sqlalchemy import ColumnElement, Select, and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -59,7 +59,7 @@ ALERTS_LOCK_SECONDS = 60
 # Sends start evenly spaced at 90 % of SEND_RATE_LIMIT: the network can bunch messages on
 # their way, and Twilio counts them as they arrive.
 PACE_HEADROOM = 0.9
-MAX_ID = 2**63  # sorts after every visit id: (instant, MAX_ID, "") follows all of instant's
+MAX_ID = 2**63  # sorts after every visit id: (instant, MAX_ID, 0, "") follows all of instant's
 # Events fired in one transaction at most: their cards stay locked until it commits.
 MAX_BATCH = 200
 
@@ -84,7 +84,7 @@ def fire_second(second: int) -> str:
         lambda: _alarms(config).schedule_second(second, again=True),
     ):
         return "rescheduled"
-    owed = _owed_before(config, start, utcnow() - timedelta(seconds=TICK_AHEAD_SECONDS))
+    owed = owed_before(config, start, utcnow() - timedelta(seconds=TICK_AHEAD_SECONDS))
     fired = 0
     while owed:
         wait = (owed[0][0] - utcnow()).total_seconds()
@@ -92,15 +92,15 @@ def fire_second(second: int) -> str:
             time.sleep(wait)
         # Everything whose instant has come goes in one transaction: while one batch is
         # written, the next gathers, so a busy second costs a few commits, not one each.
-        ready = min(bisect.bisect_right(owed, (utcnow(), MAX_ID, "")), MAX_BATCH)
+        ready = min(bisect.bisect_right(owed, (utcnow(), MAX_ID, 0, "")), MAX_BATCH)
         batch, owed = owed[:ready], owed[ready:]
-        fired += fire_events(config, [(visit_id, kind) for _at, visit_id, kind in batch]).fired
+        fired += fire_events(config, [(visit_id, kind) for _at, visit_id, _o, kind in batch]).fired
     return f"fired {fired}"
 
 
-def _owed_before(
+def owed_before(
     config: Config, start: datetime, orphaned: datetime
-) -> list[tuple[datetime, int, str]]:
+) -> list[tuple[datetime, int, int, str]]:
     """The events open visits owe in the second from `start`, and those older than
     `orphaned` (another second's job would have fired them by now), earliest first: the
     instants from each visit's next one on (earlier ones are recorded). One indexed range
@@ -111,12 +111,14 @@ def _owed_before(
     owed = []
     with session_scope(config.database_url) as session:
         for visit_id, next_due, timers in _timers_of(session, StageVisit.next_due_at < end):
-            for kind in timers.kinds():
+            # In the order of Timers.kinds within an instant, as the sweep fires them: a
+            # warning before the stage timeout that falls due with it.
+            for order, kind in enumerate(timers.kinds()):
                 instant = timers.instant(kind)
                 if instant is None or not next_due <= instant < end:
                     continue
                 if instant >= start or instant < orphaned:
-                    owed.append((instant, visit_id, kind))
+                    owed.append((instant, visit_id, order, kind))
     return sorted(owed)
 
 
@@ -127,12 +129,27 @@ def _timers_of(
     next instant matches `where`, read as columns, without loading objects."""
     columns = [getattr(StageVisit, name) for name in StageVisit.TIMER_COLUMNS]
     rows = session.execute(
-        select(StageVisit.id, StageVisit.next_due_at, StageVisit.acknowledged_at, *columns)
+        select(
+            StageVisit.id,
+            StageVisit.next_due_at,
+            StageVisit.acknowledged_at,
+            StageVisit.left_at,
+            *columns,
+        )
         .join(Card, Card.id == StageVisit.card_id)
-        .where(StageVisit.left_at.is_(None), Card.status == "open", *where)
+        .where(_owing(), *where)
     )
-    for visit_id, next_due, acknowledged, *values in rows:
-        yield visit_id, next_due, escalation.owed(timers_from(*values), acknowledged)
+    for visit_id, next_due, acknowledged, left_at, *values in rows:
+        yield visit_id, next_due, escalation.owed(timers_from(*values), acknowledged, left_at)
+
+
+def _owing() -> ColumnElement[bool]:
+    """Visits that may owe an event: the current one of an open card, and one left with an
+    event still unrecorded (`desk.leave` keeps its next instant only then)."""
+    return or_(
+        and_(StageVisit.left_at.is_(None), Card.status == "open"),
+        and_(StageVisit.left_at.is_not(None), StageVisit.next_due_at.is_not(None)),
+    )
 
 
 def _at_instant(instant: datetime, come_back: Callable[[], None]) -> bool:
@@ -490,14 +507,6 @@ def reconcile(config: Config, now: datetime) -> dict[str, int]:
     return counts
 
 
-def _open_visits() -> Select[tuple[StageVisit]]:
-    return (
-        select(StageVisit)
-        .join(Card, Card.id == StageVisit.card_id)
-        .where(StageVisit.left_at.is_(None), Card.status == "open")
-    )
-
-
 def _with_recorded(
     session: Session, query: Select[tuple[StageVisit]]
 ) -> list[tuple[StageVisit, set[str]]]:
@@ -510,7 +519,11 @@ def _with_recorded(
 def _due_events(session: Session, now: datetime) -> list[tuple[int, list[str]]]:
     """Visits whose next instant has come (an indexed range query), with what they owe."""
     due, astray = [], []
-    query = _open_visits().where(StageVisit.next_due_at <= now)
+    query = (
+        select(StageVisit)
+        .join(Card, Card.id == StageVisit.card_id)
+        .where(StageVisit.next_due_at <= now, _owing())
+    )
     for visit, recorded in _with_recorded(session, query):
         kinds = sla.due_kinds(now, escalation.owed_timers(visit), recorded)
         if kinds:
@@ -528,7 +541,7 @@ def _repoint(session: Session, visit_ids: list[int]) -> None:
     read it must not be overwritten with an instant from its old timers."""
     visits = session.scalars(
         select(StageVisit)
-        .where(StageVisit.id.in_(visit_ids), StageVisit.left_at.is_(None))
+        .where(StageVisit.id.in_(visit_ids))
         .order_by(StageVisit.id)
         .with_for_update()
         .execution_options(populate_existing=True)

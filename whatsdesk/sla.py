@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -89,6 +90,24 @@ class Timers:
 def without_levels(timers: Timers) -> Timers:
     """What an acknowledged visit still owes: every timer but the escalation levels."""
     return replace(timers, levels=())
+
+
+def left_behind(timers: Timers, left_at: datetime) -> Timers:
+    """What a visit that ended at `left_at` still owes: its breach, escalation levels and
+    resolution breach whose instant came before it ended (the card moved on or was resolved
+    just after a deadline, before the clock recorded it). No warning (the card has been
+    acted on) and no stage timeout (it has left the stage)."""
+    levels = tuple(itertools.takewhile(lambda at: at <= left_at, timers.levels))
+    return Timers(
+        warning_at=None,
+        deadline_at=_by(timers.deadline_at, left_at),
+        levels=levels,
+        resolution_at=_by(timers.resolution_at, left_at),
+    )
+
+
+def _by(instant: datetime | None, end: datetime) -> datetime | None:
+    return instant if instant is not None and instant <= end else None
 
 
 def delay_levels(timers: Timers, later: timedelta, recorded: Iterable[str]) -> Timers:

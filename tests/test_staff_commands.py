@@ -11,11 +11,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 from redis import Redis
 from rq import Queue
-from sqlalchemy import select
+from sqlalchemy import make_url, select
 from sqlalchemy.orm import Session
 
 from whatsdesk import (
     accounts,
+    commands,
     configuration,
     desk,
     escalation,
@@ -26,10 +27,19 @@ from whatsdesk import (
 )
 from whatsdesk.alarms import TICK_AHEAD_SECONDS, Alarms
 from whatsdesk.config import Config
-from whatsdesk.db import utcnow
+from whatsdesk.db import session_factory, utcnow
 from whatsdesk.models import Card, CardActivity, Contact, Message, SlaEvent, StageVisit
 
-from conftest import PASSWORD, STAFF, fresh, inbound_form, login, page_token, signed_post
+from conftest import (
+    PASSWORD,
+    STAFF,
+    commit_once_it_waits,
+    fresh,
+    inbound_form,
+    login,
+    page_token,
+    signed_post,
+)
 
 INBOUND = "/twilio/whatsapp"
 PHONE = {email.split("@")[0]: phone for _, email, _, phone in STAFF}
@@ -623,6 +633,44 @@ def test_a_snooze_is_kept_when_the_settings_re_time_open_cards(
     session.commit()
 
     later = timedelta(minutes=30)
+    assert visit_of(session, card).timers.levels == (
+        deadline + timedelta(minutes=10) + later,
+        deadline + timedelta(minutes=20) + later,
+    )
+
+
+def test_a_snooze_committed_while_the_settings_re_time_open_cards_is_kept(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    """Sofia's SNOOZE 60 holds the card when an admin's save re-times the open cards: the
+    re-timing waits for it, and the levels come 60 min after the new schedule, as she was
+    told, not at the new schedule itself."""
+    if make_url(desk_config.database_url).get_backend_name() != "postgresql":
+        pytest.skip("SQLite has no row locks: it runs one writer at a time")
+    card = customer_writes(client, desk_config, session)
+    deadline = breach(session, card).timers.deadline_at
+    assert deadline is not None
+    sofia = accounts.find_by_email(session, "sofia@example.com")
+    assert sofia is not None
+    changed = pipelines.parse(CONFIG.replace("after: 5m", "after: 10m", 1))  # New's level 1
+    snoozer, saver = (
+        session_factory(desk_config.database_url)(),
+        session_factory(desk_config.database_url)(),
+    )
+
+    def save_and_retime() -> None:
+        configuration.apply(saver, changed, None, "import", "test", utcnow(), retime=True)
+        saver.commit()
+
+    try:
+        command = commands.parse(f"SNOOZE 60 #{card.id}")
+        commands.execute(snoozer, snoozer.merge(sofia), command, None, utcnow())
+        commit_once_it_waits(snoozer, desk_config.database_url, save_and_retime)
+    finally:
+        snoozer.close()
+        saver.close()
+
+    later = timedelta(minutes=60)
     assert visit_of(session, card).timers.levels == (
         deadline + timedelta(minutes=10) + later,
         deadline + timedelta(minutes=20) + later,

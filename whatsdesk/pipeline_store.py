@@ -83,15 +83,21 @@ def load(
 def retime(session: Session, pipelines: list[Pipeline]) -> list[StageVisit]:
     """Re-time the open visits of these pipelines to their stages' current SLAs, as if
     they had entered under them; the caller moves their RQ jobs (Alarms.schedule_timers).
-    Events already recorded stay recorded."""
+    Events already recorded stay recorded. The cards and then their visits are locked in id
+    order, as every writer of visits locks them, and read as they then are: a SNOOZE or an
+    event committed meanwhile is re-timed, not overwritten."""
+    open_cards = (
+        select(Card.id)
+        .where(Card.status == "open", Card.pipeline_id.in_([p.id for p in pipelines]))
+        .order_by(Card.id)
+    )
+    session.execute(open_cards.with_for_update()).all()
     visits = session.scalars(
         select(StageVisit)
-        .join(Card, Card.id == StageVisit.card_id)
-        .where(
-            StageVisit.left_at.is_(None),
-            Card.status == "open",
-            Card.pipeline_id.in_([p.id for p in pipelines]),
-        )
+        .where(StageVisit.left_at.is_(None), StageVisit.card_id.in_(open_cards))
+        .order_by(StageVisit.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
     ).all()
     for visit in visits:
         visit.paused = visit.stage.pauses  # its time is counted as its timers are set

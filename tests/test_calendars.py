@@ -161,7 +161,10 @@ def test_an_ics_file_closes_its_days(config: Config, session: Session, tmp_path:
         "BEGIN:VEVENT\r\nUID:1\r\nDTSTART;VALUE=DATE:20261125\r\nDTEND;VALUE=DATE:20261127\r\n"
         "SUMMARY:Team offsite\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
     )
-    assert read_ics(str(ics), ics_years(2026)) == [date(2026, 11, 25), date(2026, 11, 26)]
+    assert read_ics(str(ics), ics_years(2026), "America/Sao_Paulo") == [
+        date(2026, 11, 25),
+        date(2026, 11, 26),
+    ]
     yearly = "        - {date: 2025-12-31, yearly: true}\n"
     load(session, FILE.replace(yearly, f"{yearly}      ics: {ics}\n"))
 
@@ -206,7 +209,7 @@ def test_recurring_ics_events_skip_excluded_dates_and_follow_moved_ones(tmp_path
         "END:VCALENDAR\r\n"
     )
 
-    assert read_ics(str(ics), range(2026, 2030)) == [
+    assert read_ics(str(ics), range(2026, 2030), "America/Sao_Paulo") == [
         date(2026, 1, 5),
         date(2026, 1, 12),
         date(2026, 1, 19),
@@ -214,6 +217,21 @@ def test_recurring_ics_events_skip_excluded_dates_and_follow_moved_ones(tmp_path
         date(2028, 12, 27),
         date(2029, 12, 25),
     ]
+
+
+def test_an_ics_event_given_in_utc_closes_the_day_it_falls_on_in_the_calendars_zone(
+    tmp_path: Path,
+) -> None:
+    """23:00–24:00 on 24 Dec in São Paulo, written in UTC (02:00–03:00 on the 25th)."""
+    ics = tmp_path / "evening.ics"
+    ics.write_text(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//whatsdesk test//EN\r\n"
+        "BEGIN:VEVENT\r\nUID:1\r\nDTSTART:20261225T020000Z\r\nDTEND:20261225T030000Z\r\n"
+        "SUMMARY:Christmas Eve stocktake\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+
+    assert read_ics(str(ics), ics_years(2026), "America/Sao_Paulo") == [date(2026, 12, 24)]
+    assert read_ics(str(ics), ics_years(2026), "UTC") == [date(2026, 12, 25)]
 
 
 def test_calendar_mistakes_in_the_file_are_refused_naming_line_and_field() -> None:
@@ -334,4 +352,4 @@ def test_ics_timed_events_ending_at_midnight_and_cancelled_events(tmp_path: Path
         "BEGIN:VEVENT\r\nUID:2\r\nSTATUS:CANCELLED\r\nDTSTART;VALUE=DATE:20261210\r\n"
         "SUMMARY:Called off\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
     )
-    assert read_ics(str(ics), ics_years(2026)) == [date(2026, 12, 1)]
+    assert read_ics(str(ics), ics_years(2026), "America/Sao_Paulo") == [date(2026, 12, 1)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import urllib.request
 from datetime import date, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import holidays as public_holidays
 import icalendar
@@ -96,10 +97,12 @@ def own_dates(day: date, yearly: bool, years: range) -> list[date]:
     return repeated
 
 
-def read_ics(source: str, years: range) -> list[date]:
+def read_ics(source: str, years: range, timezone: str) -> list[date]:
     """Every day of `years` covered by the events of an iCalendar file (a path) or URL
     (http/https), recurring events expanded (RRULE and RDATE, less EXDATE; a moved or
-    cancelled occurrence as its RECURRENCE-ID override says)."""
+    cancelled occurrence as its RECURRENCE-ID override says). Timed events close the days
+    they touch in the calendar's `timezone` (an event given in UTC or another zone is
+    converted; a floating time is the calendar's own)."""
     if source.startswith(("http://", "https://")):
         with urllib.request.urlopen(source, timeout=ICS_TIMEOUT_SECONDS) as answer:  # noqa: S310
             raw = answer.read()
@@ -116,15 +119,15 @@ def read_ics(source: str, years: range) -> list[date]:
     for event in events:
         if str(event.get("STATUS", "")).upper() == "CANCELLED":
             continue
-        days |= set(_event_days(event))
+        days |= set(_event_days(event, ZoneInfo(timezone)))
     return sorted(day for day in days if day.year in years)
 
 
-def _event_days(event: icalendar.Event) -> list[date]:
-    start = event.decoded("DTSTART", None)
+def _event_days(event: icalendar.Event, zone: ZoneInfo) -> list[date]:
+    start = _local(event.decoded("DTSTART", None), zone)
     if start is None:
         return []
-    end = event.decoded("DTEND", None)
+    end = _local(event.decoded("DTEND", None), zone)
     first = start.date() if isinstance(start, datetime) else start
     if end is None:
         return [first]
@@ -134,3 +137,10 @@ def _event_days(event: icalendar.Event) -> list[date]:
     if not isinstance(end, datetime) or end.time() == datetime.min.time():
         last = date.fromordinal(last.toordinal() - 1)
     return [date.fromordinal(n) for n in range(first.toordinal(), last.toordinal() + 1)]
+
+
+def _local(value: date | datetime | None, zone: ZoneInfo) -> date | datetime | None:
+    """A timed instant in the calendar's zone; a date, or a floating time, as it is."""
+    if isinstance(value, datetime) and value.tzinfo is not None:
+        return value.astimezone(zone)
+    return value

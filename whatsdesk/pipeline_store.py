@@ -127,7 +127,8 @@ def _resolve_calendar(
     if spec.ics:
         try:
             ics_days = [
-                d.isoformat() for d in calendars.read_ics(spec.ics, calendars.ics_years(now.year))
+                d.isoformat()
+                for d in calendars.read_ics(spec.ics, calendars.ics_years(now.year), spec.timezone)
             ]
         except Exception as exc:  # any unreadable source: refuse the file, say why
             problems.append(f"{where}.ics: cannot read {spec.ics}: {exc}")

@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import update
 from werkzeug.test import TestResponse
@@ -165,6 +166,21 @@ def test_logout_with_csrf_ends_the_session(client: FlaskClient, seeded: Config) 
     assert answer.status_code == 302
     assert answer.headers["Location"] == "/login"
     assert not is_logged_in(client)
+
+
+def test_a_copy_of_the_session_cookie_stops_working_at_logout(
+    app: Flask, client: FlaskClient, seeded: Config
+) -> None:
+    login(client)
+    copy = app.test_client()
+    cookie = client.get_cookie("session")
+    assert cookie is not None
+    copy.set_cookie("session", cookie.value)
+    assert is_logged_in(copy)
+
+    client.post("/logout", data={"csrf_token": page_token(client, "/queue")})
+
+    assert not is_logged_in(copy)
 
 
 def test_logout_without_csrf_is_refused_and_keeps_the_session(

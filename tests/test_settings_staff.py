@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import make_url, select
 from sqlalchemy.orm import Session
@@ -254,6 +255,30 @@ def test_the_settings_grant_is_for_supervisors_only(
 
     bruno = user(session, "bruno@example.com")
     assert bruno.can_edit_settings is False and not bruno.may_edit_settings
+
+
+def test_a_password_reset_ends_the_persons_sessions_and_keeps_the_admins_own(
+    app: Flask, client: FlaskClient, admin: Config, session: Session
+) -> None:
+    """Ana's phone was stolen while she was logged in: Ada resets her password."""
+    stolen = app.test_client()
+    login(stolen, "ana@example.com")
+    login(client, ADMIN)
+    ana, ada = user(session, "ana@example.com"), user(session, ADMIN)
+
+    post(
+        client,
+        f"/settings/staff/{ana.id}/password",
+        {"password": "new-secret-77", "confirm": "new-secret-77"},
+    )
+    assert stolen.get("/queue").status_code == 302  # back to the login page
+
+    post(
+        client,
+        f"/settings/staff/{ada.id}/password",
+        {"password": "ada-secret-88", "confirm": "ada-secret-88"},
+    )
+    assert client.get("/settings/staff").status_code == 200  # Ada goes on working
 
 
 def test_an_admin_resets_a_password_audited_as_changed(

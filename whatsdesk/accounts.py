@@ -3,7 +3,9 @@ checks. Accounts are deactivated, never deleted: cards, notes and alerts point a
 
 from __future__ import annotations
 
+import hmac
 import re
+import secrets
 from datetime import datetime
 from typing import Any
 
@@ -208,7 +210,31 @@ def set_password(
     if len(password) < MIN_PASSWORD_LENGTH:
         raise AccountError(f"password must have at least {MIN_PASSWORD_LENGTH} characters")
     user.password_hash = generate_password_hash(password)
+    end_sessions(user)  # whoever held the old password's session is logged out
     audit.record(session, by, AUDIT_ACTION, user.email, {}, {"password": "changed"}, now)
+
+
+def start_session(user: User) -> None:
+    """Before logging the person in: their sessions' token, made on their first login."""
+    if user.session_token is None:
+        end_sessions(user)
+
+
+def end_sessions(user: User) -> None:
+    """Every session the person is logged in with ends (its cookie names the old token)."""
+    user.session_token = secrets.token_urlsafe(32)
+
+
+def session_user(session: Session, session_id: str) -> User | None:
+    """The active person a session's id ("<user id>:<token>") names, if the token is still
+    theirs."""
+    user_id, _, token = session_id.partition(":")
+    if not (user_id.isascii() and user_id.isdigit()) or not token:
+        return None
+    user = session.get(User, int(user_id))
+    if user is None or not user.active or user.session_token is None:
+        return None
+    return user if hmac.compare_digest(user.session_token, token) else None
 
 
 def deactivate(session: Session, user: User, by: User | None, now: datetime) -> int:
@@ -219,6 +245,7 @@ def deactivate(session: Session, user: User, by: User | None, now: datetime) -> 
     if user.is_admin and user.active and _last_admin(session, user):
         raise AccountError(f"{user.name} is the last active admin and cannot be deactivated")
     _set_active(session, user, by, False, now)
+    end_sessions(user)
     return open_cards(session, user)
 
 

@@ -41,6 +41,9 @@ class User(Base):
     shift_calendar: Mapped[BusinessCalendar | None] = relationship()
     # A supervisor an admin lets change settings (admins always may; agents never).
     can_edit_settings: Mapped[bool] = mapped_column(Boolean, default=False)
+    # Names the person's logged-in sessions (in their cookie, through get_id): a new one
+    # (accounts.end_sessions) ends them all — at logout, a password change, deactivation.
+    session_token: Mapped[str | None] = mapped_column(String(64))
 
     # Flask-Login protocol
     @property
@@ -56,7 +59,7 @@ class User(Base):
         return False
 
     def get_id(self) -> str:
-        return str(self.id)
+        return f"{self.id}:{self.session_token or ''}"
 
     @property
     def is_supervisor(self) -> bool:

@@ -31,11 +31,8 @@ class LogoutForm(FlaskForm):  # type: ignore[misc]
 
 
 @login_manager.user_loader
-def load_user(user_id: str) -> User | None:
-    if not (user_id.isascii() and user_id.isdigit()):
-        return None
-    user = get_session().get(User, int(user_id))
-    return user if user is not None and user.active else None
+def load_user(session_id: str) -> User | None:
+    return accounts.session_user(get_session(), session_id)
 
 
 def _safe_next(target: str | None) -> str:
@@ -62,6 +59,8 @@ def login() -> str | Response | tuple[str, int]:
         user = accounts.authenticate(get_session(), email, form.password.data)
         if user is not None:
             throttle.succeeded(email, address)
+            accounts.start_session(user)
+            get_session().commit()
             login_user(user)
             return redirect(_safe_next(request.args.get("next")))
         throttle.failed(email, address)
@@ -74,5 +73,8 @@ def login() -> str | Response | tuple[str, int]:
 def logout() -> Response:
     form = LogoutForm()
     if form.validate_on_submit():
+        # Every session of the person ends, a copy of this one's cookie included.
+        accounts.end_sessions(current_user)
+        get_session().commit()
         logout_user()
     return redirect(url_for("auth.login"))

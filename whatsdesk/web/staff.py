@@ -8,7 +8,7 @@ from typing import Any
 
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
-from flask_login import current_user
+from flask_login import current_user, login_user
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -155,6 +155,9 @@ def password(user_id: int) -> ResponseReturnValue:
             raise AccountError("the two passwords differ; type the same one twice")
         user = _user(user_id)
         accounts.set_password(get_session(), user, _me(), _form("password"), utcnow())
+        if user.id == _me().id:  # the admin's other sessions end, this one goes on
+            get_session().commit()
+            login_user(user)
         return f"{user.name}'s password changed."
 
     back = url_for("staff.edit", user_id=user_id)

@@ -221,6 +221,19 @@ def test_staff_with_the_role_a_page_needs_can_open_it(app: Flask, desk: dict[str
     assert not wrong, "refused to the role that should open them: " + ", ".join(wrong)
 
 
+def test_ids_too_large_for_the_database_are_not_found_never_an_error(
+    app: Flask, desk: dict[str, object]
+) -> None:
+    admin = logged_in(app, "admin")
+    huge = {name: 10**20 for name, value in desk.items() if isinstance(value, int)}
+    pages = [r for r, method, _role in staff_routes(app) if method == "GET" and "<int:" in r.rule]
+    assert pages
+    for rule in pages:
+        assert admin.get(url_of(rule, {**desk, **huge})).status_code == 404, rule.rule
+    for query in ("pipeline=99999999999999999999", "stage=2147483648", "page=" + "9" * 30):
+        assert admin.get(f"/queue?{query}").status_code == 200, query
+
+
 def test_every_write_without_a_csrf_token_is_refused(app: Flask, desk: dict[str, object]) -> None:
     admin = logged_in(app, ADMIN)
     signed_by_twilio = {"webhooks.inbound", "webhooks.status"}

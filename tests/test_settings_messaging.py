@@ -268,6 +268,7 @@ def test_an_editor_edits_and_removes_a_template(
         ({"key": "Follow Up"}, "Key: lowercase letters, digits, - and _"),
         ({"variables": "1 = {agent.name}"}, "Variable 1: may only use"),
         ({"variables": "first: {customer}"}, "Variable, line 1: write it as 1 = {customer}"),
+        ({"variables": "9" * 5000 + " = {customer}"}, "Variable, line 1: write it as 1 ="),
         ({"variables": "1 = {customer}\n1 = {card}"}, "variable 1 is given twice"),
         ({"text": "Hi {who}"}, "unknown placeholder {who}"),
         ({"key": "existing"}, "Key: a template with key &#39;existing&#39; exists already"),

@@ -29,6 +29,9 @@ def create_app(config: Config | None = None) -> Flask:
         static_folder=str(PROJECT_ROOT / "static"),
     )
     configure(app, config)
+    from .web.forms import RowId
+
+    app.url_map.converters["int"] = RowId  # ids in routes: what the database can hold
     register_extensions(app)
     register_blueprints(app)
     register_errorhandlers(app)

@@ -20,6 +20,7 @@ from ..durations import humanize
 from ..models import Message
 from ..sla import STATE_LABELS
 from ..workspace import Done
+from . import forms
 
 bp = Blueprint("cards", __name__)
 log = logging.getLogger(__name__)
@@ -84,13 +85,13 @@ def claim(card_id: int) -> Response:
 @bp.post("/cards/<int:card_id>/assign")
 @login_required
 def assign(card_id: int) -> Response:
-    raw = _field("user_id")
-    if not (raw.isascii() and raw.isdigit()):
+    user_id = forms.count(_field("user_id"), forms.MAX_ID)
+    if user_id is None:
         flash("Choose who gets the conversation.", "error")
         return redirect(url_for("cards.show", card_id=card_id))
     return _act(
         card_id,
-        lambda s: workspace.assign(s, card_id, current_user, int(raw), utcnow()),
+        lambda s: workspace.assign(s, card_id, current_user, user_id, utcnow()),
         "Assigned.",
     )
 
@@ -138,12 +139,12 @@ def move(card_id: int) -> Response:
 @bp.post("/cards/<int:card_id>/acknowledge")
 @login_required
 def acknowledge(card_id: int) -> Response:
-    raw = _field("visit_id")
-    if not (raw.isascii() and raw.isdigit()):
+    visit_id = forms.count(_field("visit_id"), forms.MAX_ID)
+    if visit_id is None:
         abort(400, "the form did not say which stage visit to acknowledge")
     return _act(
         card_id,
-        lambda s: workspace.acknowledge(s, card_id, current_user, int(raw), utcnow()),
+        lambda s: workspace.acknowledge(s, card_id, current_user, visit_id, utcnow()),
         "Escalation acknowledged: its remaining levels will not fire in this stage.",
     )
 

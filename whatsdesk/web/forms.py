@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from werkzeug.routing import IntegerConverter, Map
+
 # Rows a settings form may carry (escalation levels, opening-hour groups): far more than a
 # person fills in, and few enough to render.
 MAX_ROWS = 50
@@ -17,3 +21,11 @@ def count(raw: str | None, limit: int) -> int | None:
         return None
     value = int(raw)
     return value if value <= limit else None
+
+
+class RowId(IntegerConverter):
+    """`<int:…>` in routes: a row id the database can hold (PostgreSQL's integer); a larger
+    number matches no route (404), where the database would refuse it (a 500 or 503)."""
+
+    def __init__(self, map: Map, *args: Any, max: int = MAX_ID, **kwargs: Any) -> None:
+        super().__init__(map, *args, max=max, **kwargs)

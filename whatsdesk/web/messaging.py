@@ -39,7 +39,7 @@ from .roles import settings_editor_required, settings_reader_required
 bp = Blueprint("messaging", __name__)
 
 Change = Callable[[DeskSpec], DeskSpec]
-VARIABLE_LINE = re.compile(r"^\s*\{*\s*(\d+)\s*\}*\s*[=:]\s*(.*?)\s*$")
+VARIABLE_LINE = re.compile(r"^\s*\{*\s*(\d{1,3})\s*\}*\s*[=:]\s*(.*?)\s*$")
 SID_HINT = "an approved template's Content SID is HX followed by 32 hex digits"
 STALE = "it changed since you opened the page (someone else edited it): reload and try again"
 

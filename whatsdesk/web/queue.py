@@ -12,6 +12,7 @@ from ..db import utcnow
 from ..durations import humanize
 from ..models import Pipeline
 from ..sla import STATE_LABELS
+from . import forms
 
 bp = Blueprint("queue", __name__)
 PER_PAGE = 50
@@ -25,8 +26,7 @@ def home() -> Response:
 
 
 def _number(name: str) -> int | None:
-    raw = request.args.get(name, "")
-    return int(raw) if raw.isascii() and raw.isdigit() else None
+    return forms.count(request.args.get(name), forms.MAX_ID)
 
 
 @bp.get("/queue")

@@ -111,12 +111,30 @@ def conversation(client: FlaskClient, card_id: int) -> str:
     return answer.get_data(as_text=True)
 
 
+def hidden_fields(page: str, action: str) -> dict[str, str]:
+    """The hidden inputs of the page's form posting to `action` (its CSRF token among them);
+    the page's CSRF token alone when it shows no such form (a post from an older page)."""
+    form = re.search(
+        rf'<form method="post" action="{re.escape(action)}"[^>]*>(.*?)</form>', page, re.S
+    )
+    if form is None:
+        return {"csrf_token": csrf_token(page)}
+    return {
+        name: html.unescape(value)
+        for name, value in re.findall(
+            r'<input type="hidden" name="([^"]+)" value="([^"]*)">', form[1]
+        )
+    }
+
+
 def press(client: FlaskClient, card_id: int, action: str, **fields: str) -> str:
     """Submit one of the conversation page's forms, as the browser does (its CSRF token
     included); the page it leads back to."""
-    token = csrf_token(conversation(client, card_id))
+    page = conversation(client, card_id)
     answer = client.post(
-        f"/cards/{card_id}/{action}", data={"csrf_token": token, **fields}, follow_redirects=True
+        f"/cards/{card_id}/{action}",
+        data={**hidden_fields(page, f"/cards/{card_id}/{action}"), **fields},
+        follow_redirects=True,
     )
     assert answer.status_code == 200, answer.get_data(as_text=True)
     return answer.get_data(as_text=True)
@@ -695,6 +713,28 @@ def test_resolving_closes_the_conversation_and_writes_it_down(
     assert ">Reopen</button>" in page
     assert "Send reply" not in page and ">Resolve</button>" not in page
     assert f'data-card="{card}"' not in client.get("/queue").get_data(as_text=True)
+
+
+def test_resolving_from_a_page_opened_before_the_customer_wrote_again_is_refused(
+    client: FlaskClient, agent: Config
+) -> None:
+    card = customer_writes(agent, "My order is late")
+    opened = conversation(client, card)
+    customer_writes(agent, "Actually it is the wrong colour too")
+
+    answer = client.post(
+        f"/cards/{card}/resolve",
+        data=hidden_fields(opened, f"/cards/{card}/resolve"),
+        follow_redirects=True,
+    )
+    page = answer.get_data(as_text=True)
+
+    assert flashes(page) == [
+        "Maria wrote again since this page was opened: read it before resolving"
+    ]
+    assert "Actually it is the wrong colour too" in page and ">Resolve</button>" in page
+    assert f'data-card="{card}"' in client.get("/queue").get_data(as_text=True)
+    assert flashes(press(client, card, "resolve")) == ["Resolved."]  # from the page as it is now
 
 
 def test_reopening_opens_the_conversation_again_and_writes_it_down(

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from . import desk, escalation, settings, sla
@@ -121,7 +121,19 @@ def move(session: Session, card_id: int, user: User, stage_key: str, now: dateti
     return Done.of(visit=visit)
 
 
-def resolve(session: Session, card_id: int, user: User, now: datetime) -> Done:
+def resolve(
+    session: Session, card_id: int, user: User, now: datetime, seen: int | None = None
+) -> Done:
+    """Close the conversation. `seen`: the customer's latest message the page showed (0:
+    none); a message that came after it is not buried unread by a page opened before."""
+    card = desk.lock_card(session, card_id)
+    if card is not None and seen is not None:
+        latest = latest_inbound(session, card_id)
+        if latest is not None and latest > seen:
+            raise DeskError(
+                f"{card.contact.display_name} wrote again since this page was opened: "
+                "read it before resolving"
+            )
     card = desk.resolve(session, card_id, now)
     log(session, card, user, "resolved", f"{user.name} resolved the conversation", now)
     return Done()
@@ -263,6 +275,15 @@ class Conversation:
     seconds_left: float | None = None
     # The current stage visit, when the viewer may acknowledge its escalation.
     acknowledgeable: StageVisit | None = None
+    # The customer's latest message shown (0: none): Resolve says which it has seen.
+    latest_inbound: int = 0
+
+
+def latest_inbound(session: Session, card_id: int) -> int | None:
+    """The id of the customer's latest message on the card."""
+    return session.scalar(
+        select(func.max(Message.id)).where(Message.card_id == card_id, Message.direction == "in")
+    )
 
 
 def conversation(session: Session, card_id: int, viewer: User, now: datetime) -> Conversation:
@@ -315,6 +336,7 @@ def conversation(session: Session, card_id: int, viewer: User, now: datetime) ->
         staff=staff if viewer.is_supervisor else [],
         state=state,
         seconds_left=sla.seconds_left(now, timers),
+        latest_inbound=max((m.id for m in messages if m.direction == "in"), default=0),
         acknowledgeable=(
             current
             if viewer.is_supervisor

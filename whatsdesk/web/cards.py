@@ -152,9 +152,12 @@ def acknowledge(card_id: int) -> Response:
 @bp.post("/cards/<int:card_id>/resolve")
 @login_required
 def resolve(card_id: int) -> Response:
+    seen = forms.count(_field("seen"), forms.MAX_ID)
+    if seen is None:
+        abort(400, "the form did not say which of the customer's messages the page showed")
     return _act(
         card_id,
-        lambda s: workspace.resolve(s, card_id, current_user, utcnow()),
+        lambda s: workspace.resolve(s, card_id, current_user, utcnow(), seen),
         "Resolved.",
     )
 

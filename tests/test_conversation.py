@@ -107,7 +107,8 @@ def options(page: str, select_attributes: str) -> list[tuple[str, str]]:
 
 def conversation(client: FlaskClient, card_id: int) -> str:
     answer = client.get(f"/cards/{card_id}")
-    assert answer.status_code == 200, answer.get_data(as_text=True)
+    # 400: refused, the page shown again with what was typed.
+    assert answer.status_code in (200, 400), answer.get_data(as_text=True)
     return answer.get_data(as_text=True)
 
 
@@ -136,7 +137,8 @@ def press(client: FlaskClient, card_id: int, action: str, **fields: str) -> str:
         data={**hidden_fields(page, f"/cards/{card_id}/{action}"), **fields},
         follow_redirects=True,
     )
-    assert answer.status_code == 200, answer.get_data(as_text=True)
+    # 400: refused, the page shown again with what was typed.
+    assert answer.status_code in (200, 400), answer.get_data(as_text=True)
     return answer.get_data(as_text=True)
 
 
@@ -285,6 +287,31 @@ def test_an_empty_note_is_refused(client: FlaskClient, agent: Config) -> None:
 
     assert flashes(page) == ["the note is empty"]
     assert [kind for kind, _ in history(page)] == ["from-customer", "from-desk"]
+
+
+def test_a_refused_note_keeps_what_was_typed(client: FlaskClient, agent: Config) -> None:
+    card = customer_writes(agent)
+    long = "Called the courier twice. " * 200  # over 4,000 characters
+
+    page = press(client, card, "note", body=long)
+
+    assert flashes(page) == ["the note is 5199 characters; keep it under 4000"]
+    assert f'maxlength="4000" required>{long}</textarea>' in page
+
+
+def test_line_breaks_count_once_toward_the_reply_limit_as_the_browser_counts_them(
+    client: FlaskClient, agent: Config
+) -> None:
+    card = customer_writes(agent)
+    lines = ["x" * 99] * 16  # 1,599 characters with a line break between each two
+    sent = "\r\n".join(lines)  # as the browser sends them
+
+    page = press(client, card, "reply", body=sent)
+
+    assert flashes(page) == ["Reply sent."]
+    with session_factory(agent.database_url)() as s:
+        last = s.scalars(select(Message).order_by(Message.id.desc()).limit(1)).one()
+        assert last.body == "\n".join(lines)
 
 
 def reply_with_status(config: Config, card: int, status: str, error_code: str | None) -> None:
@@ -604,7 +631,8 @@ def test_a_reply_outside_the_window_is_refused(client: FlaskClient, agent: Confi
         "approved template until they write again"
     ]
     assert outbound_count(agent) == sent_before
-    assert "Sorry for the wait!" not in visible(page)
+    assert all("Sorry for the wait!" not in text for _kind, text in history(page))
+    assert "Your reply was not sent; copy it from here" in page and "Sorry for the wait!" in page
 
 
 def test_a_template_is_sent_with_the_customers_details_filled_in(

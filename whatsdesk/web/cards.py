@@ -32,6 +32,12 @@ MEDIA_LIMIT_BYTES = 25 * 1024 * 1024
 @bp.get("/cards/<int:card_id>")
 @login_required
 def show(card_id: int) -> str:
+    return _page(card_id, {})
+
+
+def _page(card_id: int, drafts: dict[str, str]) -> str:
+    """The conversation page; `drafts`: text a refused form sent ("reply", "note"), shown
+    again so that nothing typed is lost."""
     now = utcnow()
     try:
         page = workspace.conversation(get_session(), card_id, current_user, now)
@@ -43,12 +49,25 @@ def show(card_id: int) -> str:
         now=now,
         humanize=humanize,
         state_labels=STATE_LABELS,
+        drafts=drafts,
     )
 
 
-def _act(card_id: int, use_case: Callable[[Session], Done], done: str) -> Response:
+def _typed() -> str:
+    """The text typed in the form's textarea, its line breaks as one character each (a
+    browser sends CRLF, and counts one in the textarea's maxlength)."""
+    return _field("body").replace("\r\n", "\n")
+
+
+def _act(
+    card_id: int,
+    use_case: Callable[[Session], Done],
+    done: str,
+    draft: tuple[str, str] | None = None,
+) -> Response | tuple[str, int]:
     """Run a use-case on the card, commit, hand what it started to Redis, and go back to
-    the conversation saying what happened (or why nothing did)."""
+    the conversation saying what happened (or why nothing did: with `draft`, the form's
+    name and text, the page is shown again with the text kept)."""
     session = get_session()
     try:
         result = use_case(session)
@@ -56,6 +75,8 @@ def _act(card_id: int, use_case: Callable[[Session], Done], done: str) -> Respon
     except DeskError as exc:
         session.rollback()
         flash(str(exc), "error")
+        if draft is not None:
+            return _page(card_id, dict([draft])), 400
         return redirect(url_for("cards.show", card_id=card_id))
     except PermissionError as exc:
         session.rollback()
@@ -74,7 +95,7 @@ def _field(name: str) -> str:
 
 @bp.post("/cards/<int:card_id>/claim")
 @login_required
-def claim(card_id: int) -> Response:
+def claim(card_id: int) -> Response | tuple[str, int]:
     return _act(
         card_id,
         lambda s: workspace.claim(s, card_id, current_user, utcnow()),
@@ -84,7 +105,7 @@ def claim(card_id: int) -> Response:
 
 @bp.post("/cards/<int:card_id>/assign")
 @login_required
-def assign(card_id: int) -> Response:
+def assign(card_id: int) -> Response | tuple[str, int]:
     user_id = forms.count(_field("user_id"), forms.MAX_ID)
     if user_id is None:
         flash("Choose who gets the conversation.", "error")
@@ -98,17 +119,19 @@ def assign(card_id: int) -> Response:
 
 @bp.post("/cards/<int:card_id>/reply")
 @login_required
-def reply(card_id: int) -> Response:
+def reply(card_id: int) -> Response | tuple[str, int]:
+    body = _typed()
     return _act(
         card_id,
-        lambda s: workspace.reply(s, card_id, current_user, _field("body"), utcnow()),
+        lambda s: workspace.reply(s, card_id, current_user, body, utcnow()),
         "Reply sent.",
+        draft=("reply", body),
     )
 
 
 @bp.post("/cards/<int:card_id>/template")
 @login_required
-def template(card_id: int) -> Response:
+def template(card_id: int) -> Response | tuple[str, int]:
     return _act(
         card_id,
         lambda s: workspace.send_template(s, card_id, current_user, _field("key"), utcnow()),
@@ -118,17 +141,19 @@ def template(card_id: int) -> Response:
 
 @bp.post("/cards/<int:card_id>/note")
 @login_required
-def note(card_id: int) -> Response:
+def note(card_id: int) -> Response | tuple[str, int]:
+    body = _typed()
     return _act(
         card_id,
-        lambda s: workspace.add_note(s, card_id, current_user, _field("body"), utcnow()),
+        lambda s: workspace.add_note(s, card_id, current_user, body, utcnow()),
         "Note added (the customer does not see it).",
+        draft=("note", body),
     )
 
 
 @bp.post("/cards/<int:card_id>/move")
 @login_required
-def move(card_id: int) -> Response:
+def move(card_id: int) -> Response | tuple[str, int]:
     return _act(
         card_id,
         lambda s: workspace.move(s, card_id, current_user, _field("stage"), utcnow()),
@@ -138,7 +163,7 @@ def move(card_id: int) -> Response:
 
 @bp.post("/cards/<int:card_id>/acknowledge")
 @login_required
-def acknowledge(card_id: int) -> Response:
+def acknowledge(card_id: int) -> Response | tuple[str, int]:
     visit_id = forms.count(_field("visit_id"), forms.MAX_ID)
     if visit_id is None:
         abort(400, "the form did not say which stage visit to acknowledge")
@@ -151,7 +176,7 @@ def acknowledge(card_id: int) -> Response:
 
 @bp.post("/cards/<int:card_id>/resolve")
 @login_required
-def resolve(card_id: int) -> Response:
+def resolve(card_id: int) -> Response | tuple[str, int]:
     seen = forms.count(_field("seen"), forms.MAX_ID)
     if seen is None:
         abort(400, "the form did not say which of the customer's messages the page showed")
@@ -164,7 +189,7 @@ def resolve(card_id: int) -> Response:
 
 @bp.post("/cards/<int:card_id>/reopen")
 @login_required
-def reopen(card_id: int) -> Response:
+def reopen(card_id: int) -> Response | tuple[str, int]:
     return _act(
         card_id,
         lambda s: workspace.reopen(s, card_id, current_user, utcnow()),

@@ -59,6 +59,18 @@ replies:
 # (what is wrong, line replaced → by what, the problem's start: "line N: field")
 MISTAKES = [
     (
+        "a name longer than its column",
+        "        name: In progress",
+        "        name: " + "In progress " * 11,
+        "line 28: pipelines[0].stages[1].name: is 131 characters; at most 120",
+    ),
+    (
+        "a NUL character",
+        "        name: In progress",
+        '        name: "In\\0progress"',
+        "line 28: pipelines[0].stages[1].name: may not contain a NUL character",
+    ),
+    (
         "bad duration",
         "        sla: 15m",
         "        sla: 15 minutes",

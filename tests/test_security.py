@@ -17,6 +17,7 @@ from flask.testing import FlaskClient
 from redis import Redis
 from rq import Queue, SimpleWorker
 from sqlalchemy import select
+from sqlalchemy.exc import DataError
 from werkzeug.routing import Rule
 from werkzeug.test import TestResponse
 
@@ -232,6 +233,21 @@ def test_ids_too_large_for_the_database_are_not_found_never_an_error(
         assert admin.get(url_of(rule, {**desk, **huge})).status_code == 404, rule.rule
     for query in ("pipeline=99999999999999999999", "stage=2147483648", "page=" + "9" * 30):
         assert admin.get(f"/queue?{query}").status_code == 200, query
+
+
+def test_a_value_the_database_refuses_is_a_bad_request_not_an_outage(seeded: Config) -> None:
+    """Whatever check a value slipped past, PostgreSQL refusing it (too long, a NUL) is the
+    request's fault: 400, not the 503 that says the database is down and invites retries."""
+    app = create_app(seeded)
+
+    @app.get("/refused-value")
+    def refused_value() -> str:
+        raise DataError("INSERT …", {}, Exception("value too long for type varchar(120)"))
+
+    answer = app.test_client().get("/refused-value")
+
+    assert answer.status_code == 400
+    assert "cannot store" in answer.get_data(as_text=True)
 
 
 def test_every_write_without_a_csrf_token_is_refused(app: Flask, desk: dict[str, object]) -> None:

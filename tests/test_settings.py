@@ -227,6 +227,7 @@ def test_escalation_levels_are_added_and_removed_on_the_stage_page(
         ({"sla": "soon"}, "SLA: &#39;soon&#39; is not a duration such as 90s, 15m, 2h or 1h30m"),
         ({"sla": "", "warning": "1m"}, "Warning: needs the SLA it warns before"),
         ({"name": " "}, "Name: is required"),
+        ({"name": "N" * 130}, "is 130 characters; at most 120"),
         ({"reassign": "least-loaded", "sla": "", "warning": ""}, "Reassign: reassigning on"),
         ({"level-0-after": "later", "level-0-to": [SUPERVISOR]}, "Escalation level 1: After:"),
         ({"level-0-after": "5m"}, "Escalation level 1: choose who is told"),
@@ -245,7 +246,8 @@ def test_a_stage_edit_with_a_mistake_says_which_field_and_changes_nothing(
     assert answer.status_code == 400  # type: ignore[attr-defined]
     page = text(answer)
     assert message in page and "Nothing was changed" in page
-    assert 'value="Renamed"' in page or changes.get("name") == " "  # what was typed stays
+    typed = changes.get("name", "Renamed")
+    assert f'value="{typed}"' in page or typed == " "  # what was typed stays
     assert stored_yaml(session) == before
     assert count(session, AuditEntry) == 0
 

@@ -177,6 +177,9 @@ def test_an_admin_adds_an_account_audited_without_its_password(
         ({"whatsapp": "555-1234"}, "is not in E.164 form"),
         ({"email": "ana@example.com"}, "An account with email ana@example.com already exists"),
         ({"name": " "}, "Name must not be empty"),
+        ({"name": "Z" * 121}, "Name must be at most 120 characters"),
+        ({"name": "Zoe\x00"}, "without NUL characters"),
+        ({"email": "z" * 250 + "@example.com"}, "Email must be at most 254 characters"),
     ],
 )
 def test_a_new_account_with_a_mistake_is_refused_keeping_the_form(

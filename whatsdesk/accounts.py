@@ -39,6 +39,24 @@ def whatsapp_address(number: str) -> str:
     return f"whatsapp:{number}"
 
 
+# The columns' lengths (User.name, User.email).
+MAX_NAME, MAX_EMAIL = 120, 254
+
+
+def _name_and_email(name: str, email: str) -> tuple[str, str]:
+    """A person's name and email as stored; AccountError on what the columns cannot hold."""
+    name, email = name.strip(), email.strip().lower()
+    if not name:
+        raise AccountError("name must not be empty")
+    if len(name) > MAX_NAME or "\x00" in name:
+        raise AccountError(f"name must be at most {MAX_NAME} characters, without NUL characters")
+    if len(email) > MAX_EMAIL:
+        raise AccountError(f"email must be at most {MAX_EMAIL} characters")
+    if not EMAIL_RE.match(email) or "\x00" in email:
+        raise AccountError(f"{email!r} is not an email address")
+    return name, email
+
+
 def create_user(
     session: Session,
     *,
@@ -50,11 +68,7 @@ def create_user(
     now: datetime,
 ) -> User:
     """A new staff account; AccountError on anything a person must correct."""
-    email = email.strip().lower()
-    if not name.strip():
-        raise AccountError("name must not be empty")
-    if not EMAIL_RE.match(email):
-        raise AccountError(f"{email!r} is not an email address")
+    name, email = _name_and_email(name, email)
     if role not in ROLES:
         raise AccountError(f"role must be one of {', '.join(ROLES)}")
     if len(password) < MIN_PASSWORD_LENGTH:
@@ -65,7 +79,7 @@ def create_user(
     if address and session.scalars(select(User).where(User.whatsapp == address)).first():
         raise AccountError(f"another account already uses WhatsApp {address}")
     user = User(
-        name=name.strip(),
+        name=name,
         email=email,
         role=role,
         whatsapp=address,
@@ -172,11 +186,7 @@ def update_user(
 ) -> User:
     """Change an account's details and role, audited; AccountError (nothing changed) on
     anything a person must correct, and for demoting the last active admin."""
-    name, email = name.strip(), email.strip().lower()
-    if not name:
-        raise AccountError("name must not be empty")
-    if not EMAIL_RE.match(email):
-        raise AccountError(f"{email!r} is not an email address")
+    name, email = _name_and_email(name, email)
     if role not in ROLES:
         raise AccountError(f"role must be one of {', '.join(ROLES)}")
     address = whatsapp_address(whatsapp) if whatsapp and whatsapp.strip() else None

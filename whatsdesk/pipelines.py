@@ -63,6 +63,21 @@ LEAST_LOADED = "least-loaded"
 # The events a pipeline's `automation` answers with a stage.
 AUTOMATION_EVENTS = ("new_conversation", "customer_message", "agent_reply", "reopen")
 # What an alert template's variables may say.
+# The longest text each field's column holds (keys, names, references); free texts (a
+# message, a reply's text) have no limit.
+FIELD_LIMITS = {
+    "key": 64,
+    "name": 120,
+    "title": 120,
+    "timezone": 64,
+    "calendar": 64,
+    "stage": 64,
+    "to": 64,
+    "then": 64,
+    "reassign": 254,
+    "content_sid": 64,
+    "template": 64,
+}
 TEMPLATE_PLACEHOLDERS = ("name", "text", "card")
 
 
@@ -269,6 +284,15 @@ class _Reader:
             self.fail(
                 node, f"{path}.{name}", f"{value!r} must be lowercase letters, digits, - or _"
             )
+        return self.storable(node, name, path, value)
+
+    def storable(self, node: yaml.Node, name: str, path: str, value: str) -> str:
+        """The value, if its column can hold it (FIELD_LIMITS; no NUL character anywhere)."""
+        limit = FIELD_LIMITS.get(name)
+        if limit is not None and len(value) > limit:
+            self.fail(node, f"{path}.{name}", f"is {len(value)} characters; at most {limit}")
+        elif "\x00" in value:
+            self.fail(node, f"{path}.{name}", "may not contain a NUL character")
         return value
 
     def optional_text(self, fields: dict[str, yaml.Node], name: str, path: str) -> str | None:
@@ -278,7 +302,7 @@ class _Reader:
         if not isinstance(node, yaml.ScalarNode) or not str(node.value).strip():
             self.fail(node, f"{path}.{name}", "expected a non-empty text")
             return None
-        return str(node.value).strip()
+        return self.storable(node, name, path, str(node.value).strip())
 
     def duration(self, fields: dict[str, yaml.Node], name: str, path: str) -> int | None:
         node = fields.get(name)

@@ -6,8 +6,8 @@ import logging
 
 from flask import Flask, Response, render_template, request
 from redis.exceptions import RedisError
-from sqlalchemy.exc import DBAPIError
-from werkzeug.exceptions import HTTPException
+from sqlalchemy.exc import DataError, DBAPIError
+from werkzeug.exceptions import BadRequest, HTTPException
 
 log = logging.getLogger(__name__)
 
@@ -15,6 +15,7 @@ log = logging.getLogger(__name__)
 def register(app: Flask) -> None:
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(DBAPIError, unavailable("database"))
+    app.register_error_handler(DataError, refused_by_database)
     app.register_error_handler(RedisError, unavailable("redis"))
 
 
@@ -28,6 +29,15 @@ def http_error(exc: HTTPException) -> Response | tuple[str, int]:
             f"{exc.code} {exc.name}: {exc.description}\n", exc.code, mimetype="text/plain"
         )
     return render_template("error.html", error=exc), exc.code or 500
+
+
+def refused_by_database(exc: DataError) -> Response | tuple[str, int]:
+    """A value the database cannot store (too long, a NUL character) that no check caught:
+    the request is wrong, not the database down — 400, never a 503 that invites retries."""
+    log.warning("the database refused a value: %s", exc.orig)
+    return http_error(
+        BadRequest("a value is too long, or holds a character, that the desk cannot store")
+    )
 
 
 def unavailable(what: str):  # type: ignore[no-untyped-def]

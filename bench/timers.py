@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from rq import Worker as RqWorker
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 
 from whatsdesk import jobs
 from whatsdesk.alarms import Alarms, second_of
@@ -218,16 +218,9 @@ def sweep_nothing_due(stores: Stores, open_cards: int, repeat: int) -> dict[str,
 
 def explain_sweep(stores: Stores) -> str:
     """The plan of the sweep's due-events query: an index range scan on next_due_at."""
-    with get_engine(stores.database_url).connect() as conn:
-        plan = (
-            conn.execute(
-                text(
-                    "EXPLAIN SELECT stage_visits.* FROM stage_visits JOIN cards ON cards.id = "
-                    "stage_visits.card_id WHERE stage_visits.left_at IS NULL AND cards.status = "
-                    "'open' AND stage_visits.next_due_at <= now()"
-                )
-            )
-            .scalars()
-            .all()
-        )
+    engine = get_engine(stores.database_url)
+    query = jobs.due_visits(datetime.now(UTC))
+    compiled = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        plan = conn.exec_driver_sql(f"EXPLAIN {compiled}").scalars().all()
     return "\n".join(plan)

@@ -1019,5 +1019,5 @@ def test_the_sweep_points_a_visit_at_its_next_instant_as_a_re_timing_left_it(
 
 
 def test_the_sweeps_due_query_uses_the_next_due_index(seeded: Config, session: Session) -> None:
-    plan = query_plan(session, select(StageVisit.id).where(StageVisit.next_due_at <= T0))
+    plan = query_plan(session, jobs.due_visits(T0))
     assert "ix_stage_visits_next_due_at" in plan, plan

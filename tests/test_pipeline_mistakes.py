@@ -59,6 +59,14 @@ replies:
 # (what is wrong, line replaced → by what, the problem's start: "line N: field")
 MISTAKES = [
     (
+        "escalation levels out of order",
+        "            to: [sofia@example.com]",
+        "            to: [sofia@example.com]\n"
+        "          - after: 5m\n"
+        "            to: [ana@example.com]",
+        "line 27: pipelines[0].stages[0].escalate[1].after: level 2 must not come before level 1",
+    ),
+    (
         "a name longer than its column",
         "        name: In progress",
         "        name: " + "In progress " * 11,

@@ -264,24 +264,28 @@ def test_a_password_reset_ends_the_persons_sessions_and_keeps_the_admins_own(
     app: Flask, client: FlaskClient, admin: Config, session: Session
 ) -> None:
     """Ana's phone was stolen while she was logged in: Ada resets her password."""
-    stolen = app.test_client()
+    stolen, adas_laptop = app.test_client(), app.test_client()
     login(stolen, "ana@example.com")
+    login(adas_laptop, ADMIN)
     login(client, ADMIN)
     ana, ada = user(session, "ana@example.com"), user(session, ADMIN)
 
-    post(
+    reset = post(
         client,
         f"/settings/staff/{ana.id}/password",
         {"password": "new-secret-77", "confirm": "new-secret-77"},
     )
+    assert reset.status_code == 302
     assert stolen.get("/queue").status_code == 302  # back to the login page
 
-    post(
+    own = post(
         client,
         f"/settings/staff/{ada.id}/password",
         {"password": "ada-secret-88", "confirm": "ada-secret-88"},
     )
-    assert client.get("/settings/staff").status_code == 200  # Ada goes on working
+    assert own.status_code == 302
+    assert client.get("/settings/staff").status_code == 200  # Ada goes on working here
+    assert adas_laptop.get("/queue").status_code == 302  # and her other session ended
 
 
 def test_an_admin_resets_a_password_audited_as_changed(

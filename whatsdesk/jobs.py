@@ -516,15 +516,20 @@ def _with_recorded(
     return [(visit, recorded[visit.id]) for visit in visits]
 
 
-def _due_events(session: Session, now: datetime) -> list[tuple[int, list[str]]]:
-    """Visits whose next instant has come (an indexed range query), with what they owe."""
-    due, astray = [], []
-    query = (
+def due_visits(now: datetime) -> Select[tuple[StageVisit]]:
+    """The sweep's query: visits whose next instant has come (a range on the next instant's
+    index), of open cards or left with an event still owed."""
+    return (
         select(StageVisit)
         .join(Card, Card.id == StageVisit.card_id)
         .where(StageVisit.next_due_at <= now, _owing())
     )
-    for visit, recorded in _with_recorded(session, query):
+
+
+def _due_events(session: Session, now: datetime) -> list[tuple[int, list[str]]]:
+    """Visits whose next instant has come (an indexed range query), with what they owe."""
+    due, astray = [], []
+    for visit, recorded in _with_recorded(session, due_visits(now)):
         kinds = sla.due_kinds(now, escalation.owed_timers(visit), recorded)
         if kinds:
             due.append((visit.id, kinds))

@@ -377,6 +377,8 @@ class Message(Base):
         Index("ix_messages_pending", "direction", "status"),
         # A recipient's alerts waiting for their digest.
         Index("ix_messages_user_status", "user_id", "status"),
+        # The alerts a digest carried (is a message a digest: notifications._alerted).
+        Index("ix_messages_digest", "digest_id"),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

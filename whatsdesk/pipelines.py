@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
@@ -649,6 +650,17 @@ def _stage(reader: _Reader, node: yaml.Node, path: str) -> StageSpec:
     spec.escalate = [
         _escalation(reader, node, f"{path}.escalate[{i}]") for i, node in enumerate(levels)
     ]
+    for i, (before, level) in enumerate(itertools.pairwise(spec.escalate), start=1):
+        if level.after_seconds < before.after_seconds:  # levels are numbered in time order
+            sooner, later = (
+                format_duration(level.after_seconds),
+                format_duration(before.after_seconds),
+            )
+            reader.fail(
+                levels[i],
+                f"{path}.escalate[{i}].after",
+                f"level {i + 1} must not come before level {i} ({sooner} < {later})",
+            )
     return spec
 
 

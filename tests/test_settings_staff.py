@@ -260,6 +260,12 @@ def test_the_settings_grant_is_for_supervisors_only(
     assert bruno.can_edit_settings is False and not bruno.may_edit_settings
 
 
+def new_password(client: FlaskClient, person: User, password: str) -> TestResponse:
+    """An admin sets `person`'s password on their page, typed twice."""
+    form = {"password": password, "confirm": password}
+    return post(client, f"/settings/staff/{person.id}/password", form)
+
+
 def test_a_password_reset_ends_the_persons_sessions_and_keeps_the_admins_own(
     app: Flask, client: FlaskClient, admin: Config, session: Session
 ) -> None:
@@ -270,19 +276,11 @@ def test_a_password_reset_ends_the_persons_sessions_and_keeps_the_admins_own(
     login(client, ADMIN)
     ana, ada = user(session, "ana@example.com"), user(session, ADMIN)
 
-    reset = post(
-        client,
-        f"/settings/staff/{ana.id}/password",
-        {"password": "new-secret-77", "confirm": "new-secret-77"},
-    )
+    reset = new_password(client, ana, "new-secret-77")
     assert reset.status_code == 302
     assert stolen.get("/queue").status_code == 302  # back to the login page
 
-    own = post(
-        client,
-        f"/settings/staff/{ada.id}/password",
-        {"password": "ada-secret-88", "confirm": "ada-secret-88"},
-    )
+    own = new_password(client, ada, "ada-secret-88")
     assert own.status_code == 302
     assert client.get("/settings/staff").status_code == 200  # Ada goes on working here
     assert adas_laptop.get("/queue").status_code == 302  # and her other session ended

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+import time
 from datetime import timedelta
 from html.parser import HTMLParser
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -11,6 +12,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from itsdangerous import TimestampSigner
 from sqlalchemy import update
 from werkzeug.test import TestResponse
 
@@ -181,6 +183,21 @@ def test_a_copy_of_the_session_cookie_stops_working_at_logout(
     client.post("/logout", data={"csrf_token": page_token(client, "/queue")})
 
     assert not is_logged_in(copy)
+
+
+def test_a_login_ends_after_twelve_hours_without_a_request(
+    client: FlaskClient, seeded: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    login(client)
+
+    def hours_later(hours: float) -> None:
+        at = int(time.time() + hours * 3600)
+        monkeypatch.setattr(TimestampSigner, "get_timestamp", lambda self: at)
+
+    hours_later(11)
+    assert is_logged_in(client)  # used within 12 hours: it goes on, counted from now
+    hours_later(11 + 12 + 1 / 60)
+    assert not is_logged_in(client)
 
 
 def test_logout_without_csrf_is_refused_and_keeps_the_session(

@@ -99,3 +99,11 @@ def test_trusted_proxies_is_read_from_the_environment_and_checked() -> None:
     for bad in ("-1", "yes", "6"):
         with pytest.raises(RuntimeError, match="TRUSTED_PROXIES must be whole from 0 to 5"):
             Config.from_env({"TRUSTED_PROXIES": bad})
+
+
+def test_session_idle_hours_is_read_from_the_environment_and_checked() -> None:
+    assert Config.from_env({}).session_idle_hours == 12
+    assert Config.from_env({"SESSION_IDLE_HOURS": "8"}).session_idle_hours == 8
+    for bad in ("0", "half", "721"):
+        with pytest.raises(RuntimeError, match="SESSION_IDLE_HOURS must be whole hours from 1"):
+            Config.from_env({"SESSION_IDLE_HOURS": bad})

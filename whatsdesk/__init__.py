@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from datetime import timedelta
 
 from flask import Flask, current_app, g
 from flask_login import LoginManager
@@ -58,6 +59,9 @@ def configure(app: Flask, config: Config) -> None:
         REMEMBER_COOKIE_HTTPONLY=True,
         REMEMBER_COOKIE_SAMESITE="Lax",
         WTF_CSRF_TIME_LIMIT=None,
+        # Logins are permanent sessions: the signed cookie carries when it was last used,
+        # and one idle longer than this is refused (not only forgotten by the browser).
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=config.session_idle_hours),
     )
     if config.trusted_proxies:
         # Behind a reverse proxy the client's address and scheme come from the proxy's

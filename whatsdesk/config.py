@@ -40,6 +40,8 @@ class Config:
     max_content_length: int = DEFAULT_MAX_CONTENT_LENGTH
     # Reverse proxies in front of the web process whose X-Forwarded-* headers are believed.
     trusted_proxies: int = 0
+    # A login ends after this many hours without a request from it.
+    session_idle_hours: int = 12
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Config:
@@ -62,6 +64,9 @@ class Config:
             sweep_seconds=_sweep_seconds(env.get("SWEEP_INTERVAL", "")),
             send_rate=_send_rate(env.get("SEND_RATE_LIMIT", "")),
             trusted_proxies=_whole(env.get("TRUSTED_PROXIES", ""), "TRUSTED_PROXIES", 0, 0, 5),
+            session_idle_hours=_whole(
+                env.get("SESSION_IDLE_HOURS", ""), "SESSION_IDLE_HOURS", 12, 1, 720, " hours"
+            ),
         )
 
     @property

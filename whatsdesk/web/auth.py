@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, session, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 from flask_wtf import FlaskForm
 from werkzeug.wrappers import Response
@@ -61,6 +61,7 @@ def login() -> str | Response | tuple[str, int]:
             throttle.succeeded(email, address)
             accounts.start_session(user)
             get_session().commit()
+            session.permanent = True  # ends after SESSION_IDLE_HOURS without a request
             login_user(user)
             return redirect(_safe_next(request.args.get("next")))
         throttle.failed(email, address)

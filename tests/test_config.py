@@ -107,3 +107,10 @@ def test_session_idle_hours_is_read_from_the_environment_and_checked() -> None:
     for bad in ("0", "half", "721"):
         with pytest.raises(RuntimeError, match="SESSION_IDLE_HOURS must be whole hours from 1"):
             Config.from_env({"SESSION_IDLE_HOURS": bad})
+
+
+def test_a_metrics_token_that_cannot_travel_in_a_header_is_refused_at_start() -> None:
+    assert Config.from_env({"METRICS_TOKEN": " s3cret "}).metrics_token == "s3cret"
+    for bad in ("two words", "é-token", "tab\tin"):
+        with pytest.raises(RuntimeError, match="METRICS_TOKEN must be printable ASCII"):
+            Config.from_env({"METRICS_TOKEN": bad})

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import pytest
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from whatsdesk import jobs
+from whatsdesk import create_app, jobs
 from whatsdesk.alarms import second_of
 from whatsdesk.config import Config
 from whatsdesk.db import utcnow
@@ -104,10 +103,15 @@ def test_open_cards_by_sla_state_and_the_queues_are_read_at_scrape_time(
     assert value(samples, "whatsdesk_failed_jobs", queue="whatsdesk") == 0
 
 
+def with_token(config: Config) -> FlaskClient:
+    """A client of a desk whose METRICS_TOKEN is s3cret-scrape-token."""
+    return create_app(config.with_(metrics_token="s3cret-scrape-token")).test_client()
+
+
 def test_without_a_token_only_direct_loopback_requests_are_answered(
-    client: FlaskClient, config: Config, monkeypatch: pytest.MonkeyPatch
+    client: FlaskClient, config: Config
 ) -> None:
-    monkeypatch.delenv("METRICS_TOKEN", raising=False)
+    assert config.metrics_token == ""
     assert client.get("/metrics").status_code == 200
     remote = client.get("/metrics", environ_base={"REMOTE_ADDR": "203.0.113.9"})
     assert remote.status_code == 403
@@ -116,10 +120,8 @@ def test_without_a_token_only_direct_loopback_requests_are_answered(
     assert "loopback" in proxied.get_data(as_text=True)
 
 
-def test_with_a_token_only_its_bearer_is_answered_from_anywhere(
-    client: FlaskClient, config: Config, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("METRICS_TOKEN", "s3cret-scrape-token")
+def test_with_a_token_only_its_bearer_is_answered_from_anywhere(config: Config) -> None:
+    client = with_token(config)
     assert client.get("/metrics").status_code == 401
     wrong = client.get("/metrics", headers={"Authorization": "Bearer guess"})
     assert wrong.status_code == 401
@@ -133,10 +135,8 @@ def test_with_a_token_only_its_bearer_is_answered_from_anywhere(
     assert "whatsdesk_open_cards" in right.get_data(as_text=True)
 
 
-def test_a_token_that_is_not_ascii_is_refused_not_an_error(
-    client: FlaskClient, config: Config, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("METRICS_TOKEN", "s3cret-scrape-token")
+def test_a_token_that_is_not_ascii_is_refused_not_an_error(config: Config) -> None:
+    client = with_token(config)
 
     answer = client.get("/metrics", headers={"Authorization": "Bearer é"})
 

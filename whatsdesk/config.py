@@ -42,6 +42,8 @@ class Config:
     trusted_proxies: int = 0
     # A login ends after this many hours without a request from it.
     session_idle_hours: int = 12
+    # The bearer token Prometheus scrapes /metrics with; empty: loopback only.
+    metrics_token: str = ""
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Config:
@@ -67,6 +69,7 @@ class Config:
             session_idle_hours=_whole(
                 env.get("SESSION_IDLE_HOURS", ""), "SESSION_IDLE_HOURS", 12, 1, 720, " hours"
             ),
+            metrics_token=_token(env.get("METRICS_TOKEN", "")),
         )
 
     @property
@@ -119,6 +122,14 @@ def _send_rate(raw: str) -> float:
             f"(80 for a WhatsApp sender, 0.33 for the Twilio sandbox), not {raw!r}"
         )
     return rate
+
+
+def _token(raw: str) -> str:
+    """METRICS_TOKEN as scrapers send it in a header: printable ASCII, no spaces."""
+    token = raw.strip()
+    if token and not (token.isascii() and token.isprintable() and " " not in token):
+        raise RuntimeError("METRICS_TOKEN must be printable ASCII without spaces")
+    return token
 
 
 def _whole(raw: str, name: str, default: int, low: int, high: int, unit: str = "") -> int:

@@ -163,11 +163,6 @@ def exposition(sessions: sessionmaker[Session], alarms: Alarms, now: datetime) -
     return generate_latest(registry)
 
 
-def configured_token() -> str:
-    """METRICS_TOKEN: the bearer token scrapers send; empty means loopback only."""
-    return os.environ.get("METRICS_TOKEN", "").strip()
-
-
 def may_scrape(token: str, authorization: str, remote_addr: str | None, proxied: bool) -> bool:
     """With a token: the right bearer token. Without: only a direct loopback client (a
     request a local reverse proxy forwarded is refused, as it may come from anywhere)."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, request
 
-from .. import current_alarms, metrics
+from .. import current_alarms, current_config, metrics
 from ..db import utcnow
 
 bp = Blueprint("metrics", __name__)
@@ -14,7 +14,7 @@ FORWARDED_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-Ip")
 
 @bp.get("/metrics")
 def scrape() -> Response:
-    token = metrics.configured_token()
+    token = current_config().metrics_token
     proxied = any(name in request.headers for name in FORWARDED_HEADERS)
     authorization = request.headers.get("Authorization", "")
     if not metrics.may_scrape(token, authorization, request.remote_addr, proxied):

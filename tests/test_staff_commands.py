@@ -4,7 +4,7 @@ real signed webhook, against real stored alerts, digests and stage visits."""
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from flask import Flask
@@ -613,6 +613,19 @@ def test_snooze_after_the_first_level_moves_only_the_second(
     assert visit_of(session, card).timers.levels == (level_1, level_2 + timedelta(minutes=15))
 
 
+def level_1_later() -> pipelines.DeskSpec:
+    """The configuration with New's escalation level 1 10 min after the breach (was 5)."""
+    changed = CONFIG.replace("after: 5m", "after: 10m", 1)
+    assert changed != CONFIG
+    return pipelines.parse(changed)
+
+
+def new_schedule(deadline: datetime, snoozed: int) -> tuple[datetime, datetime]:
+    """New's two levels under level_1_later, `snoozed` minutes later."""
+    later = timedelta(minutes=snoozed)
+    return (deadline + timedelta(minutes=10) + later, deadline + timedelta(minutes=20) + later)
+
+
 def test_a_snooze_is_kept_when_the_settings_re_time_open_cards(
     client: FlaskClient, desk_config: Config, session: Session
 ) -> None:
@@ -626,17 +639,10 @@ def test_a_snooze_is_kept_when_the_settings_re_time_open_cards(
     staff_says(client, desk_config, "sofia", f"SNOOZE 30 #{card.id}")
     fresh(session)
 
-    changed = CONFIG.replace("after: 5m", "after: 10m", 1)  # New's level 1
-    assert changed != CONFIG
-    spec = pipelines.parse(changed)
-    configuration.apply(session, spec, None, "import", "test", utcnow(), retime=True)
+    configuration.apply(session, level_1_later(), None, "import", "test", utcnow(), retime=True)
     session.commit()
 
-    later = timedelta(minutes=30)
-    assert visit_of(session, card).timers.levels == (
-        deadline + timedelta(minutes=10) + later,
-        deadline + timedelta(minutes=20) + later,
-    )
+    assert visit_of(session, card).timers.levels == new_schedule(deadline, snoozed=30)
 
 
 def test_a_snooze_committed_while_the_settings_re_time_open_cards_is_kept(
@@ -652,14 +658,11 @@ def test_a_snooze_committed_while_the_settings_re_time_open_cards_is_kept(
     assert deadline is not None
     sofia = accounts.find_by_email(session, "sofia@example.com")
     assert sofia is not None
-    changed = pipelines.parse(CONFIG.replace("after: 5m", "after: 10m", 1))  # New's level 1
-    snoozer, saver = (
-        session_factory(desk_config.database_url)(),
-        session_factory(desk_config.database_url)(),
-    )
+    sessions = session_factory(desk_config.database_url)
+    snoozer, saver = sessions(), sessions()
 
     def save_and_retime() -> None:
-        configuration.apply(saver, changed, None, "import", "test", utcnow(), retime=True)
+        configuration.apply(saver, level_1_later(), None, "import", "test", utcnow(), retime=True)
         saver.commit()
 
     try:
@@ -670,11 +673,7 @@ def test_a_snooze_committed_while_the_settings_re_time_open_cards_is_kept(
         snoozer.close()
         saver.close()
 
-    later = timedelta(minutes=60)
-    assert visit_of(session, card).timers.levels == (
-        deadline + timedelta(minutes=10) + later,
-        deadline + timedelta(minutes=20) + later,
-    )
+    assert visit_of(session, card).timers.levels == new_schedule(deadline, snoozed=60)
 
 
 # --- finding the card ---------------------------------------------------------------------------

@@ -39,8 +39,8 @@ def whatsapp_address(number: str) -> str:
     return f"whatsapp:{number}"
 
 
-# The columns' lengths (User.name, User.email).
-MAX_NAME, MAX_EMAIL = 120, 254
+# What the columns hold.
+MAX_NAME, MAX_EMAIL = User.__table__.c.name.type.length, User.__table__.c.email.type.length
 
 
 def _name_and_email(name: str, email: str) -> tuple[str, str]:

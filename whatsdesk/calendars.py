@@ -116,10 +116,11 @@ def read_ics(source: str, years: range, timezone: str) -> list[date]:
     except ValueError as exc:
         raise ValueError(f"not an iCalendar file: {exc}") from exc
     days: set[date] = set()
+    zone = ZoneInfo(timezone)
     for event in events:
         if str(event.get("STATUS", "")).upper() == "CANCELLED":
             continue
-        days |= set(_event_days(event, ZoneInfo(timezone)))
+        days |= set(_event_days(event, zone))
     return sorted(day for day in days if day.year in years)
 
 

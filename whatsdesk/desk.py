@@ -613,8 +613,12 @@ def _stage_of(pipeline: Pipeline, stage_key: str) -> Stage:
 
 
 def move_card(session: Session, card_id: int, stage_key: str, now: datetime) -> StageVisit:
-    """Move an open card to another stage of its pipeline (the caller arms its timers)."""
+    """Move an open card to another stage of its pipeline (the caller arms its timers). Not
+    to the stage it is in: that would restart its SLA clock and record the visit as met,
+    silencing its warning and breach."""
     card = _open_card(session, card_id)
+    if card.stage.key == stage_key:
+        raise DeskError(f"the conversation is already in {card.stage.name}")
     return enter_stage(session, card, _stage_of(card.pipeline, stage_key), now)
 
 
@@ -702,9 +706,22 @@ def answered(session: Session, card: Card, agent: User, message: Message, now: d
     return Replied(message, automate(session, card, AGENT_REPLY, now))
 
 
-def resolve(session: Session, card_id: int, now: datetime) -> Card:
-    """Close the conversation: its stage visit ends, its timers stop."""
+def resolve(session: Session, card_id: int, now: datetime, seen: int | None = None) -> Card:
+    """Close the conversation: its stage visit ends, its timers stop. `seen`: the id of the
+    customer's latest message the person resolving has seen (0: none); a message that came
+    after it is not buried unread."""
     card = _open_card(session, card_id)
+    if seen is not None:
+        latest = session.scalar(
+            select(func.max(Message.id)).where(
+                Message.card_id == card.id, Message.direction == "in"
+            )
+        )
+        if latest is not None and latest > seen:
+            raise DeskError(
+                f"{card.contact.display_name} wrote again since this page was opened: "
+                "read it before resolving"
+            )
     visit = current_visit(session, card)
     if visit is not None:
         leave(visit, now)

@@ -20,15 +20,10 @@ from .models import SUPERVISOR_ROLES, BusinessCalendar, Card, Message, SlaEvent,
 log = logging.getLogger(__name__)
 
 
-def visit_is_live(visit: StageVisit | None) -> bool:
-    """Still the card's current stage, on a card still open."""
-    return visit is not None and visit.left_at is None and visit.card.status == "open"
-
-
 def may_fire(visit: StageVisit) -> bool:
     """The card's current visit on an open card, or one it has left, which owes what fell
     due before it ended (`sla.left_behind`)."""
-    return visit.left_at is not None or visit_is_live(visit)
+    return visit.left_at is not None or visit.card.status == "open"
 
 
 @dataclass
@@ -95,9 +90,10 @@ def fire_many(
         done = _fire_locked(session, visit, recorded[visit_id], kind, now(), people)
         if done is not None:
             # A resolution event is the card's: its other visits here have it too.
-            same = [v.id for v in visits.values() if v.card_id == visit.card_id]
-            for other in same if kind in sla.CARD_KINDS else [visit_id]:
-                recorded[other].add(kind)
+            card_wide = kind in sla.CARD_KINDS
+            for other in visits.values() if card_wide else [visit]:
+                if other.card_id == visit.card_id:
+                    recorded[other.id].add(kind)
             fired.append(done)
     session.flush()  # the events, their alerts and the visits' next instants, in bulk
     return fired

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 from redis.exceptions import RedisError
 from rq.timeouts import BaseTimeoutException
-from sqlalchemy import ColumnElement, Select, and_, or_, select, update
+from sqlalchemy import ColumnElement, Select, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -144,12 +144,10 @@ def _timers_of(
 
 
 def _owing() -> ColumnElement[bool]:
-    """Visits that may owe an event: the current one of an open card, and one left with an
-    event still unrecorded (`desk.leave` keeps its next instant only then)."""
-    return or_(
-        and_(StageVisit.left_at.is_(None), Card.status == "open"),
-        and_(StageVisit.left_at.is_not(None), StageVisit.next_due_at.is_not(None)),
-    )
+    """With a range on the next instant: visits that may owe an event, the current one of an
+    open card and one left with an event still unrecorded (`desk.leave` keeps its next
+    instant only then; a visit left otherwise has none). As `escalation.may_fire`."""
+    return or_(StageVisit.left_at.is_not(None), Card.status == "open")
 
 
 def _at_instant(instant: datetime, come_back: Callable[[], None]) -> bool:

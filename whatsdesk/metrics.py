@@ -46,15 +46,12 @@ if not getattr(values.ValueClass, "_multiprocess", False):  # imported before us
     values.ValueClass = values.MultiProcessValue()
 
 
-def start_afresh() -> int:
+def start_afresh() -> None:
     """Remove the counters that processes of an earlier run left in the metrics directory
     (Prometheus expects counters to restart from zero with the service); before any process
-    of this run starts. The number of files removed."""
-    removed = 0
+    of this run starts."""
     for leftover in Path(os.environ[MULTIPROC_ENV]).glob("*.db"):
         leftover.unlink(missing_ok=True)
-        removed += 1
-    return removed
 
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -63,7 +63,6 @@ RESOLVE = "resolve"
 LEAST_LOADED = "least-loaded"
 # The events a pipeline's `automation` answers with a stage.
 AUTOMATION_EVENTS = ("new_conversation", "customer_message", "agent_reply", "reopen")
-# What an alert template's variables may say.
 # The longest text each field's column holds (keys, names, references); free texts (a
 # message, a reply's text) have no limit.
 FIELD_LIMITS = {
@@ -79,6 +78,7 @@ FIELD_LIMITS = {
     "content_sid": 64,
     "template": 64,
 }
+# What an alert template's variables may say.
 TEMPLATE_PLACEHOLDERS = ("name", "text", "card")
 
 

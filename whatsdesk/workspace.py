@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from . import desk, escalation, settings, sla
@@ -111,11 +111,6 @@ def reply(session: Session, card_id: int, agent: User, body: str, now: datetime)
 
 
 def move(session: Session, card_id: int, user: User, stage_key: str, now: datetime) -> Done:
-    """To another stage: moving to the stage it is in would restart its SLA clock and record
-    the visit as met, silencing its warning and breach."""
-    card = desk.lock_card(session, card_id)
-    if card is not None and card.status == "open" and card.stage.key == stage_key:
-        raise DeskError(f"the conversation is already in {card.stage.name}")
     visit = desk.move_card(session, card_id, stage_key, now)
     log(session, visit.card, user, "moved", f"{user.name} moved it to {visit.stage.name}", now)
     return Done.of(visit=visit)
@@ -124,17 +119,8 @@ def move(session: Session, card_id: int, user: User, stage_key: str, now: dateti
 def resolve(
     session: Session, card_id: int, user: User, now: datetime, seen: int | None = None
 ) -> Done:
-    """Close the conversation. `seen`: the customer's latest message the page showed (0:
-    none); a message that came after it is not buried unread by a page opened before."""
-    card = desk.lock_card(session, card_id)
-    if card is not None and seen is not None:
-        latest = latest_inbound(session, card_id)
-        if latest is not None and latest > seen:
-            raise DeskError(
-                f"{card.contact.display_name} wrote again since this page was opened: "
-                "read it before resolving"
-            )
-    card = desk.resolve(session, card_id, now)
+    """Close the conversation; `seen`: as desk.resolve (the page's latest customer message)."""
+    card = desk.resolve(session, card_id, now, seen)
     log(session, card, user, "resolved", f"{user.name} resolved the conversation", now)
     return Done()
 
@@ -277,13 +263,6 @@ class Conversation:
     acknowledgeable: StageVisit | None = None
     # The customer's latest message shown (0: none): Resolve says which it has seen.
     latest_inbound: int = 0
-
-
-def latest_inbound(session: Session, card_id: int) -> int | None:
-    """The id of the customer's latest message on the card."""
-    return session.scalar(
-        select(func.max(Message.id)).where(Message.card_id == card_id, Message.direction == "in")
-    )
 
 
 def conversation(session: Session, card_id: int, viewer: User, now: datetime) -> Conversation:

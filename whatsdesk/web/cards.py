@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 
 import requests
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask.typing import ResponseReturnValue
 from flask_login import current_user, login_required
 from redis.exceptions import RedisError
 from sqlalchemy.orm import Session
@@ -64,7 +65,7 @@ def _act(
     use_case: Callable[[Session], Done],
     done: str,
     draft: tuple[str, str] | None = None,
-) -> Response | tuple[str, int]:
+) -> ResponseReturnValue:
     """Run a use-case on the card, commit, hand what it started to Redis, and go back to
     the conversation saying what happened (or why nothing did: with `draft`, the form's
     name and text, the page is shown again with the text kept)."""
@@ -95,7 +96,7 @@ def _field(name: str) -> str:
 
 @bp.post("/cards/<int:card_id>/claim")
 @login_required
-def claim(card_id: int) -> Response | tuple[str, int]:
+def claim(card_id: int) -> ResponseReturnValue:
     return _act(
         card_id,
         lambda s: workspace.claim(s, card_id, current_user, utcnow()),
@@ -105,7 +106,7 @@ def claim(card_id: int) -> Response | tuple[str, int]:
 
 @bp.post("/cards/<int:card_id>/assign")
 @login_required
-def assign(card_id: int) -> Response | tuple[str, int]:
+def assign(card_id: int) -> ResponseReturnValue:
     user_id = forms.count(_field("user_id"), forms.MAX_ID)
     if user_id is None:
         flash("Choose who gets the conversation.", "error")
@@ -119,7 +120,7 @@ def assign(card_id: int) -> Response | tuple[str, int]:
 
 @bp.post("/cards/<int:card_id>/reply")
 @login_required
-def reply(card_id: int) -> Response | tuple[str, int]:
+def reply(card_id: int) -> ResponseReturnValue:
     body = _typed()
     return _act(
         card_id,
@@ -131,7 +132,7 @@ def reply(card_id: int) -> Response | tuple[str, int]:
 
 @bp.post("/cards/<int:card_id>/template")
 @login_required
-def template(card_id: int) -> Response | tuple[str, int]:
+def template(card_id: int) -> ResponseReturnValue:
     return _act(
         card_id,
         lambda s: workspace.send_template(s, card_id, current_user, _field("key"), utcnow()),
@@ -141,7 +142,7 @@ def template(card_id: int) -> Response | tuple[str, int]:
 
 @bp.post("/cards/<int:card_id>/note")
 @login_required
-def note(card_id: int) -> Response | tuple[str, int]:
+def note(card_id: int) -> ResponseReturnValue:
     body = _typed()
     return _act(
         card_id,
@@ -153,7 +154,7 @@ def note(card_id: int) -> Response | tuple[str, int]:
 
 @bp.post("/cards/<int:card_id>/move")
 @login_required
-def move(card_id: int) -> Response | tuple[str, int]:
+def move(card_id: int) -> ResponseReturnValue:
     return _act(
         card_id,
         lambda s: workspace.move(s, card_id, current_user, _field("stage"), utcnow()),
@@ -163,7 +164,7 @@ def move(card_id: int) -> Response | tuple[str, int]:
 
 @bp.post("/cards/<int:card_id>/acknowledge")
 @login_required
-def acknowledge(card_id: int) -> Response | tuple[str, int]:
+def acknowledge(card_id: int) -> ResponseReturnValue:
     visit_id = forms.count(_field("visit_id"), forms.MAX_ID)
     if visit_id is None:
         abort(400, "the form did not say which stage visit to acknowledge")
@@ -176,7 +177,7 @@ def acknowledge(card_id: int) -> Response | tuple[str, int]:
 
 @bp.post("/cards/<int:card_id>/resolve")
 @login_required
-def resolve(card_id: int) -> Response | tuple[str, int]:
+def resolve(card_id: int) -> ResponseReturnValue:
     seen = forms.count(_field("seen"), forms.MAX_ID)
     if seen is None:
         abort(400, "the form did not say which of the customer's messages the page showed")
@@ -189,7 +190,7 @@ def resolve(card_id: int) -> Response | tuple[str, int]:
 
 @bp.post("/cards/<int:card_id>/reopen")
 @login_required
-def reopen(card_id: int) -> Response | tuple[str, int]:
+def reopen(card_id: int) -> ResponseReturnValue:
     return _act(
         card_id,
         lambda s: workspace.reopen(s, card_id, current_user, utcnow()),

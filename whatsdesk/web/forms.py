@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from werkzeug.routing import IntegerConverter, Map
@@ -21,6 +22,12 @@ def count(raw: str | None, limit: int) -> int | None:
         return None
     value = int(raw)
     return value if value <= limit else None
+
+
+def given(args: Mapping[str, str], names: Sequence[str]) -> dict[str, str]:
+    """Those of `names` a request gives (not empty): links are built from these, never from
+    whatever other argument came with it."""
+    return {name: value for name in names if (value := args.get(name, ""))}
 
 
 class RowId(IntegerConverter):

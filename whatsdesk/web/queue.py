@@ -45,8 +45,7 @@ def index() -> str | Response:
     session = get_session()
     page = desk.queue_page(session, now, filters, _number("page") or 1, PER_PAGE)
     fragment = bool(request.args.get("fragment"))
-    # The filters as given, to keep in the pager's and the refresh's links (only these).
-    args = {k: v for k in FILTER_ARGS if (v := request.args.get(k, ""))}
+    args = forms.given(request.args, FILTER_ARGS)  # kept in the pager's and refresh's links
     html = render_template(
         "_queue_refresh.html" if fragment else "queue.html",
         rows=page.rows,

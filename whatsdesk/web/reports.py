@@ -149,12 +149,7 @@ def _period() -> tuple[Period | None, str | None]:
         return None, str(error)
 
 
-def _asked_period() -> dict[str, str]:
-    """The period's query arguments as given, to ask again after a mistake (only these:
-    links are built from them)."""
-    return {k: v for k in PERIOD_ARGS if (v := request.args.get(k, ""))}
-
-
+# The period's query arguments, asked again as given after a mistake.
 PERIOD_ARGS = ("period", "start", "end")
 
 
@@ -172,7 +167,7 @@ def index() -> tuple[str, int] | str:
 
 
 def _page(report: Report | None, error: str | None) -> str:
-    args = report.period.args() if report else _asked_period()
+    args = report.period.args() if report else forms.given(request.args, PERIOD_ARGS)
     figures: dict[str, str] = {}
     if report is not None:
         names = [s.stage.label for s in report.stages]
@@ -275,7 +270,7 @@ def suggestions() -> tuple[str, int] | str:
         "suggestions.html",
         period=period,
         error=error,
-        args=period.args() if period else _asked_period(),
+        args=period.args() if period else forms.given(request.args, PERIOD_ARGS),
         kind=(period.kind if period else request.args.get("period", reports.DEFAULT_PERIOD)),
         labels=reports.PERIOD_LABELS,
         timezone=_timezone(),

@@ -156,7 +156,6 @@ def password(user_id: int) -> ResponseReturnValue:
         user = _user(user_id)
         accounts.set_password(get_session(), user, _me(), _form("password"), utcnow())
         if user.id == _me().id:  # the admin's other sessions end, this one goes on
-            get_session().commit()
             login_user(user)
         return f"{user.name}'s password changed."
 

@@ -37,6 +37,12 @@ class Worker(SimpleWorker):
         self._next_scheduler_look = 0.0
         freeze_heap()  # the jobs and their libraries are loaded (see freeze_heap)
 
+    @property
+    def dequeue_timeout(self) -> int:
+        """An idle worker wakes once a second (RQ's own wait is about 7 minutes): its
+        heartbeat is where a dead scheduler is taken over, which must not wait for a job."""
+        return 1
+
     def heartbeat(self, timeout: int | None = None, pipeline: Pipeline | None = None) -> None:
         """RQ's heartbeat. The one of its loop (before each job and each wait for one, no
         pipeline) also, at most once a second, takes over RQ's scheduler from a dead one

@@ -11,7 +11,7 @@ from typing import Any
 from whatsdesk.config import PROJECT_ROOT
 
 from . import ingest, pages, report, timers
-from .harness import WORK, Sizes, Stores, machine
+from .harness import WORK, Sizes, Stores, host_speed, machine
 
 NAMES = ("ingest", "precision", "storm", "pages")
 
@@ -31,6 +31,7 @@ def main() -> int:
     started = time.monotonic()
     WORK.mkdir(parents=True, exist_ok=True)
     with Stores() as stores:
+        facts.update(host_speed(stores.database_url))
         for name in chosen:
             print(f"bench: {name}…", flush=True)
             if name == "ingest":

@@ -1,0 +1,84 @@
+"""The benchmarks' own parts, so `make bench` keeps measuring the desk as it is: the signed
+webhooks it replays are messages the desk takes, and the data it loads with COPY fits the
+current schema and shows on the pages it times. (The timings themselves are never tested.)"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from bench import data, ingest
+from whatsdesk import desk, reports, whatsapp
+from whatsdesk.config import Config
+from whatsdesk.models import Card, Message, SlaEvent
+
+from conftest import csrf_token, fresh, now
+
+
+def test_the_replayed_webhooks_are_messages_the_desk_takes_one_in_five_opening_a_conversation(
+    seeded: Config, client: FlaskClient, session: Session, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(ingest, "WORK", tmp_path)
+    token = whatsapp.webhook_token(seeded)
+    requests = ingest.requests_file("http://localhost", token, 10, "desk")
+    for line in requests.read_text("utf-8").splitlines():
+        signature, body = line.split("\t")
+        answer = client.post(
+            ingest.PATH,
+            data=body,
+            content_type="application/x-www-form-urlencoded",
+            headers={"X-Twilio-Signature": signature},
+        )
+        assert answer.status_code == 200, answer.get_data(as_text=True)
+    fresh(session)
+    inbound = session.scalar(
+        select(func.count(Message.id)).where(Message.direction == "in", Message.sid.like("SMdesk%"))
+    )
+    assert inbound == 10
+    assert session.scalar(select(func.count(Card.id)).where(Card.status == "open")) == 2
+
+
+def _login(client: FlaskClient, email: str) -> None:
+    token = csrf_token(client.get("/login").get_data(as_text=True))
+    answer = client.post(
+        "/login", data={"email": email, "password": data.PASSWORD, "csrf_token": token}
+    )
+    assert answer.status_code == 302, answer.get_data(as_text=True)
+
+
+def test_the_bulk_data_fits_the_schema_and_shows_on_the_pages_the_benchmarks_time(
+    config: Config, app: Flask, session: Session
+) -> None:
+    if make_url(config.database_url).get_backend_name() != "postgresql":
+        pytest.skip("the benchmarks load their data with PostgreSQL's COPY")
+    at = now()
+    seeded = data.seed(config.database_url, at)
+    data.open_cards(config.database_url, seeded, 40, at, messages_per_card=3)
+    assert data.history(config.database_url, seeded, days=20, per_day=6, now=at) == 120
+    period = reports.parse_period({"period": "30d"}, at, str(desk.desk_timezone(session)))
+    breaches = session.scalar(
+        select(func.count(SlaEvent.id)).where(
+            SlaEvent.kind == "breach", SlaEvent.fired_at < period.end
+        )
+    )
+    assert breaches, "a history with no breach would not exercise the report"
+
+    agent = app.test_client()
+    _login(agent, data.AGENTS[0][1])
+    queue = agent.get("/queue").get_data(as_text=True)
+    assert re.search(r'id="queue-total">40<', queue), queue
+    assert agent.get(f"/queue?stage={seeded['stages']['reply']}").status_code == 200
+
+    supervisor = app.test_client()
+    _login(supervisor, data.SUPERVISORS[0][1])
+    assert supervisor.get("/dashboard").status_code == 200
+    report = supervisor.get("/reports?period=30d").get_data(as_text=True)
+    assert f"<strong>{breaches}</strong> stage SLA breaches" in report

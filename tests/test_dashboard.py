@@ -30,7 +30,7 @@ from whatsdesk.db import get_engine
 from whatsdesk.models import Card, Pipeline, Stage, StageVisit, User
 from whatsdesk.web import dashboard as dashboard_web
 
-from conftest import PASSWORD, inbound_form, login, seed
+from conftest import PASSWORD, inbound_form, login, query_plan, seed
 from test_browser import browser, customer_writes, log_in, page, screenshot  # noqa: F401
 from test_end_to_end import processes
 from twilio_server import TwilioServer
@@ -200,6 +200,18 @@ def test_the_closest_to_breaching_come_first_and_the_most_overdue_apart(
         (scene["caio"], -600),
     ]
     assert len(dashboard.build(session, T, nearest=1).nearest) == 1
+
+
+@pytest.mark.parametrize("overdue", [False, True], ids=["nearest", "overdue"])
+def test_the_cards_nearest_their_deadline_are_read_from_an_index(
+    session: Session, scene: dict[str, int], overdue: bool
+) -> None:
+    """Both lists read the first ten open visits in deadline order from an index, however
+    many cards are open (a scan and a sort of every open visit took 40 ms at 100,000)."""
+    if session.get_bind().dialect.name != "postgresql":
+        pytest.skip("SQLite, without statistics, picks an index by rule (it serves small desks)")
+    plan = query_plan(session, dashboard.due_query(T, overdue, 10))
+    assert "ix_stage_visits_open_deadline" in plan, plan
 
 
 def test_each_agent_has_their_open_load_and_todays_breaches_in_the_desks_timezone(

@@ -12,9 +12,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, Select, func, select
 from sqlalchemy.orm import Session, selectinload
 
 from . import clock, desk, sla
@@ -188,6 +189,26 @@ def choosing_team(session: Session) -> int:
 def due_cards(session: Session, now: datetime, overdue: bool, limit: int) -> list[DueCard]:
     """The open cards nearest their stage deadline: still ahead (`overdue` False) or past it
     (True, the longest overdue first). The earliest deadline comes first either way."""
+    return [
+        DueCard(
+            card_id=card_id,
+            customer=profile_name or address.removeprefix("whatsapp:"),
+            pipeline=pipeline,
+            stage=stage,
+            owner=owner,
+            deadline_at=deadline_at,
+            state=sla.state_at(now, sla.Timers(warning_at, deadline_at)),
+            seconds_left=(deadline_at - now).total_seconds(),
+        )
+        for card_id, warning_at, deadline_at, profile_name, address, pipeline, stage, owner in (
+            session.execute(due_query(now, overdue, limit))
+        )
+    ]
+
+
+def due_query(now: datetime, overdue: bool, limit: int) -> Select[Any]:
+    """due_cards' statement: the first `limit` open visits in deadline order, read from
+    ix_stage_visits_open_deadline, then their card, customer, stage and owner."""
     visit = StageVisit
     passed: ColumnElement[bool] = visit.deadline_at <= now if overdue else visit.deadline_at > now
     top = (
@@ -197,7 +218,7 @@ def due_cards(session: Session, now: datetime, overdue: bool, limit: int) -> lis
         .limit(limit)
         .subquery()
     )
-    rows = session.execute(
+    return (
         select(
             top.c.card_id,
             top.c.warning_at,
@@ -215,19 +236,6 @@ def due_cards(session: Session, now: datetime, overdue: bool, limit: int) -> lis
         .outerjoin(User, User.id == Card.owner_id)
         .order_by(top.c.deadline_at, top.c.card_id)
     )
-    return [
-        DueCard(
-            card_id=card_id,
-            customer=profile_name or address.removeprefix("whatsapp:"),
-            pipeline=pipeline,
-            stage=stage,
-            owner=owner,
-            deadline_at=deadline_at,
-            state=sla.state_at(now, sla.Timers(warning_at, deadline_at)),
-            seconds_left=(deadline_at - now).total_seconds(),
-        )
-        for card_id, warning_at, deadline_at, profile_name, address, pipeline, stage, owner in rows
-    ]
 
 
 def agent_rows(session: Session, since: datetime, until: datetime) -> list[AgentRow]:

@@ -914,7 +914,9 @@ def queue_page(
 ) -> QueuePage:
     """One page of the queue: customers waiting longest first, then those answered."""
     filters = filters or QueueFilter()
-    open_cards = _filtered(select(func.count(Card.id)).where(Card.status == "open"), filters, now)
+    open_cards = _filtered(
+        select(func.count()).select_from(Card).where(Card.status == "open"), filters, now
+    )
     total = session.scalar(open_cards) or 0
     page = max(1, min(page, max(1, -(-total // per_page))))
     rows = waiting_queue(session, now, per_page, (page - 1) * per_page, filters)

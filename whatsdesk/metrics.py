@@ -125,7 +125,7 @@ class DeskCollector(Collector):
         )
         with self.sessions() as session:
             for state in sla.STATE_LABELS:
-                query = select(func.count(Card.id)).where(Card.status == "open")
+                query = select(func.count()).select_from(Card).where(Card.status == "open")
                 # The queue's own filter: one definition of each state.
                 query = desk._filtered(query, desk.QueueFilter(state=state), self.now)
                 cards.add_metric([state], session.scalar(query) or 0)

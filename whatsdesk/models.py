@@ -222,6 +222,8 @@ class Card(Base):
         Index("ix_cards_queue", "status", "waiting_since", "id"),
         # A new customer's place in their pipeline's queue (the bot's acknowledgement).
         Index("ix_cards_pipeline_queue", "status", "pipeline_id", "waiting_since", "id"),
+        # The queue filtered to one owner ("mine"): its page and its count.
+        Index("ix_cards_owner_queue", "status", "owner_id", "waiting_since", "id"),
         # One open conversation per customer, even when their messages arrive at once.
         Index(
             "uq_cards_open_contact",
@@ -262,6 +264,18 @@ class StageVisit(Base):
     __table_args__ = (
         # Reports: the visits that finished in a period, per stage.
         Index("ix_stage_visits_left", "left_at", "stage_id"),
+        # The dashboard, from the index alone: the open visits nearest their deadline (and
+        # the longest overdue), and how many open visits of each stage are in each state.
+        Index(
+            "ix_stage_visits_open_deadline",
+            "deadline_at",
+            "card_id",
+            "stage_id",
+            "warning_at",
+            "paused",
+            sqlite_where=text("left_at IS NULL"),
+            postgresql_where=text("left_at IS NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)

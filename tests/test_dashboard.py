@@ -234,8 +234,9 @@ def test_each_agent_has_their_open_load_and_todays_breaches_in_the_desks_timezon
 def test_the_sql_state_agrees_with_the_python_state(
     session: Session, scene: dict[str, int]
 ) -> None:
-    """desk.visit_state_sql (the dashboard's counts) and desk.visit_state (the queue's
-    column) on the same visits, at the edges: exactly at the warning and the deadline."""
+    """desk.visit_state_sql (the dashboard's counts), desk.in_state (the queue's filter)
+    and desk.visit_state (the queue's column) on the same visits, at the edges: exactly at
+    the warning and the deadline."""
     visits = session.scalars(select(StageVisit).where(StageVisit.left_at.is_(None))).all()
     instants = {T}
     for visit in visits:
@@ -250,6 +251,11 @@ def test_the_sql_state_agrees_with_the_python_state(
         )
         in_python = {v.id: use.visit_state(v, now) for v in visits}
         assert in_sql == in_python, now
+        for state in dashboard.STATES:  # the queue's filter says the same
+            filtered = session.scalars(
+                select(StageVisit.id).where(StageVisit.left_at.is_(None), use.in_state(now, state))
+            ).all()
+            assert sorted(filtered) == sorted(v for v, s in in_python.items() if s == state)
         seen |= set(in_python.values())
     assert seen == set(dashboard.STATES)
 

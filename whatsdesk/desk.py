@@ -901,7 +901,7 @@ def _filtered(query: Select[Any], filters: QueueFilter, now: datetime) -> Select
     if filters.state:
         visit = StageVisit
         query = query.join(visit, and_(visit.card_id == Card.id, visit.left_at.is_(None)))
-        query = query.where(visit_state_sql(now) == filters.state)
+        query = query.where(in_state(now, filters.state))
     return query
 
 
@@ -995,6 +995,23 @@ def visit_state(visit: StageVisit | None, now: datetime) -> str:
     if state == sla.NO_SLA and visit is not None and visit.paused:
         return sla.PAUSED
     return state
+
+
+def in_state(now: datetime, state: str) -> ColumnElement[bool]:
+    """`visit_state_sql(now) == state` as ranges on the visit's columns, which an index can
+    serve (ix_stage_visits_open_deadline): the queue's filter by SLA state and the open-card
+    gauges. Breached, say, is a range of deadlines, not a CASE worked out for every open
+    visit."""
+    visit = StageVisit
+    ahead = visit.deadline_at > now
+    conditions: dict[str, ColumnElement[bool]] = {
+        sla.BREACHED: visit.deadline_at <= now,
+        sla.APPROACHING: and_(ahead, visit.warning_at <= now),
+        sla.ON_TIME: and_(ahead, or_(visit.warning_at.is_(None), visit.warning_at > now)),
+        sla.PAUSED: and_(visit.deadline_at.is_(None), visit.paused.is_(True)),
+        sla.NO_SLA: and_(visit.deadline_at.is_(None), visit.paused.is_not(True)),
+    }
+    return conditions[state]
 
 
 def visit_state_sql(now: datetime) -> ColumnElement[str]:

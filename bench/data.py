@@ -95,7 +95,7 @@ def next_id(database_url: str, table: str) -> int:
 
 def fix_sequences(database_url: str, tables: Sequence[str]) -> None:
     """COPY with explicit ids leaves the id sequences behind: move them past the rows. Then
-    VACUUM (ANALYZE) the tables, as PostgreSQL's autovacuum would soon after a bulk load in
+    VACUUM (ANALYZE) the database, as PostgreSQL's autovacuum would soon after a bulk load in
     production (it is on by default; this machine's PostgreSQL runs with it off): without
     it no page is marked all-visible, so no index-only scan is possible."""
     engine = get_engine(database_url)

@@ -62,8 +62,6 @@ PACE_HEADROOM = 0.9
 MAX_ID = 2**63  # sorts after every visit id: (instant, MAX_ID, 0, "") follows all of instant's
 # Events fired in one transaction at most: their cards stay locked until it commits.
 MAX_BATCH = 200
-# Ids in one IN list at most (SQLite takes 32,766 parameters, PostgreSQL 65,535).
-IDS_PER_STATEMENT = 5_000
 
 
 def _config() -> Config:
@@ -129,37 +127,32 @@ def _timers_of(
 ) -> Iterator[tuple[int, datetime, sla.Timers]]:
     """Visits that may owe an event (id, next instant, the timers they can still fire:
     `owed_timers`) whose next instant matches `where`, read as columns, without loading
-    objects: a range on the next instant's index, then their cards (see `due_visits`)."""
+    objects (see `due_visits`)."""
     columns = [getattr(StageVisit, name) for name in StageVisit.TIMER_COLUMNS]
     rows = session.execute(
         select(
             StageVisit.id,
-            StageVisit.card_id,
             StageVisit.next_due_at,
             StageVisit.acknowledged_at,
             StageVisit.left_at,
             *columns,
-        ).where(*where)
-    ).all()
-    current = _open_cards(session, {row.card_id for row in rows if row.left_at is None})
-    for visit_id, card_id, next_due, acknowledged, left_at, *values in rows:
-        if left_at is not None or card_id in current:
-            yield visit_id, next_due, escalation.owed(timers_from(*values), acknowledged, left_at)
+        ).where(_owing(), *where)
+    )
+    for visit_id, next_due, acknowledged, left_at, *values in rows:
+        yield visit_id, next_due, escalation.owed(timers_from(*values), acknowledged, left_at)
 
 
-def _open_cards(session: Session, card_ids: set[int]) -> set[int]:
-    """Which of `card_ids` are open, looked up by id (in chunks a statement can carry): a
-    visit may owe an event if it is the current one of an open card, or one left with an
-    event still unrecorded (`desk.leave` keeps its next instant only then), as
-    `escalation.may_fire` says again under the card's lock."""
-    ids = sorted(card_ids)
-    found: set[int] = set()
-    for start in range(0, len(ids), IDS_PER_STATEMENT):
-        chunk = ids[start : start + IDS_PER_STATEMENT]
-        found.update(
-            session.scalars(select(Card.id).where(Card.id.in_(chunk), Card.status == "open"))
-        )
-    return found
+def _owing() -> ColumnElement[bool]:
+    """With a range on the next instant: visits that may owe an event, the current one of an
+    open card and one left with an event still unrecorded (`desk.leave` keeps its next
+    instant only then; a visit left otherwise has none). As `escalation.may_fire`.
+
+    The card's status is a scalar subquery, looked up by id for each visit in range, never
+    a join: joined, PostgreSQL, when its statistics still counted many visits due (their
+    instants come and go faster than ANALYZE runs), hashed every open card for a sweep or a
+    clock job that had nothing to do."""
+    status = select(Card.status).where(Card.id == StageVisit.card_id).scalar_subquery()
+    return or_(StageVisit.left_at.is_not(None), status == "open")
 
 
 def _at_instant(instant: datetime, come_back: Callable[[], None]) -> bool:
@@ -527,22 +520,15 @@ def _with_recorded(
 
 
 def due_visits(now: datetime) -> Select[tuple[StageVisit]]:
-    """The sweep's query: visits whose next instant has come, a range on the next instant's
-    index; their cards are looked up by id afterwards (`_open_cards`). Joined to the cards,
-    PostgreSQL, when its statistics still counted many visits due (their instants had come
-    and gone since the last ANALYZE), hashed every open card for a sweep or a clock job
-    that had nothing to do."""
-    return select(StageVisit).where(StageVisit.next_due_at <= now)
+    """The sweep's query: visits whose next instant has come (a range on the next instant's
+    index) and which may still owe an event (`_owing`)."""
+    return select(StageVisit).where(StageVisit.next_due_at <= now, _owing())
 
 
 def _due_events(session: Session, now: datetime) -> list[tuple[int, list[str]]]:
     """Visits whose next instant has come (an indexed range query), with what they owe."""
     due, astray = [], []
-    visits = _with_recorded(session, due_visits(now))
-    current = _open_cards(session, {v.card_id for v, _recorded in visits if v.left_at is None})
-    for visit, recorded in visits:
-        if visit.left_at is None and visit.card_id not in current:
-            continue
+    for visit, recorded in _with_recorded(session, due_visits(now)):
         kinds = sla.due_kinds(now, escalation.owed_timers(visit), recorded)
         if kinds:
             due.append((visit.id, kinds))

@@ -233,6 +233,18 @@ class Desk:
             self.webs.append(base)
         return label
 
+    def wait_for_workers(self, count: int, timeout: float = 60) -> None:
+        """Until `count` RQ workers are registered in Redis, listening for jobs: a slow host
+        can take seconds to start them, and deadlines set before then would ring unheard."""
+        from rq import Worker
+
+        redis = Redis.from_url(self.env["REDIS_URL"])
+        try:
+            ready = eventually(lambda: len(Worker.all(connection=redis)) >= count, timeout)
+        finally:
+            redis.close()
+        assert ready, f"{count} workers did not start within {timeout:.0f} s: see {self.logs}"
+
     def kill(self, label: str) -> None:
         """SIGKILL the process and every process it started."""
         proc = self.running.pop(label)

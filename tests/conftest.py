@@ -334,10 +334,10 @@ def count(session: Session, model: type) -> int:
     return int(session.scalar(select(func.count()).select_from(model)) or 0)
 
 
-def login(client: FlaskClient, email: str = "ana@example.com") -> None:
+def login(client: FlaskClient, email: str = "ana@example.com", password: str = PASSWORD) -> None:
     """Log in through the real form, CSRF token included."""
     token = page_token(client)
-    answer = client.post("/login", data={"email": email, "password": PASSWORD, "csrf_token": token})
+    answer = client.post("/login", data={"email": email, "password": password, "csrf_token": token})
     assert answer.status_code == 302, answer.get_data(as_text=True)
 
 

@@ -19,7 +19,7 @@ from whatsdesk import desk, reports, whatsapp
 from whatsdesk.config import Config
 from whatsdesk.models import Card, Message, SlaEvent
 
-from conftest import csrf_token, fresh, now
+from conftest import fresh, login, now
 
 
 def test_the_replayed_webhooks_are_messages_the_desk_takes_one_in_five_opening_a_conversation(
@@ -46,14 +46,6 @@ def test_the_replayed_webhooks_are_messages_the_desk_takes_one_in_five_opening_a
     assert session.scalar(select(func.count(Card.id)).where(Card.status == "open")) == 2
 
 
-def _login(client: FlaskClient, email: str) -> None:
-    token = csrf_token(client.get("/login").get_data(as_text=True))
-    answer = client.post(
-        "/login", data={"email": email, "password": data.PASSWORD, "csrf_token": token}
-    )
-    assert answer.status_code == 302, answer.get_data(as_text=True)
-
-
 def test_the_bulk_data_fits_the_schema_and_shows_on_the_pages_the_benchmarks_time(
     config: Config, app: Flask, session: Session
 ) -> None:
@@ -72,7 +64,7 @@ def test_the_bulk_data_fits_the_schema_and_shows_on_the_pages_the_benchmarks_tim
     assert breaches, "a history with no breach would not exercise the report"
 
     agent = app.test_client()
-    _login(agent, data.AGENTS[0][1])
+    login(agent, data.AGENTS[0][1], data.PASSWORD)
     queue = agent.get("/queue").get_data(as_text=True)
     assert re.search(r'id="queue-total">40<', queue), queue
     reply = seeded["stages"]["reply"]
@@ -84,7 +76,7 @@ def test_the_bulk_data_fits_the_schema_and_shows_on_the_pages_the_benchmarks_tim
     assert f'id="queue-total">{in_reply}<' in by_stage
 
     supervisor = app.test_client()
-    _login(supervisor, data.SUPERVISORS[0][1])
+    login(supervisor, data.SUPERVISORS[0][1], data.PASSWORD)
     dashboard = supervisor.get("/dashboard").get_data(as_text=True)
     assert '<strong id="open-total">40</strong>' in dashboard
     report = supervisor.get("/reports?period=30d").get_data(as_text=True)

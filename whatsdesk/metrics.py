@@ -35,12 +35,10 @@ from prometheus_client import (  # noqa: E402
 from prometheus_client.core import GaugeMetricFamily, Metric  # noqa: E402
 from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
 from prometheus_client.registry import Collector  # noqa: E402
-from sqlalchemy import func, select  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
 from . import desk, sla  # noqa: E402
 from .alarms import Alarms  # noqa: E402
-from .models import Card  # noqa: E402
 
 if not getattr(values.ValueClass, "_multiprocess", False):  # imported before us: switch it
     values.ValueClass = values.MultiProcessValue()
@@ -125,9 +123,8 @@ class DeskCollector(Collector):
         )
         with self.sessions() as session:
             for state in sla.STATE_LABELS:
-                query = select(func.count()).select_from(Card).where(Card.status == "open")
-                # The queue's own filter: one definition of each state.
-                query = desk._filtered(query, desk.QueueFilter(state=state), self.now)
+                # The queue's own count and filter: one definition of each state.
+                query = desk.open_count(desk.QueueFilter(state=state), self.now)
                 cards.add_metric([state], session.scalar(query) or 0)
         return cards
 

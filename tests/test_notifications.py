@@ -46,6 +46,7 @@ from conftest import (
     open_staff_windows,
     seed,
     signed_post,
+    statements,
 )
 from twilio_server import TwilioServer
 
@@ -429,6 +430,35 @@ def test_a_digest_too_long_for_one_message_ends_with_how_many_more(
     assert more == f"… and {30 - len(shown)} more: open the queue."
     assert len(alerts_to(seeded, "sofia")) == 30
     assert {a.digest_id for a in alerts_to(seeded, "sofia")} == {digest.id}
+
+
+def test_what_gathering_a_storm_reads_does_not_grow_with_the_alerts_pending(
+    seeded: Config, session: Session
+) -> None:
+    """In a storm the alerts job runs after every batch of events: while the window is
+    closed it asks the same few questions whatever is pending, and a digest reads the cards
+    of the lines it shows, not of every alert it bundles."""
+    configure(session, window="30s")
+    sofia = user(session, "sofia@example.com").id
+    breach(session, open_card(session, *customer(0)))
+    notifications.gather(session, sofia, BREACH_AT)  # the first alert goes alone
+    session.commit()
+
+    def costs(pending: int) -> tuple[int, int]:
+        while len(alerts_to(seeded, "sofia")) < pending + 1:
+            n = len(alerts_to(seeded, "sofia"))
+            breach(session, open_card(session, *customer(n)), at=BREACH_AT + timedelta(seconds=5))
+        with statements(seeded) as closed:
+            batch = notifications.gather(session, sofia, BREACH_AT + timedelta(seconds=10))
+        assert batch.sends == []
+        session.rollback()
+        with statements(seeded) as digest:
+            [sent] = notifications.gather(session, sofia, BREACH_AT + timedelta(seconds=30)).sends
+        assert sent.body.startswith(f"📋 {pending} SLA alerts — {pending} 🚨 breached:")
+        session.rollback()
+        return len(closed), len(digest)
+
+    assert costs(3) == costs(60)
 
 
 def test_with_the_digest_window_off_every_alert_goes_out_alone(

@@ -391,7 +391,7 @@ class Message(Base):
         Index("ix_messages_pending", "direction", "status"),
         # A recipient's alerts waiting for their digest.
         Index("ix_messages_user_status", "user_id", "status"),
-        # The alerts a digest carried (is a message a digest: notifications._alerted).
+        # The alerts a digest carried (is a message a digest: notifications.LAST_ALERTED).
         Index("ix_messages_digest", "digest_id"),
     )
 

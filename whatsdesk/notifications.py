@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, and_, func, or_, select
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import ColumnElement, and_, bindparam, func, or_, select, update
+from sqlalchemy.orm import Session, aliased, joinedload
 
 from . import desk, settings, sla
-from .models import Contact, Message, SlaEvent, User
+from .models import Card, Contact, Message, SlaEvent, StageVisit, User
 
 # WhatsApp refuses template variables with new lines, tabs or long runs of spaces.
 _SPACES = re.compile(r"\s*\n\s*|\t| {4,}")
@@ -39,95 +40,149 @@ class Batch:
     wait_until: datetime | None = None
 
 
+_BUNDLED = aliased(Message, name="bundled")
+# When the person was last sent an alert or a digest: what the digest window counts from.
+# Answers to their own commands do not count, or a TAKE just before a breach would hold its
+# alert. Built once: the alerts job asks it after every batch of events in a storm.
+LAST_ALERTED = select(func.max(Message.sent_at)).where(
+    Message.user_id == bindparam("user_id"),
+    Message.contact_id.is_(None),
+    or_(
+        Message.sla_event_id.is_not(None),
+        select(_BUNDLED.id).where(_BUNDLED.digest_id == Message.id).exists(),
+    ),
+)
+
+
 def gather(session: Session, user_id: int, now: datetime) -> Batch:
     """The person's pending alerts: sent on their own when nothing went to them within the
-    digest window, else held until the window ends and then sent as one digest."""
-    pending = session.scalars(
-        select(Message)
-        .where(
-            Message.user_id == user_id,
-            Message.contact_id.is_(None),
-            Message.status == "pending",
-            Message.sla_event_id.is_not(None),
-            Message.sent_at.is_(None),  # not yet handed to the sender on its own
-        )
-        .order_by(Message.id)
-    ).all()
-    if not pending:
+    digest window, else held until the window ends and then sent as one digest.
+
+    Called after every batch of events in a storm, so what it costs follows what it sends:
+    while the window is closed it reads one pending alert and when the window ends; a digest
+    reads its alerts' ids and kinds, and the cards of the lines that fit in it."""
+    any_pending = select(Message.id).where(_pending(user_id)).limit(1)
+    if session.scalar(any_pending) is None:
         return Batch()
     window = timedelta(seconds=settings.notifications(session).digest_seconds)
-    if not window:
-        for message in pending:
+    if window:
+        last = session.scalar(LAST_ALERTED, {"user_id": user_id})
+        if last is not None and now < last + window:
+            return Batch(wait_until=last + window)
+    pending = session.execute(
+        select(Message.id, Message.sla_event_id).where(_pending(user_id)).order_by(Message.id)
+    ).all()
+    ids = [message_id for message_id, _event in pending]
+    if not window or len(ids) == 1:
+        alone = [
+            message
+            for chunk in _chunks(ids)
+            for message in session.scalars(
+                select(Message).where(Message.id.in_(chunk)).order_by(Message.id)
+            )
+        ]
+        for message in alone:
             message.sent_at = now
-        return Batch(sends=list(pending))
-    last = session.scalar(select(func.max(Message.sent_at)).where(_alerted(user_id)))
-    if last is not None and now < last + window:
-        return Batch(wait_until=last + window)
-    if len(pending) == 1:
-        pending[0].sent_at = now
-        return Batch(sends=[pending[0]])
+        return Batch(sends=alone)
     user = session.get(User, user_id)
     assert user is not None
     digest = desk.queue_outbound(
         session,
-        to=user.whatsapp or pending[0].to_address,  # their number now, if it changed
-        body=digest_text(session, pending),
+        to=user.whatsapp or _address_of(session, ids[0]),  # their number now, if it changed
+        body=digest_text(session, [event_id for _id, event_id in pending]),
         user=user,
-        dedupe_key=f"digest-{user_id}-{pending[0].id}",
+        dedupe_key=f"digest-{user_id}-{ids[0]}",
         now=now,
     )
     digest.sent_at = now
     session.flush()  # a twin job making the same digest fails here, on the dedupe key
-    for message in pending:
-        message.status, message.digest_id, message.updated_at = "bundled", digest.id, now
+    for chunk in _chunks(ids):
+        session.execute(
+            update(Message)
+            .where(Message.id.in_(chunk))
+            .values(status="bundled", digest_id=digest.id, updated_at=now),
+            execution_options={"synchronize_session": False},
+        )
     return Batch(sends=[digest])
 
 
-def _alerted(user_id: int) -> ColumnElement[bool]:
-    """The person's alerts and digests: what the digest window counts from. Answers to
-    their own commands do not count, or a TAKE just before a breach would hold its alert."""
-    bundled = aliased(Message)
+def _pending(user_id: int) -> ColumnElement[bool]:
+    """The person's alerts not yet handed to the sender, alone or in a digest."""
     return and_(
         Message.user_id == user_id,
         Message.contact_id.is_(None),
-        or_(
-            Message.sla_event_id.is_not(None),
-            select(bundled.id).where(bundled.digest_id == Message.id).exists(),
-        ),
+        Message.status == "pending",
+        Message.sla_event_id.is_not(None),
+        Message.sent_at.is_(None),  # not yet handed to the sender on its own
     )
 
 
+def _address_of(session: Session, message_id: int) -> str:
+    return session.scalar(select(Message.to_address).where(Message.id == message_id)) or ""
+
+
+def _chunks(ids: list[int], size: int = 1000) -> Iterator[list[int]]:
+    """`ids` a thousand at a time: a storm's thousands of alerts stay within any
+    database's limit of parameters per statement."""
+    for start in range(0, len(ids), size):
+        yield ids[start : start + size]
+
+
 DIGEST_LIMIT = 1500  # characters: WhatsApp takes 1600 per message
+# Lines a digest reads at a time: a line takes about 60 characters or more, so one read
+# mostly covers all that fit in DIGEST_LIMIT.
+DIGEST_LINES_READ = 32
 
 
-def digest_text(session: Session, alerts: list[Message]) -> str:
-    """One message for many alerts: how many of each kind, then one line per card."""
+def digest_text(session: Session, event_ids: Sequence[int | None]) -> str:
+    """One message for many alerts (their events' ids, oldest first): how many of each
+    kind, then one line per card, as many as fit. The kinds are read for all of them, the
+    cards only for the lines shown, a few at a time."""
+    kinds_of: dict[int, str] = {}
+    for chunk in _chunks([event_id for event_id in event_ids if event_id is not None]):
+        rows = session.execute(select(SlaEvent.id, SlaEvent.kind).where(SlaEvent.id.in_(chunk)))
+        kinds_of.update((event_id, kind) for event_id, kind in rows)
+    present = [event_id for event_id in event_ids if event_id in kinds_of]
+    kinds = Counter(kinds_of[event_id] for event_id in present)
+    summary = ", ".join(f"{count} {kind_label(k)}" for k, count in kinds.items())
+    text = f"📋 {len(event_ids)} SLA alerts — {summary}:"
+    for start in range(0, len(present), DIGEST_LINES_READ):
+        for shown, line in enumerate(
+            _lines(session, present[start : start + DIGEST_LINES_READ]), start
+        ):
+            more = f"\n… and {len(present) - shown} more: open the queue."
+            if len(text) + 1 + len(line) + len(more) > DIGEST_LIMIT:
+                return text + more
+            text += "\n" + line
+    return text
+
+
+def _lines(session: Session, event_ids: list[int]) -> list[str]:
+    """A digest's line for each event, in the order given."""
     events = {
-        e.id: e
-        for e in session.scalars(
-            select(SlaEvent).where(SlaEvent.id.in_([a.sla_event_id for a in alerts]))
+        event.id: event
+        for event in session.scalars(
+            select(SlaEvent)
+            .where(SlaEvent.id.in_(event_ids))
+            .options(
+                joinedload(SlaEvent.visit).options(
+                    joinedload(StageVisit.stage),
+                    joinedload(StageVisit.card).options(
+                        joinedload(Card.contact), joinedload(Card.pipeline)
+                    ),
+                )
+            )
         )
     }
-    lines, kinds = [], Counter[str]()
-    for alert in alerts:
-        event = events.get(alert.sla_event_id or 0)
-        if event is None:
-            continue
-        kinds[event.kind] += 1
+    lines = []
+    for event_id in event_ids:
+        event = events[event_id]
         card = event.visit.card
-        label = kind_label(event.kind)
         lines.append(
-            f"• {label}: {card.contact.display_name} ({card.contact.phone}), "
+            f"• {kind_label(event.kind)}: {card.contact.display_name} ({card.contact.phone}), "
             f"{card.pipeline.name} › {event.visit.stage.name}, card #{card.id}"
         )
-    summary = ", ".join(f"{count} {kind_label(k)}" for k, count in kinds.items())
-    text = f"📋 {len(alerts)} SLA alerts — {summary}:"
-    for shown, line in enumerate(lines):
-        more = f"\n… and {len(lines) - shown} more: open the queue."
-        if len(text) + 1 + len(line) + len(more) > DIGEST_LIMIT:
-            return text + more
-        text += "\n" + line
-    return text
+    return lines
 
 
 def kind_label(kind: str) -> str:

@@ -19,7 +19,7 @@ from flask.testing import FlaskClient
 from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.registry import ScheduledJobRegistry
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from whatsdesk import (
@@ -858,6 +858,32 @@ def test_breach_gives_the_card_to_the_agent_with_fewest_open_cards(
         f"👤 Card #{card.id} is now yours: Maria (+5511999990000) breached the SLA in "
         "Support › New."
     ]
+
+
+def test_a_storm_of_breaches_spreads_its_cards_over_the_agents_counting_their_cards_once(
+    seeded: Config, carla: User, session: Session
+) -> None:
+    configure(session, reassign="least-loaded")
+    own(session, "ana@example.com", 2)
+    cards = [open_card(session, *customer(n)) for n in range(6)]  # nobody's
+    owed = [(visit_id_of(session, card), "breach") for card in cards]
+
+    with statements(seeded) as run:
+        assert jobs.fire_events(seeded, owed, lambda: BREACH_AT).fired == 6
+
+    with session_factory(seeded.database_url)() as s:
+        load = s.execute(
+            select(User.email, func.count(Card.id))
+            .join(Card, Card.owner_id == User.id)
+            .where(Card.status == "open")
+            .group_by(User.email)
+        ).all()
+    assert sorted(load) == [
+        ("ana@example.com", 3),
+        ("bruno@example.com", 3),
+        ("carla@example.com", 2),
+    ]
+    assert len([sql for sql in run if "count(cards.id)" in sql]) == 1
 
 
 def test_breach_never_gives_the_card_back_to_its_owner(

@@ -35,6 +35,24 @@ class Fired:
     visits: list[StageVisit] = field(default_factory=list)
 
 
+@dataclass
+class Known:
+    """What a batch of events reads once, not once per event: the supervisors, and the
+    open cards of each active agent, kept current as the batch hands cards over (a storm
+    of breaches spreads over the agents as event-by-event firing would)."""
+
+    supervisors: list[User] | None = None
+    agents: list[User] | None = None
+    load: dict[int, int] = field(default_factory=dict)  # agent id → open cards
+
+    def handed_over(self, previous: User | None, target: User) -> None:
+        if self.agents is None:
+            return
+        self.load[target.id] = self.load.get(target.id, 0) + 1
+        if previous is not None and previous.id in self.load:
+            self.load[previous.id] -= 1
+
+
 def fire(session: Session, visit_id: int, kind: str, now: datetime) -> Fired | None:
     """Record the event and queue its alerts; None when not due, moved on or recorded.
 
@@ -47,7 +65,7 @@ def fire(session: Session, visit_id: int, kind: str, now: datetime) -> Fired | N
         return None
     desk.lock_card(session, visit.card_id)  # then re-read: the card may have moved meanwhile
     session.refresh(visit)
-    fired = _fire_locked(session, visit, desk.recorded_kinds(session, visit), kind, now, {})
+    fired = _fire_locked(session, visit, desk.recorded_kinds(session, visit), kind, now, Known())
     session.flush()
     return fired
 
@@ -81,13 +99,13 @@ def fire_many(
         ).unique()
     }
     recorded = recorded_of(session, list(visits.values()))
-    people: dict[str, list[User]] = {}
+    known = Known()
     fired = []
     for visit_id, kind in owed:
         visit = visits.get(visit_id)
         if visit is None:
             continue
-        done = _fire_locked(session, visit, recorded[visit_id], kind, now(), people)
+        done = _fire_locked(session, visit, recorded[visit_id], kind, now(), known)
         if done is not None:
             # A resolution event is the card's: its other visits here have it too.
             card_wide = kind in sla.CARD_KINDS
@@ -126,7 +144,7 @@ def _fire_locked(
     recorded: set[str],
     kind: str,
     now: datetime,
-    people: dict[str, list[User]],
+    known: Known,
 ) -> Fired | None:
     """`fire` once the card is locked and the visit and its recorded kinds read after."""
     if not may_fire(visit):
@@ -145,13 +163,14 @@ def _fire_locked(
     if kind == sla.TIMEOUT:
         session.flush()
         _time_out(session, visit, event, now, fired)
+        known.agents = None  # a card resolved or moved on: its owner's load is read again
         return fired
     with session.no_autoflush:  # these reads do not depend on what the batch writes
         text = alert_text(visit, kind, now)
-        told = recipients(session, visit, kind, people)
+        told = recipients(session, visit, kind, known)
     fired.messages += notify(session, event, told, text, now)
     if kind == sla.BREACH and visit.left_at is None:  # a card that moved on keeps its owner
-        _reassign(session, visit, now, fired)
+        _reassign(session, visit, now, fired, known)
     return fired
 
 
@@ -234,14 +253,16 @@ def _time_out(
 RESOLVE = "resolve"
 
 
-def _reassign(session: Session, visit: StageVisit, now: datetime, fired: Fired) -> None:
+def _reassign(
+    session: Session, visit: StageVisit, now: datetime, fired: Fired, known: Known
+) -> None:
     """The stage hands a breached card to a named person or the least-loaded agent on
     shift; recorded as its own event, once per visit, and the new owner is told."""
     stage, card = visit.stage, visit.card
     if stage.reassign_to is not None:
         target: User | None = stage.reassign_to if stage.reassign_to.active else None
     elif stage.reassign_least_loaded:
-        target = least_loaded_on_shift(session, now, exclude=card.owner_id)
+        target = least_loaded_on_shift(session, now, exclude=card.owner_id, known=known)
     else:
         return
     if target is None:
@@ -256,6 +277,7 @@ def _reassign(session: Session, visit: StageVisit, now: datetime, fired: Fired) 
         return  # it is already theirs
     previous = card.owner
     card.owner = target
+    known.handed_over(previous, target)
     event = SlaEvent(
         visit=visit,
         card_id=card.id,
@@ -274,8 +296,24 @@ def _reassign(session: Session, visit: StageVisit, now: datetime, fired: Fired) 
     fired.messages += notify(session, event, people, text, now)
 
 
-def least_loaded_on_shift(session: Session, now: datetime, exclude: int | None) -> User | None:
-    """The active agent on shift now with the fewest open cards (then the lowest id)."""
+def least_loaded_on_shift(
+    session: Session, now: datetime, exclude: int | None, known: Known | None = None
+) -> User | None:
+    """The active agent on shift now with the fewest open cards (then the lowest id). The
+    load is counted once per batch (`known`): counting every open card per breach would
+    cost a storm of breaches seconds at 100,000 open cards."""
+    known = Known() if known is None else known
+    if known.agents is None:
+        known.agents, known.load = agent_loads(session)
+    by_load = sorted(known.agents, key=lambda user: (known.load[user.id], user.id))
+    for user in by_load:
+        if user.id != exclude and on_shift(user, now):
+            return user
+    return None
+
+
+def agent_loads(session: Session) -> tuple[list[User], dict[int, int]]:
+    """The active agents, and the open cards of each."""
     load = (
         select(Card.owner_id, func.count(Card.id).label("open_cards"))
         .where(Card.status == "open", Card.owner_id.is_not(None))
@@ -286,12 +324,8 @@ def least_loaded_on_shift(session: Session, now: datetime, exclude: int | None) 
         select(User, func.coalesce(load.c.open_cards, 0))
         .outerjoin(load, load.c.owner_id == User.id)
         .where(User.role == "agent", User.active.is_(True))
-        .order_by(func.coalesce(load.c.open_cards, 0), User.id)
     ).all()
-    for user, _count in rows:
-        if user.id != exclude and on_shift(user, now):
-            return user
-    return None
+    return [user for user, _count in rows], {user.id: count for user, count in rows}
 
 
 def on_shift(user: User, now: datetime) -> bool:
@@ -302,7 +336,7 @@ def on_shift(user: User, now: datetime) -> bool:
 
 
 def recipients(
-    session: Session, visit: StageVisit, kind: str, people: dict[str, list[User]] | None = None
+    session: Session, visit: StageVisit, kind: str, known: Known | None = None
 ) -> list[User]:
     """Warnings → the owner, else the stage's alert list; escalation level N → its named
     people; breaches, or nobody reachable → every supervisor. Only active people with a
@@ -315,10 +349,10 @@ def recipients(
     elif level is not None:
         named = [e.users for e in visit.stage.escalations if e.level == level]
         candidates = [list(named[0]) if named else []]
-    known = {} if people is None else people  # a batch reads the supervisors once
-    if "supervisors" not in known:
-        known["supervisors"] = supervisors(session)
-    candidates.append(known["supervisors"])
+    known = Known() if known is None else known  # a batch reads the supervisors once
+    if known.supervisors is None:
+        known.supervisors = supervisors(session)
+    candidates.append(known.supervisors)
     for people in candidates:
         reachable = [p for p in people if reachable_by_whatsapp(p)]
         if reachable:

@@ -320,6 +320,54 @@ def test_waiting_order_query_uses_the_queue_index(client: FlaskClient, agent: Co
             assert "Sort" not in plan, plan
 
 
+@pytest.mark.parametrize(
+    ("narrowed", "index"), [("stage", "ix_cards_stage_queue"), ("owner", "ix_cards_owner_queue")]
+)
+def test_the_queue_narrowed_to_a_stage_or_an_owner_counts_and_pages_on_an_index_of_its_own(
+    client: FlaskClient, agent: Config, narrowed: str, index: str
+) -> None:
+    """Not every open card read and filtered: at 100,000 open cards that is what kept the
+    queue by stage over its 50 ms."""
+    for n in range(3):
+        customer_writes(client, agent, f"+551190000000{n}", f"Customer {n}")
+    with session_factory(agent.database_url)() as s:
+        card = s.scalars(select(Card)).first()
+        assert card is not None
+        card.owner_id = s.scalars(select(User.id)).first()
+        s.commit()
+        if narrowed == "stage":
+            filters = desk.QueueFilter(stage_id=card.stage_id)
+        else:
+            filters = desk.QueueFilter(owner="mine", viewer_id=card.owner_id)
+    engine = get_engine(agent.database_url)
+    seen: list[tuple[str, object]] = []
+
+    def capture(_conn, _cursor, statement, parameters, _context, _many) -> None:  # type: ignore[no-untyped-def]
+        if "FROM cards" in statement and (
+            "count(*)" in statement or "ORDER BY cards.waiting_since" in statement
+        ):
+            seen.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        with session_factory(agent.database_url)() as s:
+            assert desk.queue_page(s, utcnow(), filters).total >= 1
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    assert len(seen) == 2  # the count and the waiting customers' page
+
+    for statement, parameters in seen:
+        with engine.begin() as conn:
+            if engine.dialect.name == "sqlite":
+                explain = f"EXPLAIN QUERY PLAN {statement}"
+            else:  # three rows make a scan cheapest: ask whether an index can serve it
+                for setting in ("enable_seqscan", "enable_bitmapscan", "enable_sort"):
+                    conn.execute(text(f"SET LOCAL {setting} = off"))
+                explain = f"EXPLAIN {statement}"
+            plan = " | ".join(str(row) for row in conn.exec_driver_sql(explain, parameters))
+        assert index in plan, plan
+
+
 # --- filters and pages --------------------------------------------------------------------------
 
 SALES_YAML = """

@@ -224,6 +224,8 @@ class Card(Base):
         Index("ix_cards_pipeline_queue", "status", "pipeline_id", "waiting_since", "id"),
         # The queue filtered to one owner ("mine"): its page and its count.
         Index("ix_cards_owner_queue", "status", "owner_id", "waiting_since", "id"),
+        # The queue filtered to one stage: its page and its count.
+        Index("ix_cards_stage_queue", "status", "stage_id", "waiting_since", "id"),
         # One open conversation per customer, even when their messages arrive at once.
         Index(
             "uq_cards_open_contact",

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from whatsdesk.config import PROJECT_ROOT
@@ -19,8 +20,16 @@ NAMES = ("ingest", "precision", "storm", "pages")
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true", default=os.environ.get("FULL") == "1")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="write docs/benchmarks.md again from the last run's figures (after editing "
+        "bench/analysis.md), running nothing",
+    )
     parser.add_argument("names", nargs="*", metavar="NAME", help=f"some of {NAMES}; default all")
     args = parser.parse_args()
+    if args.report:
+        return report_again()
     sizes = Sizes.pick(args.full)
     chosen = args.names or NAMES
     unknown = set(chosen) - set(NAMES)
@@ -46,8 +55,22 @@ def main() -> int:
     facts["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     facts["run took"] = f"{time.monotonic() - started:.0f} s"
     (WORK / "results.json").write_text(json.dumps(results, default=str, indent=1), "utf-8")
+    (WORK / "machine.json").write_text(json.dumps({"full": sizes.full, **facts}, indent=1), "utf-8")
     written = report.write(results, facts, sizes, PROJECT_ROOT / "docs")
     print(f"bench: wrote {written.relative_to(PROJECT_ROOT)} in {facts['run took']}")
+    return 0
+
+
+def report_again(work: Path = WORK, docs: Path = PROJECT_ROOT / "docs") -> int:
+    """docs/benchmarks.md from the figures and machine the last run saved in `work`."""
+    try:
+        results = json.loads((work / "results.json").read_text("utf-8"))
+        facts = json.loads((work / "machine.json").read_text("utf-8"))
+    except FileNotFoundError as exc:
+        raise SystemExit(f"bench: no earlier run to report ({exc.filename} is missing)") from exc
+    sizes = Sizes.pick(bool(facts.pop("full")))
+    written = report.write(results, facts, sizes, docs)
+    print(f"bench: wrote {written} from the run of {facts['date']}")
     return 0
 
 

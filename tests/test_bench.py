@@ -1,9 +1,11 @@
 """The benchmarks' own parts, so `make bench` keeps measuring the desk as it is: the signed
 webhooks it replays are messages the desk takes, and the data it loads with COPY fits the
-current schema and shows on the pages it times. (The timings themselves are never tested.)"""
+current schema and shows on the pages it times; its report can be written again from a run's
+saved figures. (The timings themselves are never tested.)"""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -15,6 +17,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from bench import data, ingest
+from bench.__main__ import report_again
 from whatsdesk import desk, reports, whatsapp
 from whatsdesk.config import Config
 from whatsdesk.models import Card, Message, SlaEvent
@@ -81,3 +84,22 @@ def test_the_bulk_data_fits_the_schema_and_shows_on_the_pages_the_benchmarks_tim
     assert '<strong id="open-total">40</strong>' in dashboard
     report = supervisor.get("/reports?period=30d").get_data(as_text=True)
     assert f"<strong>{breaches}</strong> stage SLA breaches" in report
+
+
+def test_the_report_is_written_again_from_the_last_runs_figures(tmp_path: Path) -> None:
+    """`python -m bench --report`: after editing bench/analysis.md, the doc is written again
+    from what the last run saved, with that run's machine, running nothing."""
+    work, docs = tmp_path / "work", tmp_path / "docs"
+    work.mkdir()
+    docs.mkdir()
+    with pytest.raises(SystemExit, match="no earlier run to report"):
+        report_again(work, docs)
+    machine = {"full": True, "date": "2026-11-29 19:41 UTC", "cpu": "AMD EPYC"}
+    (work / "machine.json").write_text(json.dumps(machine), "utf-8")
+    (work / "results.json").write_text(json.dumps({}), "utf-8")
+
+    assert report_again(work, docs) == 0
+
+    written = (docs / "benchmarks.md").read_text("utf-8")
+    assert "| date | 2026-11-29 19:41 UTC |" in written and "| cpu | AMD EPYC |" in written
+    assert "## Why a target is missed" in written  # the hand-written analysis, full runs only

@@ -27,7 +27,7 @@ from .alarms import (
     tick_job_id,
 )
 from .config import Config
-from .db import session_scope, utcnow
+from .db import get_engine, session_scope, utcnow
 from .models import Card, Message, StageVisit, timers_from
 from .notifications import is_staff_alert
 from .whatsapp import (
@@ -467,31 +467,35 @@ def reconcile(config: Config, now: datetime) -> dict[str, int]:
     alarms = _alarms(config)
     counts = {"fired": 0, "rearmed": 0, "resent": 0, "interrupted": 0, "late_statuses": 0}
     horizon = now + timedelta(seconds=max(LOOKAHEAD_SECONDS, 3 * config.sweep_seconds))
-    with session_scope(config.database_url) as session:
-        due = [(visit_id, kind) for visit_id, kinds in _due_events(session, now) for kind in kinds]
-        menus = _menus_due_before(session, horizon)
-        seconds = _seconds_to_arm(session, now, horizon)
-    firing = Firing()
-    for start in range(0, len(due), MAX_BATCH):  # one bad visit: the others still fire
-        firing += fire_events(config, due[start : start + MAX_BATCH], lambda: now)
-    counts["fired"], counts["errors"] = firing.fired, firing.failed
-    for card_id, deadline in menus:
-        if deadline <= now:
-            counts["fired"] += _time_out_menu(config, card_id, now)
-        elif not alarms.is_live(menu_job_id(card_id)):
-            alarms.schedule_menu(card_id, deadline)
-            counts["rearmed"] += 1
-    armed = alarms.armed_seconds(horizon)  # two reads, not one check per second
-    for second in sorted(seconds - armed):
-        if not alarms.is_live(tick_job_id(second)):
-            alarms.schedule_second(second)
-            counts["rearmed"] += 1
-    with session_scope(config.database_url) as session:
-        stale_sends = _stale_sends(session, now)
-        stale_alerts = _stale_alerts(session, now)
-        stuck = _sends_in_doubt(session, now)
-        counts["late_statuses"] = desk.settle_early_statuses(session, now)
-        resend = [m.id for m in notifications.template_retries(session, now)]
+    # One connection for both transactions: a sweep pays one checkout (and its ping).
+    with get_engine(config.database_url).connect() as connection:
+        with Session(bind=connection, expire_on_commit=False) as session:
+            due = [(visit, kind) for visit, kinds in _due_events(session, now) for kind in kinds]
+            menus = _menus_due_before(session, horizon)
+            seconds = _seconds_to_arm(session, now, horizon)
+            session.commit()
+        firing = Firing()
+        for start in range(0, len(due), MAX_BATCH):  # one bad visit: the others still fire
+            firing += fire_events(config, due[start : start + MAX_BATCH], lambda: now)
+        counts["fired"], counts["errors"] = firing.fired, firing.failed
+        for card_id, deadline in menus:
+            if deadline <= now:
+                counts["fired"] += _time_out_menu(config, card_id, now)
+            elif not alarms.is_live(menu_job_id(card_id)):
+                alarms.schedule_menu(card_id, deadline)
+                counts["rearmed"] += 1
+        armed = alarms.armed_seconds(horizon)  # two reads, not one check per second
+        for second in sorted(seconds - armed):
+            if not alarms.is_live(tick_job_id(second)):
+                alarms.schedule_second(second)
+                counts["rearmed"] += 1
+        with Session(bind=connection, expire_on_commit=False) as session:
+            stale_sends = _stale_sends(session, now)
+            stale_alerts = _stale_alerts(session, now)
+            stuck = _sends_in_doubt(session, now)
+            counts["late_statuses"] = desk.settle_early_statuses(session, now)
+            resend = [m.id for m in notifications.template_retries(session, now)]
+            session.commit()
     for message_id in stale_sends:
         if not alarms.is_live(send_job_id(message_id)):
             alarms.enqueue_send(message_id)

@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.registry import ScheduledJobRegistry
-from sqlalchemy import make_url, select
+from sqlalchemy import make_url, select, text
 from sqlalchemy.orm import Session
 
 from whatsdesk import desk, escalation, jobs, sla, whatsapp
@@ -621,6 +621,35 @@ def test_reconcile_reenqueues_pending_sends_whose_job_is_gone(
     again = jobs.reconcile(seeded, T0 + timedelta(seconds=stale_after + 15))
     assert again["resent"] == 0  # its job is waiting in the queue
     assert queued_ids(seeded, redis).count(f"send-{ack.id}") == 1
+
+
+def test_a_database_restart_in_the_middle_of_a_sweep_still_lets_it_resend_a_lost_send(
+    seeded: Config, session: Session, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweep keeps one connection for its two transactions; one that dies in between
+    (PostgreSQL restarted while it fired and re-armed) is replaced, not the sweep's end."""
+    if session.get_bind().dialect.name != "postgresql":
+        pytest.skip("a SQLite connection is a file: nothing can end it from outside")
+    ack = open_card(session).outbound[0]  # pending, its send job never reached Redis
+    session.commit()
+    seconds_to_arm, armed_seconds = jobs._seconds_to_arm, Alarms.armed_seconds
+    sweeps: list[int] = []  # the server process of the sweep's connection
+
+    def noting_the_connection(session: Session, *args: Any) -> set[int]:
+        sweeps.append(session.connection().connection.dbapi_connection.info.backend_pid)  # type: ignore[union-attr]
+        return seconds_to_arm(session, *args)
+
+    def database_restarts_meanwhile(self: Alarms, horizon: datetime) -> set[int]:
+        with session_factory(seeded.database_url)() as other:
+            other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": sweeps[0]})
+        return armed_seconds(self, horizon)
+
+    monkeypatch.setattr(jobs, "_seconds_to_arm", noting_the_connection)
+    monkeypatch.setattr(Alarms, "armed_seconds", database_restarts_meanwhile)
+    counts = jobs.reconcile(seeded, T0 + timedelta(seconds=jobs.STALE_SEND_SECONDS + 1))
+
+    assert counts["resent"] == 1
+    assert f"send-{ack.id}" in queued_ids(seeded, redis)
 
 
 def test_sweep_after_the_deadline_with_nothing_recorded_sends_only_the_breach(

@@ -9,17 +9,18 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
+from typing import Any
 
 import pytest
 from flask.testing import FlaskClient
 from redis import Redis
 from rq import Queue, SimpleWorker
 from rq.registry import ScheduledJobRegistry
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 from sqlalchemy.orm import Session
 
 from whatsdesk import (
@@ -432,31 +433,71 @@ def test_a_digest_too_long_for_one_message_ends_with_how_many_more(
     assert {a.digest_id for a in alerts_to(seeded, "sofia")} == {digest.id}
 
 
+def test_an_alerts_job_whose_twin_sent_the_digest_meanwhile_sends_nothing_more(
+    seeded: Config, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two jobs for one person (the lock expired under a slow one): the one that finds its
+    alerts gone between its reads sends nothing, and says so without an error."""
+    configure(session, window="30s")
+    sofia = user(session, "sofia@example.com").id
+    breach(session, open_card(session, *customer(1)))
+    notifications.gather(session, sofia, BREACH_AT)  # the first alert goes alone
+    session.commit()
+    for n in (2, 3):
+        breach(session, open_card(session, *customer(n)), at=BREACH_AT + timedelta(seconds=5))
+    window_ends = BREACH_AT + timedelta(seconds=30)
+    pending = notifications._pending
+    asked: list[int] = []
+    twin: list[Message] = []
+
+    def the_twin_sends_them_before_our_second_look(user_id: int) -> Any:
+        asked.append(user_id)
+        if len(asked) == 2:  # we saw alerts pending and the window ended: now we read them
+            monkeypatch.setattr(notifications, "_pending", pending)
+            with session_factory(seeded.database_url)() as other:
+                twin.extend(notifications.gather(other, sofia, window_ends).sends)
+                other.commit()
+        return pending(user_id)
+
+    monkeypatch.setattr(notifications, "_pending", the_twin_sends_them_before_our_second_look)
+    batch = notifications.gather(session, sofia, window_ends)
+
+    assert (batch.sends, batch.wait_until) == ([], None)
+    [digest] = twin
+    assert {a.digest_id for a in alerts_to(seeded, "sofia")[1:]} == {digest.id}
+
+
 def test_what_gathering_a_storm_reads_does_not_grow_with_the_alerts_pending(
     seeded: Config, session: Session
 ) -> None:
     """In a storm the alerts job runs after every batch of events: while the window is
-    closed it asks the same few questions whatever is pending, and a digest reads the cards
-    of the lines it shows, not of every alert it bundles."""
+    closed it asks the same few questions and loads no alert, whatever is pending, and a
+    digest reads the cards of the lines it shows, not of every alert it bundles."""
     configure(session, window="30s")
     sofia = user(session, "sofia@example.com").id
     breach(session, open_card(session, *customer(0)))
     notifications.gather(session, sofia, BREACH_AT)  # the first alert goes alone
     session.commit()
 
-    def costs(pending: int) -> tuple[int, int]:
+    loaded: list[object] = []  # each object the session reads from a row
+    event.listen(session, "loaded_as_persistent", lambda _s, instance: loaded.append(instance))
+
+    def costs(pending: int) -> tuple[int, int, int]:
         while len(alerts_to(seeded, "sofia")) < pending + 1:
             n = len(alerts_to(seeded, "sofia"))
             breach(session, open_card(session, *customer(n)), at=BREACH_AT + timedelta(seconds=5))
+        session.expunge_all()
+        loaded.clear()
         with statements(seeded) as closed:
             batch = notifications.gather(session, sofia, BREACH_AT + timedelta(seconds=10))
         assert batch.sends == []
+        read_while_closed = len(loaded)
         session.rollback()
         with statements(seeded) as digest:
             [sent] = notifications.gather(session, sofia, BREACH_AT + timedelta(seconds=30)).sends
         assert sent.body.startswith(f"📋 {pending} SLA alerts — {pending} 🚨 breached:")
         session.rollback()
-        return len(closed), len(digest)
+        return len(closed), read_while_closed, len(digest)
 
     assert costs(3) == costs(60)
 
@@ -540,8 +581,8 @@ def test_a_second_alert_job_while_one_gathers_looks_again_later_and_one_digest_g
     inside, release = threading.Event(), threading.Event()
     real_digest_text = notifications.digest_text
 
-    def digest_text_then_wait(s: Session, alerts: list[Message]) -> str:
-        text = real_digest_text(s, alerts)
+    def digest_text_then_wait(s: Session, event_ids: Sequence[int | None]) -> str:
+        text = real_digest_text(s, event_ids)
         inside.set()  # the first job is composing the digest…
         release.wait(timeout=10)
         return text

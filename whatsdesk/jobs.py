@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from redis.exceptions import RedisError
 from rq.timeouts import BaseTimeoutException
 from sqlalchemy import ColumnElement, Select, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from . import desk, escalation, metrics, notifications, settings, sla, whatsapp
@@ -27,7 +27,7 @@ from .alarms import (
     tick_job_id,
 )
 from .config import Config
-from .db import get_engine, session_scope, utcnow
+from .db import get_engine, session_factory, session_scope, utcnow
 from .models import Card, Message, StageVisit, timers_from
 from .notifications import is_staff_alert
 from .whatsapp import (
@@ -489,13 +489,15 @@ def reconcile(config: Config, now: datetime) -> dict[str, int]:
             if not alarms.is_live(tick_job_id(second)):
                 alarms.schedule_second(second)
                 counts["rearmed"] += 1
-        with Session(bind=connection, expire_on_commit=False) as session:
-            stale_sends = _stale_sends(session, now)
-            stale_alerts = _stale_alerts(session, now)
-            stuck = _sends_in_doubt(session, now)
-            counts["late_statuses"] = desk.settle_early_statuses(session, now)
-            resend = [m.id for m in notifications.template_retries(session, now)]
-            session.commit()
+        try:
+            mend = _sends_to_mend(Session(bind=connection, expire_on_commit=False), now)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            # The connection died while the sweep fired and re-armed (a database restart):
+            # a fresh one, pinged as the pool checks it out.
+            mend = _sends_to_mend(session_factory(config.database_url)(), now)
+    stale_sends, stale_alerts, stuck, resend, counts["late_statuses"] = mend
     for message_id in stale_sends:
         if not alarms.is_live(send_job_id(message_id)):
             alarms.enqueue_send(message_id)
@@ -512,6 +514,22 @@ def reconcile(config: Config, now: datetime) -> dict[str, int]:
     if any(counts.values()):
         log.info("sweep: %s", counts)
     return counts
+
+
+def _sends_to_mend(
+    session: Session, now: datetime
+) -> tuple[list[int], list[int], list[_InDoubt], list[int], int]:
+    """The sweep's second transaction (committed, then the session closed): sends whose job
+    is lost, people whose alerts wait with no job, sends in doubt, and refused alerts to
+    send again as the template; kept status callbacks are applied meanwhile."""
+    with session:
+        stale_sends = _stale_sends(session, now)
+        stale_alerts = _stale_alerts(session, now)
+        stuck = _sends_in_doubt(session, now)
+        late_statuses = desk.settle_early_statuses(session, now)
+        resend = [m.id for m in notifications.template_retries(session, now)]
+        session.commit()
+    return stale_sends, stale_alerts, stuck, resend, late_statuses
 
 
 def _with_recorded(

@@ -73,6 +73,8 @@ def gather(session: Session, user_id: int, now: datetime) -> Batch:
         select(Message.id, Message.sla_event_id).where(_pending(user_id)).order_by(Message.id)
     ).all()
     ids = [message_id for message_id, _event in pending]
+    if not ids:  # a twin job (its lock expired under it) sent them meanwhile
+        return Batch()
     if not window or len(ids) == 1:
         alone = [
             message

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import html
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import event, select, text
+from sqlalchemy import Engine, event, select, text
 
 from whatsdesk import desk, pipeline_store, pipelines, whatsapp
 from whatsdesk.config import Config
@@ -281,22 +284,29 @@ def test_queue_with_nobody_waiting_says_so(client: FlaskClient, agent: Config) -
     assert "Nobody is waiting." in client.get("/queue?fragment=1").get_data(as_text=True)
 
 
+@contextmanager
+def statements_run(engine: Engine, wanted: Callable[[str], bool]) -> Iterator[list[Any]]:
+    """The statements (SQL, parameters) run meanwhile whose SQL is `wanted`, to EXPLAIN."""
+    seen: list[Any] = []
+
+    def capture(_conn: Any, _cursor: Any, sql: str, parameters: Any, *_: Any) -> None:
+        if wanted(sql):
+            seen.append((sql, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+
+
 def test_waiting_order_query_uses_the_queue_index(client: FlaskClient, agent: Config) -> None:
     for n in range(3):
         customer_writes(client, agent, f"+551190000000{n}", f"Customer {n}")
     engine = get_engine(agent.database_url)
-    seen: list[tuple[str, object]] = []
-
-    def capture(_conn, _cursor, statement, parameters, _context, _many) -> None:  # type: ignore[no-untyped-def]
-        if "ORDER BY cards.waiting_since" in statement:
-            seen.append((statement, parameters))
-
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
-        with session_factory(agent.database_url)() as s:
+    with session_factory(agent.database_url)() as s:
+        with statements_run(engine, lambda sql: "ORDER BY cards.waiting_since" in sql) as seen:
             assert len(desk.waiting_queue(s, utcnow())) == 3
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
     assert len(seen) == 1
     statement, parameters = seen[0]
 
@@ -340,20 +350,13 @@ def test_the_queue_narrowed_to_a_stage_or_an_owner_counts_and_pages_on_an_index_
         else:
             filters = desk.QueueFilter(owner="mine", viewer_id=card.owner_id)
     engine = get_engine(agent.database_url)
-    seen: list[tuple[str, object]] = []
 
-    def capture(_conn, _cursor, statement, parameters, _context, _many) -> None:  # type: ignore[no-untyped-def]
-        if "FROM cards" in statement and (
-            "count(*)" in statement or "ORDER BY cards.waiting_since" in statement
-        ):
-            seen.append((statement, parameters))
+    def the_count_or_the_page(sql: str) -> bool:
+        return "FROM cards" in sql and ("count(*)" in sql or "ORDER BY cards.waiting_since" in sql)
 
-    event.listen(engine, "before_cursor_execute", capture)
-    try:
-        with session_factory(agent.database_url)() as s:
+    with session_factory(agent.database_url)() as s:
+        with statements_run(engine, the_count_or_the_page) as seen:
             assert desk.queue_page(s, utcnow(), filters).total >= 1
-    finally:
-        event.remove(engine, "before_cursor_execute", capture)
     assert len(seen) == 2  # the count and the waiting customers' page
 
     column = f"{narrowed}_id"

@@ -148,14 +148,13 @@ def digest_text(session: Session, event_ids: Sequence[int | None]) -> str:
     kinds = Counter(kinds_of[event_id] for event_id in present)
     summary = ", ".join(f"{count} {kind_label(k)}" for k, count in kinds.items())
     text = f"📋 {len(event_ids)} SLA alerts — {summary}:"
-    for start in range(0, len(present), DIGEST_LINES_READ):
-        for shown, line in enumerate(
-            _lines(session, present[start : start + DIGEST_LINES_READ]), start
-        ):
-            more = f"\n… and {len(present) - shown} more: open the queue."
-            if len(text) + 1 + len(line) + len(more) > DIGEST_LIMIT:
-                return text + more
-            text += "\n" + line
+    # Read lazily: the next few cards only once the lines before them fit.
+    lines = (line for few in _chunks(present, DIGEST_LINES_READ) for line in _lines(session, few))
+    for shown, line in enumerate(lines):
+        more = f"\n… and {len(present) - shown} more: open the queue."
+        if len(text) + 1 + len(line) + len(more) > DIGEST_LIMIT:
+            return text + more
+        text += "\n" + line
     return text
 
 

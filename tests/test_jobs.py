@@ -27,6 +27,7 @@ from whatsdesk.alarms import (
     TICK_AHEAD_SECONDS,
     Alarms,
     clock_queue_name,
+    never_before,
     second_of,
     tick_job_id,
 )
@@ -439,6 +440,17 @@ def short_sla(env: Config) -> Config:
     """The first stage with an SLA of 2 s and a warning at 1 s; jobs read the environment."""
     seed(env.database_url, sla="2s", warning="1s")
     return env
+
+
+def test_a_job_for_an_instant_is_scheduled_for_the_whole_second_after_it() -> None:
+    """RQ's scheduler drops the fraction and wakes a job once that second has begun."""
+    on_the_second = datetime(2026, 11, 30, 9, 0, 0, tzinfo=UTC)
+
+    assert never_before(on_the_second) == on_the_second
+    assert never_before(on_the_second + timedelta(microseconds=1)) == on_the_second + timedelta(
+        seconds=1
+    )
+    assert never_before(on_the_second - timedelta(milliseconds=400)) == on_the_second
 
 
 def test_clock_job_woken_before_its_second_waits_for_the_instant_then_fires(

@@ -34,7 +34,7 @@ from whatsdesk import (
     settings,
     whatsapp,
 )
-from whatsdesk.alarms import Alarms
+from whatsdesk.alarms import Alarms, never_before
 from whatsdesk.config import Config
 from whatsdesk.db import session_factory, utcnow
 from whatsdesk.models import Card, Contact, Message, SlaEvent, User
@@ -529,10 +529,51 @@ def test_the_alert_job_comes_back_when_the_digest_window_ends(
     assert jobs.deliver_alerts(sofia) == "waiting for the digest window"
 
     end = message(env, earlier.id).sent_at + timedelta(seconds=30)  # type: ignore[operator]
-    job_id = f"alerts-{sofia}-at-{int(end.timestamp())}"
-    assert scheduled(redis) == {job_id: end.replace(microsecond=0)}
+    wakes = never_before(end)
+    assert scheduled(redis) == {f"alerts-{sofia}-at-{int(wakes.timestamp())}": wakes}
     assert queued_ids(env, redis) == []
     assert [a.status for a in alerts_to(env, "sofia")][1:] == ["pending"]
+
+
+def test_an_alert_job_whose_window_ends_in_a_moment_frees_its_worker_and_comes_back(
+    env: Config, seeded: Config, session: Session, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers are what the clock's jobs need: a job never sleeps in one waiting for a
+    window to end, however soon it ends; RQ wakes the next one at the whole second after."""
+    configure(session, window="30s")
+    sofia = user(session, "sofia@example.com").id
+    earlier = sent_earlier(session, env, "sofia", ago=timedelta(seconds=29))
+    breach(session, open_card(session))
+
+    def no_sleep(seconds: float) -> None:
+        raise AssertionError(f"the alert job slept {seconds:.2f} s in its worker")
+
+    monkeypatch.setattr(time, "sleep", no_sleep)
+    assert jobs.deliver_alerts(sofia) == "waiting for the digest window"
+
+    wakes = never_before(message(env, earlier.id).sent_at + timedelta(seconds=30))  # type: ignore[operator]
+    assert scheduled(redis) == {f"alerts-{sofia}-at-{int(wakes.timestamp())}": wakes}
+
+
+def test_an_alert_job_woken_before_its_second_by_a_clock_ahead_comes_back_under_its_own_id(
+    env: Config, seeded: Config, session: Session, redis: Redis
+) -> None:
+    """A scheduler on a host whose clock runs ahead can wake the job for the second a window
+    ends in before the window ends: it puts itself back under an id of its own, as the id
+    it runs under is marked finished when it returns."""
+    configure(session, window="30s")
+    sofia = user(session, "sofia@example.com").id
+    earlier = sent_earlier(session, env, "sofia", ago=timedelta(seconds=28))
+    breach(session, open_card(session))
+    wakes = never_before(message(env, earlier.id).sent_at + timedelta(seconds=30))  # type: ignore[operator]
+    job_id = f"alerts-{sofia}-at-{int(wakes.timestamp())}"
+    queue = Queue(env.queue_name, connection=redis)
+    queue.enqueue("whatsdesk.jobs.deliver_alerts", sofia, job_id=job_id)  # woken early
+
+    run_worker(env, redis)
+
+    assert queue.fetch_job(job_id).return_value() == "waiting for the digest window"  # type: ignore[union-attr]
+    assert scheduled(redis) == {f"{job_id}-again": wakes}
 
 
 def test_the_alert_job_after_the_window_sends_the_digest_through_twilio(

@@ -90,6 +90,14 @@ def second_of(instant: datetime) -> int:
     return math.floor(instant.timestamp())
 
 
+def never_before(instant: datetime) -> datetime:
+    """The first whole second at or after `instant`. RQ's scheduler drops a scheduled
+    time's fraction and enqueues the job once that second has begun: a job scheduled for
+    this is never woken before `instant`, and never has to sleep in a worker waiting for
+    it (holding the worker the clock's jobs need)."""
+    return datetime.fromtimestamp(math.ceil(instant.timestamp()), UTC)
+
+
 TICK_ID = re.compile(r"tick-[0-9]+")
 
 
@@ -179,10 +187,11 @@ class Alarms:
         again: bool = False,
         pipeline: Pipeline | None = None,
     ) -> None:
-        """When a new conversation's team menu runs out: the default pipeline takes it."""
+        """When a new conversation's team menu runs out: the default pipeline takes it (woken
+        at the whole second after: `never_before`)."""
         job_id = menu_job_id(card_id) + (f"-at-{int(instant.timestamp())}" if again else "")
         self.clock.enqueue_at(
-            instant,
+            never_before(instant),
             "whatsdesk.jobs.menu_timeout",
             card_id,
             job_id=job_id,
@@ -299,13 +308,18 @@ class Alarms:
         )
 
     def schedule_alerts(self, user_id: int, instant: datetime) -> None:
-        """Look at a person's pending alerts again when their digest window ends."""
+        """Look at a person's pending alerts again when their digest window ends (at the
+        whole second after: `never_before`)."""
+        at = never_before(instant)
+        job_id = f"{alerts_job_id(user_id)}-at-{int(at.timestamp())}"
+        current = get_current_job()
+        if current is not None and current.id == job_id:
+            # Woken by a scheduler whose clock runs a little ahead of this worker's, and
+            # putting itself back: an id of its own, as the running job's is marked
+            # finished when it returns.
+            job_id += "-again"
         self.queue.enqueue_at(
-            instant,
-            "whatsdesk.jobs.deliver_alerts",
-            user_id,
-            job_id=f"{alerts_job_id(user_id)}-at-{int(instant.timestamp())}",
-            result_ttl=600,
+            at, "whatsdesk.jobs.deliver_alerts", user_id, job_id=job_id, result_ttl=600
         )
 
     def pace(self, sender: str, per_second: float) -> float:

@@ -264,24 +264,17 @@ def deliver_alerts(user_id: int) -> str:
 
 
 def _deliver_alerts(config: Config, alarms: Alarms, user_id: int) -> str:
-    for _ in range(2):
-        try:
-            with session_scope(config.database_url) as session:
-                batch = notifications.gather(session, user_id, utcnow())
-                ids = [m.id for m in batch.sends]
-        except IntegrityError:  # the lock expired under a very slow job, which made it first
-            return "already gathered"
-        for message_id in ids:
-            alarms.enqueue_send(message_id)
-        if batch.wait_until is None:
-            return f"sent {len(ids)}"
-        early = (batch.wait_until - utcnow()).total_seconds()
-        if early > EARLY_WAIT_LIMIT:
-            break
-        # Woken a little before the window ends (RQ keeps whole seconds): wait it out here
-        # rather than schedule a job under the id this one is running as.
-        time.sleep(max(early, 0))
-    assert batch.wait_until is not None
+    try:
+        with session_scope(config.database_url) as session:
+            batch = notifications.gather(session, user_id, utcnow())
+            ids = [m.id for m in batch.sends]
+    except IntegrityError:  # the lock expired under a very slow job, which made it first
+        return "already gathered"
+    for message_id in ids:
+        alarms.enqueue_send(message_id)
+    if batch.wait_until is None:
+        return f"sent {len(ids)}"
+    # Never waits in the worker: a job comes back when the window ends (alarms.never_before).
     alarms.schedule_alerts(user_id, batch.wait_until)
     return "waiting for the digest window"
 

@@ -13,13 +13,13 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from itsdangerous import TimestampSigner
-from sqlalchemy import update
+from sqlalchemy import select, update
 from werkzeug.test import TestResponse
 
 from whatsdesk import create_app, desk, escalation, whatsapp
 from whatsdesk.config import Config
 from whatsdesk.db import session_factory, utcnow
-from whatsdesk.models import Message, User
+from whatsdesk.models import Message, SlaEvent, User
 
 from conftest import PASSWORD, inbound_form, login, page_token, statements
 
@@ -402,10 +402,15 @@ def alerts_fired(config: Config, **customer: str) -> dict[tuple[str, str], int]:
             ("warning", opened + timedelta(minutes=1)),
             ("breach", opened + timedelta(minutes=3)),
         ):
-            fired = escalation.fire(s, visit.id, kind, at)
-            assert fired is not None
-            told |= {(kind, m.user.name): m.id for m in fired.messages if m.user}
+            assert escalation.fire(s, visit.id, kind, at) is not None
         s.commit()
+        alerts = s.execute(
+            select(SlaEvent.kind, User.name, Message.id)
+            .join(Message, Message.sla_event_id == SlaEvent.id)
+            .join(User, User.id == Message.user_id)
+            .where(SlaEvent.visit_id == visit.id)
+        )
+        told |= {(kind, name): message_id for kind, name, message_id in alerts}
     return told
 
 

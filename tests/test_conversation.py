@@ -419,7 +419,7 @@ def test_alerts_to_staff_about_the_conversation_are_not_shown_as_messages_to_the
     with session_factory(agent.database_url)() as s:
         visit = s.scalars(select(StageVisit).where(StageVisit.card_id == card)).one()
         fired = escalation.fire(s, visit.id, "breach", T0 + timedelta(minutes=2))
-        assert fired is not None and fired.messages  # staff were alerted about this card
+        assert fired is not None and fired.told  # staff were alerted about this card
         s.commit()
 
     lines = history(conversation(client, card))

@@ -270,7 +270,7 @@ def test_breach_with_no_reachable_supervisor_is_recorded_without_messages(
         sent = escalation.fire(session, visit.id, "breach", BREACH_AT)
         session.commit()
 
-    assert sent is not None and sent.messages == []
+    assert sent is not None and sent.told == []
     [event] = sla_events(seeded)
     assert (event.visit_id, event.kind) == (visit.id, "breach")
     assert alerts(seeded) == []  # the agents, reachable as they are, are not told instead
@@ -291,7 +291,7 @@ def test_firing_the_same_event_twice_records_and_queues_it_once(
     again = escalation.fire(session, visit.id, "warning", WARNING_AT + timedelta(seconds=3))
     session.commit()
 
-    assert first is not None and len(first.messages) == 2
+    assert first is not None and len(first.told) == 2
     assert again is None
     assert len(sla_events(seeded)) == 1
     assert len(alerts(seeded)) == 2

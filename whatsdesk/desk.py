@@ -766,22 +766,32 @@ def queue_outbound(
 ) -> Message:
     """Record a message to send; the send job carries it out and stores Twilio's answer."""
     message = Message(
-        direction="out",
-        to_address=to,
-        from_address=from_address,
-        body=body,
+        **outbound_row(to=to, body=body, now=now, dedupe_key=dedupe_key, from_address=from_address),
+        sla_event_id=sla_event_id,
         card=card,
         contact=contact,
         user=user,
-        sla_event_id=sla_event_id,
-        dedupe_key=dedupe_key,
-        status="pending",
-        media=[],
-        created_at=now,
-        updated_at=now,
     )
     session.add(message)
     return message
+
+
+def outbound_row(
+    *, to: str, body: str, now: datetime, dedupe_key: str, from_address: str = ""
+) -> dict[str, Any]:
+    """The columns of a message to send, as `queue_outbound` records it (for writing many at
+    once without the ORM: `escalation.write_alerts`)."""
+    return {
+        "direction": "out",
+        "to_address": to,
+        "from_address": from_address,
+        "body": body,
+        "dedupe_key": dedupe_key,
+        "status": "pending",
+        "media": [],
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 # Status callbacks arrive out of order; a status never moves back down this ladder.

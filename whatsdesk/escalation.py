@@ -8,9 +8,10 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, insert, or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from . import calendars, clock, desk, sla
@@ -28,11 +29,20 @@ def may_fire(visit: StageVisit) -> bool:
 
 @dataclass
 class Fired:
-    """What firing an event did: alerts to send, and a new stage visit to arm if it moved."""
+    """What firing an event did: the staff it alerts, a message to the customer (a stage
+    timeout's goodbye), and a new stage visit to arm if the card moved."""
 
     event: SlaEvent
     messages: list[Message] = field(default_factory=list)
     visits: list[StageVisit] = field(default_factory=list)
+    # Each alert's event and row: written together once the batch's events have their ids
+    # (write_alerts), as plain rows rather than objects, the bulk of what a batch writes.
+    alerts: list[tuple[SlaEvent, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def told(self) -> list[int]:
+        """The staff alerted, by id."""
+        return [row["user_id"] for _event, row in self.alerts]
 
 
 @dataclass
@@ -60,14 +70,8 @@ def fire(session: Session, visit_id: int, kind: str, now: datetime) -> Fired | N
     (card, kind) for the resolution SLA) on flush or commit, which rolls back its alerts
     and actions too: the event and its effects happen once.
     """
-    visit = session.get(StageVisit, visit_id)
-    if visit is None:
-        return None
-    desk.lock_card(session, visit.card_id)  # then re-read: the card may have moved meanwhile
-    session.refresh(visit)
-    fired = _fire_locked(session, visit, desk.recorded_kinds(session, visit), kind, now, Known())
-    session.flush()
-    return fired
+    fired = fire_many(session, [(visit_id, kind)], lambda: now)
+    return fired[0] if fired else None
 
 
 def fire_many(
@@ -113,8 +117,18 @@ def fire_many(
                 if other.card_id == visit.card_id:
                     recorded[other.id].add(kind)
             fired.append(done)
-    session.flush()  # the events, their alerts and the visits' next instants, in bulk
+    session.flush()  # the events and the visits' next instants, in bulk
+    write_alerts(session, fired)
     return fired
+
+
+def write_alerts(session: Session, fired: Sequence[Fired]) -> None:
+    """The batch's alerts in one statement once its events have their ids (flushed): run
+    many times over, it is prepared once, where the ORM's flush would write them as one
+    statement whose text and parameters grow with the batch."""
+    rows = [{**row, "sla_event_id": event.id} for f in fired for event, row in f.alerts]
+    if rows:
+        session.execute(insert(Message), rows)
 
 
 def recorded_of(session: Session, visits: Sequence[StageVisit]) -> dict[int, set[str]]:
@@ -168,7 +182,7 @@ def _fire_locked(
     with session.no_autoflush:  # these reads do not depend on what the batch writes
         text = alert_text(visit, kind, now)
         told = recipients(session, visit, kind, known)
-    fired.messages += notify(session, event, told, text, now)
+    fired.alerts += notify(event, told, text, now)
     if kind == sla.BREACH and visit.left_at is None:  # a card that moved on keeps its owner
         _reassign(session, visit, now, fired, known)
     return fired
@@ -191,26 +205,24 @@ def owed(
 
 
 def notify(
-    session: Session, event: SlaEvent, people: list[User], text: str, now: datetime
-) -> list[Message]:
+    event: SlaEvent, people: list[User], text: str, now: datetime
+) -> list[tuple[SlaEvent, dict[str, Any]]]:
     """One alert per person for this event (the dedupe key makes it once: an event is
-    once per visit and kind). Needs no flush: the event gets its id with its alerts."""
-    card = event.visit.card
-    alerts = [
-        desk.queue_outbound(
-            session,
-            to=str(user.whatsapp),
-            body=text,
-            user=user,
-            card=card,
-            dedupe_key=f"sla-{event.visit.id}-{event.kind}-user-{user.id}",
-            now=now,
+    once per visit and kind), as rows for `write_alerts`."""
+    visit = event.visit
+    return [
+        (
+            event,
+            desk.outbound_row(
+                to=str(user.whatsapp),
+                body=text,
+                dedupe_key=f"sla-{visit.id}-{event.kind}-user-{user.id}",
+                now=now,
+            )
+            | {"user_id": user.id, "card_id": visit.card_id},
         )
         for user in people
     ]
-    for alert in alerts:
-        alert.sla_event = event
-    return alerts
 
 
 def _time_out(
@@ -293,7 +305,7 @@ def _reassign(
         f"({card.contact.phone}) breached the SLA in {card.pipeline.name} › {stage.name}."
     )
     people = [target] if reachable_by_whatsapp(target) else []
-    fired.messages += notify(session, event, people, text, now)
+    fired.alerts += notify(event, people, text, now)
 
 
 def least_loaded_on_shift(

@@ -29,7 +29,6 @@ from .alarms import (
 from .config import Config
 from .db import get_engine, session_factory, session_scope, utcnow
 from .models import Card, Message, StageVisit, timers_from
-from .notifications import is_staff_alert
 from .whatsapp import (
     PermanentSendError,
     SendInDoubt,
@@ -221,9 +220,8 @@ def fire_events(
         with session_scope(config.database_url) as session:
             done = escalation.fire_many(session, owed, now)
             events = [(f.event.kind, f.event.due_at, f.event.fired_at) for f in done]
-            messages = [m for f in done for m in f.messages]
-            staff = sorted({m.user_id for m in messages if is_staff_alert(m) and m.user_id})
-            customer = [m.id for m in messages if not is_staff_alert(m)]
+            staff = sorted({user_id for f in done for user_id in f.told})
+            customer = [m.id for f in done for m in f.messages]
             visits = [(v.id, v.timers) for f in done for v in f.visits]
     except BaseTimeoutException:
         raise  # the job ran out of time: RQ's to handle, not one event's failure

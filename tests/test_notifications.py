@@ -535,6 +535,29 @@ def test_the_alert_job_comes_back_when_the_digest_window_ends(
     assert [a.status for a in alerts_to(env, "sofia")][1:] == ["pending"]
 
 
+def test_while_a_persons_window_is_closed_new_alerts_add_no_job_for_them(
+    env: Config, seeded: Config, session: Session, redis: Redis
+) -> None:
+    """In a storm, every batch of events alerts the same people: each batch queued a job per
+    person that found the window closed and did nothing. The job already scheduled for the
+    window's end sends them all."""
+    configure(session, window="30s")
+    sofia = user(session, "sofia@example.com").id
+    sent_earlier(session, env, "sofia", ago=timedelta(seconds=10))
+    breach(session, open_card(session))
+    assert jobs.deliver_alerts(sofia) == "waiting for the digest window"
+    waiting = scheduled(redis)
+
+    card = open_card(session, *customer(2))
+    assert jobs.fire_and_send(env, visit_id_of(session, card), "breach", BREACH_AT)
+
+    # Otto's window is open (nothing went to him yet): his job is queued; Sofia's is not.
+    otto = user(session, "otto@example.com").id
+    assert queued_ids(env, redis) == [f"alerts-{otto}"]
+    assert scheduled(redis) == waiting
+    assert [a.status for a in alerts_to(env, "sofia")][1:] == ["pending", "pending"]
+
+
 def test_an_alert_job_whose_window_ends_in_a_moment_frees_its_worker_and_comes_back(
     env: Config, seeded: Config, session: Session, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -295,7 +295,11 @@ class Alarms:
     def enqueue_alerts(self, user_id: int) -> None:
         """Deliver a person's pending alerts (alone, or as a digest) now. A job for them
         still waiting in the queue will see these alerts too: no second one is added (but one
-        a killed worker took from the queue, still marked queued, is replaced)."""
+        a killed worker took from the queue, still marked queued, is replaced). Nor is one
+        while their digest window is closed: the job that comes when it ends sends these
+        with the rest (schedule_alerts), and a storm costs no job per batch of events."""
+        if self.redis.exists(self._alerts_due_key(user_id)):
+            return
         job_id = alerts_job_id(user_id)
         queue_key = f"rq:queue:{self.queue.name}"
         if (
@@ -318,9 +322,22 @@ class Alarms:
             # putting itself back: an id of its own, as the running job's is marked
             # finished when it returns.
             job_id += "-again"
-        self.queue.enqueue_at(
-            at, "whatsdesk.jobs.deliver_alerts", user_id, job_id=job_id, result_ttl=600
-        )
+        with self.redis.pipeline() as pipe:
+            pipe.multi()  # the job and the mark that it is coming, together
+            self.queue.enqueue_at(
+                at,
+                "whatsdesk.jobs.deliver_alerts",
+                user_id,
+                job_id=job_id,
+                result_ttl=600,
+                pipeline=pipe,
+            )
+            pipe.set(self._alerts_due_key(user_id), job_id, pxat=int(at.timestamp() * 1000))
+            pipe.execute()
+
+    def _alerts_due_key(self, user_id: int) -> str:
+        """Set while a job for the person's alerts is scheduled (until it is due)."""
+        return f"whatsdesk:alerts-due:{self.queue.name}:{user_id}"
 
     def pace(self, sender: str, per_second: float) -> float:
         """Take the next send slot of `sender`; the seconds to wait before using it."""

@@ -5,10 +5,14 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from redis import Redis
+from rq import Queue
+from rq.registry import ScheduledJobRegistry
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from whatsdesk import accounts, desk, jobs, pipeline_store, pipelines, sla, whatsapp
+from whatsdesk.alarms import clock_queue_name, second_of, tick_job_id
 from whatsdesk.config import Config
 from whatsdesk.models import Message, SlaEvent, StageEscalation, StageVisit
 
@@ -91,6 +95,22 @@ def test_each_level_tells_its_named_people_once(escalating: Config, session: Ses
     assert "breached 5m 00s ago" in text
     session.expire_all()
     assert session.get(StageVisit, visit.id).next_due_at is None  # type: ignore[union-attr]
+
+
+def test_the_sweep_puts_a_levels_clock_job_back_once_it_rings_within_the_lookahead(
+    escalating: Config, session: Session, redis: Redis
+) -> None:
+    """Redis lost the clock's jobs (nothing was ever armed here): the sweep gives each level
+    ringing within its look-ahead its second's job back, and leaves later ones for later."""
+    visit = open_visit(session)
+    level_1, level_2 = visit.timers.levels
+
+    jobs.reconcile(escalating, level_1 - timedelta(minutes=1))
+
+    clock = Queue(clock_queue_name(escalating.queue_name), connection=redis)
+    armed = set(ScheduledJobRegistry(queue=clock).get_job_ids())
+    assert tick_job_id(second_of(level_1)) in armed
+    assert tick_job_id(second_of(level_2)) not in armed  # 16 minutes ahead
 
 
 def test_a_sweep_long_after_fires_the_breach_and_every_level_but_not_the_warning(

@@ -111,6 +111,24 @@ def test_a_visit_left_after_its_deadline_owes_the_breach_and_the_levels_come_by_
     assert sla.left_behind(timers, ENTERED + 90 * SECOND).kinds() == []  # left before it
 
 
+def test_a_visits_instants_are_those_of_its_kinds() -> None:
+    minute = timedelta(minutes=1)
+    timers = sla.Timers(
+        warning_at=None,
+        deadline_at=ENTERED + 2 * minute,
+        levels=(ENTERED + 5 * minute, ENTERED + 10 * minute),
+        resolution_warning_at=ENTERED + 3 * minute,
+        resolution_at=None,
+        timeout_at=ENTERED + 4 * minute,
+    )
+
+    assert sorted(timers.instants()) == sorted(
+        instant for kind in timers.kinds() if (instant := timers.instant(kind)) is not None
+    )
+    assert len(timers.instants()) == 5
+    assert sla.Timers(None, None).instants() == []
+
+
 def test_upcoming_kinds_are_the_unrecorded_instants_still_ahead() -> None:
     timers = two_minute_timers()
     assert sla.upcoming_kinds(ENTERED, timers, []) == [sla.WARNING, sla.BREACH]

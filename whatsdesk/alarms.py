@@ -222,10 +222,8 @@ class Alarms:
     ) -> None:
         """The clock job of each instant's second (the visit's id is not needed: the job
         reads from the database what falls due in its second)."""
-        for kind in timers.kinds():
-            instant = timers.instant(kind)
-            if instant is not None:
-                self.schedule_second(second_of(instant), pipeline=pipeline)
+        for instant in timers.instants():
+            self.schedule_second(second_of(instant), pipeline=pipeline)
 
     def schedule_second(
         self, second: int, again: bool = False, pipeline: Pipeline | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 from redis.exceptions import RedisError
 from rq.timeouts import BaseTimeoutException
-from sqlalchemy import ColumnElement, Select, or_, select, update
+from sqlalchemy import ColumnElement, Select, Text, cast, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
@@ -125,10 +126,17 @@ def _timers_of(
     session: Session, *where: ColumnElement[bool]
 ) -> Iterator[tuple[int, datetime, sla.Timers]]:
     """Visits that may owe an event (id, next instant, the timers they can still fire:
-    `owed_timers`) whose next instant matches `where`, read as columns, without loading
-    objects (see `due_visits`)."""
-    columns = [getattr(StageVisit, name) for name in StageVisit.TIMER_COLUMNS]
-    rows = session.execute(
+    `owed_timers`) whose next instant matches `where`, read as rows of columns, without the
+    ORM's loading (see `due_visits`). The escalation levels come as text, decoded only where
+    there are some: most visits have none, and decoding thousands of empty lists was a fifth
+    of a sweep with 10,000 timers in its look-ahead."""
+    columns = [
+        cast(StageVisit.escalations_at, Text)
+        if name == "escalations_at"
+        else getattr(StageVisit, name)
+        for name in StageVisit.TIMER_COLUMNS
+    ]
+    rows = session.connection().execute(
         select(
             StageVisit.id,
             StageVisit.next_due_at,
@@ -137,7 +145,10 @@ def _timers_of(
             *columns,
         ).where(_owing(), *where)
     )
+    levels_at = StageVisit.TIMER_COLUMNS.index("escalations_at")
     for visit_id, next_due, acknowledged, left_at, *values in rows:
+        levels = values[levels_at]
+        values[levels_at] = json.loads(levels) if levels not in (None, "[]", "null") else None
         yield visit_id, next_due, escalation.owed(timers_from(*values), acknowledged, left_at)
 
 
@@ -576,9 +587,8 @@ def _seconds_to_arm(session: Session, now: datetime, horizon: datetime) -> set[i
     seconds = set()
     # Visits due now count too: what they owe after the event the sweep is about to fire.
     for _visit_id, _next, timers in _timers_of(session, StageVisit.next_due_at <= horizon):
-        for kind in timers.kinds():
-            instant = timers.instant(kind)
-            if instant is not None and now < instant <= horizon:
+        for instant in timers.instants():
+            if now < instant <= horizon:
                 seconds.add(second_of(instant))
     return seconds
 

@@ -558,6 +558,47 @@ def test_while_a_persons_window_is_closed_new_alerts_add_no_job_for_them(
     assert [a.status for a in alerts_to(env, "sofia")][1:] == ["pending", "pending"]
 
 
+def test_alerts_waiting_past_a_window_shortened_meanwhile_are_queued_by_the_sweep(
+    env: Config, seeded: Config, session: Session, redis: Redis
+) -> None:
+    """A job waits for the end of Sofia's 30-second window; the window is then turned off.
+    Her waiting alert does not wait for the old window's end: the sweep queues its job."""
+    configure(session, window="30s")
+    sofia = user(session, "sofia@example.com").id
+    sent_earlier(session, env, "sofia", ago=timedelta(seconds=10))
+    breach(session, open_card(session))
+    assert jobs.deliver_alerts(sofia) == "waiting for the digest window"
+    configure(session, window="off")
+
+    jobs.reconcile(env, utcnow())
+
+    assert f"alerts-{sofia}" in queued_ids(env, redis)
+
+
+def test_the_job_for_a_windows_end_lets_later_alerts_queue_their_own_at_once(
+    env: Config, seeded: Config, session: Session, redis: Redis
+) -> None:
+    """RQ's scheduler wakes the job by its own clock; the mark that it is coming expires by
+    Redis's. Once the job starts, an alert after it queues a job of its own, whatever the
+    mark's expiry says."""
+    configure(session, window="30s")
+    sofia = user(session, "sofia@example.com").id
+    sent_earlier(session, env, "sofia", ago=timedelta(seconds=40))  # the window has ended
+    alarms = Alarms(env.redis_url, env.queue_name)
+    coming = never_before(utcnow() + timedelta(seconds=30))  # by a clock behind the scheduler's
+    alarms.schedule_alerts(sofia, coming)
+    job_id = f"alerts-{sofia}-at-{int(coming.timestamp())}"
+    queue = Queue(env.queue_name, connection=redis)
+    queue.enqueue("whatsdesk.jobs.deliver_alerts", sofia, job_id=job_id)  # woken: it is due
+    run_worker(env, redis)
+    assert queue.fetch_job(job_id).return_value() == "sent 0"  # type: ignore[union-attr]
+
+    card = open_card(session, *customer(2))
+    assert jobs.fire_and_send(env, visit_id_of(session, card), "breach", BREACH_AT)
+
+    assert f"alerts-{sofia}" in queued_ids(env, redis)
+
+
 def test_an_alert_job_whose_window_ends_in_a_moment_frees_its_worker_and_comes_back(
     env: Config, seeded: Config, session: Session, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:

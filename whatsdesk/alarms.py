@@ -290,13 +290,15 @@ class Alarms:
             pipeline=pipeline,
         )
 
-    def enqueue_alerts(self, user_id: int) -> None:
+    def enqueue_alerts(self, user_id: int, overdue: bool = False) -> None:
         """Deliver a person's pending alerts (alone, or as a digest) now. A job for them
         still waiting in the queue will see these alerts too: no second one is added (but one
         a killed worker took from the queue, still marked queued, is replaced). Nor is one
         while their digest window is closed: the job that comes when it ends sends these
-        with the rest (schedule_alerts), and a storm costs no job per batch of events."""
-        if self.redis.exists(self._alerts_due_key(user_id)):
+        with the rest (schedule_alerts), and a storm costs no job per batch of events —
+        unless the alerts are `overdue` (the sweep found them waiting past their window: it
+        was shortened meanwhile, or that job is lost)."""
+        if not overdue and self.redis.exists(self._alerts_due_key(user_id)):
             return
         job_id = alerts_job_id(user_id)
         queue_key = f"rq:queue:{self.queue.name}"
@@ -305,9 +307,7 @@ class Alarms:
             and self.redis.lpos(queue_key, job_id) is not None
         ):
             return
-        self.queue.enqueue(
-            "whatsdesk.jobs.deliver_alerts", user_id, job_id=alerts_job_id(user_id), result_ttl=600
-        )
+        self.queue.enqueue("whatsdesk.jobs.deliver_alerts", user_id, job_id=job_id, result_ttl=600)
 
     def schedule_alerts(self, user_id: int, instant: datetime) -> None:
         """Look at a person's pending alerts again when their digest window ends (at the
@@ -332,6 +332,14 @@ class Alarms:
             )
             pipe.set(self._alerts_due_key(user_id), job_id, pxat=int(at.timestamp() * 1000))
             pipe.execute()
+
+    def alerts_due_reached(self, user_id: int) -> None:
+        """The scheduled job for a person's alerts has started: alerts from now on queue
+        their own job again, whatever Redis's clock says about the mark's expiry (RQ's
+        scheduler woke this job by its own host's clock)."""
+        job = get_current_job()
+        if job is not None:
+            self._release(keys=[self._alerts_due_key(user_id)], args=[job.id])
 
     def _alerts_due_key(self, user_id: int) -> str:
         """Set while a job for the person's alerts is scheduled (until it is due)."""

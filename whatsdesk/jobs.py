@@ -136,6 +136,7 @@ def _timers_of(
         else getattr(StageVisit, name)
         for name in StageVisit.TIMER_COLUMNS
     ]
+    session.flush()  # what the session changed counts (the connection's reads skip autoflush)
     rows = session.connection().execute(
         select(
             StageVisit.id,
@@ -168,7 +169,8 @@ def _owing() -> ColumnElement[bool]:
 def _at_instant(instant: datetime, come_back: Callable[[], None]) -> bool:
     """Never early: a job woken well before its instant calls `come_back` (which schedules
     it again, under an id of its own, as this job's record is marked finished when it
-    returns) and says False; one woken a moment early (RQ keeps whole seconds) waits."""
+    returns) and says False; one woken a moment early waits (a clock job, woken the second
+    before its own; jobs scheduled at `alarms.never_before` are never early)."""
     early = (instant - utcnow()).total_seconds()
     if early > EARLY_WAIT_LIMIT:
         come_back()
@@ -223,8 +225,9 @@ def fire_events(
     config: Config, owed: list[tuple[int, str]], now: Callable[[], datetime] = utcnow
 ) -> Firing:
     """Fire events in one transaction, each at `now()` as its turn comes; after commit,
-    hand their messages to the sender (staff alerts through each recipient's digest, one
-    job per person) and arm any stage visit they started. When the batch fails (a bad
+    hand their messages to the sender (staff alerts through each recipient's digest: a job
+    per person, unless one already waits for their window to end) and arm any stage visit
+    they started. When the batch fails (a bad
     visit, a deadlock, another worker's twin), each event is tried again on its own; an
     event that fails alone is logged and counted, and the others still fire."""
     try:
@@ -269,6 +272,7 @@ def deliver_alerts(user_id: int) -> str:
         if not mine:  # another job is gathering this person's alerts: look again shortly
             alarms.schedule_alerts(user_id, utcnow() + timedelta(seconds=1))
             return "busy: looking again in a second"
+        alarms.alerts_due_reached(user_id)
         return _deliver_alerts(config, alarms, user_id)
 
 
@@ -506,7 +510,7 @@ def reconcile(config: Config, now: datetime) -> dict[str, int]:
             counts["resent"] += 1
     for user_id in stale_alerts:
         if not alarms.is_live(alerts_job_id(user_id)):
-            alarms.enqueue_alerts(user_id)
+            alarms.enqueue_alerts(user_id, overdue=True)
             counts["resent"] += 1
     counts["interrupted"], errors = _fail_interrupted_sends(config, alarms, stuck, now)
     counts["errors"] += errors

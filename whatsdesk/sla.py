@@ -80,14 +80,8 @@ class Timers:
 
     def instants(self) -> list[datetime]:
         """Every instant the visit's alarms ring, in no particular order."""
-        named = (
-            self.warning_at,
-            self.deadline_at,
-            self.resolution_warning_at,
-            self.resolution_at,
-            self.timeout_at,
-        )
-        return [instant for instant in named if instant is not None] + list(self.levels)
+        named = [instant for _kind, instant in self._named() if instant is not None]
+        return named + list(self.levels)
 
     def kinds(self) -> list[str]:
         """Every event this visit can fire, the stage's timeout last: a sweep catching up

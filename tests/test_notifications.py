@@ -702,11 +702,14 @@ def test_a_second_alert_job_while_one_gathers_looks_again_later_and_one_digest_g
         assert first.result(timeout=30) == "sent 1"
 
     assert second == "busy: looking again in a second"
-    assert any(job_id.startswith(f"alerts-{sofia}-at-") for job_id in scheduled(redis))
+    assert any(job_id.startswith(f"alerts-{sofia}-retry-") for job_id in scheduled(redis))
     with session_factory(env.database_url)() as s:
         [digest] = s.scalars(select(Message).where(Message.body.like("📋%"))).all()
     assert queued_ids(env, redis) == [f"send-{digest.id}"]
     assert {a.digest_id for a in alerts_to(env, "sofia")[1:]} == {digest.id}
+    # The look again holds nothing back: a new alert meanwhile queues its own job.
+    Alarms(env.redis_url, env.queue_name).enqueue_alerts(sofia)
+    assert f"alerts-{sofia}" in queued_ids(env, redis)
 
 
 # --- the 24-hour window -------------------------------------------------------------------------

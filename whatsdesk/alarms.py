@@ -8,7 +8,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 from redis import Redis
@@ -332,6 +332,19 @@ class Alarms:
             )
             pipe.set(self._alerts_due_key(user_id), job_id, pxat=int(at.timestamp() * 1000))
             pipe.execute()
+
+    def retry_alerts(self, user_id: int, now: datetime) -> None:
+        """Another job is gathering this person's alerts: look again in a moment (woken
+        within the next second: RQ keeps whole seconds). New alerts still queue their own
+        job meanwhile, as no window holds them back."""
+        at = now + timedelta(seconds=1)
+        self.queue.enqueue_at(
+            at,
+            "whatsdesk.jobs.deliver_alerts",
+            user_id,
+            job_id=f"{alerts_job_id(user_id)}-retry-{int(at.timestamp())}",
+            result_ttl=600,
+        )
 
     def alerts_due_reached(self, user_id: int) -> None:
         """The scheduled job for a person's alerts has started: alerts from now on queue

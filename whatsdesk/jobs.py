@@ -270,7 +270,7 @@ def deliver_alerts(user_id: int) -> str:
     alarms = _alarms(config)
     with alarms.exclusive(f"alerts-{user_id}", ttl=ALERTS_LOCK_SECONDS) as mine:
         if not mine:  # another job is gathering this person's alerts: look again shortly
-            alarms.schedule_alerts(user_id, utcnow() + timedelta(seconds=1))
+            alarms.retry_alerts(user_id, utcnow())
             return "busy: looking again in a second"
         alarms.alerts_due_reached(user_id)
         return _deliver_alerts(config, alarms, user_id)

@@ -39,7 +39,7 @@ pipelines:
     stages:
       - key: new
         name: New
-        sla: 40s
+        sla: 55s
         warning: 20s
         alert: [ana@example.com]
 notifications:
@@ -54,10 +54,10 @@ def redis_server() -> Iterator[PrivateRedis]:
 
 
 def open_cards(config: Config) -> list[StageVisit]:
-    """1,000 cards opened over the next 20 s, whose warnings ring 20 s after each, then their
+    """1,000 cards opened over the next 20 s, whose warnings ring 35 s after each, then their
     breaches 20 s later; their acknowledgements are already delivered (only the alerts are
-    counted here). Writing them takes seconds on a slow host: the first warning is 20 s
-    after the start, not sooner."""
+    counted here). Writing them takes seconds, and over 20 s on a host in a slow hour: the
+    first warning is 35 s after the start, not sooner."""
     with session_factory(config.database_url)() as s:
         now = utcnow()
         for name, email, role, phone in (
@@ -97,7 +97,7 @@ def test_redis_restarted_empty_while_a_thousand_deadlines_run_loses_and_repeats_
         for visit in visits:
             alarms.schedule_timers(visit.id, visit.timers)
         first_warning = min(v.timers.instant("warning") for v in visits)
-        assert utcnow() < first_warning, "writing the cards took longer than the 20 s margin"
+        assert utcnow() < first_warning, "writing the cards took longer than the 35 s margin"
         # Half the warnings have rung when Redis dies and comes back with nothing.
         time.sleep(max((first_warning - utcnow()).total_seconds() + 10, 0))
         restart_without_persistence(redis_server)

@@ -28,7 +28,9 @@ from whatsdesk.alarms import (
     Alarms,
     clock_queue_name,
     never_before,
+    pulse,
     second_of,
+    send_job_id,
     tick_job_id,
 )
 from whatsdesk.config import Config
@@ -470,19 +472,27 @@ def test_clock_job_woken_before_its_second_waits_for_the_instant_then_fires(
     assert sorted(queued_ids(short_sla, redis)) == sorted(alert_jobs_for(sent))
 
 
-def test_clock_job_woken_far_too_early_reschedules_itself_for_its_second(
-    env: Config, seeded: Config, session: Session, redis: Redis
+@pytest.mark.parametrize("again", ["", "-again"])
+def test_clock_job_woken_far_too_early_reschedules_itself_for_its_second_under_another_id(
+    again: str, env: Config, seeded: Config, session: Session, redis: Redis
 ) -> None:
+    """The id a job runs under is marked finished when it returns: a job putting itself
+    back takes the other of its two ids."""
     visit = open_card(session, at=utcnow()).new_visit  # breach two minutes from now
     assert visit is not None and visit.deadline_at is not None
     second = second_of(visit.deadline_at)
+    [(job_id, at)] = ticks(visit.deadline_at).items()
+    lose_redis_data(redis)
+    clock = Queue(clock_queue_name(env.queue_name), connection=redis)
+    clock.enqueue("whatsdesk.jobs.fire_second", second, job_id=job_id + again)  # woken now
 
-    assert jobs.fire_second(second) == "rescheduled"
+    SimpleWorker([clock], connection=redis).work(burst=True)
 
+    assert clock.fetch_job(job_id + again).return_value() == "rescheduled"  # type: ignore[union-attr]
     assert sla_events(env) == []
     assert alerts(env) == []
-    [(job_id, at)] = ticks(visit.deadline_at).items()
-    assert scheduled(env, redis)[f"{job_id}-again"] == at
+    other = job_id if again else f"{job_id}-again"
+    assert scheduled(env, redis) == {other: at}
 
 
 def test_one_clock_job_fires_every_event_of_its_second_in_order(
@@ -633,6 +643,37 @@ def test_reconcile_reenqueues_pending_sends_whose_job_is_gone(
     again = jobs.reconcile(seeded, T0 + timedelta(seconds=stale_after + 15))
     assert again["resent"] == 0  # its job is waiting in the queue
     assert queued_ids(seeded, redis).count(f"send-{ack.id}") == 1
+
+
+def test_the_sweep_resends_the_sends_whose_job_is_lost_and_leaves_those_whose_job_lives(
+    seeded: Config, session: Session, redis: Redis
+) -> None:
+    """A job waiting in its queue, or running in a worker that is alive, is left alone; one
+    lost with Redis, run by a worker that died, or taken from the queue by a worker killed
+    before it started, is queued again (each asked about in the same few round trips)."""
+    acks = [open_card(session, phone=f"+551199999{n:04d}").outbound[0].id for n in range(5)]
+    waiting, running, died, taken, gone = acks
+    alarms = Alarms(seeded.redis_url, seeded.queue_name)
+    queue_key = f"rq:queue:{seeded.queue_name}"
+    for message_id in (waiting, running, died, taken):
+        alarms.enqueue_send(message_id)
+    for message_id, worker in ((running, "worker-alive"), (died, "worker-died")):
+        redis.lrem(queue_key, 0, send_job_id(message_id))
+        redis.hset(
+            Job.key_for(send_job_id(message_id)),
+            mapping={"status": JobStatus.STARTED.value, "worker_name": worker},
+        )
+    pulse(redis, "worker-alive")
+    pulse(redis, "worker-died")
+    redis.delete("whatsdesk:alive:worker-died")  # its pulse stopped
+    redis.lrem(queue_key, 0, send_job_id(taken))  # taken, never started
+
+    counts = jobs.reconcile(seeded, T0 + timedelta(seconds=jobs.STALE_SEND_SECONDS + 1))
+
+    assert counts["resent"] == 3
+    assert sorted(queued_ids(seeded, redis)) == sorted(
+        send_job_id(m) for m in (waiting, died, taken, gone)
+    )
 
 
 def test_a_database_restart_in_the_middle_of_a_sweep_still_lets_it_resend_a_lost_send(

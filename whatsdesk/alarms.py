@@ -40,13 +40,19 @@ def pulse(redis: Redis, worker_name: str) -> None:
 
 def worker_died(redis: Redis, worker_name: str | None) -> bool:
     """Is this a desk worker whose pulse has stopped? (Others cannot tell: assume alive.)"""
-    if not worker_name:
-        return False
-    alive, pulsing = (
-        redis.exists(f"whatsdesk:alive:{worker_name}"),
-        redis.exists(f"whatsdesk:pulsing:{worker_name}"),
-    )
-    return bool(pulsing) and not alive
+    return bool(worker_name) and worker_name in workers_died(redis, {worker_name or ""})
+
+
+def workers_died(redis: Redis, worker_names: set[str]) -> set[str]:
+    """The desk workers among these whose pulse has stopped (one round trip)."""
+    names = sorted(n for n in worker_names if n)
+    with redis.pipeline(transaction=False) as pipe:
+        for name in names:
+            pipe.exists(f"whatsdesk:alive:{name}")
+            pipe.exists(f"whatsdesk:pulsing:{name}")
+        found = pipe.execute()
+    alive, pulsing = found[::2], found[1::2]
+    return {n for n, a, p in zip(names, alive, pulsing, strict=True) if p and not a}
 
 
 # RQ's scheduler refreshes its lock (to a 61 s lease) every second; one silent this long is
@@ -158,6 +164,15 @@ return 0
 """
 
 
+def own_id(job_id: str) -> str:
+    """The id for a job putting itself back while it runs (woken early): never the id it
+    runs under, whose record is marked finished when it returns. A job under `job_id`
+    comes back as `job_id-again`, one under that as `job_id`; any other caller gets
+    `job_id`."""
+    current = get_current_job()
+    return f"{job_id}-again" if current is not None and current.id == job_id else job_id
+
+
 def _current_worker() -> str:
     """The name of the worker running the current job ('' outside a job)."""
     job = get_current_job()
@@ -181,20 +196,15 @@ class Alarms:
         return bool(self.redis.ping())
 
     def schedule_menu(
-        self,
-        card_id: int,
-        instant: datetime,
-        again: bool = False,
-        pipeline: Pipeline | None = None,
+        self, card_id: int, instant: datetime, pipeline: Pipeline | None = None
     ) -> None:
         """When a new conversation's team menu runs out: the default pipeline takes it (woken
         at the whole second after: `never_before`)."""
-        job_id = menu_job_id(card_id) + (f"-at-{int(instant.timestamp())}" if again else "")
         self.clock.enqueue_at(
             never_before(instant),
             "whatsdesk.jobs.menu_timeout",
             card_id,
-            job_id=job_id,
+            job_id=own_id(menu_job_id(card_id)),
             result_ttl=3600,
             pipeline=pipeline,
         )
@@ -207,14 +217,21 @@ class Alarms:
     ) -> None:
         """After a commit: the new stage visits' timers, the messages to send and a team
         menu's deadline (card id, instant), in one round trip to Redis (MULTI … EXEC)."""
-        with self.redis.pipeline() as pipe:
-            pipe.multi()  # RQ switches a pipeline it is given to MULTI, before any command
+        with self.together() as pipe:
             for visit_id, visit_timers in timers:
                 self.schedule_timers(visit_id, visit_timers, pipe)
             for message_id in sends:
                 self.enqueue_send(message_id, pipeline=pipe)
             if menu is not None:
                 self.schedule_menu(*menu, pipeline=pipe)
+
+    @contextmanager
+    def together(self) -> Iterator[Pipeline]:
+        """A MULTI pipeline: the jobs scheduled or enqueued through it reach Redis in one
+        round trip, all or none."""
+        with self.redis.pipeline() as pipe:
+            pipe.multi()  # RQ switches a pipeline it is given to MULTI, before any command
+            yield pipe
             pipe.execute()
 
     def schedule_timers(
@@ -225,18 +242,15 @@ class Alarms:
         for instant in timers.instants():
             self.schedule_second(second_of(instant), pipeline=pipeline)
 
-    def schedule_second(
-        self, second: int, again: bool = False, pipeline: Pipeline | None = None
-    ) -> None:
+    def schedule_second(self, second: int, pipeline: Pipeline | None = None) -> None:
         """The job that fires what falls due in this second, woken just before it begins;
-        the same id again replaces the job instead of adding one (`again`: a job putting
-        itself back, under an id of its own)."""
-        job_id = tick_job_id(second) + ("-again" if again else "")
+        the same id again replaces the job instead of adding one (but a job putting itself
+        back comes under an id of its own: `own_id`)."""
         self.clock.enqueue_at(
             datetime.fromtimestamp(second - TICK_AHEAD_SECONDS, UTC),
             "whatsdesk.jobs.fire_second",
             second,
-            job_id=job_id,
+            job_id=own_id(tick_job_id(second)),
             result_ttl=600,
             pipeline=pipeline,
         )
@@ -298,30 +312,34 @@ class Alarms:
         with the rest (schedule_alerts), and a storm costs no job per batch of events —
         unless the alerts are `overdue` (the sweep found them waiting past their window: it
         was shortened meanwhile, or that job is lost)."""
-        if not overdue and self.redis.exists(self._alerts_due_key(user_id)):
-            return
         job_id = alerts_job_id(user_id)
-        queue_key = f"rq:queue:{self.queue.name}"
-        if (
-            self.status_of(job_id) == JobStatus.QUEUED
-            and self.redis.lpos(queue_key, job_id) is not None
-        ):
+        with self.redis.pipeline(transaction=False) as pipe:  # one round trip for both
+            pipe.exists(self._alerts_due_key(user_id))
+            pipe.lpos(f"rq:queue:{self.queue.name}", job_id)
+            marked, position = pipe.execute()
+        if marked and not overdue:
+            return
+        if position is not None and self.status_of(job_id) == JobStatus.QUEUED:
             return
         self.queue.enqueue("whatsdesk.jobs.deliver_alerts", user_id, job_id=job_id, result_ttl=600)
 
     def schedule_alerts(self, user_id: int, instant: datetime) -> None:
         """Look at a person's pending alerts again when their digest window ends (at the
-        whole second after: `never_before`)."""
+        whole second after: `never_before`); alerts meanwhile queue no job of their own."""
         at = never_before(instant)
-        job_id = f"{alerts_job_id(user_id)}-at-{int(at.timestamp())}"
-        current = get_current_job()
-        if current is not None and current.id == job_id:
-            # Woken by a scheduler whose clock runs a little ahead of this worker's, and
-            # putting itself back: an id of its own, as the running job's is marked
-            # finished when it returns.
-            job_id += "-again"
-        with self.redis.pipeline() as pipe:
-            pipe.multi()  # the job and the mark that it is coming, together
+        self._alerts_at(user_id, at, own_id(self._alerts_due_id(user_id, at)), mark=True)
+
+    def retry_alerts(self, user_id: int, now: datetime) -> None:
+        """Another job is gathering this person's alerts: look again in a moment (woken
+        within the next second: RQ keeps whole seconds). New alerts still queue their own
+        job meanwhile, as no window holds them back."""
+        at = now + timedelta(seconds=1)
+        self._alerts_at(user_id, at, f"{alerts_job_id(user_id)}-retry-{int(at.timestamp())}")
+
+    def _alerts_at(self, user_id: int, at: datetime, job_id: str, mark: bool = False) -> None:
+        """The job for a person's alerts at `at`; `mark`: with the mark that it is coming,
+        which holds back other alert jobs until it is due (enqueue_alerts)."""
+        with self.together() as pipe:
             self.queue.enqueue_at(
                 at,
                 "whatsdesk.jobs.deliver_alerts",
@@ -330,29 +348,21 @@ class Alarms:
                 result_ttl=600,
                 pipeline=pipe,
             )
-            pipe.set(self._alerts_due_key(user_id), job_id, pxat=int(at.timestamp() * 1000))
-            pipe.execute()
-
-    def retry_alerts(self, user_id: int, now: datetime) -> None:
-        """Another job is gathering this person's alerts: look again in a moment (woken
-        within the next second: RQ keeps whole seconds). New alerts still queue their own
-        job meanwhile, as no window holds them back."""
-        at = now + timedelta(seconds=1)
-        self.queue.enqueue_at(
-            at,
-            "whatsdesk.jobs.deliver_alerts",
-            user_id,
-            job_id=f"{alerts_job_id(user_id)}-retry-{int(at.timestamp())}",
-            result_ttl=600,
-        )
+            if mark:
+                pipe.set(self._alerts_due_key(user_id), job_id, pxat=int(at.timestamp() * 1000))
 
     def alerts_due_reached(self, user_id: int) -> None:
         """The scheduled job for a person's alerts has started: alerts from now on queue
         their own job again, whatever Redis's clock says about the mark's expiry (RQ's
-        scheduler woke this job by its own host's clock)."""
+        scheduler woke this job by its own host's clock). Only such a job can hold the mark:
+        other alert jobs skip the round trip."""
         job = get_current_job()
-        if job is not None:
+        if job is not None and job.id.startswith(f"{alerts_job_id(user_id)}-at-"):
             self._release(keys=[self._alerts_due_key(user_id)], args=[job.id])
+
+    @staticmethod
+    def _alerts_due_id(user_id: int, at: datetime) -> str:
+        return f"{alerts_job_id(user_id)}-at-{int(at.timestamp())}"
 
     def _alerts_due_key(self, user_id: int) -> str:
         """Set while a job for the person's alerts is scheduled (until it is due)."""
@@ -373,23 +383,44 @@ class Alarms:
 
     def is_live(self, job_id: str) -> bool:
         """Is a job with this id waiting, or running in a worker that is still alive?"""
-        try:
-            job = Job.fetch(job_id, connection=self.redis)
-        except NoSuchJobError:
-            return False
-        status = job.get_status(refresh=False)
-        if status == JobStatus.STARTED and worker_died(self.redis, job.worker_name):
-            return False
-        if status == JobStatus.QUEUED and not self._waiting(job):
-            return False
-        return status in LIVE_STATUSES
+        return job_id in self.live([job_id])
 
-    def _waiting(self, job: Job) -> bool:
-        """Is a queued job still in its queue, or taken by a worker that started it? A worker
-        killed between taking a job and starting it leaves it "queued" in neither place."""
-        queue_key = f"rq:queue:{job.origin}"
-        if self.redis.lpos(queue_key, job.id) is not None:
-            return True
+    def live(self, job_ids: list[str]) -> set[str]:
+        """Those of these jobs that are waiting, or running in a worker that is still alive,
+        in a few round trips whatever their number (the sweep asks about every send a Redis
+        restart lost)."""
+        jobs = [job for job in Job.fetch_many(job_ids, connection=self.redis) if job is not None]
+        status = {job.id: job.get_status(refresh=False) for job in jobs}
+        started = [job for job in jobs if status[job.id] == JobStatus.STARTED]
+        dead = workers_died(self.redis, {job.worker_name or "" for job in started})
+        waiting = self._waiting([job for job in jobs if status[job.id] == JobStatus.QUEUED])
+        return {
+            job.id
+            for job in jobs
+            if status[job.id] in LIVE_STATUSES
+            and not (status[job.id] == JobStatus.STARTED and job.worker_name in dead)
+            and not (status[job.id] == JobStatus.QUEUED and job.id not in waiting)
+        }
+
+    def _waiting(self, queued: list[Job]) -> set[str]:
+        """The ids of these queued jobs still in their queue, or taken by a worker that
+        started them. A worker killed between taking a job and starting it leaves it
+        "queued" in neither place."""
+        missing = self._not_in_queue(queued)
+        if not missing:
+            return {job.id for job in queued}
         time.sleep(0.5)  # a live worker starts what it takes within milliseconds
-        again = job.get_status(refresh=True)
-        return again != JobStatus.QUEUED or self.redis.lpos(queue_key, job.id) is not None
+        again = Job.fetch_many([job.id for job in missing], connection=self.redis)
+        still = [job for job in again if job is not None]
+        deleted = {job.id for job in missing} - {job.id for job in still}
+        lost = self._not_in_queue(
+            [job for job in still if job.get_status(refresh=False) == JobStatus.QUEUED]
+        )
+        return {job.id for job in queued} - deleted - {job.id for job in lost}
+
+    def _not_in_queue(self, jobs: list[Job]) -> list[Job]:
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                pipe.lpos(f"rq:queue:{job.origin}", job.id)
+            positions = pipe.execute()
+        return [job for job, position in zip(jobs, positions, strict=True) if position is None]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -81,7 +80,7 @@ def fire_second(second: int) -> str:
     start = datetime.fromtimestamp(second, UTC)
     if not _at_instant(
         start - timedelta(seconds=TICK_AHEAD_SECONDS),
-        lambda: _alarms(config).schedule_second(second, again=True),
+        lambda: _alarms(config).schedule_second(second),
     ):
         return "rescheduled"
     owed = owed_before(config, start, utcnow() - timedelta(seconds=TICK_AHEAD_SECONDS))
@@ -127,9 +126,9 @@ def _timers_of(
 ) -> Iterator[tuple[int, datetime, sla.Timers]]:
     """Visits that may owe an event (id, next instant, the timers they can still fire:
     `owed_timers`) whose next instant matches `where`, read as rows of columns, without the
-    ORM's loading (see `due_visits`). The escalation levels come as text, decoded only where
-    there are some: most visits have none, and decoding thousands of empty lists was a fifth
-    of a sweep with 10,000 timers in its look-ahead."""
+    ORM's loading (see `due_visits`). The escalation levels come as text, which `timers_from`
+    decodes only where there are some: decoding thousands of empty lists was a fifth of a
+    sweep with 10,000 timers in its look-ahead."""
     columns = [
         cast(StageVisit.escalations_at, Text)
         if name == "escalations_at"
@@ -146,10 +145,7 @@ def _timers_of(
             *columns,
         ).where(_owing(), *where)
     )
-    levels_at = StageVisit.TIMER_COLUMNS.index("escalations_at")
     for visit_id, next_due, acknowledged, left_at, *values in rows:
-        levels = values[levels_at]
-        values[levels_at] = json.loads(levels) if levels not in (None, "[]", "null") else None
         yield visit_id, next_due, escalation.owed(timers_from(*values), acknowledged, left_at)
 
 
@@ -168,9 +164,9 @@ def _owing() -> ColumnElement[bool]:
 
 def _at_instant(instant: datetime, come_back: Callable[[], None]) -> bool:
     """Never early: a job woken well before its instant calls `come_back` (which schedules
-    it again, under an id of its own, as this job's record is marked finished when it
-    returns) and says False; one woken a moment early waits (a clock job, woken the second
-    before its own; jobs scheduled at `alarms.never_before` are never early)."""
+    it again, under an id of its own: `alarms.own_id`) and says False; one woken a moment
+    early waits (a clock job, woken the second before its own; jobs scheduled at
+    `alarms.never_before` are never early)."""
     early = (instant - utcnow()).total_seconds()
     if early > EARLY_WAIT_LIMIT:
         come_back()
@@ -188,9 +184,7 @@ def menu_timeout(card_id: int) -> str:
         deadline = card.menu_deadline_at if card is not None else None
     if deadline is None:
         return "already chosen"
-    if not _at_instant(
-        deadline, lambda: _alarms(config).schedule_menu(card_id, deadline, again=True)
-    ):
+    if not _at_instant(deadline, lambda: _alarms(config).schedule_menu(card_id, deadline)):
         return "rescheduled"
     return "default pipeline" if _time_out_menu(config, card_id, utcnow()) else "nothing to do"
 
@@ -487,14 +481,19 @@ def reconcile(config: Config, now: datetime) -> dict[str, int]:
         for card_id, deadline in menus:
             if deadline <= now:
                 counts["fired"] += _time_out_menu(config, card_id, now)
-            elif not alarms.is_live(menu_job_id(card_id)):
-                alarms.schedule_menu(card_id, deadline)
-                counts["rearmed"] += 1
+        ahead = {menu_job_id(card_id): (card_id, at) for card_id, at in menus if at > now}
         armed = alarms.armed_seconds(horizon)  # two reads, not one check per second
-        for second in sorted(seconds - armed):
-            if not alarms.is_live(tick_job_id(second)):
-                alarms.schedule_second(second)
-                counts["rearmed"] += 1
+        missing = {tick_job_id(second): second for second in sorted(seconds - armed)}
+        live = alarms.live([*ahead, *missing])  # a few round trips, not some per job
+        with alarms.together() as pipe:
+            for job_id, (card_id, deadline) in ahead.items():
+                if job_id not in live:
+                    alarms.schedule_menu(card_id, deadline, pipeline=pipe)
+                    counts["rearmed"] += 1
+            for job_id, second in missing.items():
+                if job_id not in live:
+                    alarms.schedule_second(second, pipeline=pipe)
+                    counts["rearmed"] += 1
         try:
             mend = _sends_to_mend(Session(bind=connection, expire_on_commit=False), now)
         except DBAPIError as exc:
@@ -504,14 +503,17 @@ def reconcile(config: Config, now: datetime) -> dict[str, int]:
             # a fresh one, pinged as the pool checks it out.
             mend = _sends_to_mend(session_factory(config.database_url)(), now)
     stale_sends, stale_alerts, stuck, resend, counts["late_statuses"] = mend
-    for message_id in stale_sends:
-        if not alarms.is_live(send_job_id(message_id)):
-            alarms.enqueue_send(message_id)
-            counts["resent"] += 1
-    for user_id in stale_alerts:
-        if not alarms.is_live(alerts_job_id(user_id)):
-            alarms.enqueue_alerts(user_id, overdue=True)
-            counts["resent"] += 1
+    live = alarms.live(
+        [send_job_id(m) for m in stale_sends] + [alerts_job_id(u) for u in stale_alerts]
+    )
+    lost_sends = [m for m in stale_sends if send_job_id(m) not in live]
+    lost_alerts = [u for u in stale_alerts if alerts_job_id(u) not in live]
+    with alarms.together() as pipe:  # a Redis restart may have lost thousands
+        for message_id in lost_sends:
+            alarms.enqueue_send(message_id, pipeline=pipe)
+    for user_id in lost_alerts:
+        alarms.enqueue_alerts(user_id, overdue=True)
+    counts["resent"] += len(lost_sends) + len(lost_alerts)
     counts["interrupted"], errors = _fail_interrupted_sends(config, alarms, stuck, now)
     counts["errors"] += errors
     for message_id in resend:
@@ -651,10 +653,10 @@ def _fail_interrupted_sends(
     sweep. Returns (settled, errors)."""
     settled = now - timedelta(seconds=SEND_SETTLED_SECONDS)
     resend, done, errors = [], 0, 0
+    ids = [send_job_id(doubt.id) + again for doubt in stuck for again in ("", "-again")]
+    live = alarms.live(ids)
     for doubt in stuck:
-        if alarms.is_live(send_job_id(doubt.id)) or alarms.is_live(
-            send_job_id(doubt.id) + "-again"
-        ):
+        if send_job_id(doubt.id) in live or send_job_id(doubt.id) + "-again" in live:
             continue
         try:
             outcome = _settle_interrupted(config, doubt, now, settled)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -331,12 +332,16 @@ class StageVisit(Base):
 def timers_from(
     warning_at: datetime | None,
     deadline_at: datetime | None,
-    escalations_at: list[str] | None,
+    escalations_at: list[str] | str | None,
     resolution_warning_at: datetime | None,
     resolution_at: datetime | None,
     timeout_at: datetime | None,
 ) -> Timers:
-    """A visit's timers from its columns (StageVisit.TIMER_COLUMNS), loaded or not."""
+    """A visit's timers from its columns (StageVisit.TIMER_COLUMNS), loaded or not; the
+    escalation levels as loaded, or as the column's JSON text (decoded only where there are
+    some: most visits have none)."""
+    if isinstance(escalations_at, str):
+        escalations_at = json.loads(escalations_at) if escalations_at not in ("[]", "null") else []
     levels = tuple(datetime.fromisoformat(at) for at in escalations_at or [])
     return Timers(warning_at, deadline_at, levels, resolution_warning_at, resolution_at, timeout_at)
 

@@ -1,4 +1,5 @@
-"""`python -m bench [--full] [names…]`: run the benchmarks, write docs/benchmarks.md."""
+"""`python -m bench [--full] [names…]`: run the benchmarks, write docs/benchmarks.md (or,
+for some of them, instance/bench/partial/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -54,11 +55,29 @@ def main() -> int:
                 results[name] = pages.run(stores, sizes)
     facts["load average at end"] = " ".join(f"{x:.2f}" for x in os.getloadavg())
     facts["run took"] = f"{time.monotonic() - started:.0f} s"
-    (WORK / "results.json").write_text(json.dumps(results, default=str, indent=1), "utf-8")
-    (WORK / "machine.json").write_text(json.dumps({"full": sizes.full, **facts}, indent=1), "utf-8")
-    written = report.write(results, facts, sizes, PROJECT_ROOT / "docs")
-    print(f"bench: wrote {written.relative_to(PROJECT_ROOT)} in {facts['run took']}")
+    written = save(results, facts, sizes, every=set(chosen) == set(NAMES))
+    print(f"bench: wrote {written} in {facts['run took']}")
     return 0
+
+
+def save(
+    results: dict[str, Any],
+    facts: dict[str, Any],
+    sizes: Sizes,
+    every: bool,
+    work: Path = WORK,
+    docs: Path = PROJECT_ROOT / "docs",
+) -> Path:
+    """Keep a run's figures and write its report: a run of `every` benchmark in `work` and
+    `docs` (docs/benchmarks.md, every figure from one run); a run of some of them in
+    `work`/partial, its report beside them, leaving the last whole run's figures and
+    document as they are."""
+    if not every:
+        work = docs = work / "partial"
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "results.json").write_text(json.dumps(results, default=str, indent=1), "utf-8")
+    (work / "machine.json").write_text(json.dumps({"full": sizes.full, **facts}, indent=1), "utf-8")
+    return report.write(results, facts, sizes, docs, whole=every)
 
 
 def report_again(work: Path = WORK, docs: Path = PROJECT_ROOT / "docs") -> int:

@@ -37,7 +37,11 @@ def _plot(path: Path, title: str, series: dict[str, list[float]], y_title: str) 
     return path.name
 
 
-def write(results: dict[str, Any], machine: dict[str, str], sizes: Sizes, docs: Path) -> Path:
+def write(
+    results: dict[str, Any], machine: dict[str, str], sizes: Sizes, docs: Path, whole: bool = True
+) -> Path:
+    """`docs`/benchmarks.md from a run's figures; `whole`: every benchmark ran (else the
+    hand-written reading of the last whole run is left out: it is not about these figures)."""
     out: list[str] = []
     add = out.append
     mode = "full sizes (`make bench FULL=1`)" if sizes.full else "quick pass (`make bench`)"
@@ -48,6 +52,11 @@ def write(results: dict[str, Any], machine: dict[str, str], sizes: Sizes, docs: 
         "Rerun `make bench FULL=1` on an idle machine for figures to compare with the targets; "
         "the quick pass uses smaller sizes (stated in each section) and only checks the harness.\n"
     )
+    if not whole:
+        add(
+            "> **Some of the benchmarks only.** docs/benchmarks.md keeps the last run of them "
+            "all; compare with it only figures from the same hour of the same host.\n"
+        )
     if not sizes.full:
         add(
             "> **Quick pass: not the targets' sizes.** Compare with the targets only after "
@@ -61,7 +70,7 @@ def write(results: dict[str, Any], machine: dict[str, str], sizes: Sizes, docs: 
     add(_summary(results))
     # The reading of the last full run's misses, kept by hand next to the harness.
     analysis = Path(__file__).with_name("analysis.md")
-    if sizes.full and analysis.exists():
+    if whole and sizes.full and analysis.exists():
         add(analysis.read_text(encoding="utf-8"))
     if "ingest" in results:
         add(_ingest(results["ingest"], docs))

@@ -17,7 +17,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from bench import data, ingest
-from bench.__main__ import report_again
+from bench.__main__ import report_again, save
+from bench.harness import Sizes
 from whatsdesk import desk, reports, whatsapp
 from whatsdesk.config import Config
 from whatsdesk.models import Card, Message, SlaEvent
@@ -103,3 +104,30 @@ def test_the_report_is_written_again_from_the_last_runs_figures(tmp_path: Path) 
     written = (docs / "benchmarks.md").read_text("utf-8")
     assert "| date | 2026-11-29 19:41 UTC |" in written and "| cpu | AMD EPYC |" in written
     assert "## Why a target is missed" in written  # the hand-written analysis, full runs only
+
+
+def test_a_run_of_some_benchmarks_leaves_the_last_whole_runs_figures_and_document(
+    tmp_path: Path,
+) -> None:
+    """`python -m bench precision`: its report goes beside its own figures, and
+    docs/benchmarks.md still holds one whole run (every figure from the same hour)."""
+    work, docs = tmp_path / "work", tmp_path / "docs"
+    docs.mkdir()
+    whole_run = {"date": "2026-11-30 02:30 UTC", "cpu": "AMD EPYC"}
+    save({}, whole_run, Sizes.pick(True), every=True, work=work, docs=docs)
+    document, figures = (docs / "benchmarks.md").read_text("utf-8"), (work / "results.json")
+    kept = figures.read_text("utf-8")
+
+    written = save(
+        {}, {**whole_run, "date": "2026-11-30 03:10 UTC"}, Sizes.pick(True), False, work, docs
+    )
+
+    assert (docs / "benchmarks.md").read_text("utf-8") == document
+    assert figures.read_text("utf-8") == kept
+    assert written == work / "partial" / "benchmarks.md"
+    partial = written.read_text("utf-8")
+    assert "| date | 2026-11-30 03:10 UTC |" in partial
+    assert "Some of the benchmarks only" in partial
+    assert "## Why a target is missed" not in partial  # the reading is of the whole run
+    assert report_again(work, docs) == 0  # --report: still from the whole run
+    assert "| date | 2026-11-30 02:30 UTC |" in (docs / "benchmarks.md").read_text("utf-8")

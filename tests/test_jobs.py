@@ -551,7 +551,7 @@ def test_events_fired_when_redis_fails_after_the_commit_stay_recorded_and_their_
     visit = open_card(session).new_visit
     assert visit is not None
 
-    def redis_gone(self: Alarms, user_id: int) -> None:
+    def redis_gone(self: Alarms, *user_ids: int, overdue: bool = False) -> None:
         raise RedisConnectionError("connection reset")
 
     monkeypatch.setattr(Alarms, "enqueue_alerts", redis_gone)

@@ -304,24 +304,43 @@ class Alarms:
             pipeline=pipeline,
         )
 
-    def enqueue_alerts(self, user_id: int, overdue: bool = False) -> None:
-        """Deliver a person's pending alerts (alone, or as a digest) now. A job for them
+    def enqueue_alerts(self, *user_ids: int, overdue: bool = False) -> None:
+        """Deliver each person's pending alerts (alone, or as a digest) now. A job for them
         still waiting in the queue will see these alerts too: no second one is added (but one
         a killed worker took from the queue, still marked queued, is replaced). Nor is one
         while their digest window is closed: the job that comes when it ends sends these
         with the rest (schedule_alerts), and a storm costs no job per batch of events —
         unless the alerts are `overdue` (the sweep found them waiting past their window: it
         was shortened meanwhile, or that job is lost)."""
-        job_id = alerts_job_id(user_id)
-        with self.redis.pipeline(transaction=False) as pipe:  # one round trip for both
-            pipe.exists(self._alerts_due_key(user_id))
-            pipe.lpos(f"rq:queue:{self.queue.name}", job_id)
-            marked, position = pipe.execute()
-        if marked and not overdue:
-            return
-        if position is not None and self.status_of(job_id) == JobStatus.QUEUED:
-            return
-        self.queue.enqueue("whatsdesk.jobs.deliver_alerts", user_id, job_id=job_id, result_ttl=600)
+        queue_key = f"rq:queue:{self.queue.name}"
+        with self.redis.pipeline(transaction=False) as pipe:  # one round trip for everyone
+            for user_id in user_ids:
+                pipe.exists(self._alerts_due_key(user_id))
+                pipe.lpos(queue_key, alerts_job_id(user_id))
+            found = pipe.execute()
+        marked, positions = found[::2], found[1::2]
+        wanted = [
+            (user_id, position)
+            for user_id, mark, position in zip(user_ids, marked, positions, strict=True)
+            if overdue or not mark
+        ]
+        in_queue = [alerts_job_id(u) for u, position in wanted if position is not None]
+        waiting = {
+            job.id
+            for job in Job.fetch_many(in_queue, connection=self.redis)
+            if job is not None and job.get_status(refresh=False) == JobStatus.QUEUED
+        }
+        with self.together() as pipe:
+            for user_id, _position in wanted:
+                job_id = alerts_job_id(user_id)
+                if job_id not in waiting:
+                    self.queue.enqueue(
+                        "whatsdesk.jobs.deliver_alerts",
+                        user_id,
+                        job_id=job_id,
+                        result_ttl=600,
+                        pipeline=pipe,
+                    )
 
     def schedule_alerts(self, user_id: int, instant: datetime) -> None:
         """Look at a person's pending alerts again when their digest window ends (at the

@@ -246,8 +246,7 @@ def fire_events(
         metrics.observe_event(kind, due_at, fired_at)
     try:
         alarms = _alarms(config)
-        for user_id in staff:
-            alarms.enqueue_alerts(user_id)
+        alarms.enqueue_alerts(*staff)
         for message_id in customer:
             alarms.enqueue_send(message_id)
         for new_visit_id, timers in visits:
@@ -511,8 +510,7 @@ def reconcile(config: Config, now: datetime) -> dict[str, int]:
     with alarms.together() as pipe:  # a Redis restart may have lost thousands
         for message_id in lost_sends:
             alarms.enqueue_send(message_id, pipeline=pipe)
-    for user_id in lost_alerts:
-        alarms.enqueue_alerts(user_id, overdue=True)
+    alarms.enqueue_alerts(*lost_alerts, overdue=True)
     counts["resent"] += len(lost_sends) + len(lost_alerts)
     counts["interrupted"], errors = _fail_interrupted_sends(config, alarms, stuck, now)
     counts["errors"] += errors

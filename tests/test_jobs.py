@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import uuid
@@ -722,6 +723,23 @@ def test_sweep_after_the_deadline_with_nothing_recorded_sends_only_the_breach(
     assert sorted(m.to_address for m in sent) == SUPERVISORS
     assert all("SLA breached" in m.body and "warning" not in m.body for m in sent)
     assert scheduled(seeded, redis) == {}  # nothing left to arm
+
+
+def test_events_the_sweep_fires_record_when_each_was_fired_not_when_the_sweep_began(
+    env: Config, seeded: Config, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sweep firing many events takes a while: each records the time it was fired, so
+    the lateness that reports and /metrics show is what the customer really waited."""
+    sweep_began = utcnow()
+    open_card(session, at=sweep_began - timedelta(minutes=5))  # its breach is overdue
+    seconds = itertools.count()  # a clock that moves on a second at each reading
+    monkeypatch.setattr(jobs, "utcnow", lambda: sweep_began + timedelta(seconds=next(seconds)))
+
+    assert jobs.sweep()["fired"] == 1
+
+    [event] = sla_events(seeded)
+    assert event.kind == "breach"
+    assert event.fired_at > sweep_began
 
 
 def test_reconcile_ignores_overdue_visits_of_resolved_cards(

@@ -457,12 +457,17 @@ def sweep() -> dict[str, int]:
     with alarms.exclusive("sweep", ttl=SWEEP_LOCK_SECONDS) as mine:
         if not mine:  # the previous sweep is still running: never two at once
             return {}
-        return reconcile(config, utcnow())
+        return reconcile(config, utcnow(), clock=utcnow)
 
 
-def reconcile(config: Config, now: datetime) -> dict[str, int]:
+def reconcile(
+    config: Config, now: datetime, clock: Callable[[], datetime] | None = None
+) -> dict[str, int]:
     """Make Redis agree with the database, which is the source of truth: what the timers
-    owe is read in one transaction and acted on, then the sends in the same way."""
+    owe is read in one transaction and acted on, then the sends in the same way. What is
+    due is what is due at `now`; each event records the `clock`'s time as it is fired
+    (`now` without one), not the sweep's start: a sweep firing many is seconds long."""
+    fired_at = clock if clock is not None else lambda: now
     alarms = _alarms(config)
     counts = {"fired": 0, "rearmed": 0, "resent": 0, "interrupted": 0, "late_statuses": 0}
     horizon = now + timedelta(seconds=max(LOOKAHEAD_SECONDS, 3 * config.sweep_seconds))
@@ -475,7 +480,7 @@ def reconcile(config: Config, now: datetime) -> dict[str, int]:
             session.commit()
         firing = Firing()
         for start in range(0, len(due), MAX_BATCH):  # one bad visit: the others still fire
-            firing += fire_events(config, due[start : start + MAX_BATCH], lambda: now)
+            firing += fire_events(config, due[start : start + MAX_BATCH], fired_at)
         counts["fired"], counts["errors"] = firing.fired, firing.failed
         for card_id, deadline in menus:
             if deadline <= now:

@@ -1090,6 +1090,36 @@ def test_a_visit_that_cannot_fire_does_not_stop_the_sweep(
     assert [(e.visit_id, e.kind) for e in sla_events(seeded)] == [(fine.id, "warning")]
 
 
+def test_a_batch_with_one_bad_event_is_tried_again_in_halves_not_one_event_at_a_time(
+    seeded: Config, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a storm, one event that cannot fire must not cost every other event of its batch
+    a transaction of its own (each batch it fails in is split in two)."""
+    visits = [open_card(session, phone=f"+551188888{n:04d}").new_visit for n in range(16)]
+    ids = [v.id for v in visits if v is not None]
+    broken = ids[5]
+    real_fire_locked, real_fire_many = escalation._fire_locked, escalation.fire_many
+    transactions: list[int] = []
+
+    def fire_locked(s: Session, visit: StageVisit, *rest: Any) -> escalation.Fired | None:
+        if visit.id == broken:
+            raise RuntimeError("a bad row")
+        return real_fire_locked(s, visit, *rest)
+
+    def fire_many(s: Session, owed: Any, now: Any) -> list[escalation.Fired]:
+        transactions.append(len(owed))
+        return real_fire_many(s, owed, now)
+
+    monkeypatch.setattr(escalation, "_fire_locked", fire_locked)
+    monkeypatch.setattr(escalation, "fire_many", fire_many)
+
+    firing = jobs.fire_events(seeded, [(i, "warning") for i in ids], lambda: WARNING_AT)
+
+    assert (firing.fired, firing.failed) == (15, 1)
+    assert sorted(e.visit_id for e in sla_events(seeded)) == sorted(set(ids) - {broken})
+    assert transactions == [16, 8, 4, 4, 2, 1, 1, 2, 8]  # not 1 + 16
+
+
 def test_the_sweep_points_a_visit_at_its_next_instant_as_a_re_timing_left_it(
     env: Config, seeded: Config, session: Session
 ) -> None:

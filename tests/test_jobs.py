@@ -651,7 +651,7 @@ def test_the_sweep_resends_the_sends_whose_job_is_lost_and_leaves_those_whose_jo
 ) -> None:
     """A job waiting in its queue, or running in a worker that is alive, is left alone; one
     lost with Redis, run by a worker that died, or taken from the queue by a worker killed
-    before it started, is queued again (each asked about in the same few round trips)."""
+    before it started, is queued again."""
     acks = [open_card(session, phone=f"+551199999{n:04d}").outbound[0].id for n in range(5)]
     waiting, running, died, taken, gone = acks
     alarms = Alarms(seeded.redis_url, seeded.queue_name)
@@ -675,6 +675,40 @@ def test_the_sweep_resends_the_sends_whose_job_is_lost_and_leaves_those_whose_jo
     assert sorted(queued_ids(seeded, redis)) == sorted(
         send_job_id(m) for m in (waiting, died, taken, gone)
     )
+
+
+def test_a_send_job_left_as_a_partial_record_is_resent_and_the_sweep_goes_on(
+    seeded: Config, session: Session, redis: Redis
+) -> None:
+    """Redis losing data while a worker wrote to a job can leave a record RQ refuses to
+    read: that job is as good as lost, and the sweep does not stop at it."""
+    ack = open_card(session).outbound[0].id
+    redis.hset(Job.key_for(send_job_id(ack)), mapping={"status": JobStatus.STARTED.value})
+
+    counts = jobs.reconcile(seeded, T0 + timedelta(seconds=jobs.STALE_SEND_SECONDS + 1))
+
+    assert counts["resent"] == 1
+    assert queued_ids(seeded, redis) == [send_job_id(ack)]
+
+
+def test_the_sweep_leaves_a_second_whose_clock_job_put_itself_back_under_its_other_id(
+    seeded: Config, session: Session, redis: Redis
+) -> None:
+    """A clock job woken early comes back as `tick-S-again`: that second is armed, and the
+    sweep adds no second job for it (two would fight over the same cards)."""
+    visit = open_card(session).new_visit
+    assert visit is not None
+    lose_redis_data(redis)
+    for instant in (WARNING_AT, BREACH_AT):
+        job_id, at = next(iter(ticks(instant).items()))
+        Queue(clock_queue_name(seeded.queue_name), connection=redis).enqueue_at(
+            at, "whatsdesk.jobs.fire_second", second_of(instant), job_id=f"{job_id}-again"
+        )
+
+    counts = jobs.reconcile(seeded, T0 + timedelta(seconds=10))
+
+    assert counts["rearmed"] == 0
+    assert set(scheduled(seeded, redis)) == {f"{j}-again" for j in ticks(WARNING_AT, BREACH_AT)}
 
 
 def test_a_database_restart_in_the_middle_of_a_sweep_still_lets_it_resend_a_lost_send(
@@ -1094,8 +1128,9 @@ def test_a_batch_with_one_bad_event_is_tried_again_in_halves_not_one_event_at_a_
     seeded: Config, session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """In a storm, one event that cannot fire must not cost every other event of its batch
-    a transaction of its own (each batch it fails in is split in two)."""
-    visits = [open_card(session, phone=f"+551188888{n:04d}").new_visit for n in range(16)]
+    a transaction of its own: each batch it fails in is split in two, down to a few events
+    tried one by one."""
+    visits = [open_card(session, phone=f"+551188888{n:04d}").new_visit for n in range(32)]
     ids = [v.id for v in visits if v is not None]
     broken = ids[5]
     real_fire_locked, real_fire_many = escalation._fire_locked, escalation.fire_many
@@ -1115,9 +1150,9 @@ def test_a_batch_with_one_bad_event_is_tried_again_in_halves_not_one_event_at_a_
 
     firing = jobs.fire_events(seeded, [(i, "warning") for i in ids], lambda: WARNING_AT)
 
-    assert (firing.fired, firing.failed) == (15, 1)
+    assert (firing.fired, firing.failed) == (31, 1)
     assert sorted(e.visit_id for e in sla_events(seeded)) == sorted(set(ids) - {broken})
-    assert transactions == [16, 8, 4, 4, 2, 1, 1, 2, 8]  # not 1 + 16
+    assert transactions == [32, 16, 8, *[1] * 8, 8, 16]  # not 1 + 32
 
 
 def test_the_sweep_points_a_visit_at_its_next_instant_as_a_re_timing_left_it(

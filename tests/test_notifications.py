@@ -665,7 +665,7 @@ def test_an_alert_job_a_killed_worker_took_from_the_queue_is_replaced(
     queue: asking for the person's alerts again must not trust it."""
     sofia = user(session, "sofia@example.com").id
     alarms = Alarms(env.redis_url, env.queue_name)
-    alarms.enqueue_alerts(sofia)
+    alarms.enqueue_alerts(sofia, sofia)  # named twice: one job
     alarms.enqueue_alerts(sofia)  # still waiting in the queue: not added twice
     assert queued_ids(env, redis) == [f"alerts-{sofia}"]
     redis.lrem(f"rq:queue:{env.queue_name}", 0, f"alerts-{sofia}")  # taken, never started

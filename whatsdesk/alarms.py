@@ -104,7 +104,7 @@ def never_before(instant: datetime) -> datetime:
     return datetime.fromtimestamp(math.ceil(instant.timestamp()), UTC)
 
 
-TICK_ID = re.compile(r"tick-[0-9]+")
+TICK_ID = re.compile(r"tick-([0-9]+)(?:-again)?")  # either of a second's two ids (own_id)
 
 
 def tick_job_id(second: int) -> str:
@@ -162,6 +162,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+def both_ids(job_id: str) -> tuple[str, str]:
+    """The two ids a job can run under: its own, and the one it comes back under (`own_id`,
+    `Alarms.enqueue_send` with `again`). Either one live means the work is in hand."""
+    return job_id, f"{job_id}-again"
 
 
 def own_id(job_id: str) -> str:
@@ -228,7 +234,7 @@ class Alarms:
     @contextmanager
     def together(self) -> Iterator[Pipeline]:
         """A MULTI pipeline: the jobs scheduled or enqueued through it reach Redis in one
-        round trip, all or none."""
+        round trip (MULTI … EXEC), or none does if the connection fails before."""
         with self.redis.pipeline() as pipe:
             pipe.multi()  # RQ switches a pipeline it is given to MULTI, before any command
             yield pipe
@@ -261,7 +267,7 @@ class Alarms:
         registry = ScheduledJobRegistry(queue=self.clock)
         scheduled = self.redis.zrangebyscore(registry.key, "-inf", until.timestamp())
         ids = [i.decode() for i in scheduled] + self.clock.get_job_ids()
-        return {int(i[len("tick-") :]) for i in ids if TICK_ID.fullmatch(i)}
+        return {int(m.group(1)) for i in ids if (m := TICK_ID.fullmatch(i))}
 
     def wakes_for(self, instant: datetime) -> datetime | None:
         """When the clock job covering this instant is woken; None when none is scheduled."""
@@ -312,6 +318,7 @@ class Alarms:
         with the rest (schedule_alerts), and a storm costs no job per batch of events —
         unless the alerts are `overdue` (the sweep found them waiting past their window: it
         was shortened meanwhile, or that job is lost)."""
+        user_ids = tuple(dict.fromkeys(user_ids))  # one job per person, however often named
         queue_key = f"rq:queue:{self.queue.name}"
         with self.redis.pipeline(transaction=False) as pipe:  # one round trip for everyone
             for user_id in user_ids:
@@ -327,7 +334,7 @@ class Alarms:
         in_queue = [alerts_job_id(u) for u, position in wanted if position is not None]
         waiting = {
             job.id
-            for job in Job.fetch_many(in_queue, connection=self.redis)
+            for job in self._fetch_many(in_queue)
             if job is not None and job.get_status(refresh=False) == JobStatus.QUEUED
         }
         with self.together() as pipe:
@@ -393,13 +400,6 @@ class Alarms:
         wait = self._pace(keys=[key], args=[int(1_000_000 / per_second)])
         return int(wait) / 1_000_000
 
-    def status_of(self, job_id: str) -> JobStatus | None:
-        try:
-            job = Job.fetch(job_id, connection=self.redis)
-        except NoSuchJobError:
-            return None
-        return job.get_status(refresh=False)
-
     def is_live(self, job_id: str) -> bool:
         """Is a job with this id waiting, or running in a worker that is still alive?"""
         return job_id in self.live([job_id])
@@ -408,7 +408,7 @@ class Alarms:
         """Those of these jobs that are waiting, or running in a worker that is still alive,
         in a few round trips whatever their number (the sweep asks about every send a Redis
         restart lost)."""
-        jobs = [job for job in Job.fetch_many(job_ids, connection=self.redis) if job is not None]
+        jobs = [job for job in self._fetch_many(job_ids) if job is not None]
         status = {job.id: job.get_status(refresh=False) for job in jobs}
         started = [job for job in jobs if status[job.id] == JobStatus.STARTED]
         dead = workers_died(self.redis, {job.worker_name or "" for job in started})
@@ -429,13 +429,28 @@ class Alarms:
         if not missing:
             return {job.id for job in queued}
         time.sleep(0.5)  # a live worker starts what it takes within milliseconds
-        again = Job.fetch_many([job.id for job in missing], connection=self.redis)
+        again = self._fetch_many([job.id for job in missing])
         still = [job for job in again if job is not None]
         deleted = {job.id for job in missing} - {job.id for job in still}
         lost = self._not_in_queue(
             [job for job in still if job.get_status(refresh=False) == JobStatus.QUEUED]
         )
         return {job.id for job in queued} - deleted - {job.id for job in lost}
+
+    def _fetch_many(self, job_ids: list[str]) -> list[Job | None]:
+        """RQ's jobs by id in one round trip, None for each that is gone — or left as a
+        partial record (Redis lost data while a worker wrote to it), which RQ refuses to
+        read: such a job is as good as gone."""
+        try:
+            return Job.fetch_many(job_ids, connection=self.redis)
+        except NoSuchJobError:  # rare: read each alone, as `Job.fetch` would
+            return [self._fetch(job_id) for job_id in job_ids]
+
+    def _fetch(self, job_id: str) -> Job | None:
+        try:
+            return Job.fetch(job_id, connection=self.redis)
+        except NoSuchJobError:
+            return None
 
     def _not_in_queue(self, jobs: list[Job]) -> list[Job]:
         with self.redis.pipeline(transaction=False) as pipe:

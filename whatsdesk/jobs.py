@@ -21,6 +21,7 @@ from .alarms import (
     TICK_AHEAD_SECONDS,
     Alarms,
     alerts_job_id,
+    both_ids,
     menu_job_id,
     second_of,
     send_job_id,
@@ -61,6 +62,10 @@ PACE_HEADROOM = 0.9
 MAX_ID = 2**63  # sorts after every visit id: (instant, MAX_ID, 0, "") follows all of instant's
 # Events fired in one transaction at most: their cards stay locked until it commits.
 MAX_BATCH = 200
+# A failed batch larger than this is tried again in halves, a smaller one event by event: a
+# bad event costs a few tries, not one per event, and a fault that fails every event (the
+# database gone) about 1.25 tries per event rather than 2.
+SPLIT_DOWN_TO = 8
 
 
 def _config() -> Config:
@@ -222,7 +227,8 @@ def fire_events(
     hand their messages to the sender (staff alerts through each recipient's digest: a job
     per person, unless one already waits for their window to end) and arm any stage visit
     they started. When the batch fails (a bad visit, a deadlock, another worker's twin),
-    each half is tried again on its own, down to single events; an event that fails alone
+    each half is tried again on its own, down to a few events tried one by one; an event
+    that fails alone
     is logged and counted, and the others still fire."""
     try:
         with session_scope(config.database_url) as session:
@@ -234,10 +240,13 @@ def fire_events(
     except BaseTimeoutException:
         raise  # the job ran out of time: RQ's to handle, not one event's failure
     except Exception as exc:
-        if len(owed) > 1:  # in halves: one bad event among n costs 2·log2(n) tries, not n
+        if len(owed) > SPLIT_DOWN_TO:  # one bad event among n: about 2·log2(n) tries, not n
             log.warning("a batch of %d events failed (%s); firing it in halves", len(owed), exc)
             half = len(owed) // 2
             return fire_events(config, owed[:half], now) + fire_events(config, owed[half:], now)
+        if len(owed) > 1:
+            log.warning("a batch of %d events failed (%s); firing each alone", len(owed), exc)
+            return sum((fire_events(config, [one], now) for one in owed), Firing())
         if isinstance(exc, IntegrityError):
             log.info("sla event %s/%s already recorded by another worker", *owed[0])
             return Firing()
@@ -485,18 +494,19 @@ def reconcile(
         counts["fired"], counts["errors"] = firing.fired, firing.failed
         for card_id, deadline in menus:
             if deadline <= now:
-                counts["fired"] += _time_out_menu(config, card_id, now)
+                counts["fired"] += _time_out_menu(config, card_id, fired_at())
         ahead = {menu_job_id(card_id): (card_id, at) for card_id, at in menus if at > now}
         armed = alarms.armed_seconds(horizon)  # two reads, not one check per second
         missing = {tick_job_id(second): second for second in sorted(seconds - armed)}
-        live = alarms.live([*ahead, *missing])  # a few round trips, not some per job
+        # A few round trips, not some per job; a job that put itself back has its other id.
+        live = alarms.live([i for job_id in [*ahead, *missing] for i in both_ids(job_id)])
         with alarms.together() as pipe:
             for job_id, (card_id, deadline) in ahead.items():
-                if job_id not in live:
+                if live.isdisjoint(both_ids(job_id)):
                     alarms.schedule_menu(card_id, deadline, pipeline=pipe)
                     counts["rearmed"] += 1
             for job_id, second in missing.items():
-                if job_id not in live:
+                if live.isdisjoint(both_ids(job_id)):
                     alarms.schedule_second(second, pipeline=pipe)
                     counts["rearmed"] += 1
         try:
@@ -513,9 +523,10 @@ def reconcile(
     )
     lost_sends = [m for m in stale_sends if send_job_id(m) not in live]
     lost_alerts = [u for u in stale_alerts if alerts_job_id(u) not in live]
-    with alarms.together() as pipe:  # a Redis restart may have lost thousands
-        for message_id in lost_sends:
-            alarms.enqueue_send(message_id, pipeline=pipe)
+    for start in range(0, len(lost_sends), MAX_BATCH):  # a restart may have lost thousands
+        with alarms.together() as pipe:
+            for message_id in lost_sends[start : start + MAX_BATCH]:
+                alarms.enqueue_send(message_id, pipeline=pipe)
     alarms.enqueue_alerts(*lost_alerts, overdue=True)
     counts["resent"] += len(lost_sends) + len(lost_alerts)
     counts["interrupted"], errors = _fail_interrupted_sends(config, alarms, stuck, now)
@@ -657,10 +668,9 @@ def _fail_interrupted_sends(
     sweep. Returns (settled, errors)."""
     settled = now - timedelta(seconds=SEND_SETTLED_SECONDS)
     resend, done, errors = [], 0, 0
-    ids = [send_job_id(doubt.id) + again for doubt in stuck for again in ("", "-again")]
-    live = alarms.live(ids)
+    live = alarms.live([i for doubt in stuck for i in both_ids(send_job_id(doubt.id))])
     for doubt in stuck:
-        if send_job_id(doubt.id) in live or send_job_id(doubt.id) + "-again" in live:
+        if not live.isdisjoint(both_ids(send_job_id(doubt.id))):
             continue
         try:
             outcome = _settle_interrupted(config, doubt, now, settled)

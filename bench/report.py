@@ -241,7 +241,7 @@ def _precision(runs: list[dict[str, Any]], docs: Path) -> str:
         "second of deadlines, each firing its events at their instants. *Sweep alone*: the "
         "same run with no timer job scheduled at "
         "all (`bench/sweep_only.py` switches them off, including the sweep's re-arming), so the "
-        "sweep (`rq cron`, every 5 s) fires everything.\n",
+        "sweep (every 5 s) fires everything.\n",
         "| | recorded | early | p50 | p95 | p99 | max | events/s kept up |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]

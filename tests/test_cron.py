@@ -1,38 +1,92 @@
-"""The sweep's process (`rq cron whatsdesk.cron`) outlives a Redis restart."""
+"""The sweep's process (`python -m whatsdesk.cron`, the Procfile's `sweep`): it queues the
+sweep on the clock's queue every SWEEP_INTERVAL, outlives a Redis restart and stops on
+SIGTERM."""
 
 from __future__ import annotations
 
-import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from redis.exceptions import ConnectionError as RedisConnectionError
-from rq.cron import CronScheduler
+from redis import Redis
+from rq import Queue
 
-from whatsdesk import cron
+from whatsdesk import procfile
+from whatsdesk.alarms import clock_queue_name
+from whatsdesk.config import PROJECT_ROOT
+from whatsdesk.devserver import BIN
+from whatsdesk.redis_server import PrivateRedis
+
+from conftest import eventually
 
 
-def test_the_cron_scheduler_starts_again_after_a_redis_error_and_ends_when_asked(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    folder = Path(tempfile.mkdtemp(prefix="wd-cron-redis-", dir="/tmp"))
+    server = PrivateRedis(folder / "redis.sock", persist=False)
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture
+def sweep_process(
+    private_redis: PrivateRedis, tmp_path: Path
+) -> Iterator[tuple[Path, subprocess.Popen[bytes]]]:
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "REDIS_URL": private_redis.url,
+        "SWEEP_INTERVAL": "1",
+    }
+    log = tmp_path / "sweep.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            procfile.command("sweep", env), cwd=PROJECT_ROOT, env=env, stdout=out, stderr=out
+        )
+    yield log, process
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=10)
+
+
+def sweeps_queued(url: str) -> int:
+    clock = Queue(clock_queue_name("whatsdesk"), connection=Redis.from_url(url))
+    return sum(job.func_name == "whatsdesk.jobs.sweep" for job in clock.get_jobs())
+
+
+def test_the_sweep_is_queued_on_the_clock_every_interval_and_the_process_stops_on_sigterm(
+    sweep_process: tuple[Path, subprocess.Popen[bytes]], private_redis: PrivateRedis
 ) -> None:
-    """RQ's scheduler ends on a Redis error (a restart falling on one of its ticks): with no
-    sweep after it, lost timers and sends would never be found again."""
-    monkeypatch.setattr(cron, "REDIS_RETRY_SECONDS", 0.0)
-    runs: list[str] = []
+    _log, process = sweep_process
 
-    def start(scheduler: CronScheduler) -> None:
-        runs.append("start")
-        if len(runs) < 3:
-            raise RedisConnectionError("Connection closed by server.")
-        # the third run is stopped (SIGTERM): RQ's start returns
-
-    scheduler = CronScheduler.__new__(CronScheduler)
-    scheduler.log = logging.getLogger("test-cron")
-
-    cron.start_again_after_redis_errors(start)(scheduler)
-
-    assert runs == ["start", "start", "start"]
+    assert eventually(lambda: sweeps_queued(private_redis.url) >= 2, timeout=20)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 0
 
 
-def test_rq_cron_starts_the_desks_scheduler_through_the_wrapper() -> None:
-    """`rq cron` imports whatsdesk.cron after building its scheduler, before starting it."""
-    assert CronScheduler.start.__wrapped__ is not None  # type: ignore[attr-defined]
+def test_after_a_redis_restart_the_sweep_is_queued_again(
+    sweep_process: tuple[Path, subprocess.Popen[bytes]], private_redis: PrivateRedis
+) -> None:
+    """RQ's own loop ends on a Redis error (a restart falling on one of its ticks); with no
+    sweep after it, timers and sends the restart lost would never be found again."""
+    log, process = sweep_process
+    assert eventually(lambda: sweeps_queued(private_redis.url) >= 1, timeout=20)
+
+    assert private_redis.process is not None
+    private_redis.process.kill()  # Redis dies, and comes back empty
+    private_redis.process.wait(timeout=10)
+    assert eventually(lambda: b"Redis error" in log.read_bytes(), timeout=20)
+    private_redis.socket.unlink(missing_ok=True)
+    private_redis.start()
+
+    assert eventually(lambda: sweeps_queued(private_redis.url) >= 1, timeout=20)
+    assert process.poll() is None
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 0

@@ -6,10 +6,11 @@ import math
 import re
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import Any, TypeVar
 
 from redis import Redis
 from redis.client import Pipeline
@@ -46,13 +47,27 @@ def worker_died(redis: Redis, worker_name: str | None) -> bool:
 def workers_died(redis: Redis, worker_names: set[str]) -> set[str]:
     """The desk workers among these whose pulse has stopped (one round trip)."""
     names = sorted(n for n in worker_names if n)
+
+    def ask(pipe: Pipeline, name: str) -> None:
+        pipe.exists(f"whatsdesk:alive:{name}")
+        pipe.exists(f"whatsdesk:pulsing:{name}")
+
+    found = _two_each(redis, names, ask)
+    return {n for n, (alive, pulsing) in zip(names, found, strict=True) if pulsing and not alive}
+
+
+_Item = TypeVar("_Item")
+
+
+def _two_each(
+    redis: Redis, items: Sequence[_Item], ask: Callable[[Pipeline, _Item], None]
+) -> list[tuple[Any, Any]]:
+    """The answers to the two commands `ask` sends for each item, in one round trip."""
     with redis.pipeline(transaction=False) as pipe:
-        for name in names:
-            pipe.exists(f"whatsdesk:alive:{name}")
-            pipe.exists(f"whatsdesk:pulsing:{name}")
+        for item in items:
+            ask(pipe, item)
         found = pipe.execute()
-    alive, pulsing = found[::2], found[1::2]
-    return {n for n, a, p in zip(names, alive, pulsing, strict=True) if p and not a}
+    return list(zip(found[::2], found[1::2], strict=True))
 
 
 # RQ's scheduler refreshes its lock (to a 61 s lease) every second; one silent this long is
@@ -300,7 +315,8 @@ class Alarms:
         self, message_id: int, again: bool = False, pipeline: Pipeline | None = None
     ) -> None:
         """The send job; `again` for a send job handing its message on (another id)."""
-        job_id = send_job_id(message_id) + ("-again" if again else "")
+        first, other = both_ids(send_job_id(message_id))
+        job_id = other if again else first
         self.queue.enqueue(
             "whatsdesk.jobs.send_message",
             message_id,
@@ -320,23 +336,22 @@ class Alarms:
         was shortened meanwhile, or that job is lost)."""
         user_ids = tuple(dict.fromkeys(user_ids))  # one job per person, however often named
         queue_key = f"rq:queue:{self.queue.name}"
-        with self.redis.pipeline(transaction=False) as pipe:  # one round trip for everyone
-            for user_id in user_ids:
-                pipe.exists(self._alerts_due_key(user_id))
-                pipe.lpos(queue_key, alerts_job_id(user_id))
-            found = pipe.execute()
-        marked, positions = found[::2], found[1::2]
+
+        def ask(pipe: Pipeline, user_id: int) -> None:
+            pipe.exists(self._alerts_due_key(user_id))
+            pipe.lpos(queue_key, alerts_job_id(user_id))
+
+        found = _two_each(self.redis, user_ids, ask)  # one round trip for everyone
         wanted = [
             (user_id, position)
-            for user_id, mark, position in zip(user_ids, marked, positions, strict=True)
+            for user_id, (mark, position) in zip(user_ids, found, strict=True)
             if overdue or not mark
         ]
-        in_queue = [alerts_job_id(u) for u, position in wanted if position is not None]
-        waiting = {
-            job.id
-            for job in self._fetch_many(in_queue)
-            if job is not None and job.get_status(refresh=False) == JobStatus.QUEUED
-        }
+        in_queue = [(alerts_job_id(u), position) for u, position in wanted if position is not None]
+        waiting = _still_queued(
+            self._fetch_many([job_id for job_id, _ in in_queue]),
+            [position for _, position in in_queue],
+        )
         with self.together() as pipe:
             for user_id, _position in wanted:
                 job_id = alerts_job_id(user_id)
@@ -383,12 +398,16 @@ class Alarms:
         scheduler woke this job by its own host's clock). Only such a job can hold the mark:
         other alert jobs skip the round trip."""
         job = get_current_job()
-        if job is not None and job.id.startswith(f"{alerts_job_id(user_id)}-at-"):
+        if job is not None and job.id.startswith(self._alerts_due_prefix(user_id)):
             self._release(keys=[self._alerts_due_key(user_id)], args=[job.id])
 
     @staticmethod
-    def _alerts_due_id(user_id: int, at: datetime) -> str:
-        return f"{alerts_job_id(user_id)}-at-{int(at.timestamp())}"
+    def _alerts_due_prefix(user_id: int) -> str:
+        """The start of the ids of the jobs for a person's alerts when a window ends."""
+        return f"{alerts_job_id(user_id)}-at-"
+
+    def _alerts_due_id(self, user_id: int, at: datetime) -> str:
+        return f"{self._alerts_due_prefix(user_id)}{int(at.timestamp())}"
 
     def _alerts_due_key(self, user_id: int) -> str:
         """Set while a job for the person's alerts is scheduled (until it is due)."""
@@ -453,8 +472,22 @@ class Alarms:
             return None
 
     def _not_in_queue(self, jobs: list[Job]) -> list[Job]:
+        """Those of these queued jobs no longer in their queue."""
         with self.redis.pipeline(transaction=False) as pipe:
             for job in jobs:
                 pipe.lpos(f"rq:queue:{job.origin}", job.id)
             positions = pipe.execute()
-        return [job for job, position in zip(jobs, positions, strict=True) if position is None]
+        waiting = _still_queued(jobs, positions)
+        return [job for job in jobs if job.id not in waiting]
+
+
+def _still_queued(jobs: Sequence[Job | None], positions: Sequence[int | None]) -> set[str]:
+    """The ids of those jobs marked queued that are still in their queue (`positions`: where
+    LPOS found each, None when it is not there)."""
+    return {
+        job.id
+        for job, position in zip(jobs, positions, strict=True)
+        if job is not None
+        and position is not None
+        and job.get_status(refresh=False) == JobStatus.QUEUED
+    }

@@ -1,45 +1,60 @@
-"""`rq cron whatsdesk.cron`: the periodic reconciling sweep, every SWEEP_INTERVAL seconds."""
+"""`python -m whatsdesk.cron` (the Procfile's `sweep`): queues the reconciling sweep every
+SWEEP_INTERVAL seconds on the clock's queue, through RQ's cron scheduler.
 
-import functools
+RQ's scheduler loop ends on its first Redis error (a Redis restart that falls on one of its
+ticks), and with it every sweep, so nothing a restart lost would be found again: like the
+desk's workers, this process starts the loop again once Redis is back."""
+
+from __future__ import annotations
+
 import time
-from collections.abc import Callable
 
 from redis.exceptions import RedisError
-from rq import cron
+from rq.cron import CronScheduler
+from rq.exceptions import StopRequested
 
-from .alarms import clock_queue_name
+from .alarms import clock_queue_name, redis_for
 from .config import Config
 from .jobs import sweep
 
-# RQ's cron scheduler ends on the first Redis error (a Redis restart that falls on one of its
-# ticks), and with it every sweep: like the desk's workers, it starts again once Redis is back.
 REDIS_RETRY_SECONDS = 1.0
+SWEEP_TIMEOUT_SECONDS = 300
 
 
-def start_again_after_redis_errors(
-    start: Callable[[cron.CronScheduler], None],
-) -> Callable[[cron.CronScheduler], None]:
-    @functools.wraps(start)
-    def start_until_stopped(scheduler: cron.CronScheduler) -> None:
-        while True:
-            try:
-                return start(scheduler)  # returns when asked to stop (SIGTERM, Ctrl-C)
-            except RedisError as exc:
-                scheduler.log.warning(
-                    "CronScheduler: Redis error (%s); starting again in %.0f s",
-                    exc,
-                    REDIS_RETRY_SECONDS,
-                )
-                time.sleep(REDIS_RETRY_SECONDS)
-
-    return start_until_stopped
+def scheduler(config: Config) -> CronScheduler:
+    """RQ's cron scheduler with the sweep registered on the desk's Redis and clock queue."""
+    cron = CronScheduler(connection=redis_for(config.redis_url))
+    cron.register(
+        sweep,
+        clock_queue_name(config.queue_name),
+        interval=config.sweep_seconds,
+        job_timeout=SWEEP_TIMEOUT_SECONDS,
+    )
+    return cron
 
 
-# `rq cron` builds its scheduler, then imports this module, then starts it.
-if not hasattr(cron.CronScheduler.start, "__wrapped__"):
-    cron.CronScheduler.start = start_again_after_redis_errors(cron.CronScheduler.start)  # type: ignore[method-assign]
+def run(cron: CronScheduler) -> None:
+    """Run the scheduler until it is asked to stop (SIGTERM, Ctrl-C), starting it again after
+    a Redis error."""
+    while True:
+        try:
+            cron.start()  # returns when asked to stop
+            return
+        except RedisError as exc:
+            cron.log.warning(
+                "CronScheduler: Redis error (%s); starting again in %.0f s",
+                exc,
+                REDIS_RETRY_SECONDS,
+            )
+        try:
+            time.sleep(REDIS_RETRY_SECONDS)
+        except (StopRequested, KeyboardInterrupt):  # its signal handlers outlive its loop
+            return
 
-_config = Config.from_env()
-cron.register(
-    sweep, clock_queue_name(_config.queue_name), interval=_config.sweep_seconds, job_timeout=300
-)
+
+def main() -> None:
+    run(scheduler(Config.from_env()))
+
+
+if __name__ == "__main__":
+    main()

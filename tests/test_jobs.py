@@ -19,8 +19,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import Queue, SimpleWorker
 from rq.job import Job, JobStatus
 from rq.registry import ScheduledJobRegistry
-from sqlalchemy import make_url, select, text
+from sqlalchemy import create_engine, make_url, select, text
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from whatsdesk import desk, escalation, jobs, sla, whatsapp
 from whatsdesk.alarms import (
@@ -45,6 +46,7 @@ from conftest import (
     query_plan,
     seed,
     signed_post,
+    statements,
 )
 from twilio_server import TwilioServer
 
@@ -714,8 +716,8 @@ def test_the_sweep_leaves_a_second_whose_clock_job_put_itself_back_under_its_oth
 def test_a_database_restart_in_the_middle_of_a_sweep_still_lets_it_resend_a_lost_send(
     seeded: Config, session: Session, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The sweep keeps one connection for its two transactions; one that dies in between
-    (PostgreSQL restarted while it fired and re-armed) is replaced, not the sweep's end."""
+    """The sweep reads everything in one transaction, then fires, re-arms and resends:
+    its connection ended meanwhile (PostgreSQL restarted) does not stop the resend."""
     if session.get_bind().dialect.name != "postgresql":
         pytest.skip("a SQLite connection is a file: nothing can end it from outside")
     ack = open_card(session).outbound[0]  # pending, its send job never reached Redis
@@ -728,7 +730,7 @@ def test_a_database_restart_in_the_middle_of_a_sweep_still_lets_it_resend_a_lost
         return seconds_to_arm(session, *args)
 
     def database_restarts_meanwhile(self: Alarms, horizon: datetime) -> set[int]:
-        with session_factory(seeded.database_url)() as other:
+        with create_engine(seeded.database_url, poolclass=NullPool).connect() as other:
             other.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": sweeps[0]})
         return armed_seconds(self, horizon)
 
@@ -1181,6 +1183,30 @@ def test_the_sweep_points_a_visit_at_its_next_instant_as_a_re_timing_left_it(
         retimer.close()
 
     assert next_due(seeded, visit_id) == sooner
+
+
+def test_a_sweep_with_nothing_to_do_reads_in_six_statements(seeded: Config) -> None:
+    """What is due, team menus and timers ahead, sends waiting or sending, kept status
+    callbacks and refused alerts: one transaction, whatever is open."""
+    jobs.reconcile(seeded, T0)
+    with statements(seeded) as seen:
+        counts = jobs.reconcile(seeded, T0 + timedelta(seconds=1))
+
+    assert not any(counts.values()), counts
+    assert len(seen) == 6, seen
+
+
+def test_the_sweeps_read_of_waiting_sends_is_a_range_on_their_age(
+    seeded: Config, session: Session
+) -> None:
+    """Failed and delivered messages pile up for ever: the read of those waiting or sending
+    takes a range on (direction, status, updated_at), never every message of a status."""
+    plan = query_plan(session, jobs.waiting_outbound(T0))
+    assert "ix_messages_pending" in plan, plan
+    if session.get_bind().dialect.name == "postgresql":
+        assert "updated_at <=" in plan, plan  # in the index condition: a range
+    else:
+        assert "updated_at<" in plan, plan
 
 
 def test_the_sweeps_due_query_uses_the_next_due_index(seeded: Config, session: Session) -> None:

@@ -846,15 +846,19 @@ def settle_early_statuses(session: Session, now: datetime, keep_hours: int = 24)
     forget those older than `keep_hours` that never found their message."""
     settled = 0
     for callback, message in session.execute(
-        select(EarlyStatus, Message).join(Message, Message.sid == EarlyStatus.sid)
+        select(EarlyStatus, Message)
+        .outerjoin(Message, Message.sid == EarlyStatus.sid)
+        .where(
+            or_(
+                Message.id.is_not(None),
+                EarlyStatus.received_at < now - timedelta(hours=keep_hours),
+            )
+        )
     ).all():
-        _raise_status(message, callback.status, callback.error_code, now)
+        if message is not None:
+            _raise_status(message, callback.status, callback.error_code, now)
+            settled += 1
         session.delete(callback)
-        settled += 1
-    for stale in session.scalars(
-        select(EarlyStatus).where(EarlyStatus.received_at < now - timedelta(hours=keep_hours))
-    ):
-        session.delete(stale)
     return settled
 
 

@@ -8,11 +8,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from redis.exceptions import RedisError
 from rq.timeouts import BaseTimeoutException
-from sqlalchemy import ColumnElement, Select, Text, cast, or_, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy import ColumnElement, Row, Select, Text, cast, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from . import desk, escalation, metrics, notifications, settings, sla, whatsapp
@@ -28,7 +29,7 @@ from .alarms import (
     tick_job_id,
 )
 from .config import Config
-from .db import get_engine, session_factory, session_scope, utcnow
+from .db import session_scope, utcnow
 from .models import Card, Message, StageVisit, timers_from
 from .whatsapp import (
     PermanentSendError,
@@ -141,15 +142,19 @@ def _timers_of(
         for name in StageVisit.TIMER_COLUMNS
     ]
     session.flush()  # what the session changed counts (the connection's reads skip autoflush)
-    rows = session.connection().execute(
-        select(
-            StageVisit.id,
-            StageVisit.next_due_at,
-            StageVisit.acknowledged_at,
-            StageVisit.left_at,
-            *columns,
-        ).where(_owing(), *where)
-    )
+    rows = (
+        session.connection()
+        .execute(
+            select(
+                StageVisit.id,
+                StageVisit.next_due_at,
+                StageVisit.acknowledged_at,
+                StageVisit.left_at,
+                *columns,
+            ).where(_owing(), *where)
+        )
+        .all()
+    )  # fetched at once: row by row cost a fetch call each
     for visit_id, next_due, acknowledged, left_at, *values in rows:
         yield visit_id, next_due, escalation.owed(timers_from(*values), acknowledged, left_at)
 
@@ -432,7 +437,8 @@ def _window_checked(config: Config, session: Session, message: Message) -> bool:
     return False
 
 
-def _template_of(message: Message) -> Template | None:
+def _template_of(message: Message | Row[Any]) -> Template | None:
+    """The template a message goes as (a row with its content columns will do)."""
     if not message.content_sid:
         return None
     return Template(message.content_sid, dict(message.content_variables or {}))
@@ -474,85 +480,79 @@ def reconcile(
     config: Config, now: datetime, clock: Callable[[], datetime] | None = None
 ) -> dict[str, int]:
     """Make Redis agree with the database, which is the source of truth: what the timers
-    owe is read in one transaction and acted on, then the sends in the same way. What is
-    due is what is due at `now`; each event records the `clock`'s time as it is fired
-    (`now` without one), not the sweep's start: a sweep firing many is seconds long."""
+    owe and what the sends need are read in one transaction, then acted on. What is due is
+    what is due at `now`; each event records the `clock`'s time as it is fired (`now`
+    without one), not the sweep's start: a sweep firing many is seconds long."""
     fired_at = clock if clock is not None else lambda: now
     alarms = _alarms(config)
     counts = {"fired": 0, "rearmed": 0, "resent": 0, "interrupted": 0, "late_statuses": 0}
     horizon = now + timedelta(seconds=max(LOOKAHEAD_SECONDS, 3 * config.sweep_seconds))
-    # One connection for both transactions: a sweep pays one checkout (and its ping).
-    with get_engine(config.database_url).connect() as connection:
-        with Session(bind=connection, expire_on_commit=False) as session:
-            due = [(visit, kind) for visit, kinds in _due_events(session, now) for kind in kinds]
-            menus = _menus_due_before(session, horizon)
-            seconds = _seconds_to_arm(session, now, horizon)
-            session.commit()
-        firing = Firing()
-        for start in range(0, len(due), MAX_BATCH):  # one bad visit: the others still fire
-            firing += fire_events(config, due[start : start + MAX_BATCH], fired_at)
-        counts["fired"], counts["errors"] = firing.fired, firing.failed
-        for card_id, deadline in menus:
-            if deadline <= now:
-                counts["fired"] += _time_out_menu(config, card_id, fired_at())
-        ahead = {menu_job_id(card_id): (card_id, at) for card_id, at in menus if at > now}
-        armed = alarms.armed_seconds(horizon)  # two reads, not one check per second
-        missing = {tick_job_id(second): second for second in sorted(seconds - armed)}
-        # A few round trips, not some per job; a job that put itself back has its other id.
-        live = alarms.live([i for job_id in [*ahead, *missing] for i in both_ids(job_id)])
-        with alarms.together() as pipe:
-            for job_id, (card_id, deadline) in ahead.items():
-                if live.isdisjoint(both_ids(job_id)):
-                    alarms.schedule_menu(card_id, deadline, pipeline=pipe)
-                    counts["rearmed"] += 1
-            for job_id, second in missing.items():
-                if live.isdisjoint(both_ids(job_id)):
-                    alarms.schedule_second(second, pipeline=pipe)
-                    counts["rearmed"] += 1
-        try:
-            mend = _sends_to_mend(Session(bind=connection, expire_on_commit=False), now)
-        except DBAPIError as exc:
-            if not exc.connection_invalidated:
-                raise
-            # The connection died while the sweep fired and re-armed (a database restart):
-            # a fresh one, pinged as the pool checks it out.
-            mend = _sends_to_mend(session_factory(config.database_url)(), now)
-    stale_sends, stale_alerts, stuck, resend, counts["late_statuses"] = mend
+    with session_scope(config.database_url) as session:
+        due = [(visit, kind) for visit, kinds in _due_events(session, now) for kind in kinds]
+        menus = _menus_due_before(session, horizon)
+        seconds = _seconds_to_arm(session, now, horizon)
+        mend = _sends_to_mend(session, now)
+    firing = Firing()
+    for start in range(0, len(due), MAX_BATCH):  # one bad visit: the others still fire
+        firing += fire_events(config, due[start : start + MAX_BATCH], fired_at)
+    counts["fired"], counts["errors"] = firing.fired, firing.failed
+    for card_id, deadline in menus:
+        if deadline <= now:
+            counts["fired"] += _time_out_menu(config, card_id, fired_at())
+    ahead = {menu_job_id(card_id): (card_id, at) for card_id, at in menus if at > now}
+    armed = alarms.armed_seconds(horizon)  # two reads, not one check per second
+    missing = {tick_job_id(second): second for second in sorted(seconds - armed)}
+    # A few round trips, not some per job; a job that put itself back has its other id.
+    live = alarms.live([i for job_id in [*ahead, *missing] for i in both_ids(job_id)])
+    with alarms.together() as pipe:
+        for job_id, (card_id, deadline) in ahead.items():
+            if live.isdisjoint(both_ids(job_id)):
+                alarms.schedule_menu(card_id, deadline, pipeline=pipe)
+                counts["rearmed"] += 1
+        for job_id, second in missing.items():
+            if live.isdisjoint(both_ids(job_id)):
+                alarms.schedule_second(second, pipeline=pipe)
+                counts["rearmed"] += 1
+    counts["late_statuses"] = mend.late_statuses
     live = alarms.live(
-        [send_job_id(m) for m in stale_sends] + [alerts_job_id(u) for u in stale_alerts]
+        [send_job_id(m) for m in mend.stale_sends] + [alerts_job_id(u) for u in mend.stale_alerts]
     )
-    lost_sends = [m for m in stale_sends if send_job_id(m) not in live]
-    lost_alerts = [u for u in stale_alerts if alerts_job_id(u) not in live]
+    lost_sends = [m for m in mend.stale_sends if send_job_id(m) not in live]
+    lost_alerts = [u for u in mend.stale_alerts if alerts_job_id(u) not in live]
     for start in range(0, len(lost_sends), MAX_BATCH):  # a restart may have lost thousands
         with alarms.together() as pipe:
             for message_id in lost_sends[start : start + MAX_BATCH]:
                 alarms.enqueue_send(message_id, pipeline=pipe)
     alarms.enqueue_alerts(*lost_alerts, overdue=True)
     counts["resent"] += len(lost_sends) + len(lost_alerts)
-    counts["interrupted"], errors = _fail_interrupted_sends(config, alarms, stuck, now)
+    counts["interrupted"], errors = _fail_interrupted_sends(config, alarms, mend.in_doubt, now)
     counts["errors"] += errors
-    for message_id in resend:
+    for message_id in mend.as_template:
         alarms.enqueue_send(message_id, again=True)
-    counts["resent"] += len(resend)
+    counts["resent"] += len(mend.as_template)
     if any(counts.values()):
         log.info("sweep: %s", counts)
     return counts
 
 
-def _sends_to_mend(
-    session: Session, now: datetime
-) -> tuple[list[int], list[int], list[_InDoubt], list[int], int]:
-    """The sweep's second transaction (committed, then the session closed): sends whose job
-    is lost, people whose alerts wait with no job, sends in doubt, and refused alerts to
-    send again as the template; kept status callbacks are applied meanwhile."""
-    with session:
-        stale_sends = _stale_sends(session, now)
-        stale_alerts = _stale_alerts(session, now)
-        stuck = _sends_in_doubt(session, now)
-        late_statuses = desk.settle_early_statuses(session, now)
-        resend = [m.id for m in notifications.template_retries(session, now)]
-        session.commit()
-    return stale_sends, stale_alerts, stuck, resend, late_statuses
+@dataclass(frozen=True)
+class _ToMend:
+    """What the sweep found to mend among the sends."""
+
+    stale_sends: list[int]  # handed to the sender, whose send job is overdue
+    stale_alerts: list[int]  # people whose alerts wait past their digest window
+    in_doubt: list[_InDoubt]  # "sending" so long that their call has surely ended
+    as_template: list[int]  # refused alerts to send again as the template
+    late_statuses: int  # kept status callbacks applied meanwhile
+
+
+def _sends_to_mend(session: Session, now: datetime) -> _ToMend:
+    """The sends the sweep mends; kept status callbacks are applied meanwhile, and refused
+    alerts switched to the template (committed with the sweep's reads)."""
+    stale_sends, stale_alerts, in_doubt = _waiting_outbound(session, now)
+    late_statuses = desk.settle_early_statuses(session, now)
+    as_template = [m.id for m in notifications.template_retries(session, now)]
+    return _ToMend(stale_sends, stale_alerts, in_doubt, as_template, late_statuses)
 
 
 def _with_recorded(
@@ -638,22 +638,6 @@ class _InDoubt:
     sender: str
     body: str
     template: Template | None
-
-
-def _sends_in_doubt(session: Session, now: datetime) -> list[_InDoubt]:
-    """Sends "sending" for so long that their call to Twilio has surely ended."""
-    return [
-        _InDoubt(
-            m.id, m.attempts, m.updated_at, m.to_address, m.from_address, m.body, _template_of(m)
-        )
-        for m in session.scalars(
-            select(Message).where(
-                Message.direction == "out",
-                Message.status == "sending",
-                Message.updated_at <= now - timedelta(seconds=SEND_SETTLED_SECONDS),
-            )
-        )
-    ]
 
 
 def _fail_interrupted_sends(
@@ -785,36 +769,61 @@ def _verdict(
     return "doubtful", None
 
 
-def _stale_sends(session: Session, now: datetime) -> list[int]:
-    """Messages handed to the sender (customers', digests, alerts let through) whose send
-    job is overdue."""
-    cutoff = now - timedelta(seconds=STALE_SEND_SECONDS)
-    return list(
-        session.scalars(
-            select(Message.id).where(
-                Message.direction == "out",
-                Message.status.in_(("pending", "retrying")),
-                Message.updated_at <= cutoff,
-                or_(Message.contact_id.is_not(None), Message.sent_at.is_not(None)),
-            )
-        )
+def waiting_outbound(since: datetime) -> Select[Any]:
+    """The sweep's read of outbound messages waiting or sending, untouched since `since`."""
+    return select(
+        Message.id,
+        Message.status,
+        Message.updated_at,
+        Message.contact_id,
+        Message.user_id,
+        Message.sent_at,
+        Message.attempts,
+        Message.to_address,
+        Message.from_address,
+        Message.body,
+        Message.content_sid,
+        Message.content_variables,
+    ).where(
+        Message.direction == "out",
+        Message.status.in_(("pending", "retrying", "sending")),
+        Message.updated_at <= since,
     )
 
 
-def _stale_alerts(session: Session, now: datetime) -> list[int]:
-    """People with alerts still waiting for their digest well after its window ended."""
-    window = settings.notifications(session).digest_seconds
-    cutoff = now - timedelta(seconds=STALE_SEND_SECONDS + window)
-    return list(
-        session.scalars(
-            select(Message.user_id)
-            .where(
-                Message.status == "pending",
-                Message.contact_id.is_(None),
-                Message.sent_at.is_(None),
-                Message.user_id.is_not(None),
-                Message.updated_at <= cutoff,
-            )
-            .distinct()
-        )
-    )
+def _waiting_outbound(
+    session: Session, now: datetime
+) -> tuple[list[int], list[int], list[_InDoubt]]:
+    """Outbound messages waiting or sending for a while, in one read (a range on the
+    direction, status and updated_at index): messages handed to the sender (customers',
+    digests, alerts let through) whose send job is overdue; the people whose alerts still
+    wait for their digest well after its window ended; and sends "sending" for so long that
+    their call to Twilio has surely ended (in doubt)."""
+    stale = now - timedelta(seconds=STALE_SEND_SECONDS)
+    settled = now - timedelta(seconds=SEND_SETTLED_SECONDS)
+    sends, alerts, in_doubt = [], [], []
+    for m in session.execute(waiting_outbound(max(stale, settled))):
+        handed_on = m.contact_id is not None or m.sent_at is not None
+        if m.status == "sending":
+            if m.updated_at <= settled:
+                in_doubt.append(
+                    _InDoubt(
+                        m.id,
+                        m.attempts,
+                        m.updated_at,
+                        m.to_address,
+                        m.from_address,
+                        m.body,
+                        _template_of(m),  # the row has the message's template columns
+                    )
+                )
+        elif handed_on:
+            if m.updated_at <= stale:
+                sends.append(m.id)
+        elif m.status == "pending" and m.user_id is not None:
+            alerts.append((m.user_id, m.updated_at))
+    if not alerts:  # the digest window is read only when some alerts wait
+        return sends, [], in_doubt
+    alerts_stale = stale - timedelta(seconds=settings.notifications(session).digest_seconds)
+    people = dict.fromkeys(user_id for user_id, at in alerts if at <= alerts_stale)
+    return sends, list(people), in_doubt

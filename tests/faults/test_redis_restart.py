@@ -121,9 +121,10 @@ def test_redis_restarted_empty_while_a_thousand_deadlines_run_loses_and_repeats_
         )
     ]
     # Alerts whose send job Redis lost go when the sweep finds them pending that long; the
-    # restart can lose a sweep's own job too (the sweep process queues the next one an interval later),
-    # and a sweep resending all that the restart lost can outrun its interval on a slow host,
-    # so that the next one finds the lock held and does nothing: three intervals. CI runs in
-    # a slow hour saw 21.2 s and 23.1 s against two (every event on time, nothing twice).
+    # restart can lose a sweep's own job too (its process queues the next one an interval
+    # later), and a sweep resending all that the restart lost can outrun its interval on a
+    # slow host, so that the next one finds the lock held and does nothing: three intervals.
+    # CI runs in a slow hour saw 21.2 s and 23.1 s against two (every event on time, nothing
+    # twice).
     bound = jobs.STALE_SEND_SECONDS + 3 * config.sweep_seconds + 5
     assert max(notified) <= bound, sorted(notified)[-20:]

@@ -550,7 +550,7 @@ def test_a_clock_job_fires_what_a_lost_job_left_overdue(
 def test_events_fired_when_redis_fails_after_the_commit_stay_recorded_and_their_alerts_wait(
     seeded: Config, session: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The sweep finds alerts whose job never reached Redis (see _stale_alerts)."""
+    """The sweep finds alerts whose job never reached Redis (see _waiting_outbound)."""
     visit = open_card(session).new_visit
     assert visit is not None
 
@@ -716,8 +716,9 @@ def test_the_sweep_leaves_a_second_whose_clock_job_put_itself_back_under_its_oth
 def test_a_database_restart_in_the_middle_of_a_sweep_still_lets_it_resend_a_lost_send(
     seeded: Config, session: Session, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The sweep reads everything in one transaction, then fires, re-arms and resends:
-    its connection ended meanwhile (PostgreSQL restarted) does not stop the resend."""
+    """The sweep reads in one transaction, fires, re-arms and resends, then settles kept
+    callbacks in another: its connection ended in between (PostgreSQL restarted) is
+    replaced, not the sweep's end."""
     if session.get_bind().dialect.name != "postgresql":
         pytest.skip("a SQLite connection is a file: nothing can end it from outside")
     ack = open_card(session).outbound[0]  # pending, its send job never reached Redis
@@ -1186,8 +1187,8 @@ def test_the_sweep_points_a_visit_at_its_next_instant_as_a_re_timing_left_it(
 
 
 def test_a_sweep_with_nothing_to_do_reads_in_six_statements(seeded: Config) -> None:
-    """What is due, team menus and timers ahead, sends waiting or sending, kept status
-    callbacks and refused alerts: one transaction, whatever is open."""
+    """What is due, team menus and timers ahead, sends waiting or sending; then kept status
+    callbacks and refused alerts: whatever is open."""
     jobs.reconcile(seeded, T0)
     with statements(seeded) as seen:
         counts = jobs.reconcile(seeded, T0 + timedelta(seconds=1))
@@ -1202,11 +1203,28 @@ def test_the_sweeps_read_of_waiting_sends_is_a_range_on_their_age(
     """Failed and delivered messages pile up for ever: the read of those waiting or sending
     takes a range on (direction, status, updated_at), never every message of a status."""
     plan = query_plan(session, jobs.waiting_outbound(T0))
-    assert "ix_messages_pending" in plan, plan
+    assert "ix_messages_waiting" in plan, plan
     if session.get_bind().dialect.name == "postgresql":
-        assert "updated_at <=" in plan, plan  # in the index condition: a range
+        condition = plan.partition("Index Cond:")[2].partition("Filter:")[0]
+        assert "updated_at <=" in condition, plan  # a range in the index, not a filter
     else:
         assert "updated_at<" in plan, plan
+
+
+def test_a_failure_settling_kept_callbacks_never_holds_back_the_firing(
+    seeded: Config, session: Session, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    open_card(session)
+    lose_redis_data(redis)
+
+    def broken(*args: object) -> int:
+        raise RuntimeError("a kept callback that cannot be applied")
+
+    monkeypatch.setattr(desk, "settle_early_statuses", broken)
+    with pytest.raises(RuntimeError):
+        jobs.reconcile(seeded, BREACH_AT + timedelta(seconds=10))
+
+    assert [event.kind for event in sla_events(seeded)] == ["breach"]
 
 
 def test_the_sweeps_due_query_uses_the_next_due_index(seeded: Config, session: Session) -> None:

@@ -16,7 +16,7 @@ def test_repo_procfile_has_web_worker_sweep_and_release() -> None:
     assert processes["web"].startswith("gunicorn app:app ")
     assert processes["worker"].startswith("rq worker ")
     assert "--with-scheduler" in processes["worker"].split()
-    assert processes["sweep"] == "python -m whatsdesk.cron"
+    assert processes["sweep"] == "python -m whatsdesk.cron --url ${REDIS_URL}"
     assert processes["release"] == "alembic upgrade head"
 
 

@@ -480,9 +480,11 @@ def reconcile(
     config: Config, now: datetime, clock: Callable[[], datetime] | None = None
 ) -> dict[str, int]:
     """Make Redis agree with the database, which is the source of truth: what the timers
-    owe and what the sends need are read in one transaction, then acted on. What is due is
-    what is due at `now`; each event records the `clock`'s time as it is fired (`now`
-    without one), not the sweep's start: a sweep firing many is seconds long."""
+    owe and the sends waiting are read in one transaction, then acted on; kept status
+    callbacks and refused alerts are settled last, in a transaction of their own (one that
+    fails never holds back the firing). What is due is what is due at `now`; each event
+    records the `clock`'s time as it is fired (`now` without one), not the sweep's start: a
+    sweep firing many is seconds long."""
     fired_at = clock if clock is not None else lambda: now
     alarms = _alarms(config)
     counts = {"fired": 0, "rearmed": 0, "resent": 0, "interrupted": 0, "late_statuses": 0}
@@ -491,7 +493,7 @@ def reconcile(
         due = [(visit, kind) for visit, kinds in _due_events(session, now) for kind in kinds]
         menus = _menus_due_before(session, horizon)
         seconds = _seconds_to_arm(session, now, horizon)
-        mend = _sends_to_mend(session, now)
+        waiting = _waiting_outbound(session, now)
     firing = Firing()
     for start in range(0, len(due), MAX_BATCH):  # one bad visit: the others still fire
         firing += fire_events(config, due[start : start + MAX_BATCH], fired_at)
@@ -513,46 +515,29 @@ def reconcile(
             if live.isdisjoint(both_ids(job_id)):
                 alarms.schedule_second(second, pipeline=pipe)
                 counts["rearmed"] += 1
-    counts["late_statuses"] = mend.late_statuses
     live = alarms.live(
-        [send_job_id(m) for m in mend.stale_sends] + [alerts_job_id(u) for u in mend.stale_alerts]
+        [send_job_id(m) for m in waiting.stale_sends]
+        + [alerts_job_id(u) for u in waiting.stale_alerts]
     )
-    lost_sends = [m for m in mend.stale_sends if send_job_id(m) not in live]
-    lost_alerts = [u for u in mend.stale_alerts if alerts_job_id(u) not in live]
+    lost_sends = [m for m in waiting.stale_sends if send_job_id(m) not in live]
+    lost_alerts = [u for u in waiting.stale_alerts if alerts_job_id(u) not in live]
     for start in range(0, len(lost_sends), MAX_BATCH):  # a restart may have lost thousands
         with alarms.together() as pipe:
             for message_id in lost_sends[start : start + MAX_BATCH]:
                 alarms.enqueue_send(message_id, pipeline=pipe)
     alarms.enqueue_alerts(*lost_alerts, overdue=True)
     counts["resent"] += len(lost_sends) + len(lost_alerts)
-    counts["interrupted"], errors = _fail_interrupted_sends(config, alarms, mend.in_doubt, now)
+    counts["interrupted"], errors = _fail_interrupted_sends(config, alarms, waiting.in_doubt, now)
     counts["errors"] += errors
-    for message_id in mend.as_template:
+    with session_scope(config.database_url) as session:
+        counts["late_statuses"] = desk.settle_early_statuses(session, now)
+        as_template = [m.id for m in notifications.template_retries(session, now)]
+    for message_id in as_template:
         alarms.enqueue_send(message_id, again=True)
-    counts["resent"] += len(mend.as_template)
+    counts["resent"] += len(as_template)
     if any(counts.values()):
         log.info("sweep: %s", counts)
     return counts
-
-
-@dataclass(frozen=True)
-class _ToMend:
-    """What the sweep found to mend among the sends."""
-
-    stale_sends: list[int]  # handed to the sender, whose send job is overdue
-    stale_alerts: list[int]  # people whose alerts wait past their digest window
-    in_doubt: list[_InDoubt]  # "sending" so long that their call has surely ended
-    as_template: list[int]  # refused alerts to send again as the template
-    late_statuses: int  # kept status callbacks applied meanwhile
-
-
-def _sends_to_mend(session: Session, now: datetime) -> _ToMend:
-    """The sends the sweep mends; kept status callbacks are applied meanwhile, and refused
-    alerts switched to the template (committed with the sweep's reads)."""
-    stale_sends, stale_alerts, in_doubt = _waiting_outbound(session, now)
-    late_statuses = desk.settle_early_statuses(session, now)
-    as_template = [m.id for m in notifications.template_retries(session, now)]
-    return _ToMend(stale_sends, stale_alerts, in_doubt, as_template, late_statuses)
 
 
 def _with_recorded(
@@ -791,9 +776,16 @@ def waiting_outbound(since: datetime) -> Select[Any]:
     )
 
 
-def _waiting_outbound(
-    session: Session, now: datetime
-) -> tuple[list[int], list[int], list[_InDoubt]]:
+@dataclass(frozen=True)
+class _Waiting:
+    """What the sweep found among the outbound messages waiting or sending."""
+
+    stale_sends: list[int]  # handed to the sender, whose send job is overdue
+    stale_alerts: list[int]  # people whose alerts wait past their digest window
+    in_doubt: list[_InDoubt]  # "sending" so long that their call has surely ended
+
+
+def _waiting_outbound(session: Session, now: datetime) -> _Waiting:
     """Outbound messages waiting or sending for a while, in one read (a range on the
     direction, status and updated_at index): messages handed to the sender (customers',
     digests, alerts let through) whose send job is overdue; the people whose alerts still
@@ -823,7 +815,7 @@ def _waiting_outbound(
         elif m.status == "pending" and m.user_id is not None:
             alerts.append((m.user_id, m.updated_at))
     if not alerts:  # the digest window is read only when some alerts wait
-        return sends, [], in_doubt
+        return _Waiting(sends, [], in_doubt)
     alerts_stale = stale - timedelta(seconds=settings.notifications(session).digest_seconds)
     people = dict.fromkeys(user_id for user_id, at in alerts if at <= alerts_stale)
-    return sends, list(people), in_doubt
+    return _Waiting(sends, list(people), in_doubt)

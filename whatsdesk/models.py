@@ -396,7 +396,7 @@ class Message(Base):
     __table_args__ = (
         Index("ix_messages_card", "card_id", "created_at"),
         # Outbound messages by status and age (the sweep, refused alerts to send again).
-        Index("ix_messages_pending", "direction", "status", "updated_at"),
+        Index("ix_messages_waiting", "direction", "status", "updated_at"),
         # A recipient's alerts waiting for their digest.
         Index("ix_messages_user_status", "user_id", "status"),
         # The alerts a digest carried (is a message a digest: notifications.LAST_ALERTED).

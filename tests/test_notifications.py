@@ -851,6 +851,31 @@ def test_a_later_63016_status_for_a_free_text_alert_sends_the_template_instead(
     )
 
 
+def test_the_sweep_sends_a_refused_alert_as_the_template_when_its_retry_was_lost(
+    twilio: TwilioServer, env: Config, session: Session, redis: Redis
+) -> None:
+    """Twilio refused the free text (63016) while Redis was down, so the retry as the
+    template never reached a queue: the sweep finds the alert and sends it again."""
+    configure(session, template=True)
+    breach(session, open_card(session))
+    [alert] = alerts_to(env, "sofia")
+    assert jobs.send_message(alert.id) == "sent"
+    refused = session.get(Message, alert.id)
+    assert refused is not None
+    refused.status, refused.error_code = "undelivered", "63016"
+    session.commit()
+    redis.flushdb()
+
+    jobs.reconcile(env, utcnow())
+
+    assert f"send-{alert.id}-again" in queued_ids(env, redis)
+    run_worker(env, redis)
+    resent = message(env, alert.id)
+    assert (resent.status, resent.content_sid) == ("queued", TEMPLATE_SID)
+    to_sofia = [r.get("ContentSid") for r in twilio.requests if r["To"] == resent.to_address]
+    assert to_sofia == [None, TEMPLATE_SID]  # the free text, then the template
+
+
 def test_a_later_63016_status_without_a_template_leaves_the_alert_failed(
     twilio: TwilioServer, env: Config, session: Session, client: FlaskClient, redis: Redis
 ) -> None:

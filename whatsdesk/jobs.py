@@ -30,7 +30,7 @@ from .alarms import (
 )
 from .config import Config
 from .db import session_scope, utcnow
-from .models import Card, Message, StageVisit, timers_from
+from .models import Card, EarlyStatus, Message, StageVisit, timers_from
 from .whatsapp import (
     PermanentSendError,
     SendInDoubt,
@@ -481,10 +481,10 @@ def reconcile(
 ) -> dict[str, int]:
     """Make Redis agree with the database, which is the source of truth: what the timers
     owe and the sends waiting are read in one transaction, then acted on; kept status
-    callbacks and refused alerts are settled last, in a transaction of their own (one that
-    fails never holds back the firing). What is due is what is due at `now`; each event
-    records the `clock`'s time as it is fired (`now` without one), not the sweep's start: a
-    sweep firing many is seconds long."""
+    callbacks and refused alerts, when there are any, are settled last, in a transaction of
+    their own (one that fails never holds back the firing). What is due is what is due at
+    `now`; each event records the `clock`'s time as it is fired (`now` without one), not the
+    sweep's start: a sweep firing many is seconds long."""
     fired_at = clock if clock is not None else lambda: now
     alarms = _alarms(config)
     counts = {"fired": 0, "rearmed": 0, "resent": 0, "interrupted": 0, "late_statuses": 0}
@@ -494,6 +494,7 @@ def reconcile(
         menus = _menus_due_before(session, horizon)
         seconds = _seconds_to_arm(session, now, horizon)
         waiting = _waiting_outbound(session, now)
+        to_settle = bool(session.scalar(anything_to_settle(now)))
     firing = Firing()
     for start in range(0, len(due), MAX_BATCH):  # one bad visit: the others still fire
         firing += fire_events(config, due[start : start + MAX_BATCH], fired_at)
@@ -529,9 +530,11 @@ def reconcile(
     counts["resent"] += len(lost_sends) + len(lost_alerts)
     counts["interrupted"], errors = _fail_interrupted_sends(config, alarms, waiting.in_doubt, now)
     counts["errors"] += errors
-    with session_scope(config.database_url) as session:
-        counts["late_statuses"] = desk.settle_early_statuses(session, now)
-        as_template = [m.id for m in notifications.template_retries(session, now)]
+    as_template = []
+    if to_settle:
+        with session_scope(config.database_url) as session:
+            counts["late_statuses"] = desk.settle_early_statuses(session, now)
+            as_template = [m.id for m in notifications.template_retries(session, now)]
     for message_id in as_template:
         alarms.enqueue_send(message_id, again=True)
     counts["resent"] += len(as_template)
@@ -773,6 +776,17 @@ def waiting_outbound(since: datetime) -> Select[Any]:
         Message.direction == "out",
         Message.status.in_(("pending", "retrying", "sending")),
         Message.updated_at <= since,
+    )
+
+
+def anything_to_settle(now: datetime) -> Select[tuple[bool]]:
+    """Are there kept status callbacks, or refused alerts to send as the template? (Mostly
+    not: one statement then spares the sweep a transaction.)"""
+    return select(
+        or_(
+            select(EarlyStatus.id).exists(),
+            select(Message.id).where(notifications.refused_alerts(now)).exists(),
+        )
     )
 
 

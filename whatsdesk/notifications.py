@@ -217,21 +217,27 @@ def _as_template_again(session: Session, message: Message) -> Message | None:
     return message
 
 
-def template_retries(session: Session, now: datetime, hours: int = 24) -> list[Message]:
-    """Staff alerts of the last `hours` that Twilio refused as outside the window and that
-    never went again as the template (the callback came early, or Redis was down): they go
+TEMPLATE_RETRY_HOURS = 24
+
+
+def refused_alerts(now: datetime) -> ColumnElement[bool]:
+    """Staff alerts of the last TEMPLATE_RETRY_HOURS that Twilio refused as outside the
+    person's window and that never went again as the template."""
+    return and_(
+        Message.direction == "out",
+        Message.contact_id.is_(None),
+        Message.user_id.is_not(None),
+        Message.status.in_(("failed", "undelivered")),
+        Message.error_code == WINDOW_CLOSED,
+        Message.content_sid.is_(None),
+        Message.updated_at >= now - timedelta(hours=TEMPLATE_RETRY_HOURS),
+    )
+
+
+def template_retries(session: Session, now: datetime) -> list[Message]:
+    """The refused alerts (`refused_alerts`: the callback came early, or Redis was down) go
     now, as the template, if one is configured."""
-    refused = session.scalars(
-        select(Message).where(
-            Message.direction == "out",
-            Message.contact_id.is_(None),
-            Message.user_id.is_not(None),
-            Message.status.in_(("failed", "undelivered")),
-            Message.error_code == WINDOW_CLOSED,
-            Message.content_sid.is_(None),
-            Message.updated_at >= now - timedelta(hours=hours),
-        )
-    ).all()
+    refused = session.scalars(select(Message).where(refused_alerts(now))).all()
     again = [_as_template_again(session, message) for message in refused]
     return [message for message in again if message is not None]
 

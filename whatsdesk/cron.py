@@ -84,7 +84,9 @@ def _pause() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m whatsdesk.cron", description=(__doc__ or "").split("\n\n")[0]
+    )
     parser.add_argument("--url", required=True, help="the desk's Redis (REDIS_URL)")
     args = parser.parse_args(argv)
     config = dataclasses.replace(Config.from_env(), redis_url=args.url, redis_url_is_private=False)

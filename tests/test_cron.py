@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from faults import harness as faults
 from redis import Redis
 from rq import Queue
 
@@ -28,12 +27,8 @@ from conftest import eventually
 
 @pytest.fixture
 def private_redis() -> Iterator[PrivateRedis]:
-    folder = Path(tempfile.mkdtemp(prefix="wd-cron-redis-", dir="/tmp"))
-    server = PrivateRedis(folder / "redis.sock", persist=False)
-    server.start()
-    yield server
-    server.stop()
-    shutil.rmtree(folder, ignore_errors=True)
+    with faults.private_redis() as server:
+        yield server
 
 
 @pytest.fixture
@@ -80,11 +75,8 @@ def test_after_a_redis_restart_the_sweep_is_queued_again(
     log, process = sweep_process
     assert eventually(lambda: sweeps_queued(private_redis.url) >= 1, timeout=20)
 
-    assert private_redis.process is not None
-    private_redis.process.kill()  # Redis dies, and comes back empty
-    private_redis.process.wait(timeout=10)
+    faults.kill_redis(private_redis)  # Redis dies, and comes back empty
     assert eventually(lambda: b"Redis error" in log.read_bytes(), timeout=20)
-    private_redis.socket.unlink(missing_ok=True)
     private_redis.start()
 
     assert eventually(lambda: sweeps_queued(private_redis.url) >= 1, timeout=20)
@@ -100,9 +92,7 @@ def test_sigterm_while_redis_is_down_ends_the_process(
     Redis: the scheduler's own ending, which writes to Redis, cannot hide the request."""
     log, process = sweep_process
     assert eventually(lambda: sweeps_queued(private_redis.url) >= 1, timeout=20)
-    assert private_redis.process is not None
-    private_redis.process.kill()
-    private_redis.process.wait(timeout=10)
+    faults.kill_redis(private_redis)
     assert eventually(lambda: b"Redis error" in log.read_bytes(), timeout=20)
 
     process.send_signal(signal.SIGTERM)
@@ -115,7 +105,7 @@ def test_a_scheduler_ending_after_redis_came_back_empty_ends_cleanly(
 ) -> None:
     """Redis restarted without its data has no entry for the scheduler: RQ's unregistering
     fails on that, which would end the process instead of letting it start again."""
-    scheduler = cron.scheduler(Config(redis_url=redis_url, redis_url_is_private=False), redis)
+    scheduler = cron.scheduler(Config(redis_url=redis_url, redis_url_is_private=False))
 
     with caplog.at_level(logging.WARNING):
         scheduler.register_death()  # never registered: as after Redis came back empty
@@ -132,9 +122,7 @@ def test_asked_to_stop_as_redis_goes_down_it_stops_rather_than_starting_again(
     scheduler = cron.scheduler(config)
 
     def outage_then_sigterm() -> list[object]:
-        assert private_redis.process is not None
-        private_redis.process.kill()
-        private_redis.process.wait(timeout=10)
+        faults.kill_redis(private_redis)
         scheduler._request_stop(signal.SIGTERM, None)  # what RQ's SIGTERM handler runs
         return []
 

@@ -13,7 +13,6 @@ import dataclasses
 import time
 from types import FrameType
 
-from redis import Redis
 from redis.exceptions import RedisError
 from rq.cron import CronScheduler
 from rq.exceptions import SchedulerNotFound, StopRequested
@@ -44,9 +43,9 @@ class Scheduler(CronScheduler):
             self.log.warning("CronScheduler %s: could not unregister (%s)", self.name, exc)
 
 
-def scheduler(config: Config, connection: Redis | None = None) -> Scheduler:
+def scheduler(config: Config) -> Scheduler:
     """The cron scheduler with the sweep registered on the desk's Redis and clock queue."""
-    cron = Scheduler(connection=connection or redis_for(config.redis_url))
+    cron = Scheduler(connection=redis_for(config.redis_url))
     cron.register(
         sweep,
         clock_queue_name(config.queue_name),

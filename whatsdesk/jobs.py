@@ -233,8 +233,7 @@ def fire_events(
     per person, unless one already waits for their window to end) and arm any stage visit
     they started. When the batch fails (a bad visit, a deadlock, another worker's twin),
     each half is tried again on its own, down to a few events tried one by one; an event
-    that fails alone
-    is logged and counted, and the others still fire."""
+    that fails alone is logged and counted, and the others still fire."""
     try:
         with session_scope(config.database_url) as session:
             done = escalation.fire_many(session, owed, now)

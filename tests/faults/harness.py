@@ -177,12 +177,17 @@ def private_redis() -> Iterator[PrivateRedis]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def restart_without_persistence(server: PrivateRedis) -> None:
-    """Redis dies and comes back empty (no RDB, no AOF)."""
+def kill_redis(server: PrivateRedis) -> None:
+    """Redis dies (SIGKILL): it keeps nothing, and its socket is gone."""
     assert server.process is not None
     server.process.kill()
     server.process.wait(timeout=10)
     server.socket.unlink(missing_ok=True)
+
+
+def restart_without_persistence(server: PrivateRedis) -> None:
+    """Redis dies and comes back empty (no RDB, no AOF)."""
+    kill_redis(server)
     server.start()
 
 

@@ -21,10 +21,10 @@ from werkzeug.test import TestResponse
 from whatsdesk import create_app, desk, whatsapp
 from whatsdesk.alarms import TICK_AHEAD_SECONDS, Alarms
 from whatsdesk.config import Config
-from whatsdesk.db import utcnow
+from whatsdesk.db import session_factory, utcnow
 from whatsdesk.models import Card, Contact, EarlyStatus, Message, StageVisit
 
-from conftest import count, fresh, inbound_form, signed_post
+from conftest import commit_once_it_waits, count, fresh, inbound_form, signed_post
 
 INBOUND = "/twilio/whatsapp"
 STATUS = "/twilio/status"
@@ -533,6 +533,29 @@ def test_status_callbacks_out_of_order_never_move_a_message_back(
         assert answer.status_code == 200
         seen.append(stored(session, message.id).status)
     assert seen == ["queued", "sent", "delivered", "read", "read"]
+
+
+def test_sent_and_delivered_arriving_together_leave_the_message_delivered(
+    config: Config, session: Session
+) -> None:
+    if not config.database_url.startswith("postgresql"):
+        pytest.skip("SQLite runs one writer at a time: the two callbacks cannot overlap")
+    message = outbound(session)
+    sid = str(message.sid)
+    sessions = session_factory(config.database_url)
+    delivered, sent = sessions(), sessions()
+
+    def sent_callback() -> None:  # a second web process, while "delivered" is not committed
+        desk.apply_status(sent, sid, "sent", None, utcnow())
+        sent.commit()
+
+    try:
+        assert desk.apply_status(delivered, sid, "delivered", None, utcnow())
+        commit_once_it_waits(delivered, config.database_url, sent_callback)
+    finally:
+        delivered.close()
+        sent.close()
+    assert stored(session, message.id).status == "delivered"
 
 
 def test_delivered_arriving_before_sent_is_kept(

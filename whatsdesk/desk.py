@@ -821,11 +821,21 @@ def apply_status(
     """
     if status not in STATUS_RANK:
         return False
-    message = session.scalars(select(Message).where(Message.sid == sid)).one_or_none()
-    if message is None:
+    # One conditional UPDATE, not a read then a write: "sent" and "delivered" often arrive
+    # together at two web processes, and the one read before the other's commit would
+    # otherwise write its lower status last. The second waits for the first's row lock
+    # (PostgreSQL) or write lock (SQLite) and then finds the status already higher.
+    values: dict[str, Any] = {"status": status, "updated_at": now}
+    if error_code:
+        values["error_code"] = error_code
+    raised = session.execute(
+        update(Message).where(Message.sid == sid, Message.status.in_(_below(status))).values(values)
+    ).rowcount
+    if raised:
+        return True
+    if session.scalar(select(Message.id).where(Message.sid == sid)) is None:
         session.add(EarlyStatus(sid=sid, status=status, error_code=error_code, received_at=now))
-        return False
-    return _raise_status(message, status, error_code, now)
+    return False
 
 
 def record_sent(session: Session, message: Message, sid: str, status: str, now: datetime) -> None:
@@ -862,8 +872,13 @@ def settle_early_statuses(session: Session, now: datetime, keep_hours: int = 24)
     return settled
 
 
+def _below(status: str) -> list[str]:
+    """The statuses a message may leave for `status`: those of a lower rank."""
+    return [known for known, rank in STATUS_RANK.items() if rank < STATUS_RANK[status]]
+
+
 def _raise_status(message: Message, status: str, error_code: str | None, now: datetime) -> bool:
-    if STATUS_RANK[status] <= STATUS_RANK.get(message.status, 0):
+    if message.status not in _below(status):
         return False
     message.status = status
     message.error_code = error_code or message.error_code

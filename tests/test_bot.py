@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import string
 from datetime import datetime
 
 import pytest
@@ -101,6 +102,24 @@ def test_a_pipelines_texts_replace_the_built_in_ones() -> None:
     )
 
 
+@pytest.mark.parametrize("lang", bot.LANGUAGES)
+def test_each_built_in_text_uses_only_what_it_is_given(lang: str) -> None:
+    used = {
+        key: {field for _, field, _, _ in string.Formatter().parse(text) if field}
+        for key, text in bot.TEXTS[lang].items()
+    }
+    not_given = {key: fields - set(bot.PLACEHOLDERS.get(key, ())) for key, fields in used.items()}
+    assert {key: fields for key, fields in not_given.items() if fields} == {}
+    assert used["wait_promise"] == {"position", "team", "wait"}  # what is given is used
+
+
+def test_a_stored_text_that_cannot_be_filled_in_gives_way_to_the_built_in_one() -> None:
+    texts = bot.Texts("en", {"received": "Thanks! We answer within {wait}."})
+    ack = texts.acknowledgement(None, "Support", bot.Wait(1, 300, False))
+
+    assert ack.startswith("Hi! Thanks for your message, it has reached us. You are 1st in line")
+
+
 def test_without_history_or_sla_the_bot_promises_no_number() -> None:
     ack = bot.Texts("en").acknowledgement(None, "Sales", bot.Wait(1, None, False))
 
@@ -123,7 +142,22 @@ pipelines:
     [
         ("    language: fr", "line 5: pipelines[0].language: one of en, pt-BR, es, please"),
         ("    texts: {hello: Hi}", "line 5: pipelines[0].texts.hello: unknown field"),
-        ("    texts: {received: 'Hi {nome}'}", "line 5: pipelines[0].texts.received: may only use"),
+        (
+            "    texts: {received: 'Hi {name}'}",
+            "line 5: pipelines[0].texts.received: takes no placeholders",
+        ),
+        (
+            "    texts: {greeting_anonymous: 'Hi {name}'}",
+            "line 5: pipelines[0].texts.greeting_anonymous: takes no placeholders",
+        ),
+        (
+            "    texts: {wait_unknown: 'Within {wait}'}",
+            "line 5: pipelines[0].texts.wait_unknown: may only use {position}, {team}",
+        ),
+        (
+            "    texts: {status_answered: '{position} in line'}",
+            "line 5: pipelines[0].texts.status_answered: may only use {team}",
+        ),
         ("    keywords: {quit: [SAIR]}", "line 5: pipelines[0].keywords.quit: unknown field"),
         ("    reopen: {stage: s}", "line 5: pipelines[0].reopen.within: is required"),
         ("    reopen: {within: 1d, stage: x}", "line 5: pipelines[0].reopen.stage: no such stage"),

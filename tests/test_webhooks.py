@@ -22,7 +22,7 @@ from whatsdesk import create_app, desk, whatsapp
 from whatsdesk.alarms import TICK_AHEAD_SECONDS, Alarms
 from whatsdesk.config import Config
 from whatsdesk.db import session_factory, utcnow
-from whatsdesk.models import Card, Contact, EarlyStatus, Message, StageVisit
+from whatsdesk.models import Card, Contact, EarlyStatus, Message, Pipeline, StageVisit
 
 from conftest import commit_once_it_waits, count, fresh, inbound_form, signed_post
 
@@ -120,6 +120,21 @@ def test_acknowledgement_without_a_profile_name_greets_plainly(
         "Hi! Thanks for your message, it has reached us. "
         "You are 1st in line; a person from our Support team will answer within 2 minutes."
     )
+
+
+def test_a_stored_text_the_bot_cannot_fill_in_never_loses_the_message(
+    client: FlaskClient, seeded: Config, session: Session
+) -> None:
+    # Stored before each text's placeholders were checked: `received` is given no {wait}.
+    pipeline = session.scalars(select(Pipeline)).one()
+    pipeline.texts = {"received": "Thanks! We answer within {wait}."}
+    session.commit()
+
+    assert post(client, seeded, INBOUND, inbound_form(body="Where is my order?")).status_code == 200
+
+    assert [m.body for m in messages(session, "in")] == ["Where is my order?"]
+    [ack] = messages(session, "out")
+    assert ack.body.startswith("Hi Maria! Thanks for your message, it has reached us. You are")
 
 
 def test_new_card_arms_sla_timers_and_the_acknowledgement_send_in_redis(

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+
+log = logging.getLogger(__name__)
 
 LANGUAGES = ("en", "pt-BR", "es")
 DEFAULT_LANGUAGE = "en"
@@ -82,7 +85,16 @@ TEXTS: dict[str, dict[str, str]] = {
     },
 }
 TEXT_KEYS = tuple(TEXTS[DEFAULT_LANGUAGE])
-PLACEHOLDERS = ("name", "team", "position", "wait", "opens", "zone")
+# What each text is given to fill in: a pipeline's own text may use these and no others.
+PLACEHOLDERS: dict[str, tuple[str, ...]] = {
+    "greeting": ("name",),
+    "wait_promise": ("position", "team", "wait"),
+    "wait_usual": ("position", "team", "wait"),
+    "wait_unknown": ("position", "team"),
+    "closed": ("position", "opens", "zone"),
+    "status_waiting": ("position", "team", "wait"),
+    "status_answered": ("team",),
+}
 
 # Words that are commands rather than questions (matched whole, any case or accents).
 KEYWORDS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -225,7 +237,14 @@ class Texts:
         self.texts = {**TEXTS[self.lang], **(overrides or {})}
 
     def say(self, key: str, **values: object) -> str:
-        return self.texts[key].format(**values)
+        """The text `key` filled in. A pipeline's own text that cannot be (stored before
+        its placeholders were checked) gives way to the built-in one: the customer still
+        gets an answer, and the message that called for it is still stored."""
+        try:
+            return self.texts[key].format(**values)
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError):
+            log.warning("the pipeline's text %r cannot be filled in; the built-in one is used", key)
+            return TEXTS[self.lang][key].format(**values)
 
     def acknowledgement(self, name: str | None, team: str, wait: Wait) -> str:
         """The immediate answer to a new conversation, honest about the wait."""

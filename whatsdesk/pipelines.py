@@ -455,7 +455,8 @@ def _check_placeholders(
         text.format(**dict.fromkeys(placeholders, ""))
     except (KeyError, IndexError, ValueError, AttributeError, TypeError):
         known = ", ".join("{" + p + "}" for p in placeholders)
-        reader.fail(node, path, f"may only use {known} (write {{{{ for a brace)")
+        allowed = f"may only use {known}" if known else "takes no placeholders"
+        reader.fail(node, path, f"{allowed} (write {{{{ for a brace)")
 
 
 def _notifications(reader: _Reader, node: yaml.Node, path: str) -> NotificationsSpec:
@@ -564,7 +565,8 @@ def _bot_settings(
     if texts is not None:
         for key, node in reader.mapping(texts, f"{path}.texts", set(TEXT_KEYS)).items():
             value = str(node.value) if isinstance(node, yaml.ScalarNode) else ""
-            _check_placeholders(reader, node, f"{path}.texts.{key}", value, BOT_PLACEHOLDERS)
+            allowed = BOT_PLACEHOLDERS.get(key, ())
+            _check_placeholders(reader, node, f"{path}.texts.{key}", value, allowed)
             if not value.strip():
                 reader.fail(node, f"{path}.texts.{key}", "expected a non-empty text")
             spec.texts[key] = value

@@ -14,7 +14,7 @@ from whatsdesk import desk, jobs, pipeline_store, pipelines, whatsapp
 from whatsdesk.alarms import clock_queue_name, never_before
 from whatsdesk.config import Config
 from whatsdesk.db import utcnow
-from whatsdesk.models import Card, Message
+from whatsdesk.models import Card, Message, StageVisit
 
 from conftest import MENU_YAML, inbound_form
 
@@ -72,3 +72,26 @@ def test_with_a_quick_reply_template_the_menu_goes_as_that_template(
     [ask] = received.outbound
     assert (ask.content_sid, ask.content_variables) == (template, {"1": "Ann"})
     assert ask.body.endswith("1. Sales\n2. Support")  # what the history shows
+
+
+def test_a_card_moved_while_its_customer_chooses_stays_where_it_was_put(
+    env: Config, session: Session
+) -> None:
+    now = utcnow()
+    card = asked(session, now - timedelta(minutes=3))
+    moved = desk.move_card(session, card.id, "new", now - timedelta(minutes=2, seconds=30))
+    session.commit()
+
+    counts = jobs.reconcile(env, now)  # the menu's deadline has passed
+
+    assert counts["fired"] == 0
+    session.expire_all()
+    assert (card.stage.key, card.menu_deadline_at) == ("new", None)
+    visits = session.scalars(select(StageVisit).where(StageVisit.card_id == card.id)).all()
+    assert [(v.id, v.entered_at, v.left_at) for v in visits] == [
+        (moved.id, now - timedelta(minutes=2, seconds=30), None)
+    ]
+    assert session.scalars(select(Message.body).where(Message.direction == "out")).all() == [
+        "Hi Maria! Thanks for your message, it has reached us. Which team can help you? "
+        "Reply with a number:\n1. Sales\n2. Support"
+    ]

@@ -336,10 +336,9 @@ def _chosen(
     menu: MenuSpec | None,
 ) -> Received:
     pipeline = session.scalars(select(Pipeline).where(Pipeline.key == key)).one()
-    card.pipeline, card.menu_deadline_at = pipeline, None
+    card.pipeline = pipeline
     first = stage_for_event(pipeline, NEW_CONVERSATION) or pipeline.stages[0]
-    starts = card.opened_at if menu is not None and menu.clock_starts == "first_message" else now
-    visit = enter_stage(session, card, first, starts)
+    visit = _leave_menu(session, card, first, menu, now)
     texts = bot.Texts(pipeline.language, pipeline.texts)
     wait = estimate(session, card, now)
     ack = texts.acknowledgement(card.contact.profile_name, pipeline.name, wait)
@@ -347,6 +346,29 @@ def _chosen(
     reply = _bot_says(session, card.contact, card, ack, key_of, now)
     session.flush()
     return Received(message or reply, card, new_visit=visit, outbound=[reply])
+
+
+def _leave_menu(
+    session: Session, card: Card, stage: Stage, menu: MenuSpec | None, now: datetime
+) -> StageVisit:
+    """The card at the team menu goes to `stage`, whose clock starts now, or at the
+    customer's first message when the menu says the clock starts there."""
+    card.menu_deadline_at = None
+    starts = card.opened_at if menu is not None and menu.clock_starts == "first_message" else now
+    return enter_stage(session, card, stage, starts)
+
+
+def _person_takes_over_menu(
+    session: Session, card: Card, now: datetime, stage: Stage | None = None
+) -> StageVisit | None:
+    """A person answers, moves or resolves a card whose customer is still choosing a team:
+    the menu is over (its timeout must not move the card back, nor the bot speak after the
+    person), and the card stays with the team it is with, its clock running in `stage` (by
+    default the stage a new conversation starts in). None if the card is not at the menu."""
+    if card.menu_deadline_at is None:
+        return None
+    first = stage or stage_for_event(card.pipeline, NEW_CONVERSATION) or card.pipeline.stages[0]
+    return _leave_menu(session, card, first, settings.menu(session), now)
 
 
 def menu_timeout(session: Session, card_id: int, now: datetime) -> Received | None:
@@ -617,9 +639,13 @@ def move_card(session: Session, card_id: int, stage_key: str, now: datetime) -> 
     to the stage it is in: that would restart its SLA clock and record the visit as met,
     silencing its warning and breach."""
     card = _open_card(session, card_id)
+    stage = _stage_of(card.pipeline, stage_key)
+    at_menu = _person_takes_over_menu(session, card, now, stage)
+    if at_menu is not None:
+        return at_menu
     if card.stage.key == stage_key:
         raise DeskError(f"the conversation is already in {card.stage.name}")
-    return enter_stage(session, card, _stage_of(card.pipeline, stage_key), now)
+    return enter_stage(session, card, stage, now)
 
 
 # Events a pipeline's automation answers, and the stage each takes the card to.
@@ -699,11 +725,12 @@ def agent_reply(session: Session, card_id: int, agent: User, body: str, now: dat
 def answered(session: Session, card: Card, agent: User, message: Message, now: datetime) -> Replied:
     """An agent's message to the customer is queued: the customer is no longer waiting, an
     unowned card becomes the agent's, and the `agent_reply` automation moves the card."""
+    started = _person_takes_over_menu(session, card, now)
     card.waiting_since = None
     if card.owner is None:
         card.owner = agent
     session.flush()
-    return Replied(message, automate(session, card, AGENT_REPLY, now))
+    return Replied(message, automate(session, card, AGENT_REPLY, now) or started)
 
 
 def resolve(session: Session, card_id: int, now: datetime, seen: int | None = None) -> Card:
@@ -725,6 +752,7 @@ def resolve(session: Session, card_id: int, now: datetime, seen: int | None = No
     visit = current_visit(session, card)
     if visit is not None:
         leave(visit, now)
+    card.menu_deadline_at = None  # resolved before choosing a team: nothing to time out
     card.status, card.resolved_at, card.waiting_since = "resolved", now, None
     session.flush()
     return card

@@ -4,6 +4,7 @@ each edit made through the real pages (login, CSRF token, POST), as an admin wou
 from __future__ import annotations
 
 import io
+import re
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -516,6 +517,82 @@ def test_a_calendar_with_a_mistake_changes_nothing(
 
 
 # --- YAML ----------------------------------------------------------------------------------------
+
+
+def version_on(client: FlaskClient, path: str) -> str:
+    """The version of what the page at `path` shows, as its form sends it back."""
+    found = re.search(r'name="version" value="([0-9a-f]+)"', text(client.get(path)))
+    assert found, path
+    return found[1]
+
+
+def test_a_stage_saved_from_a_page_opened_before_another_edit_is_refused(
+    client: FlaskClient, desk: Config, session: Session
+) -> None:
+    login(client, ADMIN)
+    opened = version_on(client, STAGE)  # Ada opens the stage page; Otto saves first
+    assert post(client, STAGE, stage_form(sla="30m", version=opened)).status_code == 302
+
+    answer = post(client, STAGE, stage_form(name="First reply", version=opened))
+
+    assert answer.status_code == 400  # type: ignore[attr-defined]
+    assert "Stage &#39;New&#39;: it changed since you opened the page" in text(answer)
+    stage = stored(session).pipelines[0].stages[0]
+    assert (stage.name, stage.sla_seconds) == ("New", 1800)
+    fresh_page = version_on(client, STAGE)  # reloaded: saved
+    answer = post(client, STAGE, stage_form(name="First reply", sla="30m", version=fresh_page))
+    assert answer.status_code == 302  # type: ignore[attr-defined]
+    assert stored(session).pipelines[0].stages[0].name == "First reply"
+
+
+def test_a_pipeline_saved_from_a_page_opened_before_another_edit_is_refused(
+    client: FlaskClient, desk: Config, session: Session
+) -> None:
+    login(client, ADMIN)
+    path = "/settings/pipelines/support"
+    opened = version_on(client, path)
+    form = {"name": "Support", "default": "on", "version": opened}
+    assert post(client, path, {**form, "resolution": "8h"}).status_code == 302
+    assert post(client, STAGE, stage_form(sla="30m")).status_code == 302  # a stage: not stale
+
+    answer = post(client, path, {**form, "name": "Customer support"})
+
+    assert answer.status_code == 400  # type: ignore[attr-defined]
+    assert "Pipeline &#39;Support&#39;: it changed since you opened the page" in text(answer)
+    pipeline = stored(session).pipelines[0]
+    assert (pipeline.name, pipeline.resolution_seconds) == ("Support", 8 * 3600)
+
+
+def test_a_pipeline_saved_from_its_page_keeps_a_stage_edited_meanwhile(
+    client: FlaskClient, desk: Config, session: Session
+) -> None:
+    login(client, ADMIN)
+    path = "/settings/pipelines/support"
+    opened = version_on(client, path)
+    assert post(client, STAGE, stage_form(sla="30m")).status_code == 302
+
+    answer = post(client, path, {"name": "Customer support", "default": "on", "version": opened})
+
+    assert answer.status_code == 302, text(answer)  # type: ignore[attr-defined]
+    pipeline = stored(session).pipelines[0]
+    assert (pipeline.name, pipeline.stages[0].sla_seconds) == ("Customer support", 1800)
+
+
+def test_a_calendar_saved_from_a_page_opened_before_another_edit_is_refused(
+    client: FlaskClient, desk: Config, session: Session
+) -> None:
+    login(client, ADMIN)
+    post(client, "/settings/calendars", CALENDAR)
+    path = "/settings/calendars/office"
+    opened = version_on(client, path)
+    assert post(client, path, {**CALENDAR, "timezone": "UTC", "version": opened}).status_code == 302
+
+    answer = post(client, path, {**CALENDAR, "name": "Office", "version": opened})
+
+    assert answer.status_code == 400  # type: ignore[attr-defined]
+    assert "Calendar &#39;São Paulo office&#39;: it changed since you opened" in text(answer)
+    [office] = stored(session).calendars
+    assert (office.name, office.timezone) == ("São Paulo office", "UTC")
 
 
 def test_the_yaml_page_shows_the_export_and_the_download_is_the_same(

@@ -4,6 +4,7 @@ transaction, audited with the configuration as YAML before and after."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -157,8 +158,27 @@ def edit(
     now: datetime,
     retime: bool = False,
 ) -> Applied:
-    """Apply `change` to the current configuration (a page's edit of one part of it)."""
+    """Apply `change` to the current configuration (a page's edit of one part of it). Page
+    edits take the pipelines' rows first, one at a time (PostgreSQL), so that a change's
+    check of what its page showed (`version`) reads what no other edit is writing."""
+    session.execute(select(Pipeline.id).order_by(Pipeline.id).with_for_update()).all()
     return apply(session, change(current(session)), user, action, target, now, retime)
+
+
+def version(part: object) -> str:
+    """A short fingerprint of a part of the configuration as a page shows it: a form sends
+    it back, and a save whose part has changed since is refused (see STALE)."""
+    return hashlib.sha256(repr(part).encode()).hexdigest()[:16]
+
+
+STALE = "it changed since you opened the page (someone else edited it): reload and try again"
+
+
+def unchanged_since(what: str, part: object, seen: str | None) -> None:
+    """Refuse (PipelineFileError) a page's save of `part` when it is no longer the version
+    the page showed; `seen` None: the page sent none (made before versions), not checked."""
+    if seen is not None and seen != version(part):
+        raise pipelines.PipelineFileError([f"{what}: {STALE}"])
 
 
 def on_pipeline(

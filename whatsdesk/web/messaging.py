@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from .. import get_session, settings
 from ..bot import LANGUAGES
+from ..configuration import STALE
 from ..models import Pipeline
 from ..pipelines import (
     CONTENT_SID_RE,
@@ -41,7 +42,6 @@ bp = Blueprint("messaging", __name__)
 Change = Callable[[DeskSpec], DeskSpec]
 VARIABLE_LINE = re.compile(r"^\s*\{*\s*(\d{1,3})\s*\}*\s*[=:]\s*(.*?)\s*$")
 SID_HINT = "an approved template's Content SID is HX followed by 32 hex digits"
-STALE = "it changed since you opened the page (someone else edited it): reload and try again"
 
 
 # --- reading the forms ---------------------------------------------------------------------

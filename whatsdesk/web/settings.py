@@ -176,7 +176,8 @@ def update_pipeline(key: str) -> Answer:
     def change(d: DeskSpec) -> DeskSpec:
         def one(p: PipelineSpec) -> PipelineSpec:
             if p.key == key:
-                return changed
+                configuration.unchanged_since(f"Pipeline {p.name!r}", _own(p), form.get("version"))
+                return dataclasses.replace(changed, stages=p.stages)
             return dataclasses.replace(p, default=False) if changed.default else p  # one default
 
         return dataclasses.replace(d, pipelines=[one(p) for p in d.pipelines])
@@ -286,8 +287,13 @@ def update_stage(key: str, stage_key: str) -> Answer:
         changed = _stage_from_form(form, old, found, desk)
     except Invalid as exc:
         return fail(exc.problems)
+
+    def change(current: StageSpec) -> StageSpec:
+        configuration.unchanged_since(f"Stage {current.name!r}", current, form.get("version"))
+        return changed
+
     return _save(
-        configuration.on_pipeline(key, configuration.on_stage(stage_key, lambda _: changed)),
+        configuration.on_pipeline(key, configuration.on_stage(stage_key, change)),
         "stage",
         f"{key}/{stage_key}",
         _retime(form),
@@ -578,9 +584,14 @@ def _save_calendar(old: CalendarSpec | None) -> Answer:
     def change(d: DeskSpec) -> DeskSpec:
         if old is None:
             return dataclasses.replace(d, calendars=[*d.calendars, changed])
-        return dataclasses.replace(
-            d, calendars=[changed if c.key == key else c for c in d.calendars]
-        )
+
+        def one(c: CalendarSpec) -> CalendarSpec:
+            if c.key != key:
+                return c
+            configuration.unchanged_since(f"Calendar {c.name!r}", c, form.get("version"))
+            return changed
+
+        return dataclasses.replace(d, calendars=[one(c) for c in d.calendars])
 
     return _save(
         change,
@@ -690,9 +701,15 @@ def _text(seconds: int | None) -> str:
     return pipelines.format_duration(seconds) if seconds else ""
 
 
+def _own(spec: PipelineSpec) -> PipelineSpec:
+    """A pipeline without its stages: what its page edits (stages have pages of their own)."""
+    return dataclasses.replace(spec, stages=[])
+
+
 def _pipeline_values(spec: PipelineSpec) -> Form:
     values: Form = MultiDict(
         {
+            "version": configuration.version(_own(spec)),
             "name": spec.name,
             "calendar": spec.calendar or "",
             "resolution": _text(spec.resolution_seconds),
@@ -709,6 +726,7 @@ def _pipeline_values(spec: PipelineSpec) -> Form:
 def _stage_values(spec: StageSpec) -> Form:
     values: Form = MultiDict(
         {
+            "version": configuration.version(spec),
             "name": spec.name,
             "sla": _text(spec.sla_seconds),
             "warning": _text(spec.warning_seconds),
@@ -734,6 +752,7 @@ def _stage_values(spec: StageSpec) -> Form:
 def _calendar_values(spec: CalendarSpec) -> Form:
     values: Form = MultiDict(
         {
+            "version": configuration.version(spec),
             "key": spec.key,
             "name": spec.name,
             "timezone": spec.timezone,

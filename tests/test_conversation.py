@@ -656,6 +656,30 @@ def test_a_template_is_sent_with_the_customers_details_filled_in(
     assert line.endswith("UTC · Ana Agent · template · 🕓 queued")
 
 
+@pytest.mark.parametrize(
+    ("action", "fields", "said"),
+    [
+        ("reply", {"body": "On its way"}, "Reply sent."),
+        ("template", {"key": "follow_up"}, "Template sent."),
+    ],
+)
+def test_a_form_sent_twice_sends_one_message(
+    client: FlaskClient, agent: Config, action: str, fields: dict[str, str], said: str
+) -> None:
+    load_replies(agent)
+    card = customer_writes(agent)
+    before = outbound_count(agent)
+    path = f"/cards/{card}/{action}"
+    form = {**hidden_fields(conversation(client, card), path), **fields}  # a double click
+
+    pages = [client.post(path, data=form, follow_redirects=True) for _ in range(2)]
+
+    assert [flashes(p.get_data(as_text=True)) for p in pages] == [[said], [said]]
+    assert outbound_count(agent) == before + 1
+    press(client, card, action, **fields)  # the page opened again: a new message
+    assert outbound_count(agent) == before + 2
+
+
 def test_a_template_reaches_twilio_as_its_content_sid_and_variables(
     client: FlaskClient, agent: Config, twilio_server: TwilioServer, redis: Redis
 ) -> None:

@@ -689,16 +689,36 @@ def window_open(last_inbound_at: datetime | None, now: datetime) -> bool:
 class Replied:
     message: Message
     new_visit: StageVisit | None
+    repeated: bool = False  # the same form sent again: its message was queued already
+
+
+def sent_before(session: Session, dedupe_key: str) -> Message | None:
+    """The message a form sent once already (a double click, a resubmitted page): the
+    form's one-time key is its dedupe key."""
+    return session.scalars(select(Message).where(Message.dedupe_key == dedupe_key)).first()
+
+
+def once_key(kind: str, once: str | None) -> str:
+    """The dedupe key of a message a person sends from a page: `once`, the page form's
+    one-time token, makes a second submission of that form a repeat; none, always new."""
+    return f"{kind}-{once or uuid.uuid4().hex}"
 
 
 MAX_BODY = 1600  # WhatsApp's limit for one message through Twilio
 
 
-def agent_reply(session: Session, card_id: int, agent: User, body: str, now: datetime) -> Replied:
+def agent_reply(
+    session: Session, card_id: int, agent: User, body: str, now: datetime, once: str | None = None
+) -> Replied:
     """An agent answers the customer: the message is queued for the send job, the customer
     is no longer waiting, an unowned card becomes the agent's, and the pipeline's
-    `agent_reply` automation moves the card (e.g. to "waiting on customer")."""
-    card = _open_card(session, card_id)
+    `agent_reply` automation moves the card (e.g. to "waiting on customer"). `once`: the
+    form's one-time token (see once_key); the same form sent again queues nothing more."""
+    card = _open_card(session, card_id)  # locked: a second submission waits for the first
+    key = once_key("reply", once)
+    repeated = sent_before(session, key)
+    if repeated is not None:
+        return Replied(repeated, None, repeated=True)
     text = body.strip()
     if not text:
         raise DeskError("the reply is empty")
@@ -716,7 +736,7 @@ def agent_reply(session: Session, card_id: int, agent: User, body: str, now: dat
         card=card,
         contact=card.contact,
         user=agent,
-        dedupe_key=f"reply-{uuid.uuid4().hex}",
+        dedupe_key=key,
         now=now,
     )
     return answered(session, card, agent, message, now)

@@ -3,7 +3,6 @@ template), notes, and everything the conversation page shows."""
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -28,7 +27,7 @@ class Done:
     @classmethod
     def of(cls, replied: Replied | None = None, visit: StageVisit | None = None) -> Done:
         done = cls()
-        if replied is not None:
+        if replied is not None and not replied.repeated:
             done.sends.append(replied.message.id)
             visit = visit or replied.new_visit
         if visit is not None:
@@ -105,9 +104,11 @@ def add_note(session: Session, card_id: int, user: User, body: str, now: datetim
     return Done()
 
 
-def reply(session: Session, card_id: int, agent: User, body: str, now: datetime) -> Done:
-    """Free text to the customer (inside their 24-hour window)."""
-    return Done.of(desk.agent_reply(session, card_id, agent, body, now))
+def reply(
+    session: Session, card_id: int, agent: User, body: str, now: datetime, once: str | None = None
+) -> Done:
+    """Free text to the customer (inside their 24-hour window); `once`: as desk.agent_reply."""
+    return Done.of(desk.agent_reply(session, card_id, agent, body, now, once))
 
 
 def move(session: Session, card_id: int, user: User, stage_key: str, now: datetime) -> Done:
@@ -201,9 +202,12 @@ def fill(text: str, card: Card, agent: User) -> str:
     return text.format(**values)
 
 
-def send_template(session: Session, card_id: int, agent: User, key: str, now: datetime) -> Done:
+def send_template(
+    session: Session, card_id: int, agent: User, key: str, now: datetime, once: str | None = None
+) -> Done:
     """Outside the 24-hour window only an approved template reaches the customer: this one,
-    its variables filled in for the customer. Inside the window it may be sent too."""
+    its variables filled in for the customer. Inside the window it may be sent too. `once`:
+    the form's one-time token (desk.once_key): the same form sent again sends nothing more."""
     template = next((t for t in templates(session) if t.key == key), None)
     if template is None:
         raise DeskError("choose one of the approved templates")
@@ -215,6 +219,9 @@ def send_template(session: Session, card_id: int, agent: User, key: str, now: da
             f"{card.contact.display_name} sent STOP: no messages the customer did not ask for "
             "until they send START"
         )
+    dedupe_key = desk.once_key("template", once)
+    if desk.sent_before(session, dedupe_key) is not None:
+        return Done()
     message = desk.queue_outbound(
         session,
         to=card.contact.address,
@@ -222,7 +229,7 @@ def send_template(session: Session, card_id: int, agent: User, key: str, now: da
         card=card,
         contact=card.contact,
         user=agent,
-        dedupe_key=f"template-{uuid.uuid4().hex}",
+        dedupe_key=dedupe_key,
         now=now,
     )
     message.content_sid = template.content_sid

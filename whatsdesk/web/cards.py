@@ -4,6 +4,8 @@ resolve, reopen; customers' media fetched through the desk."""
 from __future__ import annotations
 
 import logging
+import re
+import uuid
 from collections.abc import Callable, Iterator
 
 import requests
@@ -51,6 +53,7 @@ def _page(card_id: int, drafts: dict[str, str]) -> str:
         humanize=humanize,
         state_labels=STATE_LABELS,
         drafts=drafts,
+        once=uuid.uuid4().hex,  # the forms' one-time token (see _once)
     )
 
 
@@ -94,6 +97,16 @@ def _field(name: str) -> str:
     return request.form.get(name, "")
 
 
+ONCE_RE = re.compile(r"[0-9a-f]{32}")
+
+
+def _once() -> str | None:
+    """The form's one-time token (the page made it: a second submission of the same form
+    repeats the first); anything else sent there is not one, and the message is new."""
+    once = _field("once")
+    return once if ONCE_RE.fullmatch(once) else None
+
+
 @bp.post("/cards/<int:card_id>/claim")
 @login_required
 def claim(card_id: int) -> ResponseReturnValue:
@@ -124,7 +137,7 @@ def reply(card_id: int) -> ResponseReturnValue:
     body = _typed()
     return _act(
         card_id,
-        lambda s: workspace.reply(s, card_id, current_user, body, utcnow()),
+        lambda s: workspace.reply(s, card_id, current_user, body, utcnow(), _once()),
         "Reply sent.",
         draft=("reply", body),
     )
@@ -135,7 +148,9 @@ def reply(card_id: int) -> ResponseReturnValue:
 def template(card_id: int) -> ResponseReturnValue:
     return _act(
         card_id,
-        lambda s: workspace.send_template(s, card_id, current_user, _field("key"), utcnow()),
+        lambda s: workspace.send_template(
+            s, card_id, current_user, _field("key"), utcnow(), _once()
+        ),
         "Template sent.",
     )
 

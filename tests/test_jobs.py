@@ -1007,6 +1007,27 @@ def test_rq_schedules_a_retry_of_a_send_twilio_was_too_busy_for(
     assert message(env, ack.id).status == "retrying"
 
 
+def test_the_sweep_leaves_a_send_waiting_out_a_429_under_its_other_id(
+    twilio: TwilioServer, env: Config, session: Session, redis: Redis
+) -> None:
+    """A send handed on (a template after 63016, an in-doubt send Twilio never had) runs as
+    send-N-again; RQ's backoff after a 429 keeps that job: a second one would double the
+    calls to a Twilio asking for fewer."""
+    ack = open_card(session).outbound[0]
+    twilio.fail_next(429, 20429)
+    alarms = Alarms(env.redis_url, env.queue_name)
+    alarms.enqueue_send(ack.id, again=True)
+    SimpleWorker([alarms.queue], connection=redis).work(burst=True)
+    assert list(scheduled(env, redis)) == [f"send-{ack.id}-again"]
+
+    # Its retry was stamped just now (the clock's deadlines of T0 are long past: alerts).
+    counts = jobs.reconcile(env, utcnow() + timedelta(seconds=jobs.STALE_SEND_SECONDS + 1))
+
+    assert counts["resent"] == 0
+    sends = [i for i in [*queued_ids(env, redis), *scheduled(env, redis)] if i.startswith("send")]
+    assert sends == [f"send-{ack.id}-again"]
+
+
 def test_twilio_busy_on_every_attempt_fails_the_message_after_the_last(
     twilio: TwilioServer, env: Config, session: Session
 ) -> None:

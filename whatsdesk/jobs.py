@@ -516,10 +516,12 @@ def reconcile(
                 alarms.schedule_second(second, pipeline=pipe)
                 counts["rearmed"] += 1
     live = alarms.live(
-        [send_job_id(m) for m in waiting.stale_sends]
+        [i for m in waiting.stale_sends for i in both_ids(send_job_id(m))]
         + [alerts_job_id(u) for u in waiting.stale_alerts]
     )
-    lost_sends = [m for m in waiting.stale_sends if send_job_id(m) not in live]
+    # A send handed on (a template after 63016, an in-doubt send Twilio never had) runs, or
+    # waits out a 429's backoff, under its other id: it is in hand, not lost.
+    lost_sends = [m for m in waiting.stale_sends if live.isdisjoint(both_ids(send_job_id(m)))]
     lost_alerts = [u for u in waiting.stale_alerts if alerts_job_id(u) not in live]
     for start in range(0, len(lost_sends), MAX_BATCH):  # a restart may have lost thousands
         with alarms.together() as pipe:

@@ -17,7 +17,7 @@ from flask.testing import FlaskClient
 from redis import Redis
 from rq import Queue, SimpleWorker
 from sqlalchemy import select
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, IntegrityError
 from werkzeug.routing import Rule
 from werkzeug.test import TestResponse
 
@@ -248,6 +248,24 @@ def test_a_value_the_database_refuses_is_a_bad_request_not_an_outage(seeded: Con
 
     assert answer.status_code == 400
     assert "cannot store" in answer.get_data(as_text=True)
+
+
+def test_a_write_refused_as_a_conflict_is_said_as_one_not_as_an_outage(seeded: Config) -> None:
+    """A duplicate or a row another still names, that no check caught: a person is told the
+    change clashed (409), not that the database is down; Twilio still gets its 503 to retry."""
+    app = create_app(seeded)
+
+    @app.get("/clash")
+    @app.get("/twilio/clash")
+    def clash() -> str:
+        raise IntegrityError("DELETE …", {}, Exception("violates foreign key constraint"))
+
+    client = app.test_client()
+    page, webhook = client.get("/clash"), client.get("/twilio/clash")
+
+    assert page.status_code == 409
+    assert "clashes with something stored meanwhile" in page.get_data(as_text=True)
+    assert (webhook.status_code, webhook.headers["Retry-After"]) == (503, "5")
 
 
 def test_every_write_without_a_csrf_token_is_refused(app: Flask, desk: dict[str, object]) -> None:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from whatsdesk import accounts, audit, configuration, pipeline_store, pipelines
 from whatsdesk.config import Config
 from whatsdesk.db import session_factory
-from whatsdesk.models import AuditEntry, StageVisit, User
+from whatsdesk.models import AuditEntry, Card, Contact, Stage, StageVisit, User
 from whatsdesk.pipelines import DeskSpec, PipelineFileError
 
 from conftest import (
@@ -382,6 +382,44 @@ def test_removing_a_stage_with_history_is_refused(
 
     assert answer.status_code == 400  # type: ignore[attr-defined]
     assert "has conversations in its history, so it cannot be removed" in text(answer)
+    assert stored_yaml(session) == before
+
+
+def a_card_at_the_team_menu(session: Session) -> None:
+    """A card waiting for the team menu's answer (or resolved before it) stands in its
+    pipeline's first stage, with no visit yet."""
+    now = datetime.now(UTC)
+    stage = session.scalars(select(Stage).where(Stage.key == "new")).one()
+    session.add(
+        Card(
+            contact=Contact(address="whatsapp:+5511999990000", created_at=now),
+            pipeline=stage.pipeline,
+            stage=stage,
+            status="open",
+            opened_at=now,
+            waiting_since=now,
+            menu_deadline_at=now + timedelta(minutes=2),
+        )
+    )
+    session.commit()
+
+
+def test_removing_a_stage_a_card_stands_in_without_a_visit_is_refused(
+    client: FlaskClient, desk: Config, session: Session
+) -> None:
+    a_card_at_the_team_menu(session)
+    login(client, ADMIN)
+    before = stored_yaml(session)
+    spec = pipelines.parse(before)
+    spec.pipelines[0].stages = spec.pipelines[0].stages[1:]
+
+    removed = post(client, f"{STAGE}/remove", {})
+    imported = post(client, "/settings/yaml", {"yaml": pipelines.dump(spec)})
+
+    assert removed.status_code == 400  # type: ignore[attr-defined]
+    assert "has conversations in its history, so it cannot be removed" in text(removed)
+    assert imported.status_code == 400  # type: ignore[attr-defined]
+    assert "stage &#39;new&#39; is missing from the file but has cards" in text(imported)
     assert stored_yaml(session) == before
 
 

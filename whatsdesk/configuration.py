@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import audit, pipeline_store, pipelines
-from .models import Pipeline, Stage, StageVisit, User
+from .models import Pipeline, Stage, User
 from .pipelines import DeskSpec
 from .sla import Timers
 
@@ -76,15 +76,14 @@ def without_line(problem: str) -> str:
 
 
 def stage_has_history(session: Session, pipeline_key: str, stage_key: str) -> bool:
-    """Has any card ever been in this stage? (Such a stage cannot be removed.)"""
-    visit = session.scalars(
-        select(StageVisit.id)
-        .join(Stage, Stage.id == StageVisit.stage_id)
+    """Has any card been in this stage, or stands there now (pipeline_store.has_cards)?"""
+    stage = (
+        select(Stage.id)
         .join(Pipeline, Pipeline.id == Stage.pipeline_id)
         .where(Pipeline.key == pipeline_key, Stage.key == stage_key)
-        .limit(1)
-    ).first()
-    return visit is not None
+        .scalar_subquery()
+    )
+    return pipeline_store.has_cards(session, stage)
 
 
 def apply(

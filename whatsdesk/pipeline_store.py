@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
 from . import calendars, settings, sla
@@ -207,7 +207,7 @@ def _removal_problems(session: Session, pipeline: Pipeline, spec: PipelineSpec) 
     keep = {s.key for s in spec.stages}
     problems = []
     for stage in pipeline.stages:
-        if stage.key not in keep and _has_history(session, stage):
+        if stage.key not in keep and has_cards(session, stage.id):
             problems.append(
                 f"line {spec.line}: pipeline {spec.key!r}.stages: stage {stage.key!r} is missing "
                 "from the file but has cards; keep it in the file"
@@ -215,13 +215,13 @@ def _removal_problems(session: Session, pipeline: Pipeline, spec: PipelineSpec) 
     return problems
 
 
-def _has_history(session: Session, stage: Stage) -> bool:
-    return (
-        session.scalars(
-            select(StageVisit.id).where(StageVisit.stage_id == stage.id).limit(1)
-        ).first()
-        is not None
-    )
+def has_cards(session: Session, stage_id: int | ColumnElement[int]) -> bool:
+    """Has a card ever been in this stage (a visit), or does one stand there without a
+    visit (waiting for the team menu's answer, or resolved before it)? Such a stage cannot
+    be removed: its cards and their timelines name it."""
+    visited = select(StageVisit.id).where(StageVisit.stage_id == stage_id)
+    standing = select(Card.id).where(Card.stage_id == stage_id)
+    return bool(session.scalar(select(or_(visited.exists(), standing.exists()))))
 
 
 def _upsert(

@@ -6,8 +6,8 @@ import logging
 
 from flask import Flask, Response, render_template, request
 from redis.exceptions import RedisError
-from sqlalchemy.exc import DataError, DBAPIError
-from werkzeug.exceptions import BadRequest, HTTPException
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from werkzeug.exceptions import BadRequest, Conflict, HTTPException
 
 log = logging.getLogger(__name__)
 
@@ -16,6 +16,7 @@ def register(app: Flask) -> None:
     app.register_error_handler(HTTPException, http_error)
     app.register_error_handler(DBAPIError, unavailable("database"))
     app.register_error_handler(DataError, refused_by_database)
+    app.register_error_handler(IntegrityError, conflict)
     app.register_error_handler(RedisError, unavailable("redis"))
 
 
@@ -37,6 +38,21 @@ def refused_by_database(exc: DataError) -> Response | tuple[str, int]:
     log.warning("the database refused a value: %s", exc.orig)
     return http_error(
         BadRequest("a value is too long, or holds a character, that the desk cannot store")
+    )
+
+
+def conflict(exc: IntegrityError) -> Response | tuple[str, int]:
+    """A write the database refused as clashing with a row stored meanwhile (a duplicate, a
+    row another still names) that no check caught. A webhook answers 503 (Twilio's retry
+    finds the twin stored); a person is told the truth, not that the database is down."""
+    if request.path.startswith("/twilio/"):
+        return unavailable("database")(exc)
+    log.warning("the database refused a change as a conflict: %s", exc.orig)
+    return http_error(
+        Conflict(
+            "the change clashes with something stored meanwhile (another person's change?): "
+            "nothing was changed; reload the page and try again"
+        )
     )
 
 

@@ -416,14 +416,20 @@ ESTIMATE_MIN_SAMPLES = 5
 
 
 def waiting_ahead(card: Card, since: datetime) -> Select[tuple[int]]:
-    """How many of the pipeline's customers have waited longer than `card`'s (an index range
-    count on ix_cards_pipeline_queue)."""
-    return select(func.count(Card.id)).where(
+    """How many of the pipeline's customers have waited longer than `card`'s: an index range
+    count on ix_cards_pipeline_queue, less those of them still choosing a team at the menu
+    (few, on the index of menu deadlines), who are in no team's line yet."""
+    ahead = and_(
         Card.status == "open",
         Card.pipeline_id == card.pipeline_id,
         Card.waiting_since.is_not(None),
         or_(Card.waiting_since < since, and_(Card.waiting_since == since, Card.id < card.id)),
     )
+    everyone = select(func.count(Card.id)).where(ahead).scalar_subquery()
+    choosing = (
+        select(func.count(Card.id)).where(ahead, Card.menu_deadline_at.is_not(None))
+    ).scalar_subquery()
+    return select(everyone - choosing)
 
 
 def estimate(session: Session, card: Card, now: datetime) -> bot.Wait:

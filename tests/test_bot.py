@@ -159,6 +159,10 @@ pipelines:
             "line 5: pipelines[0].texts.status_answered: may only use {team}",
         ),
         ("    keywords: {quit: [SAIR]}", "line 5: pipelines[0].keywords.quit: unknown field"),
+        (
+            "    keywords: {stop: [{a: b}]}",
+            "line 5: pipelines[0].keywords.stop[0]: expected a text, not a list or a mapping",
+        ),
         ("    reopen: {stage: s}", "line 5: pipelines[0].reopen.within: is required"),
         ("    reopen: {within: 1d, stage: x}", "line 5: pipelines[0].reopen.stage: no such stage"),
     ],

@@ -248,3 +248,30 @@ def test_a_mistake_is_refused_naming_line_and_field_and_changes_nothing(
     assert any(p.startswith(problem) for p in refused.value.problems), refused.value.problems
     assert pipelines.dump(pipeline_store.dump(running)) == before
     assert count(running, AuditEntry) == audited
+
+
+def test_a_list_or_a_mapping_where_a_text_belongs_is_refused_not_stored() -> None:
+    source = """
+pipelines:
+  - key: support
+    name: Support
+    stages: [{key: new, name: New}, {key: waiting, name: Waiting}]
+    automation: {customer_message: {to: new, from: [[waiting]]}}
+replies:
+  templates:
+    - {key: follow_up, name: Follow-up, content_sid: HX0123456789abcdef0123456789abcdef,
+       text: "Hi {customer}", variables: {"1": [x]}}
+notifications:
+  alert_template:
+    content_sid: HX0123456789abcdef0123456789abcdef
+    variables: {"1": {a: b}}
+"""
+    with pytest.raises(PipelineFileError) as refused:
+        pipelines.parse(source)
+
+    problem = "expected a text, not a list or a mapping"
+    assert sorted(refused.value.problems) == [
+        f"line 10: replies.templates[0].variables.1: {problem}",
+        f"line 14: notifications.alert_template.variables.1: {problem}",
+        f"line 6: pipelines[0].automation.customer_message.from[0]: {problem}",
+    ]

@@ -257,6 +257,14 @@ class _Reader:
                 fields[key] = value_node
         return fields
 
+    def scalar(self, node: yaml.Node, path: str) -> str:
+        """A list item's or a mapping value's text; a list or a mapping there is refused
+        (it would be stored as the parser's own description of it)."""
+        if not isinstance(node, yaml.ScalarNode):
+            self.fail(node, path, "expected a text, not a list or a mapping")
+            return ""
+        return str(node.value)
+
     def sequence(self, node: yaml.Node | None, path: str) -> list[yaml.Node]:
         if node is None:
             return []
@@ -383,7 +391,8 @@ def _menu(reader: _Reader, node: yaml.Node, path: str) -> MenuSpec:
     fields = reader.mapping(node, path, allowed)
     spec = MenuSpec(line=node.start_mark.line + 1)
     spec.pipelines = [
-        str(item.value).strip() for item in reader.sequence(fields.get("pipelines"), path)
+        reader.scalar(item, f"{path}.pipelines[{i}]").strip()
+        for i, item in enumerate(reader.sequence(fields.get("pipelines"), path))
     ]
     if len(spec.pipelines) < 2:
         reader.fail(node, f"{path}.pipelines", "a menu needs two or more pipeline keys")
@@ -431,7 +440,8 @@ def _replies(reader: _Reader, node: yaml.Node, path: str) -> RepliesSpec:
         variables = parts.get("variables")
         if isinstance(variables, yaml.MappingNode):
             for key_node, value_node in variables.value:
-                name, value = str(key_node.value), str(value_node.value)
+                name = str(key_node.value)
+                value = reader.scalar(value_node, f"{where}.variables.{name}")
                 if not (name.isascii() and name.isdigit()):
                     reader.fail(key_node, f"{where}.variables.{name}", "numbered: 1, 2, …")
                 _check_placeholders(reader, value_node, f"{where}.variables.{name}", value)
@@ -494,8 +504,9 @@ def _template_variables(reader: _Reader, node: yaml.Node | None, path: str) -> d
         return {}
     variables = {}
     for key_node, value_node in node.value:
-        name, value = str(key_node.value), str(value_node.value)
+        name = str(key_node.value)
         where = f"{path}.variables.{name}"
+        value = reader.scalar(value_node, where)
         if not (name.isascii() and name.isdigit()):
             reader.fail(key_node, where, "template variables are numbered: 1, 2, …")
         _check_placeholders(reader, value_node, where, value, TEMPLATE_PLACEHOLDERS)
@@ -573,8 +584,11 @@ def _bot_settings(
     words = fields.get("keywords")
     if words is not None:
         for command, node in reader.mapping(words, f"{path}.keywords", set(COMMANDS)).items():
-            items = reader.sequence(node, f"{path}.keywords.{command}")
-            spec.keywords[command] = [str(item.value).strip() for item in items]
+            where = f"{path}.keywords.{command}"
+            items = reader.sequence(node, where)
+            spec.keywords[command] = [
+                reader.scalar(item, f"{where}[{i}]").strip() for i, item in enumerate(items)
+            ]
     reopen = fields.get("reopen")
     if reopen is not None:
         parts = reader.mapping(reopen, f"{path}.reopen", {"within", "stage"})
@@ -599,8 +613,9 @@ def _automation(
             parts = reader.mapping(value, where, allowed)
             rule = AutomationRule(to=reader.text(parts, "to", where, value))
             for i, item in enumerate(reader.sequence(parts.get("from"), f"{where}.from")):
-                rule.only_from.append(str(item.value).strip())
-                if str(item.value).strip() not in stages:
+                key = reader.scalar(item, f"{where}.from[{i}]").strip()
+                rule.only_from.append(key)
+                if isinstance(item, yaml.ScalarNode) and key not in stages:
                     reader.fail(item, f"{where}.from[{i}]", f"no stage {item.value!r} here")
         elif isinstance(value, yaml.ScalarNode) and str(value.value).strip():
             rule = AutomationRule(to=str(value.value).strip())

@@ -704,6 +704,30 @@ def test_a_reply_to_a_digest_of_several_cards_needs_the_code(
     assert visit_of(session, second).acknowledged_at is not None
 
 
+def test_an_answer_to_a_digest_of_many_cards_names_ten_and_an_example_to_send(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    cards = [
+        customer_writes(client, desk_config, session, phone=f"+55119999900{n:02d}")
+        for n in range(12)
+    ]
+    for card in cards:
+        breach(session, card)
+    [digest] = deliver(session, "sofia", desk_config)
+
+    staff_says(client, desk_config, "sofia", "assign ana", replying_to=digest)
+
+    first, *_ = ids = sorted(card.id for card in cards)
+    listed = ", ".join(f"#{n}" for n in ids[:10])
+    [told] = answers_to(session, "sofia")
+    assert told.body == (
+        f"⚠️ That digest covers cards {listed} and 2 more: add the card's number, "
+        f"e.g. ASSIGN #{first} ana."
+    )
+    staff_says(client, desk_config, "sofia", f"ASSIGN #{first} ana")  # the example, as given
+    assert owner_of(session, cards[0]) == "Ana Agent"
+
+
 @pytest.mark.parametrize(
     ("body", "answer"),
     [
@@ -714,6 +738,11 @@ def test_a_reply_to_a_digest_of_several_cards_needs_the_code(
         ("ASSIGN supervisor #{card}", "⚠️ 'supervisor' could be Otto Supervisor, Sofia Super"),
         ("SNOOZE soon #{card}", "⚠️ Say how many minutes, e.g. SNOOZE 30."),
         ("ack #{card} please", "⚠️ I did not understand 'please'."),
+        (  # a long message starting with a command word: its start is quoted, not all of it
+            "Take a look #{card} " + "at this customer, they are upset; " * 45,
+            "⚠️ I did not understand 'a look at this customer they are upset at this "
+            "customer the…'.",
+        ),
     ],
 )
 def test_what_is_not_a_command_changes_nothing_and_is_answered(

@@ -100,8 +100,33 @@ def parse(text: str) -> Command | None:
     if code is None and len(args) == 1 and BARE_NUMBER_RE.match(args[0]):
         return Command(verb, int(args[0]))  # "ACK 12"
     if args:
-        return Command(verb, code, problem=f"I did not understand {' '.join(args)!r}.")
+        return Command(verb, code, problem=f"I did not understand {_quoted(' '.join(args))}.")
     return Command(verb, code)
+
+
+QUOTED_CHARS = 60  # of a staff member's own words quoted back in an answer
+LISTED = 10  # cards or people named in an answer; the rest are counted
+
+
+def _quoted(words: str) -> str:
+    """Their words as an answer quotes them: the start of a long message only."""
+    return repr(words if len(words) <= QUOTED_CHARS else words[: QUOTED_CHARS - 1] + "…")
+
+
+def _listed(names: list[str]) -> str:
+    """Names for an answer, the first LISTED of them and how many more: an answer must fit
+    one WhatsApp message (a digest in a storm covers hundreds of cards)."""
+    shown = ", ".join(names[:LISTED])
+    more = len(names) - LISTED
+    return f"{shown} and {more} more" if more > 0 else shown
+
+
+def _example(command: Command, card_id: int) -> str:
+    """The command as written, with the card's number: what to send again."""
+    words = [command.verb.upper(), f"#{card_id}", command.assignee]
+    if command.minutes is not None:
+        words.append(str(command.minutes))
+    return " ".join(w for w in words if w)
 
 
 def _snooze(args: list[str], code: int | None) -> Command:
@@ -176,9 +201,9 @@ def find_card(session: Session, command: Command, replied_to_sid: str | None) ->
             raise CommandError(f"There is no card #{command.card_id}.")
         return card
     ids = cards_of_message(session, replied_to_sid) if replied_to_sid else []
-    example = f"{command.verb.upper()} #{ids[0] if ids else 12}"
+    example = _example(command, ids[0] if ids else 12)
     if len(ids) > 1:
-        listed = ", ".join(f"#{n}" for n in ids)
+        listed = _listed([f"#{n}" for n in ids])
         raise CommandError(
             f"That digest covers cards {listed}: add the card's number, e.g. {example}."
         )
@@ -250,9 +275,11 @@ def find_staff(session: Session, query: str) -> User:
     if len(found) == 1:
         return found[0]
     if not found:
-        raise CommandError(f"Nobody active on the staff is called {query!r}; try their email.")
-    names = ", ".join(p.name for p in found)
-    raise CommandError(f"{query!r} could be {names}: write more of the name, or the email.")
+        raise CommandError(
+            f"Nobody active on the staff is called {_quoted(query)}; try their email."
+        )
+    names = _listed([p.name for p in found])
+    raise CommandError(f"{_quoted(query)} could be {names}: write more of the name, or the email.")
 
 
 def acknowledge(

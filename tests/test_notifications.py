@@ -304,6 +304,67 @@ def test_alerts_held_back_go_out_as_one_digest_at_the_window_end(
     assert message(env, digest.id).status == "queued"
 
 
+def held_back(session: Session) -> int:
+    """Sofia got an alert alone just now; two more breaches wait for her window's end."""
+    configure(session, window="30s")
+    sofia = user(session, "sofia@example.com").id
+    breach(session, open_card(session, *customer(1)))
+    notifications.gather(session, sofia, BREACH_AT)
+    for n in (2, 3):
+        breach(session, open_card(session, *customer(n)), at=BREACH_AT + timedelta(seconds=5))
+    session.commit()
+    return sofia
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        ("deactivated", "not sent: Sofia Supervisor is no longer active"),
+        ("number removed", "not sent: Sofia Supervisor has no WhatsApp"),
+    ],
+)
+def test_alerts_held_for_someone_who_can_no_longer_be_told_are_failed_not_sent(
+    seeded: Config, session: Session, change: str, why: str
+) -> None:
+    sofia = held_back(session)
+    person = session.get(User, sofia)
+    assert person is not None
+    if change == "deactivated":
+        accounts.deactivate(session, person, None, T0)
+    else:
+        person.whatsapp = None  # the phone was handed back: its number may be another's
+    session.commit()
+
+    batch = notifications.gather(session, sofia, BREACH_AT + timedelta(seconds=30))
+    session.commit()
+
+    assert batch.sends == []
+    held = alerts_to(seeded, "sofia")[1:]
+    assert [(a.status, a.error_message) for a in held] == [("failed", why)] * 2
+
+
+@pytest.mark.parametrize("held", [False, True])
+def test_alerts_waiting_for_someone_whose_number_changed_go_to_the_new_number(
+    seeded: Config, session: Session, held: bool
+) -> None:
+    if held:  # two alerts wait for the window's end: a digest
+        sofia = held_back(session)
+        at = BREACH_AT + timedelta(seconds=30)
+    else:  # nothing went to her within the window: the alert goes alone
+        configure(session, window="30s")
+        sofia = user(session, "sofia@example.com").id
+        breach(session, open_card(session, *customer(1)))
+        at = BREACH_AT
+    person = session.get(User, sofia)
+    assert person is not None
+    person.whatsapp = "whatsapp:+15550000077"
+    session.commit()
+
+    [sent] = notifications.gather(session, sofia, at).sends
+
+    assert sent.to_address == "whatsapp:+15550000077"
+
+
 def test_an_alert_after_a_digest_waits_for_the_window_to_end_again(
     seeded: Config, session: Session
 ) -> None:

@@ -64,6 +64,11 @@ def gather(session: Session, user_id: int, now: datetime) -> Batch:
     any_pending = select(Message.id).where(_pending(user_id)).limit(1)
     if session.scalar(any_pending) is None:
         return Batch()
+    user = session.get(User, user_id)
+    if not reachable(user):
+        _fail_unreachable(session, user_id, user, now)
+        return Batch()
+    assert user is not None and user.whatsapp
     window = timedelta(seconds=settings.notifications(session).digest_seconds)
     if window:
         last = session.scalar(LAST_ALERTED, {"user_id": user_id})
@@ -85,12 +90,11 @@ def gather(session: Session, user_id: int, now: datetime) -> Batch:
         ]
         for message in alone:
             message.sent_at = now
+            message.to_address = user.whatsapp  # their number now, if it changed
         return Batch(sends=alone)
-    user = session.get(User, user_id)
-    assert user is not None
     digest = desk.queue_outbound(
         session,
-        to=user.whatsapp or _address_of(session, ids[0]),  # their number now, if it changed
+        to=user.whatsapp,
         body=digest_text(session, [event_id for _id, event_id in pending]),
         user=user,
         dedupe_key=f"digest-{user_id}-{ids[0]}",
@@ -119,8 +123,23 @@ def _pending(user_id: int) -> ColumnElement[bool]:
     )
 
 
-def _address_of(session: Session, message_id: int) -> str:
-    return session.scalar(select(Message.to_address).where(Message.id == message_id)) or ""
+def reachable(person: User | None) -> bool:
+    """Can alerts reach this staff member now: active, with a WhatsApp number?"""
+    return person is not None and person.active and bool(person.whatsapp)
+
+
+def _fail_unreachable(session: Session, user_id: int, user: User | None, now: datetime) -> None:
+    """Alerts held for someone deactivated, or whose WhatsApp number was removed, while
+    they waited: not sent (the old number may be someone else's now), failed with why, so
+    that /alerts shows them."""
+    who = user.name if user is not None else f"user {user_id}"
+    why = "is no longer active" if user is not None and not user.active else "has no WhatsApp"
+    session.execute(
+        update(Message)
+        .where(_pending(user_id))
+        .values(status="failed", error_message=f"not sent: {who} {why}", updated_at=now),
+        execution_options={"synchronize_session": False},
+    )
 
 
 def _chunks(ids: list[int], size: int = 1000) -> Iterator[list[int]]:
@@ -207,7 +226,7 @@ def retry_as_template(session: Session, sid: str) -> Message | None:
 
 
 def _as_template_again(session: Session, message: Message) -> Message | None:
-    if not is_staff_alert(message) or message.content_sid:
+    if not is_staff_alert(message) or message.content_sid or not reachable(message.user):
         return None
     if message.status not in ("failed", "undelivered") or message.error_code != WINDOW_CLOSED:
         return None

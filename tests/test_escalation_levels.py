@@ -97,6 +97,27 @@ def test_each_level_tells_its_named_people_once(escalating: Config, session: Ses
     assert session.get(StageVisit, visit.id).next_due_at is None  # type: ignore[union-attr]
 
 
+def test_each_alert_offers_the_commands_its_reader_may_use(
+    escalating: Config, session: Session
+) -> None:
+    visit = open_visit(session)
+    jobs.reconcile(escalating, T0 + timedelta(minutes=30))  # breach, level 1, level 2
+
+    session.expire_all()
+    endings = {
+        (kind, to): body.splitlines()[-1]
+        for kind, to, body in session.execute(
+            select(SlaEvent.kind, Message.to_address, Message.body).join(SlaEvent)
+        )
+    }
+    card = visit.card_id
+    supervisor = f"Reply TAKE, ACK, SNOOZE 30 or ASSIGN <name> (card #{card})."
+    agent = f"Reply TAKE to make it yours (card #{card})."
+    assert endings[("level-2", "whatsapp:+15550000004")] == supervisor  # Otto
+    assert endings[("level-2", "whatsapp:+15550000002")] == agent  # Bruno
+    assert endings[("level-1", "whatsapp:+15550000002")] == agent
+
+
 def test_the_sweep_puts_a_levels_clock_job_back_once_it_rings_within_the_lookahead(
     escalating: Config, session: Session, redis: Redis
 ) -> None:

@@ -210,12 +210,13 @@ def notify(
     """One alert per person for this event (the dedupe key makes it once: an event is
     once per visit and kind), as rows for `write_alerts`."""
     visit = event.visit
+    actionable = event.kind == sla.BREACH or sla.level_of(event.kind) is not None
     return [
         (
             event,
             desk.outbound_row(
                 to=str(user.whatsapp),
-                body=text,
+                body=f"{text}\n{how_to_act(visit.card_id, user)}" if actionable else text,
                 dedupe_key=f"sla-{visit.id}-{event.kind}-user-{user.id}",
                 now=now,
             )
@@ -304,7 +305,7 @@ def _reassign(
         f"👤 Card #{card.id} is now yours{before}: {card.contact.display_name} "
         f"({card.contact.phone}) breached the SLA in {card.pipeline.name} › {stage.name}."
     )
-    people = [target] if reachable_by_whatsapp(target) else []
+    people = [target] if target.reachable_by_whatsapp else []
     fired.alerts += notify(event, people, text, now)
 
 
@@ -366,15 +367,11 @@ def recipients(
         known.supervisors = supervisors(session)
     candidates.append(known.supervisors)
     for people in candidates:
-        reachable = [p for p in people if reachable_by_whatsapp(p)]
+        reachable = [p for p in people if p.reachable_by_whatsapp]
         if reachable:
             return reachable
     log.warning("%s of visit %s reaches nobody: no supervisor has WhatsApp", kind, visit.id)
     return []
-
-
-def reachable_by_whatsapp(user: User) -> bool:
-    return user.active and bool(user.whatsapp)
 
 
 def supervisors(session: Session) -> list[User]:
@@ -420,17 +417,19 @@ def alert_text(visit: StageVisit, kind: str, now: datetime) -> str:
         over = humanize((now - visit.deadline_at).total_seconds())
         return (
             f"🔺 Escalation level {level} — {who} has waited {waited} in {where}; "
-            f"the SLA ({sla_len}) was breached {over} ago. Card #{card.id}.\n" + how_to_act(card.id)
+            f"the SLA ({sla_len}) was breached {over} ago. Card #{card.id}."
         )
     return (
-        f"🚨 SLA breached — {who} has waited {waited} in {where} (SLA {sla_len}). "
-        f"Card #{card.id}.\n" + how_to_act(card.id)
+        f"🚨 SLA breached — {who} has waited {waited} in {where} (SLA {sla_len}). Card #{card.id}."
     )
 
 
-def how_to_act(card_id: int) -> str:
-    """The line under an escalation that says how to answer it by WhatsApp (commands.py)."""
-    return f"Reply TAKE, ACK, SNOOZE 30 or ASSIGN <name> (card #{card_id})."
+def how_to_act(card_id: int, person: User) -> str:
+    """The line under a breach or an escalation that says how the person may answer it by
+    WhatsApp (commands.py): ACK, SNOOZE and ASSIGN are for supervisors."""
+    if person.is_supervisor:
+        return f"Reply TAKE, ACK, SNOOZE 30 or ASSIGN <name> (card #{card_id})."
+    return f"Reply TAKE to make it yours (card #{card_id})."
 
 
 def local_time(row: BusinessCalendar | None, moment: datetime) -> str:

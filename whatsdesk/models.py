@@ -67,6 +67,11 @@ class User(Base):
         return self.role in SUPERVISOR_ROLES
 
     @property
+    def reachable_by_whatsapp(self) -> bool:
+        """Can alerts reach the person now: active, with a WhatsApp number?"""
+        return self.active and bool(self.whatsapp)
+
+    @property
     def is_admin(self) -> bool:
         return self.role == "admin"
 

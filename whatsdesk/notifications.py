@@ -65,10 +65,10 @@ def gather(session: Session, user_id: int, now: datetime) -> Batch:
     if session.scalar(any_pending) is None:
         return Batch()
     user = session.get(User, user_id)
-    if not reachable(user):
+    if user is None or not user.reachable_by_whatsapp:
         _fail_unreachable(session, user_id, user, now)
         return Batch()
-    assert user is not None and user.whatsapp
+    assert user.whatsapp
     window = timedelta(seconds=settings.notifications(session).digest_seconds)
     if window:
         last = session.scalar(LAST_ALERTED, {"user_id": user_id})
@@ -121,11 +121,6 @@ def _pending(user_id: int) -> ColumnElement[bool]:
         Message.sla_event_id.is_not(None),
         Message.sent_at.is_(None),  # not yet handed to the sender on its own
     )
-
-
-def reachable(person: User | None) -> bool:
-    """Can alerts reach this staff member now: active, with a WhatsApp number?"""
-    return person is not None and person.active and bool(person.whatsapp)
 
 
 def _fail_unreachable(session: Session, user_id: int, user: User | None, now: datetime) -> None:
@@ -226,7 +221,9 @@ def retry_as_template(session: Session, sid: str) -> Message | None:
 
 
 def _as_template_again(session: Session, message: Message) -> Message | None:
-    if not is_staff_alert(message) or message.content_sid or not reachable(message.user):
+    if not is_staff_alert(message) or message.content_sid:
+        return None
+    if message.user is None or not message.user.reachable_by_whatsapp:
         return None
     if message.status not in ("failed", "undelivered") or message.error_code != WINDOW_CLOSED:
         return None

@@ -13,7 +13,7 @@ from redis import Redis
 from sqlalchemy import func, select
 from werkzeug.security import check_password_hash
 
-from whatsdesk import accounts, pipelines
+from whatsdesk import accounts, configuration, pipelines
 from whatsdesk.alarms import TICK_AHEAD_SECONDS, Alarms
 from whatsdesk.cli import DEFAULT_PIPELINE_FILE, DEMO_PASSWORD, DEMO_STAFF
 from whatsdesk.config import Config
@@ -414,6 +414,23 @@ def test_demo_twice_is_harmless(app: Flask, client: FlaskClient, config: Config)
     assert count(config, User) == len(DEMO_STAFF)
     assert count(config, Pipeline) == 1
     assert count(config, Card) == 1
+
+
+def test_demo_again_keeps_the_configuration_changed_since(app: Flask, config: Config) -> None:
+    """`make run` runs demo at every start: what an admin changed on /settings stays."""
+    assert run(app, "demo").exit_code == 0
+    changed = pipelines.parse(stored_yaml(app))
+    changed.pipelines[0].stages[0].sla_seconds = 45 * 60
+    with session_factory(config.database_url)() as s:
+        configuration.apply(s, changed, None, "stage", "support/new", now())
+        s.commit()
+    edited = stored_yaml(app)
+
+    again = run(app, "demo")
+
+    assert again.exit_code == 0, again.output
+    assert "Pipelines are configured already: kept as they are" in again.stdout
+    assert stored_yaml(app) == edited
 
 
 def test_demo_keeps_an_existing_demo_password(app: Flask, config: Config) -> None:

@@ -9,10 +9,12 @@ import click
 from flask import Flask
 from flask.cli import AppGroup, with_appcontext
 from redis.exceptions import RedisError
+from sqlalchemy import select
 
 from . import accounts, configuration, current_alarms, get_session, pipeline_store, pipelines
 from .config import PROJECT_ROOT
 from .db import utcnow
+from .models import Pipeline
 
 DEFAULT_PIPELINE_FILE = PROJECT_ROOT / "pipelines" / "default.yaml"
 DEMO_PASSWORD = "whatsdesk-demo"
@@ -134,7 +136,8 @@ def users_shift(email: str, calendar: str) -> None:
 @click.command("demo")
 @with_appcontext  # AppGroup commands get this themselves; a plain command does not
 def demo() -> None:
-    """Demo staff (if missing) and the default pipeline; prints the logins."""
+    """Demo staff (if missing) and, on a desk with no pipeline yet, the default pipeline;
+    prints the logins. A desk's own configuration (changed on /settings) is kept."""
     session = get_session()
     for name, email, role, phone in DEMO_STAFF:
         if accounts.find_by_email(session, email) is None:
@@ -148,7 +151,10 @@ def demo() -> None:
                 now=utcnow(),
             )
     session.commit()
-    load_file(DEFAULT_PIPELINE_FILE)
+    if session.scalar(select(Pipeline.id).limit(1)) is None:
+        load_file(DEFAULT_PIPELINE_FILE)
+    else:
+        click.echo("Pipelines are configured already: kept as they are (see /settings).")
     click.echo(f"Demo logins (password for all: {DEMO_PASSWORD}):")
     for name, email, role, phone in DEMO_STAFF:
         click.echo(f"  {role:<10} {email:<28} {name} (WhatsApp {phone})")

@@ -10,6 +10,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+import pytest
 from redis import Redis
 
 from whatsdesk.config import PROJECT_ROOT, Config
@@ -28,6 +29,23 @@ def test_private_redis_answers_on_its_socket_and_stops() -> None:
     private.stop()
     assert private.process is None
     assert eventually(lambda: not (folder / "redis.sock").exists(), timeout=10)
+
+
+def test_a_second_private_redis_in_the_same_folder_is_refused_and_the_first_keeps_going() -> None:
+    """A second `make run` in the same checkout: its Redis would take over the socket and
+    remove it as it stopped, cutting the first desk off."""
+    folder = Path("/tmp") / f"wd-private-{uuid.uuid4().hex[:8]}"
+    first = PrivateRedis(folder / "redis.sock", persist=False)
+    url = first.start()
+    try:
+        with pytest.raises(RuntimeError, match="another whatsdesk started here is using"):
+            PrivateRedis(folder / "redis.sock", persist=False).start()
+        assert Redis.from_url(url).ping()
+    finally:
+        first.stop()
+    again = PrivateRedis(folder / "redis.sock", persist=False)  # the first has stopped
+    assert Redis.from_url(again.start()).ping()
+    again.stop()
 
 
 def test_launcher_starts_web_worker_and_sweep_and_ctrl_c_stops_them(

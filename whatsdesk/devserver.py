@@ -31,9 +31,13 @@ def local_secret_key() -> str:
 
 def main() -> int:
     config = Config.from_env()
-    metrics.start_afresh()  # this run's counters start from zero, as Prometheus expects
     redis = PrivateRedis(PRIVATE_REDIS_SOCKET) if config.redis_url_is_private else None
-    redis_url = redis.start() if redis else config.redis_url
+    try:
+        redis_url = redis.start() if redis else config.redis_url
+    except RuntimeError as exc:
+        print(f"whatsdesk cannot start: {exc}", file=sys.stderr)
+        return 1
+    metrics.start_afresh()  # this run's counters start from zero, as Prometheus expects
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",

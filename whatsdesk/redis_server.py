@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import shutil
 import subprocess
 import time
 from pathlib import Path
+from typing import TextIO
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -37,6 +39,22 @@ class PrivateRedis:
         self.folder = socket.parent
         self.persist = persist
         self.process: subprocess.Popen[bytes] | None = None
+        self._lock: TextIO | None = None
+
+    def _take_folder(self) -> None:
+        """One private Redis per folder: a second one would take over the socket, and
+        remove it as it stops, cutting the first desk off its Redis. The lock goes with
+        the process that holds it, however it ends."""
+        lock = (self.folder / "redis.lock").open("w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.close()
+            raise RuntimeError(
+                f"another whatsdesk started here is using its private Redis ({self.socket}): "
+                "stop it first (Ctrl-C where it runs), or set REDIS_URL"
+            ) from None
+        self._lock = lock
 
     @property
     def url(self) -> str:
@@ -44,6 +62,7 @@ class PrivateRedis:
 
     def start(self, timeout: float = 10.0) -> str:
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._take_folder()
         save = ["--save", "60 1", "--appendonly", "yes"] if self.persist else ["--save", ""]
         self.process = subprocess.Popen(
             [
@@ -86,3 +105,6 @@ class PrivateRedis:
             except subprocess.TimeoutExpired:
                 self.process.kill()
         self.process = None
+        if self._lock is not None:
+            self._lock.close()  # and with it the lock
+            self._lock = None

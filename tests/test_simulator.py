@@ -7,9 +7,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
-from whatsdesk import create_app, jobs
+from whatsdesk import create_app, escalation, jobs, notifications, pipelines, settings
 from whatsdesk.config import Config
-from whatsdesk.models import Card, Contact, Message
+from whatsdesk.db import utcnow
+from whatsdesk.models import Card, Contact, Message, StageVisit, User
 
 from conftest import count, csrf_token, fresh, login, page_token, seed
 
@@ -215,3 +216,26 @@ def test_send_works_behind_a_public_url(seeded: Config, session: Session) -> Non
     assert answer.status_code == 200, answer.get_data(as_text=True)
     assert [m["body"] for m in phone_thread(client)][0] == "Hello from behind the proxy"
     assert count(session, Card) == 1
+
+
+def test_a_staff_phone_shows_a_digest_not_the_alerts_it_carried(
+    client: FlaskClient, seeded: Config, session: Session
+) -> None:
+    settings.save_notifications(session, pipelines.NotificationsSpec(digest_seconds=30), utcnow())
+    session.commit()
+    login(client)
+    for n in range(3):
+        assert send(client, "Hello", phone=f"+551198765430{n}").status_code == 200
+    for visit in session.scalars(select(StageVisit)).all():
+        assert visit.deadline_at is not None
+        escalation.fire(session, visit.id, "breach", visit.deadline_at)
+    session.commit()
+    sofia = session.scalars(select(User).where(User.email == "sofia@example.com")).one()
+    [digest] = notifications.gather(session, sofia.id, utcnow()).sends
+    session.commit()
+
+    phones = client.get("/simulator/phones").get_json()["staff"]
+
+    [shown] = [p["messages"] for p in phones if p["whatsapp"] == sofia.whatsapp]
+    assert [(m["direction"], m["body"]) for m in shown] == [("out", digest.body)]
+    assert digest.body.startswith("📋 3 SLA alerts")

@@ -86,9 +86,12 @@ def phones() -> ResponseReturnValue:
 
 
 def _thread(session, address: str) -> list[dict[str, str]]:  # type: ignore[no-untyped-def]
+    """The phone's messages, as it shows them: an alert that went out inside a digest
+    ("bundled") never reached it on its own; the digest did."""
     messages = session.scalars(
         select(Message)
         .where(or_(Message.to_address == address, Message.from_address == address))
+        .where(Message.status != "bundled")
         .order_by(Message.created_at.desc(), Message.id.desc())
         .limit(50)
     ).all()

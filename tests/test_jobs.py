@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import sqlite3
 import threading
 import uuid
 from collections.abc import Iterator
@@ -1206,6 +1207,30 @@ def test_the_sweep_points_a_visit_at_its_next_instant_as_a_re_timing_left_it(
         retimer.close()
 
     assert next_due(seeded, visit_id) == sooner
+
+
+def test_on_sqlite_a_card_locked_for_a_change_keeps_other_writers_waiting(
+    seeded: Config, session: Session
+) -> None:
+    """SQLite has no row locks, and pysqlite starts a transaction at the first write: locking
+    a card takes the database's write lock, so a worker's change (a timeout moving the card)
+    cannot land between an agent's read of the card and its own write."""
+    if make_url(seeded.database_url).get_backend_name() != "sqlite":
+        pytest.skip("PostgreSQL locks the card's row (the tests above)")
+    card = open_card(session).card
+    assert card is not None
+    agent = session_factory(seeded.database_url)()
+    worker = sqlite3.connect(str(make_url(seeded.database_url).database), timeout=0.2)
+    try:
+        assert desk.lock_card(agent, card.id) is not None
+        with pytest.raises(sqlite3.OperationalError, match="database is locked"):
+            worker.execute("UPDATE cards SET status = status")
+        agent.commit()
+        worker.execute("UPDATE cards SET status = status")  # now it may
+        worker.commit()
+    finally:
+        agent.close()
+        worker.close()
 
 
 def test_a_sweep_with_nothing_to_do_reads_in_five_statements(seeded: Config) -> None:

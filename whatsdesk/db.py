@@ -9,7 +9,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, make_url
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, ORMExecuteState, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 NAMING_CONVENTION = {
@@ -80,7 +80,23 @@ def _make_parent_dir(url: str) -> None:
 
 
 def session_factory(url: str) -> sessionmaker[Session]:
-    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
+    maker = sessionmaker(bind=get_engine(url), expire_on_commit=False)
+    if url.startswith("sqlite"):
+        event.listen(maker, "do_orm_execute", _sqlite_write_lock)
+    return maker
+
+
+def _sqlite_write_lock(state: ORMExecuteState) -> None:
+    """SQLite has no row locks, and pysqlite begins a transaction only at the first write:
+    another process may commit between a session's reads and its first write (a worker's
+    timeout moving the card an agent is moving). A read FOR UPDATE — the card a change is
+    about — takes the database's write lock first (BEGIN IMMEDIATE, waiting as any write
+    does), as PostgreSQL takes the rows': changes to one card happen one after the other."""
+    if not state.is_select or getattr(state.statement, "_for_update_arg", None) is None:
+        return
+    connection = state.session.connection()
+    if not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 @contextmanager

@@ -680,6 +680,20 @@ def test_a_form_sent_twice_sends_one_message(
     assert outbound_count(agent) == before + 2
 
 
+def test_another_reply_from_a_page_come_back_to_is_sent(client: FlaskClient, agent: Config) -> None:
+    card = customer_writes(agent)
+    before = outbound_count(agent)
+    path = f"/cards/{card}/reply"
+    form = hidden_fields(conversation(client, card), path)
+    client.post(path, data={**form, "body": "On its way"}, follow_redirects=True)
+
+    # The browser's Back shows the page as it was, its form's token too: a new text.
+    page = client.post(path, data={**form, "body": "Tracking: BR123"}, follow_redirects=True)
+
+    assert flashes(page.get_data(as_text=True)) == ["Reply sent."]
+    assert outbound_count(agent) == before + 2
+
+
 def test_a_template_reaches_twilio_as_its_content_sid_and_variables(
     client: FlaskClient, agent: Config, twilio_server: TwilioServer, redis: Redis
 ) -> None:

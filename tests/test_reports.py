@@ -191,8 +191,10 @@ def table(page: str, name: str) -> list[list[str]]:
 def get_csv(client: FlaskClient, **args: str) -> list[list[str]]:
     answer = client.get("/reports.csv", query_string={**PERIOD, **args})
     assert answer.status_code == 200, answer.get_data(as_text=True)
-    assert answer.mimetype == "text/csv"
-    return list(csv.reader(io.StringIO(answer.get_data(as_text=True))))
+    assert answer.headers["Content-Type"] == "text/csv; charset=utf-8"
+    text = answer.get_data(as_text=True)
+    assert text.startswith("\ufeff")  # the byte-order mark: Excel reads accents as UTF-8
+    return list(csv.reader(io.StringIO(text.removeprefix("\ufeff"))))
 
 
 def report_page(client: FlaskClient, **args: str) -> str:

@@ -157,10 +157,10 @@ def edit(
     now: datetime,
     retime: bool = False,
 ) -> Applied:
-    """Apply `change` to the current configuration (a page's edit of one part of it). Page
-    edits take the pipelines' rows first, one at a time (PostgreSQL), so that a change's
-    check of what its page showed (`version`) reads what no other edit is writing."""
-    session.execute(select(Pipeline.id).order_by(Pipeline.id).with_for_update()).all()
+    """Apply `change` to the current configuration (a page's edit of one part of it), read
+    afresh from the database: a change's check of what its page showed (`version`) compares
+    it with what is stored, not with what the request loaded earlier."""
+    session.expire_all()
     return apply(session, change(current(session)), user, action, target, now, retime)
 
 

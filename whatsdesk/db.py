@@ -80,12 +80,10 @@ def _make_parent_dir(url: str) -> None:
 
 
 def session_factory(url: str) -> sessionmaker[Session]:
-    maker = sessionmaker(bind=get_engine(url), expire_on_commit=False)
-    if url.startswith("sqlite"):
-        event.listen(maker, "do_orm_execute", _sqlite_write_lock)
-    return maker
+    return sessionmaker(bind=get_engine(url), expire_on_commit=False)
 
 
+@event.listens_for(Session, "do_orm_execute")
 def _sqlite_write_lock(state: ORMExecuteState) -> None:
     """SQLite has no row locks, and pysqlite begins a transaction only at the first write:
     another process may commit between a session's reads and its first write (a worker's
@@ -95,6 +93,8 @@ def _sqlite_write_lock(state: ORMExecuteState) -> None:
     if not state.is_select or getattr(state.statement, "_for_update_arg", None) is None:
         return
     connection = state.session.connection()
+    if connection.dialect.name != "sqlite":
+        return
     if not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 

@@ -698,16 +698,20 @@ class Replied:
     repeated: bool = False  # the same form sent again: its message was queued already
 
 
-def sent_before(session: Session, dedupe_key: str) -> Message | None:
-    """The message a form sent once already (a double click, a resubmitted page): the
-    form's one-time key is its dedupe key."""
-    return session.scalars(select(Message).where(Message.dedupe_key == dedupe_key)).first()
-
-
-def once_key(kind: str, once: str | None) -> str:
-    """The dedupe key of a message a person sends from a page: `once`, the page form's
-    one-time token, makes a second submission of that form a repeat; none, always new."""
-    return f"{kind}-{once or uuid.uuid4().hex}"
+def sent_before(
+    session: Session, kind: str, once: str | None, body: str
+) -> tuple[str, Message | None]:
+    """The dedupe key of a message a person sends from a page, and the message if the same
+    form sent it already (a double click, a resubmitted page): `once`, the page form's
+    one-time token, with the same text. Another text under that token (a page come back to
+    with the browser's Back) is a new message; so is one without a token."""
+    key = f"{kind}-{once}" if once else f"{kind}-{uuid.uuid4().hex}"
+    earlier = session.scalars(select(Message).where(Message.dedupe_key == key)).first()
+    if earlier is None:
+        return key, None
+    if earlier.body == body:
+        return key, earlier
+    return f"{kind}-{uuid.uuid4().hex}", None
 
 
 MAX_BODY = 1600  # WhatsApp's limit for one message through Twilio
@@ -719,17 +723,16 @@ def agent_reply(
     """An agent answers the customer: the message is queued for the send job, the customer
     is no longer waiting, an unowned card becomes the agent's, and the pipeline's
     `agent_reply` automation moves the card (e.g. to "waiting on customer"). `once`: the
-    form's one-time token (see once_key); the same form sent again queues nothing more."""
+    form's one-time token (see sent_before); the same form sent again queues nothing more."""
     card = _open_card(session, card_id)  # locked: a second submission waits for the first
-    key = once_key("reply", once)
-    repeated = sent_before(session, key)
-    if repeated is not None:
-        return Replied(repeated, None, repeated=True)
     text = body.strip()
     if not text:
         raise DeskError("the reply is empty")
     if len(text) > MAX_BODY:
         raise DeskError(f"the reply is {len(text)} characters; WhatsApp takes at most {MAX_BODY}")
+    key, repeated = sent_before(session, "reply", once, text)
+    if repeated is not None:
+        return Replied(repeated, None, repeated=True)
     if not window_open(card.contact.last_inbound_at, now):
         raise DeskError(
             "the customer's last message is more than 24 hours old: WhatsApp only accepts an "

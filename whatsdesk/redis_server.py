@@ -62,7 +62,8 @@ class PrivateRedis:
 
     def start(self, timeout: float = 10.0) -> str:
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._take_folder()
+        if self._lock is None:  # started again after its process died: the folder is ours
+            self._take_folder()
         save = ["--save", "60 1", "--appendonly", "yes"] if self.persist else ["--save", ""]
         self.process = subprocess.Popen(
             [
@@ -88,6 +89,7 @@ class PrivateRedis:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self.stop()  # and let the folder go
                 raise RuntimeError(f"redis-server exited; see {self.folder / 'redis.log'}")
             try:
                 if Redis.from_url(self.url).ping():

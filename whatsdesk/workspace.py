@@ -207,7 +207,7 @@ def send_template(
 ) -> Done:
     """Outside the 24-hour window only an approved template reaches the customer: this one,
     its variables filled in for the customer. Inside the window it may be sent too. `once`:
-    the form's one-time token (desk.once_key): the same form sent again sends nothing more."""
+    the form's one-time token (desk.sent_before): the same form sent again sends nothing more."""
     template = next((t for t in templates(session) if t.key == key), None)
     if template is None:
         raise DeskError("choose one of the approved templates")
@@ -219,13 +219,14 @@ def send_template(
             f"{card.contact.display_name} sent STOP: no messages the customer did not ask for "
             "until they send START"
         )
-    dedupe_key = desk.once_key("template", once)
-    if desk.sent_before(session, dedupe_key) is not None:
+    body = fill(template.text, card, agent)
+    dedupe_key, repeated = desk.sent_before(session, "template", once, body)
+    if repeated is not None:
         return Done()
     message = desk.queue_outbound(
         session,
         to=card.contact.address,
-        body=fill(template.text, card, agent),
+        body=body,
         card=card,
         contact=card.contact,
         user=agent,

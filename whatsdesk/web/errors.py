@@ -47,7 +47,7 @@ def conflict(exc: IntegrityError) -> Response | tuple[str, int]:
     finds the twin stored); a person is told the truth, not that the database is down."""
     if request.path.startswith("/twilio/"):
         return unavailable("database")(exc)
-    log.warning("the database refused a change as a conflict: %s", exc.orig)
+    log.error("the database refused a change as a conflict: %s", exc.orig, exc_info=exc)
     return http_error(
         Conflict(
             "the change clashes with something stored meanwhile (another person's change?): "

@@ -216,6 +216,7 @@ def export() -> Response:
             return Response(f"table must be one of: {choices}\n", 400, mimetype="text/plain")
         table = tables(reports.build(get_session(), period))[name]
     out = io.StringIO()
+    out.write("\ufeff")  # UTF-8's byte-order mark: Excel then reads João, not JoÃ£o
     writer = csv.writer(out)
     writer.writerow([_header(c) for c in table.columns])
     for row in table.rows:
@@ -223,7 +224,7 @@ def export() -> Response:
     filename = f"whatsdesk-{name}-{period.first_day}-{period.last_day}.csv"
     return Response(
         out.getvalue(),
-        mimetype="text/csv",
+        content_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )
 

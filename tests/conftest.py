@@ -35,7 +35,7 @@ from sqlalchemy.sql import ClauseElement
 
 from whatsdesk import accounts, create_app, pipeline_store, pipelines, whatsapp
 from whatsdesk.config import PROJECT_ROOT, Config
-from whatsdesk.db import Base, get_engine, session_factory
+from whatsdesk.db import Base, _sqlite_write_lock, get_engine, session_factory
 from whatsdesk.models import Contact, User
 from whatsdesk.redis_server import PrivateRedis
 
@@ -396,6 +396,18 @@ def statements(config: Config) -> Iterator[list[str]]:
         yield seen
     finally:
         event.remove(engine, "before_cursor_execute", capture)
+
+
+@pytest.fixture
+def without_sqlite_write_lock() -> Iterator[None]:
+    """SQLite's stand-in for row locks off (whatsdesk.db._sqlite_write_lock): two sessions
+    may read the same card before either writes — the worst interleaving, which the unique
+    constraints and conditional updates must still make safe."""
+    event.remove(Session, "do_orm_execute", _sqlite_write_lock)
+    try:
+        yield
+    finally:
+        event.listen(Session, "do_orm_execute", _sqlite_write_lock)
 
 
 def keeps_another_waiting(database_url: str, dbapi_connection: Any) -> bool:

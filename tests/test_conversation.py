@@ -464,6 +464,7 @@ def test_a_second_agent_is_told_who_already_has_the_conversation(
     assert [kind for kind, _ in history(page)].count("claimed") == 1
 
 
+@pytest.mark.usefixtures("without_sqlite_write_lock")  # on SQLite: both read, then write
 def test_two_agents_taking_it_at_once_one_gets_it_and_the_other_is_told_who(
     app: Flask, seeded: Config
 ) -> None:

@@ -366,6 +366,7 @@ def test_warning_not_fired_by_the_deadline_is_never_fired(
     assert alerts(env) == []
 
 
+@pytest.mark.usefixtures("without_sqlite_write_lock")
 def test_two_workers_firing_at_once_record_one_event_and_one_set_of_alerts(
     seeded: Config, session: Session, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -410,12 +411,13 @@ def both_read_what_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(escalation, "recorded_of", recorded_of_then_wait)
 
 
+@pytest.mark.usefixtures("without_sqlite_write_lock")
 def test_two_workers_firing_the_same_batch_at_once_record_each_event_and_alert_once(
     seeded: Config, session: Session, redis: Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A clock job and the sweep can take the same second's events together: on PostgreSQL
-    the cards' locks serialise them; on SQLite the unique constraints fail the second batch,
-    which then tries each event alone and finds it recorded."""
+    the cards' locks serialise them; on SQLite without its write lock the unique constraints
+    fail the second batch, which then tries each event alone and finds it recorded."""
     visits = [open_card(session, phone=f"+55119999800{n:02d}").new_visit for n in range(3)]
     owed = [(v.id, "warning") for v in visits if v is not None]
     if session.get_bind().dialect.name == "sqlite":

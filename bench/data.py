@@ -319,7 +319,16 @@ def history(
             )
             if breached:
                 events.append(
-                    (event0 + len(events), visit_id, card0 + n, "breach", deadline, deadline, "{}")
+                    (
+                        event0 + len(events),
+                        visit_id,
+                        card0 + n,
+                        "breach",
+                        deadline,
+                        deadline,
+                        "{}",
+                        owner,
+                    )
                 )
             at = left
         cards.append(
@@ -371,7 +380,7 @@ def history(
     copy(
         database_url,
         "sla_events",
-        ["id", "visit_id", "card_id", "kind", "due_at", "fired_at", "detail"],
+        ["id", "visit_id", "card_id", "kind", "due_at", "fired_at", "detail", "owner_id"],
         events,
     )
     fix_sequences(database_url, ["contacts", "cards", "stage_visits", "sla_events"])

@@ -71,8 +71,8 @@ ROWS = [
     "INSERT INTO stage_escalations (id, stage_id, level, after_seconds) VALUES (1, 1, 1, 300)",
     "INSERT INTO stage_escalation_recipients (escalation_id, user_id) VALUES (1, 2)",
     f"INSERT INTO contacts (id, address, created_at) VALUES (1, 'whatsapp:+5511999990000', {T})",
-    "INSERT INTO cards (id, contact_id, pipeline_id, stage_id, status, opened_at) "
-    f"VALUES (1, 1, 1, 2, 'open', {T})",
+    "INSERT INTO cards (id, contact_id, pipeline_id, stage_id, owner_id, status, opened_at) "
+    f"VALUES (1, 1, 1, 2, 1, 'open', {T})",
     "INSERT INTO stage_visits (id, card_id, stage_id, entered_at, left_at, warning_at, "
     f"deadline_at, escalations_at, wall_seconds, business_seconds) VALUES (1, 1, 1, {T}, "
     f"{LATER}, '2026-11-20 10:01:00+00:00', '2026-11-20 10:02:00+00:00', '[]', 300, 300)",
@@ -123,6 +123,8 @@ def test_upgrading_a_database_in_use_keeps_every_row(empty_database: str) -> Non
             "messages": 1,
         }
         assert conn.execute(text("SELECT card_id FROM sla_events")).scalar_one() == 1
+        # The breach is credited to the card's owner as the upgrade found it.
+        assert conn.execute(text("SELECT owner_id FROM sla_events")).scalar_one() == 1
         outcomes = conn.execute(text("SELECT id, outcome FROM stage_visits ORDER BY id")).all()
         assert [tuple(o) for o in outcomes] == [(1, "breached"), (2, "ongoing")]
         assert conn.execute(text("SELECT sent_at FROM messages")).scalar_one() is not None

@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-from whatsdesk import dashboard, pipeline_store, pipelines, reports
+from whatsdesk import dashboard, escalation, pipeline_store, pipelines, reports
 from whatsdesk import desk as desk_module
 from whatsdesk.config import Config
 from whatsdesk.db import get_engine, session_factory
@@ -122,6 +122,7 @@ class History:
         return visit
 
     def event(self, visit: StageVisit, kind: str, fired: str) -> None:
+        card = self.session.get_one(Card, visit.card_id)
         self.session.add(
             SlaEvent(
                 visit_id=visit.id,
@@ -129,6 +130,7 @@ class History:
                 kind=kind,
                 due_at=at(fired),
                 fired_at=at(fired),
+                owner_id=card.owner_id,  # the card's owner when it fired
             )
         )
 
@@ -258,6 +260,43 @@ def test_agents_and_pipelines_are_counted_by_id_not_by_name(
     assert sorted(table(report_page(client), "agents")[1:]) == rows
     assert sorted(get_csv(client, table="agents")[1:]) == rows
     assert table(report_page(client), "pipelines")[1:] == [["Support", "4", "0"]]
+
+
+REASSIGNING = """
+pipelines:
+  - key: support
+    name: Support
+    default: true
+    stages:
+      - {key: reply, name: Waiting for our reply, sla: 5m, reassign: bruno@example.com}
+notifications:
+  digest_window: off
+"""
+
+
+def test_a_breach_is_credited_to_whose_card_it_was_not_to_who_received_it(
+    config: Config, session: Session
+) -> None:
+    """The stage hands a breached card to Bruno: the breach is Ana's, who let it run out."""
+    seed(config.database_url)
+    t0 = datetime(2026, 3, 3, 12, 0, tzinfo=UTC)
+    pipeline_store.load(session, pipelines.parse(REASSIGNING), t0)
+    contact = Contact(address="whatsapp:+5511900000001", created_at=t0)
+    pipeline = session.scalars(select(Pipeline)).one()
+    card, visit = desk_module.open_card(session, contact, pipeline, t0)
+    card.owner = session.scalars(select(User).where(User.email == "ana@example.com")).one()
+    session.commit()
+
+    assert escalation.fire(session, visit.id, "breach", t0 + timedelta(minutes=6)) is not None
+    session.commit()
+
+    assert card.owner is not None and card.owner.name == "Bruno Agent"
+    report = reports.build(session, reports.Period("custom", t0.date(), t0.date(), "UTC"))
+    board = dashboard.build(session, t0 + timedelta(minutes=7))
+    credited = {a.name: a.violations.breaches for a in report.agents}
+    today = {a.name: a.breaches_today for a in board.agents}
+    assert credited == {"Ana Agent": 1}
+    assert (today["Ana Agent"], today["Bruno Agent"]) == (1, 0)
 
 
 def test_hit_rate_time_in_stage_and_conversion(client: FlaskClient, desk: Config) -> None:

@@ -240,7 +240,7 @@ def due_query(now: datetime, overdue: bool, limit: int) -> Select[Any]:
 
 def agent_rows(session: Session, since: datetime, until: datetime) -> list[AgentRow]:
     """Every active agent: the open cards they own, and the breaches fired between `since`
-    and `until` on cards they own."""
+    and `until` on cards that were theirs then."""
     load = (
         select(Card.owner_id.label("user_id"), func.count().label("n"))
         .where(Card.status == "open", Card.owner_id.is_not(None))
@@ -248,11 +248,9 @@ def agent_rows(session: Session, since: datetime, until: datetime) -> list[Agent
         .subquery()
     )
     breaches = (
-        select(Card.owner_id.label("user_id"), func.count().label("n"))
-        .select_from(SlaEvent)
-        .join(Card, Card.id == SlaEvent.card_id)
+        select(SlaEvent.owner_id.label("user_id"), func.count().label("n"))
         .where(SlaEvent.kind == sla.BREACH, SlaEvent.fired_at >= since, SlaEvent.fired_at < until)
-        .group_by(Card.owner_id)
+        .group_by(SlaEvent.owner_id)
         .subquery()
     )
     rows = session.execute(

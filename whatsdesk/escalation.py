@@ -168,7 +168,14 @@ def _fire_locked(
         return None
     due_at = timers.instant(kind)
     assert due_at is not None
-    event = SlaEvent(visit=visit, card_id=visit.card_id, kind=kind, due_at=due_at, fired_at=now)
+    event = SlaEvent(
+        visit=visit,
+        card_id=visit.card_id,
+        kind=kind,
+        due_at=due_at,
+        fired_at=now,
+        owner_id=visit.card.owner_id,
+    )
     session.add(event)
     visit.next_due_at = sla.next_instant(timers, recorded | {kind})
     if kind == sla.BREACH:
@@ -298,6 +305,7 @@ def _reassign(
         due_at=fired.event.due_at,
         fired_at=now,
         detail={"from": previous.id if previous else None, "to": target.id},
+        owner_id=previous.id if previous else None,
     )
     session.add(event)
     before = f" from {previous.name}" if previous else ""

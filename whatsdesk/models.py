@@ -379,6 +379,9 @@ class SlaEvent(Base):
     fired_at: Mapped[datetime] = mapped_column(UTCDateTime)
     # What the event did besides telling people, e.g. {"from": 3, "to": 5} for a reassignment.
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    # Whose card it was when the event fired (before any reassignment it set off): reports
+    # and the dashboard credit a breach to them, not to whoever owns the card later.
+    owner_id: Mapped[int | None] = mapped_column(ForeignKey("users.id"))
 
     visit: Mapped[StageVisit] = relationship()
     notifications: Mapped[list[Message]] = relationship(

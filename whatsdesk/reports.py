@@ -20,7 +20,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from . import clock, configuration
 from .durations import spoken
-from .models import Card, Pipeline, SlaEvent, Stage, StageVisit, User
+from .models import Pipeline, SlaEvent, Stage, StageVisit, User
 from .sla import BREACH, LEVEL_PREFIX, RESOLUTION_BREACH, RESOLUTION_WARNING, WARNING
 
 PRESETS = {"today": 1, "7d": 7, "30d": 30}
@@ -386,13 +386,12 @@ def build(session: Session, period: Period) -> Report:
 
 
 def _event_counts(session: Session, period: Period) -> list[Any]:
-    """(local day, kind, stage id, card owner id, count) of the period's breaches and
-    escalation levels."""
+    """(local day, kind, stage id, owner id, count) of the period's breaches and escalation
+    levels; the owner is whose card it was when each fired."""
     day = local_day(session, SlaEvent.fired_at, period)
     query = (
-        select(day, SlaEvent.kind, StageVisit.stage_id, Card.owner_id, func.count())
+        select(day, SlaEvent.kind, StageVisit.stage_id, SlaEvent.owner_id, func.count())
         .join(StageVisit, StageVisit.id == SlaEvent.visit_id)
-        .join(Card, Card.id == SlaEvent.card_id)
         .where(
             SlaEvent.fired_at >= period.start,
             SlaEvent.fired_at < period.end,
@@ -401,7 +400,7 @@ def _event_counts(session: Session, period: Period) -> list[Any]:
                 SlaEvent.kind.like(f"{LEVEL_PREFIX}%"),
             ),
         )
-        .group_by(day, SlaEvent.kind, StageVisit.stage_id, Card.owner_id)
+        .group_by(day, SlaEvent.kind, StageVisit.stage_id, SlaEvent.owner_id)
     )
     return list(session.execute(query))
 

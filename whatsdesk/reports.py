@@ -142,6 +142,8 @@ class StageTimes:
     breached: int = 0
     # Business seconds in the stage at the PERCENTILES, and the suggestion's percentile.
     percentiles: dict[float, float | None] = field(default_factory=dict)
+    # Wall-clock seconds in the stage at the same fractions (nights and weekends included).
+    wall: dict[float, float | None] = field(default_factory=dict)
 
     @property
     def with_sla(self) -> int:
@@ -156,15 +158,17 @@ class StageTimes:
 def stage_times(
     session: Session, period: Period, fractions: Sequence[float] = PERCENTILES
 ) -> dict[int, StageTimes]:
-    """Per stage: finished visits, met, breached and percentiles of business time — in SQL
-    on PostgreSQL (percentile_cont), from the sorted values elsewhere. One query."""
+    """Per stage: finished visits, met, breached and percentiles of business and of wall
+    time — in SQL on PostgreSQL (percentile_cont), from the sorted values elsewhere. One
+    query."""
     in_period = and_(StageVisit.left_at >= period.start, StageVisit.left_at < period.end)
     met = func.sum(case((StageVisit.outcome == "met", 1), else_=0))
     breached = func.sum(case((StageVisit.outcome == "breached", 1), else_=0))
     times: dict[int, StageTimes] = {}
     if session.get_bind().dialect.name == "postgresql":
         spreads = [
-            func.percentile_cont(fraction).within_group(StageVisit.business_seconds)
+            func.percentile_cont(fraction).within_group(column)
+            for column in (StageVisit.business_seconds, StageVisit.wall_seconds)
             for fraction in fractions
         ]
         rows = session.execute(
@@ -173,31 +177,37 @@ def stage_times(
             .group_by(StageVisit.stage_id)
         )
         for stage_id, finished, n_met, n_breached, *spread in rows:
+            found = [float(v) if v is not None else None for v in spread]
             times[stage_id] = StageTimes(
                 finished,
                 int(n_met or 0),
                 int(n_breached or 0),
-                {
-                    f: (float(v) if v is not None else None)
-                    for f, v in zip(fractions, spread, strict=True)
-                },
+                dict(zip(fractions, found[: len(fractions)], strict=True)),
+                dict(zip(fractions, found[len(fractions) :], strict=True)),
             )
         return times
-    values: dict[int, list[int]] = defaultdict(list)
+    business: dict[int, list[int]] = defaultdict(list)
+    wall: dict[int, list[int]] = defaultdict(list)
     listed = session.execute(
-        select(StageVisit.stage_id, StageVisit.outcome, StageVisit.business_seconds)
-        .where(in_period)
-        .order_by(StageVisit.stage_id, StageVisit.business_seconds)
+        select(
+            StageVisit.stage_id,
+            StageVisit.outcome,
+            StageVisit.business_seconds,
+            StageVisit.wall_seconds,
+        ).where(in_period)
     )
-    for stage_id, outcome, seconds in listed:
+    for stage_id, outcome, seconds, wall_seconds in listed:
         entry = times.setdefault(stage_id, StageTimes())
         entry.finished += 1
         entry.met += int(outcome == "met")
         entry.breached += int(outcome == "breached")
         if seconds is not None:
-            values[stage_id].append(seconds)
+            business[stage_id].append(seconds)
+        if wall_seconds is not None:
+            wall[stage_id].append(wall_seconds)
     for stage_id, entry in times.items():
-        entry.percentiles = {f: percentile(values[stage_id], f) for f in fractions}
+        entry.percentiles = {f: percentile(sorted(business[stage_id]), f) for f in fractions}
+        entry.wall = {f: percentile(sorted(wall[stage_id]), f) for f in fractions}
     return times
 
 

@@ -337,8 +337,7 @@ def _chosen(
 ) -> Received:
     pipeline = session.scalars(select(Pipeline).where(Pipeline.key == key)).one()
     card.pipeline = pipeline
-    first = stage_for_event(pipeline, NEW_CONVERSATION) or pipeline.stages[0]
-    visit = _leave_menu(session, card, first, menu, now)
+    visit = _leave_menu(session, card, first_stage(pipeline), menu, now)
     texts = bot.Texts(pipeline.language, pipeline.texts)
     wait = estimate(session, card, now)
     ack = texts.acknowledgement(card.contact.profile_name, pipeline.name, wait)
@@ -367,7 +366,7 @@ def _person_takes_over_menu(
     default the stage a new conversation starts in). None if the card is not at the menu."""
     if card.menu_deadline_at is None:
         return None
-    first = stage or stage_for_event(card.pipeline, NEW_CONVERSATION) or card.pipeline.stages[0]
+    first = stage or first_stage(card.pipeline)
     return _leave_menu(session, card, first, settings.menu(session), now)
 
 
@@ -489,7 +488,7 @@ def open_card(
 ) -> tuple[Card, StageVisit]:
     """A new conversation, the customer waiting since now, and its first stage visit (the
     card and the visit written in one flush)."""
-    first = stage_for_event(pipeline, NEW_CONVERSATION) or pipeline.stages[0]
+    first = first_stage(pipeline)
     card = Card(contact=contact, pipeline=pipeline, stage=first, status="open", opened_at=now)
     card.resolution_used_seconds = card.paused_seconds = 0
     card.previous_card_id, card.waiting_since = previous_card_id, now
@@ -675,6 +674,11 @@ def stage_for_event(pipeline: Pipeline, event: str, current: Stage | None = None
     if target is None or target is current:
         return None
     return target
+
+
+def first_stage(pipeline: Pipeline) -> Stage:
+    """Where a new conversation starts: the stage its automation names, else the first."""
+    return stage_for_event(pipeline, NEW_CONVERSATION) or pipeline.stages[0]
 
 
 def automate(session: Session, card: Card, event: str, now: datetime) -> StageVisit | None:

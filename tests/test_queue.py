@@ -14,7 +14,7 @@ import pytest
 from flask.testing import FlaskClient
 from sqlalchemy import Engine, event, select, text
 
-from whatsdesk import desk, pipeline_store, pipelines, whatsapp
+from whatsdesk import desk, pipeline_store, pipelines, settings, whatsapp
 from whatsdesk.config import Config
 from whatsdesk.db import get_engine, session_factory, utcnow
 from whatsdesk.models import Card, Contact, Pipeline, Stage, StageVisit, User
@@ -496,6 +496,28 @@ def test_queue_filters_by_sla_state(
 
     assert names(queue_rows(page)) == [shown]
     assert re.search(rf'<option value="{state}" selected>', page)
+
+
+def test_queue_filtered_to_no_sla_keeps_customers_still_choosing_a_team(
+    client: FlaskClient, agent: Config
+) -> None:
+    """A customer at the team menu has no stage clock yet and their row says "No SLA": the
+    "No SLA" filter shows them beside the cards in a stage without one."""
+    in_a_stage = customer_writes(client, agent, "+5511900000001", "Olga")
+    set_timers(agent, in_a_stage, None, None)
+    customer_writes(client, agent, "+5511900000002", "Caio")  # on time
+    with session_factory(agent.database_url)() as s:
+        pipeline_store.load(s, pipelines.parse(SALES_YAML), utcnow())
+        settings.save_menu(s, pipelines.MenuSpec(pipelines=["support", "sales"]), utcnow())
+        s.commit()
+    customer_writes(client, agent, "+5511900000003", "Jo")  # answered by the menu
+
+    rows = rows_of(client, "/queue?state=no_sla")
+
+    assert sorted((r["customer"].rsplit(" ", 1)[0], r["sla"]) for r in rows) == [
+        ("Jo", "– No SLA"),
+        ("Olga", "– No SLA"),
+    ]
 
 
 def test_queue_says_when_nothing_matches_the_filters(client: FlaskClient, agent: Config) -> None:

@@ -990,8 +990,12 @@ def _filtered(query: Select[Any], filters: QueueFilter, now: datetime) -> Select
         query = query.where(Card.owner_id.is_(None))
     if filters.state:
         visit = StageVisit
-        query = query.join(visit, and_(visit.card_id == Card.id, visit.left_at.is_(None)))
-        query = query.where(in_state(now, filters.state))
+        current = and_(visit.card_id == Card.id, visit.left_at.is_(None))
+        # A card whose customer is still choosing a team has no visit and shows "No SLA":
+        # for that state the join keeps cards without one (the condition holds on NULLs).
+        # Every other state's condition is false on NULLs, so they keep the inner join.
+        join = query.outerjoin if filters.state == sla.NO_SLA else query.join
+        query = join(visit, current).where(in_state(now, filters.state))
     return query
 
 

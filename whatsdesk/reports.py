@@ -524,9 +524,9 @@ class Suggestion:
     stage: StageInfo
     sample: int  # finished visits with a business time in the period
     p90: float | None
-    over_current: float | None  # share of them that took longer than the current SLA
+    over_current: float | None  # share of them that breached the current SLA
     suggested_seconds: int | None
-    over_suggested: float | None  # share that would take longer than the suggestion
+    over_suggested: float | None  # share that would have breached the suggestion
     reason: str | None  # why there is no suggestion to apply
 
     @property
@@ -588,19 +588,21 @@ def _no_suggestion(info: StageInfo, sample: int, suggested: int | None) -> str |
 def _over(
     session: Session, period: Period, infos: list[StageInfo], proposed: dict[int, int]
 ) -> tuple[dict[int, int], dict[int, int], dict[int, int]]:
-    """Per stage: finished visits with a business time, how many took longer than the
-    current SLA, and longer than the proposed one."""
+    """Per stage: finished visits with a business time, how many breached the current SLA,
+    and how many would have breached the proposed one. A visit breaches when its time in
+    the stage reaches the SLA (the deadline fires at `now >= deadline`): the whole seconds
+    `business_seconds` keeps are at least the SLA."""
     current = {s.id: s.sla_seconds for s in infos if s.sla_seconds}
     seconds = StageVisit.business_seconds
 
-    def longer_than(limits: dict[int, int]) -> ColumnElement[Any]:
+    def breaching(limits: dict[int, int]) -> ColumnElement[Any]:
         if not limits:
             return literal(0)
         limit = case(limits, value=StageVisit.stage_id, else_=None)
-        return func.sum(case((seconds > limit, 1), else_=0))
+        return func.sum(case((seconds >= limit, 1), else_=0))
 
     rows = session.execute(
-        select(StageVisit.stage_id, func.count(), longer_than(current), longer_than(proposed))
+        select(StageVisit.stage_id, func.count(), breaching(current), breaching(proposed))
         .where(
             StageVisit.left_at >= period.start,
             StageVisit.left_at < period.end,

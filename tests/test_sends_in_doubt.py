@@ -4,6 +4,7 @@ around them."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -450,3 +451,29 @@ def test_the_worker_pauses_before_starting_an_ended_loop_again(
     assert desk_worker.work() is True
     assert loops == ["loop", "loop"]
     assert pauses == [worker_module.RESTART_PAUSE_SECONDS]
+
+
+def test_the_worker_log_leaves_out_the_routine_sweep_and_keeps_other_jobs(
+    env: Config, redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The sweep runs every few seconds: RQ's four lines a run about it (taken, completed,
+    "Job OK", result kept) would bury what else the worker says. They show at DEBUG."""
+    queue = Queue(env.queue_name, connection=redis)
+
+    def run_both(level: int) -> list[str]:
+        caplog.clear()
+        queue.enqueue(jobs.sweep)
+        other = queue.enqueue(len, "abc")
+        with caplog.at_level(level, logger="rq.worker"):
+            worker_module.Worker([queue], connection=redis).work(burst=True)
+        assert other.return_value() == 3
+        return [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+
+    lines = run_both(logging.INFO)
+    assert not [line for line in lines if "sweep" in line]
+    assert len([line for line in lines if "Job OK" in line]) == 1  # len's
+    assert any("builtins.len('abc')" in line for line in lines)
+
+    shown = run_both(logging.DEBUG)
+    assert any("whatsdesk.jobs.sweep()" in line for line in shown)
+    assert len([line for line in shown if "Job OK" in line]) == 2

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+from collections import deque
 from typing import Any
 
 from redis.client import Pipeline
@@ -23,6 +25,30 @@ SCHEDULER_LOOK_SECONDS = 1.0
 RESTART_PAUSE_SECONDS = 1.0
 
 
+class QuietSweep(logging.Filter):
+    """Leaves out RQ's INFO lines about the sweep's jobs (the job taken, completed, "Job OK",
+    how long its result is kept): four lines every SWEEP_INTERVAL that buried everything
+    else a worker says. They show with `--logging_level DEBUG`; a sweep that fails still logs."""
+
+    SWEEP = f"{jobs.sweep.__module__}.{jobs.sweep.__qualname__}("
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger = logger
+        self.sweeps: deque[str] = deque(maxlen=16)  # ids of the sweep jobs lately taken
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.INFO or self.logger.isEnabledFor(logging.DEBUG):
+            return True
+        args = record.args if isinstance(record.args, tuple) else ()
+        texts = [str(arg) for arg in args]
+        if any(self.SWEEP in text for text in texts):
+            if str(record.msg).endswith("(%s)"):  # "…: queue: description (id)"
+                self.sweeps.append(texts[-1])
+            return False
+        return not any(text in self.sweeps for text in texts)
+
+
 class Worker(SimpleWorker):
     """Runs each job in the worker process itself rather than in a fork per job: the
     desk's jobs are short and idempotent, and a warm process keeps its database pool, Redis
@@ -35,6 +61,8 @@ class Worker(SimpleWorker):
         super().__init__(*args, **kwargs)
         self._pulse_stop = threading.Event()
         self._next_scheduler_look = 0.0
+        if not any(isinstance(f, QuietSweep) for f in self.log.filters):
+            self.log.addFilter(QuietSweep(self.log))
         freeze_heap()  # the jobs and their libraries are loaded (see freeze_heap)
 
     @property

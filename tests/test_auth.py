@@ -14,14 +14,15 @@ from flask import Flask
 from flask.testing import FlaskClient
 from itsdangerous import TimestampSigner
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
 from whatsdesk import create_app, desk, escalation, whatsapp
 from whatsdesk.config import Config
 from whatsdesk.db import session_factory, utcnow
-from whatsdesk.models import Message, SlaEvent, User
+from whatsdesk.models import LoginFailure, Message, SlaEvent, User
 
-from conftest import PASSWORD, inbound_form, login, page_token, statements
+from conftest import PASSWORD, free_port, fresh, inbound_form, login, page_token, statements
 
 
 def post_login(
@@ -349,6 +350,40 @@ def test_twenty_failed_logins_from_one_address_make_every_account_wait(
     assert answer.status_code == 429
     assert "Too many failed logins." in answer.get_data(as_text=True)
     assert not is_logged_in(client)
+
+
+def test_logging_in_and_its_throttle_work_while_redis_is_down(seeded: Config) -> None:
+    """The pages read the database alone; so does logging in, throttle included, so a
+    supervisor can still look at the desk during a Redis outage."""
+    down = create_app(seeded.with_(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    client = down.test_client()
+
+    answer = post_login(client, "bruno@example.com", PASSWORD)
+    assert answer.status_code == 302 and is_logged_in(client)
+
+    other = down.test_client()
+    fail_logins(other, "ana@example.com", 5)
+    answer = post_login(other, "ana@example.com", PASSWORD)
+    assert answer.status_code == 429
+    assert "Too many failed logins." in answer.get_data(as_text=True)
+
+
+def test_a_failed_login_after_the_window_counts_from_one_again(
+    client: FlaskClient, seeded: Config, session: Session
+) -> None:
+    fail_logins(client, "ana@example.com", 4)
+    fresh(session)
+    for row in session.scalars(select(LoginFailure)):
+        row.window_ends_at = utcnow() - timedelta(seconds=1)  # fifteen minutes have passed
+    session.commit()
+
+    fail_logins(client, "ana@example.com", 4)  # eight in all, four in this window
+    answer = post_login(client, "ana@example.com", PASSWORD)
+
+    assert answer.status_code == 302
+    fresh(session)
+    # The account's count ended with the login; the windows that were over are gone.
+    assert session.scalars(select(LoginFailure.key)).all() == ["address:127.0.0.1"]
 
 
 @pytest.mark.parametrize("trusted_proxies", [1, 0], ids=["behind a trusted proxy", "direct"])

@@ -479,6 +479,18 @@ class CardActivity(Base):
     user: Mapped[User | None] = relationship()
 
 
+class LoginFailure(Base):
+    """Failed logins counted for an account (its email, hashed) or a client address, in a
+    window that starts at the first failure (throttle.py). In the database, so logging in
+    works while Redis is down."""
+
+    __tablename__ = "login_failures"
+
+    key: Mapped[str] = mapped_column(String(80), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer)
+    window_ends_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+
+
 class Setting(Base):
     """Desk-wide settings changed without code (alert digests, the alert template, …)."""
 

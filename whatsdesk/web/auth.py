@@ -11,10 +11,10 @@ from werkzeug.wrappers import Response
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
-from .. import accounts, current_alarms, current_config, get_session, login_manager
+from .. import accounts, get_session, login_manager, throttle
+from ..db import utcnow
 from ..durations import humanize
 from ..models import User
-from ..throttle import LoginThrottle
 
 bp = Blueprint("auth", __name__)
 
@@ -50,21 +50,22 @@ def login() -> str | Response | tuple[str, int]:
         return redirect(url_for("queue.index"))
     form = LoginForm()
     if form.validate_on_submit():
-        throttle = LoginThrottle(current_alarms().redis, current_config().queue_name)
         email, address = form.email.data, request.remote_addr or "unknown"
-        wait = throttle.wait_seconds(email, address)
+        db, now = get_session(), utcnow()
+        wait = throttle.wait_seconds(db, email, address, now)
         if wait:
             flash(f"Too many failed logins. Try again in {humanize(wait)}.", "error")
             return render_template("login.html", form=form), 429
-        user = accounts.authenticate(get_session(), email, form.password.data)
+        user = accounts.authenticate(db, email, form.password.data)
         if user is not None:
-            throttle.succeeded(email, address)
+            throttle.succeeded(db, email, address)
             accounts.start_session(user)
-            get_session().commit()
+            db.commit()
             session.permanent = True  # ends after SESSION_IDLE_HOURS without a request
             login_user(user)
             return redirect(_safe_next(request.args.get("next")))
-        throttle.failed(email, address)
+        throttle.failed(db, email, address, now)
+        db.commit()
         flash("Wrong email or password.", "error")
     return render_template("login.html", form=form)
 

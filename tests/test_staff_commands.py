@@ -1,5 +1,5 @@
-"""Staff acting on escalations by WhatsApp (TAKE, ASSIGN, ACK, SNOOZE, HELP), through the
-real signed webhook, against real stored alerts, digests and stage visits."""
+"""Staff acting on escalations by WhatsApp (TAKE, ASSIGN, ACK, SNOOZE, STOP/START, HELP),
+through the real signed webhook, against real stored alerts, digests and stage visits."""
 
 from __future__ import annotations
 
@@ -771,6 +771,89 @@ def test_help_lists_the_commands_each_role_may_use(
     assert "A digest covers several cards: add the number" in for_supervisor.body
     assert "SNOOZE 30 —" not in for_agent.body
     assert "(ASSIGN, ACK and SNOOZE are for supervisors.)" in for_agent.body
+
+
+def test_stop_from_a_staff_number_ends_its_alerts_until_start(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    """Each alert goes to the others it names (here the other supervisor), not to a number
+    that opted out; START brings them back."""
+    staff_says(client, desk_config, "sofia", "STOP")
+    first = customer_writes(client, desk_config, session)
+    breach(session, first)
+
+    assert deliver(session, "sofia", desk_config) == []
+    [to_otto] = deliver(session, "otto", desk_config)
+    assert to_otto.body.startswith("🚨 SLA breached") and f"Card #{first.id}." in to_otto.body
+
+    staff_says(client, desk_config, "sofia", "Voltar")  # START in Portuguese
+    second = customer_writes(client, desk_config, session, phone="+5511999990001")
+    breach(session, second)
+
+    [alert] = deliver(session, "sofia", desk_config)
+    assert f"Card #{second.id}." in alert.body
+    stopped, started = answers_to(session, "sofia")
+    assert stopped.body.startswith("🔕 No more alerts to this number")
+    assert started.body.startswith("✅ Alerts reach this number again.")
+
+
+def test_alerts_held_for_someone_who_sent_stop_are_failed_with_why_and_staff_page_says_so(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    card = customer_writes(client, desk_config, session)
+    breach(session, card)  # Sofia's alert waits to be sent…
+    staff_says(client, desk_config, "sofia", "stop")  # …when she opts out
+
+    assert deliver(session, "sofia", desk_config) == []
+    fresh(session)
+    held = session.scalars(
+        select(Message).where(
+            Message.to_address == f"whatsapp:{PHONE['sofia']}", Message.sla_event_id.is_not(None)
+        )
+    ).one()
+    assert (held.status, held.error_message) == (
+        "failed",
+        "not sent: Sofia Supervisor sent STOP (alerts resume with START)",
+    )
+    login(client, "otto@example.com")
+    page = client.get("/settings/staff").get_data(as_text=True)
+    assert re.search(r"🔕 sent STOP \d{4}-\d\d-\d\d \d\d:\d\d UTC", page)
+
+
+def test_stop_with_more_words_is_not_an_opt_out(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    staff_says(client, desk_config, "sofia", "stop #12")
+
+    [told] = answers_to(session, "sofia")
+    assert told.body.startswith("whatsdesk commands")
+    user = accounts.find_by_email(session, "sofia@example.com")
+    assert user is not None and user.alerts_stopped_at is None
+
+
+def test_a_new_number_for_someone_who_sent_stop_gets_alerts(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    staff_says(client, desk_config, "sofia", "STOP")
+    fresh(session)
+    sofia = accounts.find_by_email(session, "sofia@example.com")
+    assert sofia is not None and not sofia.reachable_by_whatsapp
+
+    accounts.update_user(
+        session,
+        sofia,
+        sofia,
+        utcnow(),
+        name=sofia.name,
+        email=sofia.email,
+        role=sofia.role,
+        whatsapp="+15550000099",
+        shift_calendar=None,
+        can_edit_settings=False,
+    )
+    session.commit()
+
+    assert sofia.reachable_by_whatsapp
 
 
 def test_a_command_on_a_resolved_card_changes_nothing(

@@ -205,6 +205,8 @@ def update_user(
             f"{user.name} is the last active admin: make someone else an admin first"
         )
     before = profile(user)
+    if address != user.whatsapp:
+        user.alerts_stopped_at = None  # a STOP was the old number's, not the new one's
     user.name, user.email, user.role, user.whatsapp = name, email, role, address
     user.shift_calendar = calendar
     user.can_edit_settings = can_edit_settings and role == "supervisor"

@@ -17,12 +17,14 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from . import calendars, desk, escalation, sla, workspace
+from . import audit, bot, calendars, desk, escalation, sla, workspace
+from .accounts import AUDIT_ACTION
 from .desk import DeskError, Received
 from .models import Card, Message, SlaEvent, StageVisit, User
 from .whatsapp import Inbound
 
 TAKE, ASSIGN, ACK, SNOOZE, HELP = "take", "assign", "ack", "snooze", "help"
+STOP, START = "stop", "start"  # alerts to the sender's number: off, on again
 SUPERVISOR_ONLY = (ASSIGN, ACK, SNOOZE)
 # Each command's words, English first, then Portuguese and Spanish (case and accents ignored).
 WORDS = {
@@ -31,6 +33,9 @@ WORDS = {
     ACK: ("ack", "acknowledge", "ciente", "visto", "enterado"),
     SNOOZE: ("snooze", "adiar", "posponer", "aplazar"),
     HELP: ("help", "ajuda", "ayuda"),
+    # The words customers opt out and back in with, in every language the bot speaks.
+    STOP: tuple(sorted({w.lower() for words in bot.KEYWORDS.values() for w in words["stop"]})),
+    START: tuple(sorted({w.lower() for words in bot.KEYWORDS.values() for w in words["start"]})),
 }
 VERB_OF = {word: verb for verb, words in WORDS.items() for word in words}
 # ASSIGN me: the sender takes the card over (even from someone else).
@@ -91,6 +96,8 @@ def parse(text: str) -> Command | None:
     code = codes.pop() if codes else None
     if verb == HELP:
         return Command(HELP)
+    if verb in (STOP, START):  # the word alone, as customers' STOP and START
+        return Command(verb) if not args and code is None else None
     if verb == ASSIGN:
         if not args:
             return Command(verb, code, problem="Say who to give it to, e.g. ASSIGN Ana.")
@@ -177,6 +184,8 @@ def execute(
     when it cannot be."""
     if command is None or command.verb == HELP:
         return Outcome(help_text(user))
+    if command.verb in (STOP, START):
+        return alerts_on_or_off(session, user, command.verb == START, now)
     if command.problem:
         return Outcome(f"⚠️ {command.problem}\n\n{help_text(user)}")
     if command.verb in SUPERVISOR_ONLY and not user.is_supervisor:
@@ -359,6 +368,25 @@ def _visit_to_act_on(session: Session, card: Card, command: Command) -> StageVis
     )
 
 
+def alerts_on_or_off(session: Session, user: User, on: bool, now: datetime) -> Outcome:
+    """STOP from a staff member's number: no alerts reach it (the next person in line for
+    each alert is told instead, in the end every supervisor); START: they reach it again.
+    Audited, and shown on the staff page."""
+    before = {"alerts": "on" if user.alerts_stopped_at is None else "stopped by STOP"}
+    if on:
+        user.alerts_stopped_at = None
+        text = "✅ Alerts reach this number again. Send STOP to stop them."
+    else:
+        user.alerts_stopped_at = user.alerts_stopped_at or now
+        text = (
+            "🔕 No more alerts to this number: each goes to the next person it names, "
+            "else to the supervisors. Send START to get them again."
+        )
+    after = {"alerts": "on" if on else "stopped by STOP"}
+    audit.record(session, user, AUDIT_ACTION, user.email, before, after, now)
+    return Outcome(text)
+
+
 def about(card: Card) -> str:
     """Whose conversation, and where it stands."""
     contact = card.contact
@@ -381,6 +409,7 @@ def help_text(user: User) -> str:
     else:
         lines.append("(ASSIGN, ACK and SNOOZE are for supervisors.)")
     lines += [
+        "• STOP — no more alerts to this number (START to get them again)",
         "• HELP — this message",
         "A digest covers several cards: add the number of the one you mean.",
     ]

@@ -45,6 +45,9 @@ class User(Base):
     # Names the person's logged-in sessions (in their cookie, through get_id): a new one
     # (accounts.end_sessions) ends them all — at logout, a password change, deactivation.
     session_token: Mapped[str | None] = mapped_column(String(64))
+    # The person sent STOP from their WhatsApp number: no alerts reach it until START (or
+    # until an admin gives the account another number).
+    alerts_stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     # Flask-Login protocol
     @property
@@ -68,8 +71,9 @@ class User(Base):
 
     @property
     def reachable_by_whatsapp(self) -> bool:
-        """Can alerts reach the person now: active, with a WhatsApp number?"""
-        return self.active and bool(self.whatsapp)
+        """Can alerts reach the person now: active, with a WhatsApp number that has not
+        sent STOP?"""
+        return self.active and bool(self.whatsapp) and self.alerts_stopped_at is None
 
     @property
     def is_admin(self) -> bool:

@@ -124,11 +124,16 @@ def _pending(user_id: int) -> ColumnElement[bool]:
 
 
 def _fail_unreachable(session: Session, user_id: int, user: User | None, now: datetime) -> None:
-    """Alerts held for someone deactivated, or whose WhatsApp number was removed, while
-    they waited: not sent (the old number may be someone else's now), failed with why, so
-    that /alerts shows them."""
+    """Alerts held for someone deactivated, whose WhatsApp number was removed, or who sent
+    STOP, while they waited: not sent (the old number may be someone else's now), failed
+    with why, so that /alerts shows them."""
     who = user.name if user is not None else f"user {user_id}"
-    why = "is no longer active" if user is not None and not user.active else "has no WhatsApp"
+    if user is not None and not user.active:
+        why = "is no longer active"
+    elif user is not None and user.whatsapp and user.alerts_stopped_at is not None:
+        why = "sent STOP (alerts resume with START)"
+    else:
+        why = "has no WhatsApp"
     session.execute(
         update(Message)
         .where(_pending(user_id))

@@ -353,3 +353,15 @@ def test_ics_timed_events_ending_at_midnight_and_cancelled_events(tmp_path: Path
         "SUMMARY:Called off\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
     )
     assert read_ics(str(ics), ics_years(2026), "America/Sao_Paulo") == [date(2026, 12, 1)]
+
+
+def test_an_all_day_ics_event_ending_on_its_start_day_still_closes_it(tmp_path: Path) -> None:
+    """DTEND equal to DTSTART breaks RFC 5545 (DTEND is exclusive), but some exporters
+    write it for a one-day holiday: the day it names is closed, not none."""
+    ics = tmp_path / "events.ics"
+    ics.write_text(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//whatsdesk test//EN\r\n"
+        "BEGIN:VEVENT\r\nUID:1\r\nDTSTART;VALUE=DATE:20261224\r\nDTEND;VALUE=DATE:20261224\r\n"
+        "SUMMARY:Christmas Eve\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+    assert read_ics(str(ics), ics_years(2026), "America/Sao_Paulo") == [date(2026, 12, 24)]

@@ -137,6 +137,7 @@ def _event_days(event: icalendar.Event, zone: ZoneInfo) -> list[date]:
     last = end.date() if isinstance(end, datetime) else end
     if not isinstance(end, datetime) or end.time() == datetime.min.time():
         last = date.fromordinal(last.toordinal() - 1)
+    last = max(last, first)  # DTEND on DTSTART (against RFC 5545, but seen): its one day
     return [date.fromordinal(n) for n in range(first.toordinal(), last.toordinal() + 1)]
 
 

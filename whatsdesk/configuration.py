@@ -10,10 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from . import audit, pipeline_store, pipelines
+from .db import sqlite_write_lock
 from .models import Pipeline, Stage, User
 from .pipelines import DeskSpec
 from .sla import Timers
@@ -105,15 +106,27 @@ def apply(
     .ics source is refused — the server would read any file or address it names — and only
     the calendars the change touches are read."""
     check(spec)
+    # The server reads every calendar's sources again, before the lock (files, URLs); a
+    # page reads none: a calendar it changes keeps the days its .ics closed when last read.
+    holidays = pipeline_store.read_holidays(spec, now) if from_server else None
+    one_change_at_a_time(session)
     before_spec = current(session)
     if not from_server:
         _refuse_new_sources(spec, before_spec)
     unchanged = pipeline_store.unchanged_calendars(session, spec)
-    changed = _touched_pipelines(spec, before_spec, unchanged)
+    ics_before = pipeline_store.ics_dates(session)
+    if holidays is None:
+        holidays = pipeline_store.read_holidays(spec, now, unchanged, stored=ics_before)
     before = pipelines.dump(before_spec)
-    # The server reads every calendar's sources again; a page only those it changes.
-    loaded = pipeline_store.load(session, spec, now, frozenset() if from_server else unchanged)
-    touched = [pipeline for pipeline in loaded if pipeline.key in changed]
+    pipeline_store.load(session, spec, now, frozenset() if from_server else unchanged, holidays)
+    # An .ics file read again may close other days under the same source.
+    reread = {
+        key
+        for key, days in pipeline_store.ics_dates(session).items()
+        if days != ics_before.get(key, days)
+    }
+    changed = _touched_pipelines(spec, before_spec, unchanged - reread)
+    touched = list(session.scalars(select(Pipeline).where(Pipeline.key.in_(changed))))
     visits = pipeline_store.retime(session, touched) if retime else []
     session.flush()
     session.expire_all()  # read back what was written, not what the session remembers
@@ -134,17 +147,31 @@ def _refuse_new_sources(spec: DeskSpec, before: DeskSpec) -> None:
         raise pipelines.PipelineFileError(problems)
 
 
-def _touched_pipelines(spec: DeskSpec, before: DeskSpec, unchanged: frozenset[str]) -> set[str]:
-    """The keys of the pipelines in `spec` whose open cards a re-time concerns: new or changed
-    pipelines, and those using a calendar the change alters."""
+def _touched_pipelines(
+    spec: DeskSpec, before: DeskSpec, unchanged: frozenset[str] | set[str]
+) -> set[str]:
+    """The keys of the pipelines whose open cards a re-time concerns: new or changed
+    pipelines of `spec`, and every pipeline, in `spec` or only stored, using a calendar the
+    change alters."""
     old = {pipeline.key: pipeline for pipeline in before.pipelines}
     calendars = {c.key for c in spec.calendars} - unchanged
+
+    def uses_changed_calendar(pipeline: pipelines.PipelineSpec) -> bool:
+        return bool(
+            ({pipeline.calendar} | {stage.calendar for stage in pipeline.stages}) & calendars
+        )
+
+    in_spec = {pipeline.key for pipeline in spec.pipelines}
     return {
         pipeline.key
         for pipeline in spec.pipelines
         if pipeline.key not in old
         or not pipelines.same_pipeline(old[pipeline.key], pipeline)
-        or ({pipeline.calendar} | {stage.calendar for stage in pipeline.stages}) & calendars
+        or uses_changed_calendar(pipeline)
+    } | {
+        pipeline.key
+        for pipeline in before.pipelines
+        if pipeline.key not in in_spec and uses_changed_calendar(pipeline)
     }
 
 
@@ -159,9 +186,26 @@ def edit(
 ) -> Applied:
     """Apply `change` to the current configuration (a page's edit of one part of it), read
     afresh from the database: a change's check of what its page showed (`version`) compares
-    it with what is stored, not with what the request loaded earlier."""
+    it with what is stored, not with what the request loaded earlier. Changes are made one
+    at a time, so of two saves of the same page at once the second sees the first's."""
+    one_change_at_a_time(session)
     session.expire_all()
     return apply(session, change(current(session)), user, action, target, now, retime)
+
+
+CHANGE_LOCK = 0x77647366  # PostgreSQL's advisory lock for configuration changes ("wdsf")
+
+
+def one_change_at_a_time(session: Session) -> None:
+    """Wait until no other configuration change is under way, and keep others waiting until
+    this transaction ends. PostgreSQL: a transaction-scoped advisory lock, not a lock on the
+    pipelines' rows (which the cards' inserts key-share: that deadlocked); SQLite: its one
+    write lock, taken before the configuration is read."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.execute(select(func.pg_advisory_xact_lock(CHANGE_LOCK)))
+    else:
+        sqlite_write_lock(connection)
 
 
 def version(part: object) -> str:

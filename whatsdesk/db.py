@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, make_url
+from sqlalchemy import Connection, DateTime, Engine, MetaData, create_engine, event, make_url
 from sqlalchemy.orm import DeclarativeBase, ORMExecuteState, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
@@ -93,8 +93,13 @@ def _sqlite_write_lock(state: ORMExecuteState) -> None:
     if not state.is_select or getattr(state.statement, "_for_update_arg", None) is None:
         return
     connection = state.session.connection()
-    if connection.dialect.name != "sqlite":
-        return
+    if connection.dialect.name == "sqlite":
+        sqlite_write_lock(connection)
+
+
+def sqlite_write_lock(connection: Connection) -> None:
+    """Take SQLite's write lock now (BEGIN IMMEDIATE) unless this connection's transaction
+    has begun: pysqlite begins one at the first write, which already holds it."""
     if not connection.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from sqlalchemy import ColumnElement, func, or_, select
@@ -34,20 +35,49 @@ from .pipelines import (
 )
 
 
-def load(
-    session: Session, desk: DeskSpec, now: datetime, unchanged: frozenset[str] = frozenset()
-) -> list[Pipeline]:
-    """Create or update each calendar and pipeline of the file; refuses, changing nothing,
-    on any problem. SLA changes apply to stage visits that start afterwards (see retime).
-    `unchanged`: calendars stored exactly so already (unchanged_calendars), whose holiday
-    sources (.ics) are not read again; by default every calendar's are."""
-    specs = desk.pipelines
+@dataclass(frozen=True)
+class Holidays:
+    """The holiday sources of a file's calendars, checked, and the days their .ics closes."""
+
+    resolved: list[tuple[CalendarSpec, list[str]]]
+    problems: list[str]
+
+
+def read_holidays(
+    desk: DeskSpec,
+    now: datetime,
+    unchanged: frozenset[str] = frozenset(),
+    stored: dict[str, list[str]] | None = None,
+) -> Holidays:
+    """Check each calendar's holiday sources and read its .ics (a file or a URL: seconds,
+    so before any lock is taken), but not those of `unchanged` calendars, which are not
+    written again. `stored`: the days each stored calendar's .ics closed when last read,
+    taken as they are rather than read again (a page's change: only the server reads)."""
     problems: list[str] = []
     resolved = [
-        _resolve_calendar(spec, now, problems)
+        _resolve_calendar(spec, now, problems, (stored or {}).get(spec.key))
         for spec in desk.calendars
         if spec.key not in unchanged
     ]
+    return Holidays(resolved, problems)
+
+
+def load(
+    session: Session,
+    desk: DeskSpec,
+    now: datetime,
+    unchanged: frozenset[str] = frozenset(),
+    holidays: Holidays | None = None,
+) -> list[Pipeline]:
+    """Create or update each calendar and pipeline of the file; refuses, changing nothing,
+    on any problem. SLA changes apply to stage visits that start afterwards (see retime).
+    `unchanged`: calendars stored exactly so already (unchanged_calendars), which are not
+    written again. `holidays`: what read_holidays read; by default every other calendar's
+    sources are read now."""
+    specs = desk.pipelines
+    holidays = holidays or read_holidays(desk, now, unchanged)
+    problems = list(holidays.problems)
+    resolved = [item for item in holidays.resolved if item[0].key not in unchanged]
     users = _alert_users(session, specs, problems)
     known = {c.key for c in desk.calendars} | set(session.scalars(select(BusinessCalendar.key)))
     problems += _calendar_reference_problems(specs, known)
@@ -112,9 +142,10 @@ def retime(session: Session, pipelines: list[Pipeline]) -> list[StageVisit]:
 
 
 def _resolve_calendar(
-    spec: CalendarSpec, now: datetime, problems: list[str]
+    spec: CalendarSpec, now: datetime, problems: list[str], stored_days: list[str] | None
 ) -> tuple[CalendarSpec, list[str]]:
-    """Check the holiday sources now, and read the .ics days once, at load time."""
+    """Check the holiday sources now, and read the .ics days once, at load time (or take
+    `stored_days`, those its source closed when last read)."""
     where = f"line {spec.line}: calendar {spec.key!r}.holidays"
     if spec.country:
         try:
@@ -124,7 +155,9 @@ def _resolve_calendar(
         except ValueError as exc:
             problems.append(f"{where}: {exc}")
     ics_days: list[str] = []
-    if spec.ics:
+    if spec.ics and stored_days is not None:
+        ics_days = stored_days
+    elif spec.ics:
         try:
             ics_days = [
                 d.isoformat()
@@ -133,6 +166,14 @@ def _resolve_calendar(
         except Exception as exc:  # any unreadable source: refuse the file, say why
             problems.append(f"{where}.ics: cannot read {spec.ics}: {exc}")
     return spec, ics_days
+
+
+def ics_dates(session: Session) -> dict[str, list[str]]:
+    """Each stored calendar's days closed by its .ics source, as last read."""
+    return {
+        key: list(days or [])
+        for key, days in session.execute(select(BusinessCalendar.key, BusinessCalendar.ics_dates))
+    }
 
 
 def unchanged_calendars(session: Session, desk: DeskSpec) -> frozenset[str]:

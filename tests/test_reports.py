@@ -8,6 +8,7 @@ import csv
 import html
 import io
 import re
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -15,7 +16,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import event, select
 from sqlalchemy.orm import Session
 
-from whatsdesk import dashboard, escalation, pipeline_store, pipelines, reports
+from whatsdesk import configuration, dashboard, escalation, pipeline_store, pipelines, reports
 from whatsdesk import desk as desk_module
 from whatsdesk.config import Config
 from whatsdesk.db import get_engine, session_factory
@@ -579,6 +580,7 @@ def test_suggestions_from_the_history(client: FlaskClient, desk: Config) -> None
     ]
     assert exported[1][:8] == ["Support", "New", "120", "20", "95.0", "1086", "1140", "10.0"]
     assert reports.round_up_sla(3599) == 3600 and reports.round_up_sla(3601) == 3900
+    assert reports.round_up_sla(1140) == 1200  # a p90 of exactly 19m: those visits met it
     assert reports.round_up_sla(4 * 3600 + 1) == 4 * 3600 + 900 and reports.round_up_sla(5) == 60
 
 
@@ -675,3 +677,29 @@ def test_without_a_default_pipeline_reports_and_dashboard_use_the_first_ones_tim
     assert dashboard.build(session, at("2026-03-10T12:00:00")).timezone == ZONE
     login(client, "sofia@example.com")
     assert f"<strong>{ZONE}</strong>" in report_page(client)
+
+
+def test_a_suggestion_applied_after_someone_changed_the_stage_is_refused(
+    desk: Config, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The page showed 19m against an SLA of 2m; meanwhile someone set 5m (warning 4m) on
+    the stage page. Applying then is refused: the stage keeps their SLA and warning."""
+    write_sample(desk, "new", range(1, 21))
+    period = reports.parse_period(PERIOD, at("2026-03-10T00:00:00"), ZONE)
+    shown = reports.suggestions(session, period)
+    slower = configuration.on_pipeline(
+        "support",
+        configuration.on_stage("new", lambda s: replace(s, sla_seconds=300, warning_seconds=240)),
+    )
+    configuration.edit(session, slower, None, "stage", "support/new", at("2026-03-10T00:00:00"))
+    session.commit()
+    monkeypatch.setattr(reports, "suggestions", lambda _session, _period: shown)
+    sofia = session.scalars(select(User).where(User.email == "sofia@example.com")).one()
+    new = stage_row(session, "new")
+
+    with pytest.raises(reports.SuggestionError, match="its SLA was changed since the page"):
+        reports.apply_suggestion(session, period, new.id, 1140, sofia, at("2026-03-10T00:00:00"))
+    session.rollback()
+
+    again = stage_row(session, "new")
+    assert (again.sla_seconds, again.warning_seconds) == (300, 240)

@@ -21,6 +21,7 @@ from sqlalchemy.sql.elements import ColumnElement
 from . import clock, configuration
 from .durations import spoken
 from .models import Pipeline, SlaEvent, Stage, StageVisit, User
+from .pipelines import StageSpec
 from .sla import BREACH, LEVEL_PREFIX, RESOLUTION_BREACH, RESOLUTION_WARNING, WARNING
 
 PRESETS = {"today": 1, "7d": 7, "30d": 30}
@@ -513,10 +514,11 @@ def utc_offsets(timezone: str, start: datetime, end: datetime) -> list[tuple[dat
 
 
 def round_up_sla(seconds: float) -> int:
-    """Up to a step people set deadlines in: a minute under an hour, 5 minutes under four
-    hours, a quarter of an hour above."""
+    """The next step above `seconds` people set deadlines in: a minute under an hour, 5
+    minutes under four hours, a quarter of an hour above. Strictly above: a visit that
+    takes exactly the p90 reaches an SLA equal to it, and that is a breach."""
     step = 60 if seconds < 3600 else 300 if seconds < 4 * 3600 else 900
-    return max(step, math.ceil(seconds / step) * step)
+    return max(step, (math.floor(seconds / step) + 1) * step)
 
 
 @dataclass
@@ -655,15 +657,22 @@ def apply_suggestion(
             f"(now {spoken(new)}); look at it again before applying."
         )
     info = found.stage
-    warning = info.warning_seconds
-    if warning is not None and warning >= new:
-        warning = max(1, new // 5)
+    warnings: list[int | None] = []  # the stage's warning lead, as it stands, then as set
 
-    change = configuration.on_pipeline(
-        info.pipeline_key,
-        configuration.on_stage(
-            info.key, lambda stage: replace(stage, sla_seconds=new, warning_seconds=warning)
-        ),
-    )
+    def set_sla(stage: StageSpec) -> StageSpec:
+        """Read afresh, with other changes waiting: a change made since the page was shown
+        refuses the suggestion, and the warning kept is the one stored now."""
+        if stage.sla_seconds != info.sla_seconds:
+            raise SuggestionError(
+                f"{info.label}: its SLA was changed since the page was shown (now "
+                f"{spoken(stage.sla_seconds) if stage.sla_seconds else 'none'}); look again."
+            )
+        warning = stage.warning_seconds
+        if warning is not None and warning >= new:
+            warning = max(1, new // 5)
+        warnings[:] = [stage.warning_seconds, warning]
+        return replace(stage, sla_seconds=new, warning_seconds=warning)
+
+    change = configuration.on_pipeline(info.pipeline_key, configuration.on_stage(info.key, set_sla))
     configuration.edit(session, change, user, AUDIT_ACTION, info.target, now)
-    return AppliedSuggestion(info, info.sla_seconds, new, info.warning_seconds, warning)
+    return AppliedSuggestion(info, info.sla_seconds, new, *warnings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import re
+import threading
 import time
 from datetime import timedelta
 from html.parser import HTMLParser
@@ -382,8 +383,33 @@ def test_a_failed_login_after_the_window_counts_from_one_again(
 
     assert answer.status_code == 302
     fresh(session)
-    # The account's count ended with the login; the windows that were over are gone.
-    assert session.scalars(select(LoginFailure.key)).all() == ["address:127.0.0.1"]
+    # The account's count ended with the login, which took its try back from the address.
+    fresh(session)
+    rows = session.execute(select(LoginFailure.key, LoginFailure.failures)).all()
+    assert [tuple(row) for row in rows] == [("address:127.0.0.1", 4)]
+
+
+def test_failed_logins_sent_at_once_are_all_counted_before_any_password_is_checked(
+    seeded: Config,
+) -> None:
+    """Eight guesses in parallel: each try is counted (and committed) before its password
+    is checked, so at most five of them are checked; the others wait."""
+    app = create_app(seeded)
+    token_client = app.test_client()
+    codes: list[int] = []
+
+    def guess() -> None:
+        client = app.test_client()
+        codes.append(post_login(client, "ana@example.com", "not-the-password").status_code)
+
+    threads = [threading.Thread(target=guess) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert sorted(codes) == [200] * 5 + [429] * 3
+    assert post_login(token_client, "ana@example.com", PASSWORD).status_code == 429
 
 
 @pytest.mark.parametrize("trusted_proxies", [1, 0], ids=["behind a trusted proxy", "direct"])
@@ -500,7 +526,8 @@ def test_supervisors_see_each_alert_whom_it_told_and_whether_it_arrived(
         "warning",
         "#1 Maria",
         "0.000 s",
-        "Ana Agent: read Bruno Agent: undelivered — 63016",
+        "Ana Agent: read Bruno Agent: undelivered — outside WhatsApp's 24-hour window: only an "
+        "approved template can reach them (error 63016)",
     ]
     assert breach[0].endswith(" UTC")
     assert '<a href="/cards/1">' in page
@@ -568,4 +595,7 @@ def test_an_alert_sent_in_a_digest_shows_why_the_digest_did_not_arrive(
 
     breach, _warning = alert_rows(client.get("/alerts").get_data(as_text=True))
 
-    assert breach[4].startswith("Sofia Supervisor: undelivered — 63016 ")
+    assert breach[4].startswith(
+        "Sofia Supervisor: undelivered — outside WhatsApp's 24-hour window: only an approved "
+        "template can reach them (error 63016) "
+    )

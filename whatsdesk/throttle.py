@@ -2,15 +2,19 @@
 
 Counted in the database (LoginFailure), not in Redis: people can log in and read the
 desk while Redis is down, and a login page that needed Redis would lock everyone out
-exactly when a supervisor most needs to look."""
+exactly when a supervisor most needs to look.
+
+Each try is counted before its password is checked, and committed at once: tries sent in
+parallel all count, so no more than the limit are ever checked. A login that works takes
+its try back."""
 
 from __future__ import annotations
 
 import hashlib
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import case, delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from .models import LoginFailure
@@ -18,6 +22,7 @@ from .models import LoginFailure
 FAILURES_PER_ACCOUNT = 5
 FAILURES_PER_ADDRESS = 20
 WINDOW_SECONDS = 15 * 60
+EXPIRED_CLEARED = 100  # windows over, cleared by each try (those no other try holds)
 
 
 def _keys(email: str, address: str) -> list[tuple[str, int]]:
@@ -29,39 +34,55 @@ def _keys(email: str, address: str) -> list[tuple[str, int]]:
     ]
 
 
-def wait_seconds(session: Session, email: str, address: str, now: datetime) -> int:
-    """0 when a login may be tried now; else how long until it may."""
-    limits = dict(_keys(email, address))
-    rows = session.execute(
-        select(LoginFailure.key, LoginFailure.failures, LoginFailure.window_ends_at).where(
-            LoginFailure.key.in_(limits), LoginFailure.window_ends_at > now
-        )
-    )
+def attempt(session: Session, email: str, address: str, now: datetime) -> int:
+    """Count a try for the account and the address, each in its window (a new window when
+    the last one is over). 0: the password may be checked; else the seconds to wait, when
+    an earlier try used up a limit. The caller commits at once."""
+    ends = now + timedelta(seconds=WINDOW_SECONDS)
+    over = LoginFailure.window_ends_at <= now
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
     waits = [0]
-    for key, failures, ends in rows:
-        if failures >= limits[key]:
-            waits.append(max(1, int((ends - now).total_seconds())))
+    for key, limit in _keys(email, address):
+        counted = insert(LoginFailure).values(key=key, failures=1, window_ends_at=ends)
+        counted = counted.on_conflict_do_update(
+            index_elements=[LoginFailure.key],
+            set_={
+                "failures": case((over, 1), else_=LoginFailure.failures + 1),
+                "window_ends_at": case((over, ends), else_=LoginFailure.window_ends_at),
+            },
+        ).returning(LoginFailure.failures, LoginFailure.window_ends_at)
+        failures, window_ends = session.execute(counted).one()
+        if failures > limit:
+            waits.append(max(1, int((_aware(window_ends) - now).total_seconds())))
+    _clear_expired(session, now)
     return max(waits)
 
 
-def failed(session: Session, email: str, address: str, now: datetime) -> None:
-    """Count a failure for the account and the address, each in its window (a new window
-    when the last one is over); windows over are cleared. Committed by the caller. Counted
-    in the database's own arithmetic, so failures tried at once all count."""
-    session.execute(delete(LoginFailure).where(LoginFailure.window_ends_at <= now))
-    ends = now + timedelta(seconds=WINDOW_SECONDS)
-    for key, _limit in _keys(email, address):
-        counted = update(LoginFailure).where(LoginFailure.key == key)
-        counted = counted.values(failures=LoginFailure.failures + 1)
-        if session.execute(counted).rowcount:  # type: ignore[attr-defined]
-            continue
-        try:
-            with session.begin_nested():
-                session.add(LoginFailure(key=key, failures=1, window_ends_at=ends))
-        except IntegrityError:  # another failure for the same key inserted it meanwhile
-            session.execute(counted)
-
-
 def succeeded(session: Session, email: str, address: str) -> None:
-    """A login that worked starts its account's count again (not its address's)."""
-    session.execute(delete(LoginFailure).where(LoginFailure.key == _keys(email, address)[0][0]))
+    """The login worked: its account's count starts again, and its address's try is taken
+    back (a team behind one address does not lock itself out by logging in)."""
+    (account, _), (place, _) = _keys(email, address)
+    session.execute(delete(LoginFailure).where(LoginFailure.key == account))
+    session.execute(
+        update(LoginFailure)
+        .where(LoginFailure.key == place, LoginFailure.failures > 0)
+        .values(failures=LoginFailure.failures - 1)
+    )
+
+
+def _clear_expired(session: Session, now: datetime) -> None:
+    """Forget some windows that are over, skipping any another try holds (no waiting on it)."""
+    expired = (
+        select(LoginFailure.key)
+        .where(LoginFailure.window_ends_at <= now)
+        .limit(EXPIRED_CLEARED)
+        .with_for_update(skip_locked=True)
+    )
+    session.execute(delete(LoginFailure).where(LoginFailure.key.in_(expired)))
+
+
+def _aware(at: datetime) -> datetime:
+    """RETURNING gives the column's raw value (SQLite: naive text read as UTC)."""
+    from .db import UTCDateTime
+
+    return UTCDateTime().process_result_value(at, None) or at

@@ -51,8 +51,9 @@ def login() -> str | Response | tuple[str, int]:
     form = LoginForm()
     if form.validate_on_submit():
         email, address = form.email.data, request.remote_addr or "unknown"
-        db, now = get_session(), utcnow()
-        wait = throttle.wait_seconds(db, email, address, now)
+        db = get_session()
+        wait = throttle.attempt(db, email, address, utcnow())
+        db.commit()  # counted before the password is checked: tries at once all count
         if wait:
             flash(f"Too many failed logins. Try again in {humanize(wait)}.", "error")
             return render_template("login.html", form=form), 429
@@ -64,8 +65,6 @@ def login() -> str | Response | tuple[str, int]:
             session.permanent = True  # ends after SESSION_IDLE_HOURS without a request
             login_user(user)
             return redirect(_safe_next(request.args.get("next")))
-        throttle.failed(db, email, address, now)
-        db.commit()
         flash("Wrong email or password.", "error")
     return render_template("login.html", form=form)
 

@@ -54,6 +54,22 @@ def test_production_in_simulator_mode_is_refused(local: Config) -> None:
         create_app(config)
 
 
+def test_production_without_a_public_url_is_refused(local: Config) -> None:
+    """Without PUBLIC_URL no send asks Twilio for status callbacks: no delivery ticks, and a
+    reply that failed after Twilio took it would go unnoticed."""
+    config = local.with_(
+        production=True,
+        twilio_account_sid=ACCOUNT_SID,
+        twilio_auth_token=AUTH_TOKEN,
+        secret_key=STRONG_KEY,
+    )
+
+    with pytest.raises(RuntimeError, match="WHATSDESK_ENV=production needs PUBLIC_URL"):
+        create_app(config)
+
+    assert create_app(config.with_(public_url="https://desk.example.com")).name
+
+
 def test_account_sid_without_auth_token_is_refused(local: Config) -> None:
     config = local.with_(twilio_account_sid=ACCOUNT_SID, secret_key=STRONG_KEY)
 

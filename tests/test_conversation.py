@@ -18,12 +18,21 @@ from redis import Redis
 from rq import Queue, SimpleWorker
 from sqlalchemy import event, func, select
 from sqlalchemy.engine import Connection
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, joinedload
 
-from whatsdesk import create_app, desk, escalation, pipeline_store, pipelines, whatsapp, workspace
+from whatsdesk import (
+    create_app,
+    desk,
+    escalation,
+    jobs,
+    pipeline_store,
+    pipelines,
+    whatsapp,
+    workspace,
+)
 from whatsdesk.config import Config
 from whatsdesk.db import get_engine, session_factory, utcnow
-from whatsdesk.models import Message, StageVisit, User
+from whatsdesk.models import Card, Message, StageVisit, User
 
 from conftest import (
     PIPELINE_YAML,
@@ -364,7 +373,78 @@ def test_a_failed_delivery_shows_a_warning_and_the_error(
     kind, line = history(conversation(client, card))[-1]
 
     assert kind == "from-desk"
-    assert line.endswith("UTC · Ana Agent · ⚠ failed error 30008")
+    assert line.endswith(
+        "UTC · Ana Agent · ⚠ failed the carrier reported an unknown error (error 30008)"
+    )
+
+
+AUTOMATED = PIPELINE_YAML.format(sla="2m", warning="1m").replace(
+    "    default: true\n",
+    "    default: true\n"
+    "    automation:\n      agent_reply: waiting\n      customer_message: open\n",
+)
+
+
+def card_row(config: Config, card_id: int) -> Card:
+    with session_factory(config.database_url)() as s:
+        return s.scalars(
+            select(Card).where(Card.id == card_id).options(joinedload(Card.stage))
+        ).one()
+
+
+def test_a_reply_that_never_reaches_the_customer_has_them_waiting_again(
+    client: FlaskClient, agent: Config
+) -> None:
+    """Answered on the page, the card went to "Waiting on customer" (its clock paused); the
+    reply then failed. The sweep puts the customer back in line since their question, the
+    `customer_message` automation applies, and the history says why."""
+    with session_factory(agent.database_url)() as s:
+        pipeline_store.load(s, pipelines.parse(AUTOMATED), utcnow())
+        s.commit()
+    asked = utcnow() - timedelta(minutes=10)
+    card = customer_writes(agent, "Where is my order?", at=asked)
+    reply_with_status(agent, card, "undelivered", "63016")
+    assert card_row(agent, card).waiting_since is None
+    assert card_row(agent, card).stage.key == "waiting"
+
+    jobs.reconcile(agent, utcnow())
+    jobs.reconcile(agent, utcnow())  # once only
+
+    again = card_row(agent, card)
+    assert (again.waiting_since, again.stage.key) == (asked, "open")
+    failed = [line for kind, line in history(conversation(client, card)) if kind == "reply-failed"]
+    [line] = failed  # once only
+    assert line.startswith(
+        "⚠️ Ana Agent's message did not reach the customer (outside WhatsApp's 24-hour window: "
+        "only an approved template can reach them (error 63016)): they are waiting for an "
+        "answer again. "
+    )
+    queue = client.get("/queue").get_data(as_text=True)
+    assert re.findall(r'<tr class="sla-[a-z_]+" data-card="(\d+)">', queue) == [str(card)]
+
+
+def test_a_failed_reply_followed_by_one_that_arrived_leaves_the_customer_answered(
+    agent: Config,
+) -> None:
+    card = customer_writes(agent, "Where is my order?")
+    reply_with_status(agent, card, "failed", "30008")
+    reply_with_status(agent, card, "delivered", None)
+
+    jobs.reconcile(agent, utcnow())
+
+    assert card_row(agent, card).waiting_since is None
+
+
+def test_a_failed_follow_up_the_customer_had_not_asked_for_leaves_them_answered(
+    agent: Config,
+) -> None:
+    card = customer_writes(agent, "Where is my order?")
+    reply_with_status(agent, card, "delivered", None)  # answered
+    reply_with_status(agent, card, "failed", "30008")  # a follow-up of the agent's own
+
+    jobs.reconcile(agent, utcnow())
+
+    assert card_row(agent, card).waiting_since is None
 
 
 def test_a_reply_twilio_refuses_shows_twilios_reason(

@@ -820,6 +820,32 @@ def test_alerts_held_for_someone_who_sent_stop_are_failed_with_why_and_staff_pag
     assert re.search(r"🔕 sent STOP \d{4}-\d\d-\d\d \d\d:\d\d UTC", page)
 
 
+def test_an_alert_already_on_its_way_is_not_sent_after_stop(
+    client: FlaskClient, desk_config: Config, session: Session
+) -> None:
+    """Handed to the sender, then STOP before its send job ran (a retry after a Twilio
+    error, a send the sweep queued again): failed with why, not sent."""
+    card = customer_writes(client, desk_config, session)
+    breach(session, card)
+    sofia = accounts.find_by_email(session, "sofia@example.com")
+    assert sofia is not None
+    [alert] = notifications.gather(session, sofia.id, utcnow() + timedelta(hours=1)).sends
+    session.commit()
+    staff_says(client, desk_config, "sofia", "STOP")
+
+    assert jobs.send_message(alert.id) == "failed"
+
+    fresh(session)
+    held = session.get_one(Message, alert.id)
+    assert (held.status, held.sid, held.error_message) == (
+        "failed",
+        None,
+        "not sent: Sofia Supervisor sent STOP (alerts resume with START)",
+    )
+    [stopped] = answers_to(session, "sofia")  # the answer to STOP itself went out
+    assert stopped.body.startswith("🔕") and jobs.send_message(stopped.id) == "sent"
+
+
 def test_stop_with_more_words_is_not_an_opt_out(
     client: FlaskClient, desk_config: Config, session: Session
 ) -> None:

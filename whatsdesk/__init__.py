@@ -85,6 +85,9 @@ def register_extensions(app: Flask) -> None:
     login_manager.login_view = "auth.login"
     app.teardown_appcontext(close_session)
     app.context_processor(lambda: {"config_simulator": current_config().simulator})
+    from .whatsapp import failure_reason
+
+    app.add_template_global(failure_reason)  # why a message did not arrive, in words
 
 
 def register_blueprints(app: Flask) -> None:

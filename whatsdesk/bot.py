@@ -12,6 +12,10 @@ from datetime import datetime
 
 log = logging.getLogger(__name__)
 
+# What str.format raises for a text it cannot fill in: an unknown or positional
+# placeholder, a stray brace, an attribute or index on a value.
+FILL_ERRORS = (KeyError, IndexError, ValueError, AttributeError, TypeError)
+
 LANGUAGES = ("en", "pt-BR", "es")
 DEFAULT_LANGUAGE = "en"
 
@@ -242,7 +246,7 @@ class Texts:
         gets an answer, and the message that called for it is still stored."""
         try:
             return self.texts[key].format(**values)
-        except (KeyError, IndexError, ValueError, AttributeError, TypeError):
+        except FILL_ERRORS:
             log.warning("the pipeline's text %r cannot be filled in; the built-in one is used", key)
             return TEXTS[self.lang][key].format(**values)
 

@@ -96,6 +96,13 @@ class Config:
                 "WHATSDESK_ENV=production needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN: "
                 "the simulator is for trying the desk, not for running it"
             )
+        if self.production and not self.public_url:
+            # Without it no send asks Twilio for status callbacks: no delivery ticks, and a
+            # reply that fails after Twilio took it would leave the customer answered.
+            raise RuntimeError(
+                "WHATSDESK_ENV=production needs PUBLIC_URL (e.g. https://desk.example.com): "
+                "Twilio reports each message's delivery there"
+            )
 
 
 def _port(raw: str) -> int:

@@ -9,12 +9,24 @@ from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, Select, and_, case, func, or_, select, update
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    case,
+    exists,
+    func,
+    or_,
+    select,
+    union_all,
+    update,
+)
+from sqlalchemy.orm import Session, aliased, joinedload
 
 from . import bot, calendars, clock, settings, sla
 from .models import (
     Card,
+    CardActivity,
     Contact,
     EarlyStatus,
     Message,
@@ -25,7 +37,7 @@ from .models import (
     User,
 )
 from .pipelines import MenuSpec
-from .whatsapp import Inbound
+from .whatsapp import Inbound, failure_reason
 
 # A stage visit's outcome.
 ONGOING, MET, BREACHED, NO_SLA_OUTCOME = "ongoing", "met", "breached", "no_sla"
@@ -766,6 +778,109 @@ def answered(session: Session, card: Card, agent: User, message: Message, now: d
     return Replied(message, automate(session, card, AGENT_REPLY, now) or started)
 
 
+# Statuses of a message that never reached the person.
+NOT_DELIVERED = ("failed", "undelivered")
+# A person's message to a customer that failed this long ago no longer reopens their wait.
+FAILED_REPLY_HOURS = 24
+
+
+def _persons_message_to_customer(message: type[Message]) -> ColumnElement[bool]:
+    """An agent's reply or template to a customer (not the bot's, not a staff alert)."""
+    return and_(
+        message.direction == "out",
+        message.contact_id.is_not(None),
+        message.user_id.is_not(None),
+        message.card_id.is_not(None),
+    )
+
+
+def _reached_before(failed: type[Message]) -> ColumnElement[Any]:
+    """When the last message of a person to the customer before `failed` that reached them
+    was written (NULL: none did)."""
+    reached = aliased(Message)
+    return (
+        select(func.max(reached.created_at))
+        .where(
+            _persons_message_to_customer(reached),
+            reached.card_id == failed.card_id,
+            reached.id < failed.id,
+            reached.status.not_in(NOT_DELIVERED),
+        )
+        .scalar_subquery()
+    )
+
+
+def failed_replies(now: datetime) -> Select[tuple[int]]:
+    """Messages of a person to a customer that did not reach them, answering a question
+    (the customer wrote after the last message of ours that reached them), whose open card
+    still counts the customer as answered: no later message of a person reached them, and
+    the customer has not written since (which would have them waiting already). A
+    template to a customer who had asked nothing does not make them wait. A range on the
+    outbound messages' status index; mostly empty."""
+    later, asked = aliased(Message), aliased(Message)
+    reached = _reached_before(Message)
+    return (
+        select(Message.id)
+        .join(Card, Card.id == Message.card_id)
+        .where(
+            _persons_message_to_customer(Message),
+            Message.status.in_(NOT_DELIVERED),
+            Message.updated_at >= now - timedelta(hours=FAILED_REPLY_HOURS),
+            Card.status == "open",
+            Card.waiting_since.is_(None),
+            ~exists().where(
+                _persons_message_to_customer(later),
+                later.card_id == Message.card_id,
+                later.id > Message.id,
+                later.status.not_in(NOT_DELIVERED),
+            ),
+            exists().where(
+                asked.card_id == Message.card_id,
+                asked.direction == "in",
+                or_(reached.is_(None), asked.created_at > reached),
+            ),
+        )
+        .order_by(Message.id)
+    )
+
+
+def reply_failed(session: Session, message_id: int, now: datetime) -> StageVisit | None:
+    """A person's message did not reach the customer: the customer is waiting for an answer
+    again — since their first message after the last one of ours that did reach them — and
+    the pipeline's `customer_message` automation applies (e.g. back to "Waiting for our
+    reply", with its SLA). The card's history says why. The new visit, if any; nothing
+    changes when the card no longer counts them as answered by it (`failed_replies`)."""
+    message = session.get_one(Message, message_id)
+    assert message.card_id is not None
+    card = lock_card(session, message.card_id)
+    if card is None or session.scalar(failed_replies(now).where(Message.id == message_id)) is None:
+        return None
+    failed = aliased(Message)
+    reached = _reached_before(failed)
+    card.waiting_since = session.scalar(
+        select(func.min(Message.created_at))
+        .join(failed, failed.id == message_id)
+        .where(
+            Message.card_id == card.id,
+            Message.direction == "in",
+            or_(reached.is_(None), Message.created_at > reached),
+        )
+    )
+    who = message.user.name if message.user else "A person"
+    reason = failure_reason(message.error_message, message.error_code)
+    session.add(
+        CardActivity(
+            card=card,
+            kind="reply-failed",
+            body=f"⚠️ {who}'s message did not reach the customer ({reason}): "
+            "they are waiting for an answer again.",
+            created_at=now,
+        )
+    )
+    session.flush()
+    return automate(session, card, CUSTOMER_MESSAGE, now)
+
+
 def resolve(session: Session, card_id: int, now: datetime, seen: int | None = None) -> Card:
     """Close the conversation: its stage visit ends, its timers stop. `seen`: the id of the
     customer's latest message the person resolving has seen (0: none); a message that came
@@ -988,14 +1103,22 @@ def _filtered(query: Select[Any], filters: QueueFilter, now: datetime) -> Select
         query = query.where(Card.owner_id == filters.viewer_id)
     elif filters.owner == "unassigned":
         query = query.where(Card.owner_id.is_(None))
-    if filters.state:
+    if filters.state == sla.NO_SLA:
+        # Cards in a stage without an SLA, and those whose customer is still choosing a
+        # team at the menu (no visit yet; their row says "No SLA" too): each set read from
+        # its own index, so the filter costs what it finds, not what is open.
+        choosing = aliased(Card)
+        without = union_all(
+            select(StageVisit.card_id).where(
+                StageVisit.left_at.is_(None), in_state(now, sla.NO_SLA)
+            ),
+            select(choosing.id).where(choosing.menu_deadline_at.is_not(None)),
+        )
+        query = query.where(Card.id.in_(without))
+    elif filters.state:
         visit = StageVisit
-        current = and_(visit.card_id == Card.id, visit.left_at.is_(None))
-        # A card whose customer is still choosing a team has no visit and shows "No SLA":
-        # for that state the join keeps cards without one (the condition holds on NULLs).
-        # Every other state's condition is false on NULLs, so they keep the inner join.
-        join = query.outerjoin if filters.state == sla.NO_SLA else query.join
-        query = join(visit, current).where(in_state(now, filters.state))
+        query = query.join(visit, and_(visit.card_id == Card.id, visit.left_at.is_(None)))
+        query = query.where(in_state(now, filters.state))
     return query
 
 

@@ -378,7 +378,12 @@ def recipients(
         reachable = [p for p in people if p.reachable_by_whatsapp]
         if reachable:
             return reachable
-    log.warning("%s of visit %s reaches nobody: no supervisor has WhatsApp", kind, visit.id)
+    log.warning(
+        "%s of visit %s reaches nobody: no active supervisor has a WhatsApp number that "
+        "has not sent STOP",
+        kind,
+        visit.id,
+    )
     return []
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import bisect
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -425,7 +425,14 @@ NO_TEMPLATE = (
 
 def _window_checked(config: Config, session: Session, message: Message) -> bool:
     """A staff alert to someone whose 24-hour window is closed goes as the approved
-    template; with none configured it is recorded as failed, never silently dropped."""
+    template; with none configured it is recorded as failed, never silently dropped. One
+    to someone who sent STOP or left meanwhile (a retry, a send lost and sent again) is
+    recorded as failed with why, not sent."""
+    if notifications.is_alert(message) and message.user_id is not None:
+        if message.user is None or not message.user.reachable_by_whatsapp:
+            message.status, message.updated_at = "failed", utcnow()
+            message.error_message = notifications.unreachable_reason(message.user, message.user_id)
+            return False
     if config.simulator or not notifications.is_staff_alert(message) or message.content_sid:
         return True
     if notifications.window_is_open(session, message.to_address, utcnow()):
@@ -531,14 +538,20 @@ def reconcile(
     counts["resent"] += len(lost_sends) + len(lost_alerts)
     counts["interrupted"], errors = _fail_interrupted_sends(config, alarms, waiting.in_doubt, now)
     counts["errors"] += errors
-    as_template = []
+    as_template: list[int] = []
+    waiting_again: list[tuple[int, sla.Timers]] = []
     if to_settle:
         with session_scope(config.database_url) as session:
             counts["late_statuses"] = desk.settle_early_statuses(session, now)
             as_template = [m.id for m in notifications.template_retries(session, now)]
+            failed_replies = session.scalars(desk.failed_replies(now)).all()
+        waiting_again, errors = _customers_waiting_again(config, failed_replies, now)
+        counts["errors"] += errors
     for message_id in as_template:
         alarms.enqueue_send(message_id, again=True)
     counts["resent"] += len(as_template)
+    for visit_id, timers in waiting_again:
+        alarms.schedule_timers(visit_id, timers)
     if any(counts.values()):
         log.info("sweep: %s", counts)
     return counts
@@ -781,14 +794,35 @@ def waiting_outbound(since: datetime) -> Select[Any]:
 
 
 def anything_to_settle(now: datetime) -> Select[tuple[bool]]:
-    """Are there kept status callbacks, or refused alerts to send as the template? (Mostly
-    not: one statement then spares the sweep a transaction.)"""
+    """Are there kept status callbacks, refused alerts to send as the template, or replies
+    that failed to reach their customer? (Mostly not: one statement then spares the sweep
+    a transaction.)"""
     return select(
         or_(
             select(EarlyStatus.id).exists(),
             select(Message.id).where(notifications.refused_alerts(now)).exists(),
+            desk.failed_replies(now).order_by(None).exists(),
         )
     )
+
+
+def _customers_waiting_again(
+    config: Config, message_ids: Sequence[int], now: datetime
+) -> tuple[list[tuple[int, sla.Timers]], int]:
+    """Each reply that failed to reach its customer has them waiting again
+    (`desk.reply_failed`), each in a transaction of its own: one that fails is logged and
+    the others go on. The new visits' timers to arm, and how many failed."""
+    visits, errors = [], 0
+    for message_id in message_ids:
+        try:
+            with session_scope(config.database_url) as session:
+                visit = desk.reply_failed(session, message_id, now)
+                if visit is not None:
+                    visits.append((visit.id, visit.timers))
+        except Exception:
+            log.exception("sweep: the failed reply %s could not be handled", message_id)
+            errors += 1
+    return visits, errors
 
 
 @dataclass(frozen=True)

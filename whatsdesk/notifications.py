@@ -27,6 +27,25 @@ KIND_LABELS = {
 }
 
 
+def is_alert(message: Message) -> bool:
+    """An SLA alert, or a digest of them (not a command's answer): what a person who sent
+    STOP, or was deactivated meanwhile, is not sent."""
+    key = message.dedupe_key or ""
+    return is_staff_alert(message) and (
+        message.sla_event_id is not None or key.startswith("digest-")
+    )
+
+
+def unreachable_reason(user: User | None, user_id: int) -> str:
+    """Why an alert for this person is not sent (they cannot be reached_by_whatsapp)."""
+    who = user.name if user is not None else f"user {user_id}"
+    if user is not None and not user.active:
+        return f"not sent: {who} is no longer active"
+    if user is not None and user.whatsapp and user.alerts_stopped_at is not None:
+        return f"not sent: {who} sent STOP (alerts resume with START)"
+    return f"not sent: {who} has no WhatsApp"
+
+
 def is_staff_alert(message: Message) -> bool:
     """An alert or digest to a staff member (not a message in a customer's conversation)."""
     return message.user_id is not None and message.contact_id is None
@@ -127,17 +146,10 @@ def _fail_unreachable(session: Session, user_id: int, user: User | None, now: da
     """Alerts held for someone deactivated, whose WhatsApp number was removed, or who sent
     STOP, while they waited: not sent (the old number may be someone else's now), failed
     with why, so that /alerts shows them."""
-    who = user.name if user is not None else f"user {user_id}"
-    if user is not None and not user.active:
-        why = "is no longer active"
-    elif user is not None and user.whatsapp and user.alerts_stopped_at is not None:
-        why = "sent STOP (alerts resume with START)"
-    else:
-        why = "has no WhatsApp"
     session.execute(
         update(Message)
         .where(_pending(user_id))
-        .values(status="failed", error_message=f"not sent: {who} {why}", updated_at=now),
+        .values(status="failed", error_message=unreachable_reason(user, user_id), updated_at=now),
         execution_options={"synchronize_session": False},
     )
 

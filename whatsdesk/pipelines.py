@@ -11,7 +11,7 @@ from typing import Any
 import yaml
 
 from . import clock
-from .bot import COMMANDS, LANGUAGES, TEXT_KEYS
+from .bot import COMMANDS, FILL_ERRORS, LANGUAGES, TEXT_KEYS
 from .bot import PLACEHOLDERS as BOT_PLACEHOLDERS
 
 DURATION_RE = re.compile(r"^(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?$")
@@ -438,16 +438,8 @@ def _replies(reader: _Reader, node: yaml.Node, path: str) -> RepliesSpec:
             )
         _check_placeholders(reader, parts.get("text"), f"{where}.text", template.text)
         variables = parts.get("variables")
-        if isinstance(variables, yaml.MappingNode):
-            for key_node, value_node in variables.value:
-                name = str(key_node.value)
-                value = reader.scalar(value_node, f"{where}.variables.{name}")
-                if not (name.isascii() and name.isdigit()):
-                    reader.fail(key_node, f"{where}.variables.{name}", "numbered: 1, 2, …")
-                _check_placeholders(reader, value_node, f"{where}.variables.{name}", value)
-                template.variables[name] = value
-        elif variables is not None:
-            reader.fail(variables, f"{where}.variables", 'expected e.g. {"1": "{customer}"}')
+        if variables is not None:
+            template.variables = _template_variables(reader, variables, where, REPLY_PLACEHOLDERS)
         spec.templates.append(template)
     _check_unique(reader, [(t.key, 0) for t in spec.templates], f"{path}.templates", "key")
     return spec
@@ -463,7 +455,7 @@ def _check_placeholders(
     """Refuse a text that names anything but `placeholders` in braces."""
     try:
         text.format(**dict.fromkeys(placeholders, ""))
-    except (KeyError, IndexError, ValueError, AttributeError, TypeError):
+    except FILL_ERRORS:
         known = ", ".join("{" + p + "}" for p in placeholders)
         allowed = f"may only use {known}" if known else "takes no placeholders"
         reader.fail(node, path, f"{allowed} (write {{{{ for a brace)")
@@ -492,15 +484,23 @@ def _notifications(reader: _Reader, node: yaml.Node, path: str) -> Notifications
                 f"{where}.content_sid",
                 "expected an approved template's Content SID: HX and 32 hex digits",
             )
-        spec.template_variables = _template_variables(reader, parts.get("variables"), where)
+        variables = parts.get("variables")
+        spec.template_variables = (
+            {"1": "{text}"}
+            if variables is None
+            else _template_variables(reader, variables, where, TEMPLATE_PLACEHOLDERS)
+        )
     return spec
 
 
-def _template_variables(reader: _Reader, node: yaml.Node | None, path: str) -> dict[str, str]:
-    if node is None:
-        return {"1": "{text}"}
+def _template_variables(
+    reader: _Reader, node: yaml.Node, path: str, placeholders: tuple[str, ...]
+) -> dict[str, str]:
+    """A WhatsApp template's numbered variables, each a text that may use `placeholders`
+    (a customer template's, or the alert template's)."""
     if not isinstance(node, yaml.MappingNode):
-        reader.fail(node, f"{path}.variables", 'expected e.g. {"1": "{name}", "2": "{text}"}')
+        example = ", ".join(f'"{n}": "{{{p}}}"' for n, p in enumerate(placeholders[:2], 1))
+        reader.fail(node, f"{path}.variables", f"expected e.g. {{{example}}}")
         return {}
     variables = {}
     for key_node, value_node in node.value:
@@ -509,7 +509,7 @@ def _template_variables(reader: _Reader, node: yaml.Node | None, path: str) -> d
         value = reader.scalar(value_node, where)
         if not (name.isascii() and name.isdigit()):
             reader.fail(key_node, where, "template variables are numbered: 1, 2, …")
-        _check_placeholders(reader, value_node, where, value, TEMPLATE_PLACEHOLDERS)
+        _check_placeholders(reader, value_node, where, value, placeholders)
         variables[name] = value
     return variables
 

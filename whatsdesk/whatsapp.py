@@ -27,6 +27,32 @@ REQUEST_TIMEOUT_SECONDS = 10
 LIST_LIMIT = 200
 # Twilio's rate-limit codes: too many requests, and WhatsApp's per-sender throttle.
 TRANSIENT_CODES = {20429, 63018}
+# What a delivery error code means for the person who sent the message (Twilio's error
+# dictionary); the code alone where it is not here.
+ERROR_TEXTS = {
+    "63016": "outside WhatsApp's 24-hour window: only an approved template can reach them",
+    "63003": "that number is not on WhatsApp",
+    "63024": "WhatsApp refused the recipient",
+    "63018": "WhatsApp's rate limit for the sender",
+    "63013": "WhatsApp's policy refused the message",
+    "63015": "the number has not joined the WhatsApp sandbox",
+    "30003": "the phone is unreachable",
+    "30005": "unknown number, or the phone is off",
+    "30006": "a landline or an unreachable carrier",
+    "30008": "the carrier reported an unknown error",
+}
+
+
+def failure_reason(error_message: str | None, error_code: str | None) -> str:
+    """Why a message did not reach the person, in words."""
+    if error_message:
+        return error_message
+    if error_code:
+        known = ERROR_TEXTS.get(error_code)
+        return f"{known} (error {error_code})" if known else f"error {error_code}"
+    return "no reason given"
+
+
 E164_RE = re.compile(r"^\+[1-9]\d{6,14}\Z")  # \Z: "$" would let a final new line through
 ADDRESS_RE = re.compile(r"^whatsapp:" + E164_RE.pattern.removeprefix("^"))
 # TwiML for "no reply": the desk answers through the REST API, from its jobs.

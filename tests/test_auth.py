@@ -389,6 +389,20 @@ def test_a_failed_login_after_the_window_counts_from_one_again(
     assert [tuple(row) for row in rows] == [("address:127.0.0.1", 4)]
 
 
+def test_tries_refused_while_an_account_waits_do_not_count_against_the_address(
+    client: FlaskClient, seeded: Config
+) -> None:
+    """Someone behind the office's one address keeps clicking Log in while their account
+    waits: the refused clicks check no password and do not lock out their colleagues."""
+    fail_logins(client, "ana@example.com", 5)
+    for _ in range(15):
+        assert post_login(client, "ana@example.com", PASSWORD).status_code == 429
+
+    answer = post_login(client, "bruno@example.com", PASSWORD)
+
+    assert answer.status_code == 302
+
+
 def test_failed_logins_sent_at_once_are_all_counted_before_any_password_is_checked(
     seeded: Config,
 ) -> None:

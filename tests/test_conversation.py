@@ -447,6 +447,26 @@ def test_a_failed_follow_up_the_customer_had_not_asked_for_leaves_them_answered(
     assert card_row(agent, card).waiting_since is None
 
 
+def test_a_failed_reply_is_handled_once_even_after_the_card_is_resolved_and_reopened(
+    agent: Config,
+) -> None:
+    card = customer_writes(agent, "Where is my order?")
+    other = customer_writes(agent, "Hello?", phone="+5511999990001")
+    reply_with_status(agent, card, "failed", "30008")
+    reply_with_status(agent, other, "delivered", None)  # another customer's, arrived later
+    jobs.reconcile(agent, utcnow())
+    assert card_row(agent, card).waiting_since is not None
+    with session_factory(agent.database_url)() as s:
+        desk.resolve(s, card, utcnow())
+        desk.reopen(s, card, utcnow())
+        s.commit()
+
+    jobs.reconcile(agent, utcnow())
+
+    assert card_row(agent, card).waiting_since is None  # reopened: nobody asked since
+    assert card_row(agent, other).waiting_since is None
+
+
 def test_a_reply_twilio_refuses_shows_twilios_reason(
     client: FlaskClient,
     agent: Config,
@@ -1080,3 +1100,20 @@ def test_an_attachment_of_another_conversation_is_not_found(
 
     assert answer.status_code == 404
     assert twilio.media_requests == []
+
+
+def test_the_page_says_when_the_customer_sent_stop(client: FlaskClient, agent: Config) -> None:
+    """STOP is a command, not a question: the card stays open, and whoever answers it sees
+    that the customer opted out (templates are refused until START)."""
+    card = customer_writes(agent, "Where is my order?")
+    customer_writes(agent, "STOP")
+
+    page = conversation(client, card)
+
+    assert re.search(
+        r"🔕 Maria sent STOP on \d{4}-\d\d-\d\d \d\d:\d\d UTC: no template reaches them until "
+        r"they send START",
+        visible(page),
+    )
+    customer_writes(agent, "START")
+    assert "sent STOP" not in visible(conversation(client, card))

@@ -210,6 +210,19 @@ MISTAKES = [
         '      text: "Hi {customer.name}, this is {agent}."',
         "line 38: replies.canned[0].text: may only use {customer}",
     ),
+    (
+        "a placeholder with a format that would build a huge text",
+        '      text: "Hi {customer}, this is {agent}."',
+        '      text: "Hi {customer:>50000000}, this is {agent}."',
+        "line 38: replies.canned[0].text: may only use {customer}, {agent}, {card} (write {{ "
+        "and }} for a brace); unknown placeholder {customer}",
+    ),
+    (
+        "a part repeated by YAML alias",
+        "    name: Support",
+        "    name: &n Support\n    calendar: *n",
+        "line 12: file: YAML aliases (*n) are not accepted",
+    ),
     ("not YAML", "    name: Support", "    name: [Support", "line 12: file: not valid YAML"),
     ("tab indentation", "    name: Support", "\tname: Support", "line 11: file: not valid YAML"),
 ]

@@ -123,7 +123,9 @@ def authenticate(session: Session, email: str, password: str) -> User | None:
     if user is None:
         check_password_hash(_DUMMY_HASH, password)
         return None
-    if not user.active or not check_password_hash(user.password_hash, password):
+    # The hash is checked first, whatever the account: a deactivated one answering sooner
+    # would tell who has (had) an account.
+    if not check_password_hash(user.password_hash, password) or not user.active:
         return None
     return user
 

@@ -771,6 +771,7 @@ def answered(session: Session, card: Card, agent: User, message: Message, now: d
     """An agent's message to the customer is queued: the customer is no longer waiting, an
     unowned card becomes the agent's, and the `agent_reply` automation moves the card."""
     started = _person_takes_over_menu(session, card, now)
+    message.answered_waiting_since = card.waiting_since  # put back if it never arrives
     card.waiting_since = None
     if card.owner is None:
         card.owner = agent
@@ -794,38 +795,21 @@ def _persons_message_to_customer(message: type[Message]) -> ColumnElement[bool]:
     )
 
 
-def _reached_before(failed: type[Message]) -> ColumnElement[Any]:
-    """When the last message of a person to the customer before `failed` that reached them
-    was written (NULL: none did)."""
-    reached = aliased(Message)
-    return (
-        select(func.max(reached.created_at))
-        .where(
-            _persons_message_to_customer(reached),
-            reached.card_id == failed.card_id,
-            reached.id < failed.id,
-            reached.status.not_in(NOT_DELIVERED),
-        )
-        .scalar_subquery()
-    )
-
-
 def failed_replies(now: datetime) -> Select[tuple[int]]:
-    """Messages of a person to a customer that did not reach them, answering a question
-    (the customer wrote after the last message of ours that reached them), whose open card
-    still counts the customer as answered: no later message of a person reached them, and
-    the customer has not written since (which would have them waiting already). A
-    template to a customer who had asked nothing does not make them wait. A range on the
-    outbound messages' status index; mostly empty."""
-    later, asked = aliased(Message), aliased(Message)
-    reached = _reached_before(Message)
+    """A person's messages that answered a waiting customer (`answered_waiting_since`) and
+    did not reach them, not yet handled, whose open card still counts the customer as
+    answered: no later message of a person reached them, and the customer has not written
+    since (which would have them waiting already). A range on the outbound messages'
+    status index; empty but for failures not yet handled."""
+    later = aliased(Message)
     return (
         select(Message.id)
         .join(Card, Card.id == Message.card_id)
         .where(
-            _persons_message_to_customer(Message),
+            Message.direction == "out",
             Message.status.in_(NOT_DELIVERED),
             Message.updated_at >= now - timedelta(hours=FAILED_REPLY_HOURS),
+            Message.answered_waiting_since.is_not(None),
             Card.status == "open",
             Card.waiting_since.is_(None),
             ~exists().where(
@@ -834,38 +818,23 @@ def failed_replies(now: datetime) -> Select[tuple[int]]:
                 later.id > Message.id,
                 later.status.not_in(NOT_DELIVERED),
             ),
-            exists().where(
-                asked.card_id == Message.card_id,
-                asked.direction == "in",
-                or_(reached.is_(None), asked.created_at > reached),
-            ),
         )
         .order_by(Message.id)
     )
 
 
 def reply_failed(session: Session, message_id: int, now: datetime) -> StageVisit | None:
-    """A person's message did not reach the customer: the customer is waiting for an answer
-    again — since their first message after the last one of ours that did reach them — and
-    the pipeline's `customer_message` automation applies (e.g. back to "Waiting for our
-    reply", with its SLA). The card's history says why. The new visit, if any; nothing
+    """A person's answer did not reach the customer: the customer is waiting again since
+    when they were waiting before it, and the pipeline's `customer_message` automation
+    applies (e.g. back to "Waiting for our reply", with its SLA). The card's history says
+    why. Handled once: the message no longer keeps the time. The new visit, if any; nothing
     changes when the card no longer counts them as answered by it (`failed_replies`)."""
     message = session.get_one(Message, message_id)
     assert message.card_id is not None
     card = lock_card(session, message.card_id)
     if card is None or session.scalar(failed_replies(now).where(Message.id == message_id)) is None:
         return None
-    failed = aliased(Message)
-    reached = _reached_before(failed)
-    card.waiting_since = session.scalar(
-        select(func.min(Message.created_at))
-        .join(failed, failed.id == message_id)
-        .where(
-            Message.card_id == card.id,
-            Message.direction == "in",
-            or_(reached.is_(None), Message.created_at > reached),
-        )
-    )
+    card.waiting_since, message.answered_waiting_since = message.answered_waiting_since, None
     who = message.user.name if message.user else "A person"
     reason = failure_reason(message.error_message, message.error_code)
     session.add(

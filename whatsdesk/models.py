@@ -441,6 +441,9 @@ class Message(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # A person's message that answered a waiting customer: since when they had waited. Put
+    # back on the card if the message never reaches them (desk.reply_failed), then cleared.
+    answered_waiting_since: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     card: Mapped[Card | None] = relationship()
     contact: Mapped[Contact | None] = relationship()

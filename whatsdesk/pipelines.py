@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import string
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import yaml
 
 from . import clock
-from .bot import COMMANDS, FILL_ERRORS, LANGUAGES, TEXT_KEYS
+from .bot import COMMANDS, LANGUAGES, TEXT_KEYS
 from .bot import PLACEHOLDERS as BOT_PLACEHOLDERS
 
 DURATION_RE = re.compile(r"^(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?$")
@@ -337,9 +338,24 @@ class _Reader:
         return value
 
 
+def _refuse_aliases(source: str) -> None:
+    """A file may not repeat a part by alias (`*name`): each alias is read again where it
+    is used, so a few nested ones in a small file make millions of nodes to check."""
+    for event in yaml.parse(source, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            line = event.start_mark.line + 1 if event.start_mark else 1
+            raise PipelineFileError(
+                [
+                    f"line {line}: file: YAML aliases (*{event.anchor}) are not accepted; "
+                    "write the part out where it is needed"
+                ]
+            )
+
+
 def parse(source: str) -> DeskSpec:
     """Read and check a configuration file; PipelineFileError lists every problem found."""
     try:
+        _refuse_aliases(source)
         root = yaml.compose(source, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
@@ -445,6 +461,23 @@ def _replies(reader: _Reader, node: yaml.Node, path: str) -> RepliesSpec:
     return spec
 
 
+def placeholder_problem(text: str, allowed: tuple[str, ...]) -> str | None:
+    """What is wrong with the braces of `text`, which may name only `allowed`, plainly:
+    no .attribute, [index], !conversion or :format (a format such as `{customer:>9999999}`
+    would build a huge text each time it is filled in). None when nothing is."""
+    known = ", ".join("{" + p + "}" for p in allowed)
+    hint = f"may only use {known}" if known else "takes no placeholders"
+    hint += " (write {{ and }} for a brace)"
+    try:
+        fields = [part[1:] for part in string.Formatter().parse(text) if part[1] is not None]
+    except ValueError:
+        return f"{hint}; a brace is not closed"
+    unknown = [
+        name for name, spec, conversion in fields if name not in allowed or spec or conversion
+    ]
+    return f"{hint}; unknown placeholder {{{unknown[0]}}}" if unknown else None
+
+
 def _check_placeholders(
     reader: _Reader,
     node: yaml.Node | None,
@@ -452,13 +485,10 @@ def _check_placeholders(
     text: str,
     placeholders: tuple[str, ...] = REPLY_PLACEHOLDERS,
 ) -> None:
-    """Refuse a text that names anything but `placeholders` in braces."""
-    try:
-        text.format(**dict.fromkeys(placeholders, ""))
-    except FILL_ERRORS:
-        known = ", ".join("{" + p + "}" for p in placeholders)
-        allowed = f"may only use {known}" if known else "takes no placeholders"
-        reader.fail(node, path, f"{allowed} (write {{{{ for a brace)")
+    """Refuse a text that names anything but `placeholders` in braces (placeholder_problem)."""
+    problem = placeholder_problem(text, placeholders)
+    if problem:
+        reader.fail(node, path, problem)
 
 
 def _notifications(reader: _Reader, node: yaml.Node, path: str) -> NotificationsSpec:

@@ -5,8 +5,8 @@ desk while Redis is down, and a login page that needed Redis would lock everyone
 exactly when a supervisor most needs to look.
 
 Each try is counted before its password is checked, and committed at once: tries sent in
-parallel all count, so no more than the limit are ever checked. A login that works takes
-its try back."""
+parallel all count, so no more than the limit are ever checked. A try refused, or a login
+that works, takes its try back: only failed passwords count."""
 
 from __future__ import annotations
 
@@ -53,7 +53,9 @@ def attempt(session: Session, email: str, address: str, now: datetime) -> int:
         ).returning(LoginFailure.failures, LoginFailure.window_ends_at)
         failures, window_ends = session.execute(counted).one()
         if failures > limit:
-            waits.append(max(1, int((_aware(window_ends) - now).total_seconds())))
+            waits.append(max(1, int((window_ends - now).total_seconds())))
+    if max(waits):  # refused, its password unchecked: the try counts for nothing
+        _take_back(session, [key for key, _limit in _keys(email, address)])
     _clear_expired(session, now)
     return max(waits)
 
@@ -63,9 +65,13 @@ def succeeded(session: Session, email: str, address: str) -> None:
     back (a team behind one address does not lock itself out by logging in)."""
     (account, _), (place, _) = _keys(email, address)
     session.execute(delete(LoginFailure).where(LoginFailure.key == account))
+    _take_back(session, [place])
+
+
+def _take_back(session: Session, keys: list[str]) -> None:
     session.execute(
         update(LoginFailure)
-        .where(LoginFailure.key == place, LoginFailure.failures > 0)
+        .where(LoginFailure.key.in_(keys), LoginFailure.failures > 0)
         .values(failures=LoginFailure.failures - 1)
     )
 
@@ -79,10 +85,3 @@ def _clear_expired(session: Session, now: datetime) -> None:
         .with_for_update(skip_locked=True)
     )
     session.execute(delete(LoginFailure).where(LoginFailure.key.in_(expired)))
-
-
-def _aware(at: datetime) -> datetime:
-    """RETURNING gives the column's raw value (SQLite: naive text read as UTC)."""
-    from .db import UTCDateTime
-
-    return UTCDateTime().process_result_value(at, None) or at

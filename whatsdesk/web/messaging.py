@@ -5,7 +5,6 @@ pages and the YAML file never drift and each change is audited."""
 from __future__ import annotations
 
 import re
-import string
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 
@@ -33,6 +32,7 @@ from ..pipelines import (
     RepliesSpec,
     format_duration,
     parse_duration,
+    placeholder_problem,
 )
 from . import forms, saving
 from .roles import settings_editor_required, settings_reader_required
@@ -53,19 +53,9 @@ def _field(form: Mapping[str, str], name: str) -> str:
 
 
 def _placeholder_problems(label: str, text: str, allowed: tuple[str, ...]) -> list[str]:
-    """Refuse braces naming anything but `allowed` (also .attributes, [indexes], :formats)."""
-    known = ", ".join("{" + p + "}" for p in allowed)
-    hint = f"{label}: may only use {known} (write {{{{ and }}}} for a brace)"
-    try:
-        fields = [part[1:] for part in string.Formatter().parse(text) if part[1] is not None]
-    except ValueError:
-        return [f"{hint}; a brace is not closed"]
-    unknown = [
-        name for name, spec, conversion in fields if name not in allowed or spec or conversion
-    ]
-    if unknown:
-        return [f"{hint}; unknown placeholder {{{unknown[0]}}}"]
-    return []
+    """The page's field-labelled form of the configuration's own rule."""
+    problem = placeholder_problem(text, allowed)
+    return [f"{label}: {problem}"] if problem else []
 
 
 def _content_sid(label: str, value: str, problems: list[str]) -> str:

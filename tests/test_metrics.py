@@ -120,6 +120,28 @@ def test_without_a_token_only_direct_loopback_requests_are_answered(
     assert "loopback" in proxied.get_data(as_text=True)
 
 
+def test_in_production_only_a_token_opens_the_metrics(config: Config) -> None:
+    """A reverse proxy on the same host that adds no X-Forwarded-For would make every client
+    a direct loopback one: in production the loopback rule does not apply."""
+    production = config.with_(
+        production=True,
+        twilio_account_sid="AC" + "1" * 32,
+        twilio_auth_token="tok-12345",
+        secret_key="a-long-random-secret-for-this-test-only",
+        public_url="https://desk.example.com",
+    )
+    answer = create_app(production).test_client().get("/metrics")
+    assert answer.status_code == 403
+    assert "in production, set METRICS_TOKEN" in answer.get_data(as_text=True)
+
+    scraped = (
+        create_app(production.with_(metrics_token="s3cret-scrape-token"))
+        .test_client()
+        .get("/metrics", headers={"Authorization": "Bearer s3cret-scrape-token"})
+    )
+    assert scraped.status_code == 200
+
+
 def test_with_a_token_only_its_bearer_is_answered_from_anywhere(config: Config) -> None:
     client = with_token(config)
     assert client.get("/metrics").status_code == 401

@@ -17,6 +17,10 @@ def scrape() -> Response:
     token = current_config().metrics_token
     proxied = any(name in request.headers for name in FORWARDED_HEADERS)
     authorization = request.headers.get("Authorization", "")
+    if not token and current_config().production:
+        # A reverse proxy on the same host that adds no forwarding header would make any
+        # client look like a direct loopback one: in production only a token opens it.
+        return _refused(403, "in production, set METRICS_TOKEN and scrape with it")
     if not metrics.may_scrape(token, authorization, request.remote_addr, proxied):
         if token:
             return _refused(401, "a valid bearer token (METRICS_TOKEN) is required")

@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
-from whatsdesk import create_app, desk, escalation, whatsapp
+from whatsdesk import create_app, desk, escalation, throttle, whatsapp
 from whatsdesk.config import Config
 from whatsdesk.db import session_factory, utcnow
 from whatsdesk.models import LoginFailure, Message, SlaEvent, User
@@ -382,11 +382,39 @@ def test_a_failed_login_after_the_window_counts_from_one_again(
     answer = post_login(client, "ana@example.com", PASSWORD)
 
     assert answer.status_code == 302
+    # The account's count here ended with the login, which took its try back from the
+    # others: the four failures of this window are what is left.
     fresh(session)
-    # The account's count ended with the login, which took its try back from the address.
-    fresh(session)
-    rows = session.execute(select(LoginFailure.key, LoginFailure.failures)).all()
-    assert [tuple(row) for row in rows] == [("address:127.0.0.1", 4)]
+    counts = sorted(
+        (key.split(":")[0], failures)
+        for key, failures in session.execute(select(LoginFailure.key, LoginFailure.failures))
+    )
+    assert counts == [("account", 4), ("address", 4)]
+
+
+def test_guesses_from_elsewhere_do_not_lock_the_person_out_where_they_are(
+    client: FlaskClient, seeded: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone who knows Ana's email fails five times from their own address: Ana still
+    logs in from hers. Guesses spread over many addresses lock the account everywhere
+    (50 in 15 minutes; 6 here)."""
+    monkeypatch.setattr(throttle, "FAILURES_PER_ACCOUNT_ANYWHERE", 6)
+
+    def from_(address: str, password: str) -> int:
+        token = page_token(client)
+        answer = client.post(
+            "/login",
+            data={"email": "ana@example.com", "password": password, "csrf_token": token},
+            environ_base={"REMOTE_ADDR": address},
+        )
+        client.post("/logout", data={"csrf_token": token})
+        return answer.status_code
+
+    assert [from_("203.0.113.9", "guess") for _ in range(6)] == [200] * 5 + [429]
+    assert from_("127.0.0.1", PASSWORD) == 302  # the account's 6th try anywhere: allowed
+
+    assert from_("198.51.100.7", "guess") == 200  # a 7th failure anywhere …
+    assert from_("127.0.0.1", PASSWORD) == 429  # … and the account waits everywhere
 
 
 def test_tries_refused_while_an_account_waits_do_not_count_against_the_address(

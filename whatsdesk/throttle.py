@@ -19,17 +19,26 @@ from sqlalchemy.orm import Session
 
 from .models import LoginFailure
 
+# An account from one address: someone guessing elsewhere does not lock the person out
+# where they are; an account from anywhere: guesses spread over many addresses; an address.
 FAILURES_PER_ACCOUNT = 5
+FAILURES_PER_ACCOUNT_ANYWHERE = 50
 FAILURES_PER_ADDRESS = 20
 WINDOW_SECONDS = 15 * 60
 EXPIRED_CLEARED = 100  # windows over, cleared by each try (those no other try holds)
 
 
+def _hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
 def _keys(email: str, address: str) -> list[tuple[str, int]]:
+    """The counts a try adds to, with their limits: the account at this address first."""
     # Hashed: the table never holds the email in clear.
-    who = hashlib.sha256(email.strip().lower().encode()).hexdigest()[:32]
+    who = _hash(email.strip().lower())
     return [
-        (f"account:{who}", FAILURES_PER_ACCOUNT),
+        (f"account-at:{_hash(who + ' ' + address)}", FAILURES_PER_ACCOUNT),
+        (f"account:{who}", FAILURES_PER_ACCOUNT_ANYWHERE),
         (f"address:{address[:64]}", FAILURES_PER_ADDRESS),
     ]
 
@@ -61,11 +70,12 @@ def attempt(session: Session, email: str, address: str, now: datetime) -> int:
 
 
 def succeeded(session: Session, email: str, address: str) -> None:
-    """The login worked: its account's count starts again, and its address's try is taken
-    back (a team behind one address does not lock itself out by logging in)."""
-    (account, _), (place, _) = _keys(email, address)
-    session.execute(delete(LoginFailure).where(LoginFailure.key == account))
-    _take_back(session, [place])
+    """The login worked: the account's count at this address starts again, and its try is
+    taken back from the others (a team behind one address does not lock itself out by
+    logging in; guesses made elsewhere keep counting)."""
+    (here, _), *others = _keys(email, address)
+    session.execute(delete(LoginFailure).where(LoginFailure.key == here))
+    _take_back(session, [key for key, _limit in others])
 
 
 def _take_back(session: Session, keys: list[str]) -> None:

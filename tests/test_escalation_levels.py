@@ -11,7 +11,16 @@ from rq.registry import ScheduledJobRegistry
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from whatsdesk import accounts, desk, jobs, pipeline_store, pipelines, sla, whatsapp
+from whatsdesk import (
+    accounts,
+    configuration,
+    desk,
+    jobs,
+    pipeline_store,
+    pipelines,
+    sla,
+    whatsapp,
+)
 from whatsdesk.alarms import clock_queue_name, second_of, tick_job_id
 from whatsdesk.config import Config
 from whatsdesk.models import Message, SlaEvent, StageEscalation, StageVisit
@@ -173,6 +182,84 @@ def test_reloading_with_fewer_levels_keeps_the_stage_and_drops_the_rest(
     dumped = pipelines.parse(pipelines.dump(pipeline_store.dump(session)))
     [level] = dumped.pipelines[0].stages[0].escalate
     assert (level.after_seconds, level.to) == (300, ["bruno@example.com"])
+
+
+WITHOUT_FIRST_LEVEL = CONFIG.replace(
+    "          - after: 5m\n            to: [bruno@example.com]\n", ""
+)
+
+
+@pytest.mark.parametrize("retime", [False, True], ids=["kept timers", "re-timed"])
+def test_removing_a_fired_level_leaves_the_next_one_owed_to_its_own_people(
+    escalating: Config, session: Session, retime: bool
+) -> None:
+    """Level 1 (Bruno, 5 min) has fired; an admin removes it. The old level 2 (Otto and
+    Bruno, 20 min) is level 1 now: it still comes at its time, to its people — not taken
+    for done because a level 1 was recorded, nor sent as a "level 2" nobody is named for."""
+    visit = open_visit(session)
+    breach = T0 + timedelta(minutes=10)
+    jobs.reconcile(escalating, breach + timedelta(minutes=5))
+    fired = session.scalars(select(SlaEvent).where(SlaEvent.kind == "level-1")).one()
+
+    configuration.apply(
+        session,
+        pipelines.parse(WITHOUT_FIRST_LEVEL),
+        None,
+        "import",
+        "file",
+        breach + timedelta(minutes=6),
+        retime=retime,
+    )
+    session.commit()
+    session.expire_all()
+    assert session.get_one(StageVisit, visit.id).timers.levels == (breach + timedelta(minutes=20),)
+    jobs.reconcile(escalating, breach + timedelta(minutes=20))
+
+    assert told(session, "level-1") == ["whatsapp:+15550000002", "whatsapp:+15550000004"]
+    assert told(session, f"level-1-gone-{fired.id}") == ["whatsapp:+15550000002"]  # as before
+    session.expire_all()
+    assert session.get_one(StageVisit, visit.id).next_due_at is None
+    assert sla.level_reached(f"level-1-gone-{fired.id}") == 1  # the reports still count it
+    assert sla.event_label(f"level-1-gone-{fired.id}") == "level-1 (a level removed since)"
+
+
+def test_a_level_inserted_before_a_fired_one_is_owed_and_the_fired_one_keeps_its_identity(
+    escalating: Config, session: Session
+) -> None:
+    """Level 1 (Bruno, 5 min) has fired; an admin puts a new level 1 (Sofia, 3 min) before
+    it. The fired level is level 2 now and is not sent again; the new one, already past
+    its time, is owed and goes to Sofia at the next sweep; the old level 2 is level 3."""
+    visit = open_visit(session)
+    breach = T0 + timedelta(minutes=10)
+    jobs.reconcile(escalating, breach + timedelta(minutes=5))
+    earlier = CONFIG.replace(
+        "        escalate:\n",
+        "        escalate:\n          - after: 3m\n            to: [sofia@example.com]\n",
+    )
+
+    configuration.apply(
+        session, pipelines.parse(earlier), None, "import", "file", breach + timedelta(minutes=6)
+    )
+    session.commit()
+    jobs.reconcile(escalating, breach + timedelta(minutes=6))
+    jobs.reconcile(escalating, breach + timedelta(minutes=20))
+
+    assert told(session, "level-1") == ["whatsapp:+15550000003"]  # Sofia, once
+    assert told(session, "level-2") == ["whatsapp:+15550000002"]  # Bruno, before the change
+    assert told(session, "level-3") == ["whatsapp:+15550000002", "whatsapp:+15550000004"]
+    session.expire_all()
+    assert session.get_one(StageVisit, visit.id).next_due_at is None
+
+
+def test_levels_keep_their_identity_by_delay_and_people() -> None:
+    five, twenty = pipelines.EscalationSpec(300, ["b"]), pipelines.EscalationSpec(1200, ["o"])
+    three = pipelines.EscalationSpec(180, ["s"])
+    assert pipelines.match_levels([five, twenty], [five, twenty]) == {}
+    assert pipelines.match_levels([five, twenty], [five, twenty, three]) == {}  # one added
+    assert pipelines.match_levels([five], [pipelines.EscalationSpec(600, ["b"])]) == {}
+    assert pipelines.match_levels([five, twenty], [twenty]) == {1: None, 2: 1}
+    assert pipelines.match_levels([five, twenty], [three, five, twenty]) == {1: 2, 2: 3}
+    assert pipelines.match_levels([five, twenty], [twenty, five]) == {1: 2, 2: 1}
 
 
 def test_escalation_mistakes_are_refused_naming_line_and_field(

@@ -85,9 +85,11 @@ def register_extensions(app: Flask) -> None:
     login_manager.login_view = "auth.login"
     app.teardown_appcontext(close_session)
     app.context_processor(lambda: {"config_simulator": current_config().simulator})
+    from .sla import event_label
     from .whatsapp import failure_reason
 
     app.add_template_global(failure_reason)  # why a message did not arrive, in words
+    app.add_template_global(event_label)
 
 
 def register_blueprints(app: Flask) -> None:

@@ -127,7 +127,16 @@ def apply(
     }
     changed = _touched_pipelines(spec, before_spec, unchanged - reread)
     touched = list(session.scalars(select(Pipeline).where(Pipeline.key.in_(changed))))
+    levels = _renumbered(spec, before_spec)
+    # Every open card either step writes, locked at once in id order (each step locks its
+    # own again, already held): no other writer of cards can hold one while waiting for us.
+    followed = {key for key, _stage in levels}
+    pipeline_store.lock_open_cards(
+        session, [p for p in touched if retime] + [p for p in _stored(session, followed)]
+    )
+    renumbered = pipeline_store.renumber_levels(session, levels, retime)
     visits = pipeline_store.retime(session, touched) if retime else []
+    visits += [visit for visit in renumbered if visit not in visits]
     session.flush()
     session.expire_all()  # read back what was written, not what the session remembers
     audit.record(session, user, action, target, before, current_yaml(session), now)
@@ -145,6 +154,24 @@ def _refuse_new_sources(spec: DeskSpec, before: DeskSpec) -> None:
     ]
     if problems:
         raise pipelines.PipelineFileError(problems)
+
+
+def _stored(session: Session, keys: set[str]) -> list[Pipeline]:
+    return list(session.scalars(select(Pipeline).where(Pipeline.key.in_(keys)))) if keys else []
+
+
+def _renumbered(spec: DeskSpec, before: DeskSpec) -> dict[tuple[str, str], dict[int, int | None]]:
+    """The stages whose escalation levels were removed, inserted or reordered, each with
+    what its old levels became (pipelines.match_levels)."""
+    old = {(p.key, s.key): s for p in before.pipelines for s in p.stages}
+    changes = {}
+    for pipeline in spec.pipelines:
+        for stage in pipeline.stages:
+            was = old.get((pipeline.key, stage.key))
+            mapping = pipelines.match_levels(was.escalate, stage.escalate) if was else {}
+            if mapping:
+                changes[(pipeline.key, stage.key)] = mapping
+    return changes
 
 
 def _touched_pipelines(

@@ -922,7 +922,7 @@ def queue_outbound(
 
 
 def outbound_row(
-    *, to: str, body: str, now: datetime, dedupe_key: str, from_address: str = ""
+    *, to: str, body: str, now: datetime, dedupe_key: str | None, from_address: str = ""
 ) -> dict[str, Any]:
     """The columns of a message to send, as `queue_outbound` records it (for writing many at
     once without the ORM: `escalation.write_alerts`)."""

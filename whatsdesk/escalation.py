@@ -126,7 +126,11 @@ def write_alerts(session: Session, fired: Sequence[Fired]) -> None:
     """The batch's alerts in one statement once its events have their ids (flushed): run
     many times over, it is prepared once, where the ORM's flush would write them as one
     statement whose text and parameters grow with the batch."""
-    rows = [{**row, "sla_event_id": event.id} for f in fired for event, row in f.alerts]
+    rows = [
+        {**row, "sla_event_id": event.id, "dedupe_key": f"sla-{event.id}-user-{row['user_id']}"}
+        for f in fired
+        for event, row in f.alerts
+    ]
     if rows:
         session.execute(insert(Message), rows)
 
@@ -214,8 +218,9 @@ def owed(
 def notify(
     event: SlaEvent, people: list[User], text: str, now: datetime
 ) -> list[tuple[SlaEvent, dict[str, Any]]]:
-    """One alert per person for this event (the dedupe key makes it once: an event is
-    once per visit and kind), as rows for `write_alerts`."""
+    """One alert per person for this event, as rows for `write_alerts` (which keys each
+    by the event's id and the person: once, even when a removed level's number is given to
+    another level of the same visit)."""
     visit = event.visit
     actionable = event.kind == sla.BREACH or sla.level_of(event.kind) is not None
     return [
@@ -224,7 +229,7 @@ def notify(
             desk.outbound_row(
                 to=str(user.whatsapp),
                 body=f"{text}\n{how_to_act(visit.card_id, user)}" if actionable else text,
-                dedupe_key=f"sla-{visit.id}-{event.kind}-user-{user.id}",
+                dedupe_key=None,  # keyed in write_alerts, once the event has its id
                 now=now,
             )
             | {"user_id": user.id, "card_id": visit.card_id},

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 
 from sqlalchemy import ColumnElement, func, or_, select
@@ -14,6 +14,7 @@ from .models import (
     BusinessCalendar,
     Card,
     Pipeline,
+    SlaEvent,
     Stage,
     StageEscalation,
     StageVisit,
@@ -110,6 +111,17 @@ def load(
     return loaded
 
 
+def lock_open_cards(session: Session, pipelines: list[Pipeline]) -> None:
+    """Lock the open cards of these pipelines, in id order (as every writer of visits)."""
+    if pipelines:
+        session.execute(
+            select(Card.id)
+            .where(Card.status == "open", Card.pipeline_id.in_({p.id for p in pipelines}))
+            .order_by(Card.id)
+            .with_for_update()
+        ).all()
+
+
 def retime(session: Session, pipelines: list[Pipeline]) -> list[StageVisit]:
     """Re-time the open visits of these pipelines to their stages' current SLAs, as if
     they had entered under them; the caller moves their RQ jobs (Alarms.schedule_timers).
@@ -139,6 +151,91 @@ def retime(session: Session, pipelines: list[Pipeline]) -> list[StageVisit]:
         desk_cases.set_timers(visit, timers, recorded)
     session.flush()
     return list(visits)
+
+
+def renumber_levels(
+    session: Session, changes: dict[tuple[str, str], dict[int, int | None]], retime: bool
+) -> list[StageVisit]:
+    """After a stage's escalation levels were removed, inserted or reordered
+    (`pipelines.match_levels`, by (pipeline key, stage key)), its open visits follow the new
+    list, as the levels' people are read by number when they fire: a level recorded keeps
+    its identity under its new number (a removed one becomes `sla.gone_level_kind`, still
+    reached in the reports, no longer owed), and — unless `retime` re-times them anyway —
+    the levels still to come keep their instants, a new one takes the stage's schedule.
+    The visits changed; their cards and then they are locked in id order, as every writer
+    of visits locks them."""
+    changed: list[StageVisit] = []
+    for (pipeline_key, stage_key), mapping in changes.items():
+        stage = session.scalars(
+            select(Stage).join(Pipeline).where(Pipeline.key == pipeline_key, Stage.key == stage_key)
+        ).one()
+        open_here = select(StageVisit.card_id).where(
+            StageVisit.stage_id == stage.id, StageVisit.left_at.is_(None)
+        )
+        session.execute(
+            select(Card.id).where(Card.id.in_(open_here)).order_by(Card.id).with_for_update()
+        ).all()
+        visits = session.scalars(
+            select(StageVisit)
+            .where(StageVisit.stage_id == stage.id, StageVisit.left_at.is_(None))
+            .order_by(StageVisit.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).all()
+        _rename_recorded_levels(session, [visit.id for visit in visits], mapping)
+        for visit in visits:
+            if not retime:
+                _follow_levels(session, visit, stage, mapping)
+            changed.append(visit)
+    session.flush()
+    return changed
+
+
+def _rename_recorded_levels(
+    session: Session, visit_ids: list[int], mapping: dict[int, int | None]
+) -> None:
+    """The visits' recorded levels under their new numbers, in two steps (a visit records
+    each kind once, and two levels may swap numbers)."""
+    events = [
+        event
+        for event in session.scalars(
+            select(SlaEvent).where(
+                SlaEvent.visit_id.in_(visit_ids), SlaEvent.kind.like(f"{sla.LEVEL_PREFIX}%")
+            )
+        )
+        if sla.level_of(event.kind) in mapping
+    ]
+    final = {}
+    for event in events:
+        level = sla.level_of(event.kind)
+        assert level is not None
+        new = mapping[level]
+        final[event.id] = (
+            sla.gone_level_kind(level, event.id) if new is None else sla.level_kind(new)
+        )
+        event.kind = f"renumbering-{event.id}"
+    session.flush()
+    for event in events:
+        event.kind = final[event.id]
+    session.flush()
+
+
+def _follow_levels(
+    session: Session, visit: StageVisit, stage: Stage, mapping: dict[int, int | None]
+) -> None:
+    """A visit not re-timed: each level keeps its instant under its new number; a level
+    new to the list takes the stage's schedule (after any SNOOZE)."""
+    recorded = desk_cases.recorded_kinds(session, visit)
+    scheduled = desk_cases.visit_timers(session, visit.card, stage, visit.entered_at)
+    delay = timedelta(seconds=visit.escalation_delay_seconds or 0)
+    scheduled = sla.delay_levels(scheduled, delay, recorded)
+    kept = {
+        new: visit.timers.levels[old - 1]
+        for old, new in mapping.items()
+        if new and old <= len(visit.timers.levels)
+    }
+    levels = tuple(kept.get(n, at) for n, at in enumerate(scheduled.levels, 1))
+    desk_cases.set_timers(visit, replace(visit.timers, levels=levels), recorded)
 
 
 def _resolve_calendar(

@@ -885,6 +885,41 @@ def same_calendar(a: CalendarSpec, b: CalendarSpec) -> bool:
     return _calendar_dict(a) == _calendar_dict(b)
 
 
+def match_levels(old: list[EscalationSpec], new: list[EscalationSpec]) -> dict[int, int | None]:
+    """Which level of `new` each level of `old` became (numbers from 1), None for one that
+    was removed: a level keeps its identity when its delay and people are the same, else
+    its delay, else its people, else its place. {} when every level keeps its number (the
+    usual change: a delay or the people of a level, or levels added at the end)."""
+    matched: dict[int, int | None] = dict.fromkeys(range(1, len(old) + 1))
+    taken: set[int] = set()
+
+    def both(o: EscalationSpec, n: EscalationSpec) -> bool:
+        return delay(o, n) and people(o, n)
+
+    def delay(o: EscalationSpec, n: EscalationSpec) -> bool:
+        return o.after_seconds == n.after_seconds
+
+    def people(o: EscalationSpec, n: EscalationSpec) -> bool:
+        return set(o.to) == set(n.to)
+
+    for alike in (both, delay, people):
+        for j, before in enumerate(old, 1):
+            if matched[j] is not None:
+                continue
+            k = next(
+                (k for k, after in enumerate(new, 1) if k not in taken and alike(before, after)),
+                None,
+            )
+            if k is not None:
+                matched[j] = k
+                taken.add(k)
+    for j in range(1, len(old) + 1):  # the rest by place
+        if matched[j] is None and j <= len(new) and j not in taken:
+            matched[j] = j
+            taken.add(j)
+    return {} if all(matched[j] == j for j in matched) else matched
+
+
 def same_pipeline(a: PipelineSpec, b: PipelineSpec) -> bool:
     return _pipeline_dict(a) == _pipeline_dict(b)
 

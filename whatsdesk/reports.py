@@ -22,7 +22,14 @@ from . import clock, configuration
 from .durations import spoken
 from .models import Pipeline, SlaEvent, Stage, StageVisit, User
 from .pipelines import StageSpec
-from .sla import BREACH, LEVEL_PREFIX, RESOLUTION_BREACH, RESOLUTION_WARNING, WARNING
+from .sla import (
+    BREACH,
+    LEVEL_PREFIX,
+    RESOLUTION_BREACH,
+    RESOLUTION_WARNING,
+    WARNING,
+    level_reached,
+)
 
 PRESETS = {"today": 1, "7d": 7, "30d": 30}
 PERIOD_LABELS = {"today": "Today", "7d": "7 days", "30d": "30 days", "custom": "Custom"}
@@ -352,8 +359,9 @@ def build(session: Session, period: Period) -> Report:
     pipelines: dict[int, Tally] = {}
     owners: dict[int | None, Violations] = defaultdict(Violations)
     for day, kind, stage_id, owner_id, n in _event_counts(session, period):
-        if kind.startswith(LEVEL_PREFIX):
-            levels[stage_id][int(kind.removeprefix(LEVEL_PREFIX))] += n
+        reached = level_reached(kind)
+        if reached is not None:
+            levels[stage_id][reached] += n
             continue
         day = day if isinstance(day, date) else date.fromisoformat(day)
         if day in days:

@@ -49,6 +49,28 @@ def level_of(kind: str) -> int | None:
     return None
 
 
+GONE = "-gone-"  # "level-2-gone-81": event 81 fired level 2, a level removed since
+
+
+def gone_level_kind(level: int, event_id: int) -> str:
+    """What an open visit's recorded level becomes when the level is removed: no longer
+    any level of the stage (the level now numbered 2 is still owed), still a level reached."""
+    return f"{level_kind(level)}{GONE}{event_id}"
+
+
+def level_reached(kind: str) -> int | None:
+    """The level an event reached when it fired: 2 for "level-2" and "level-2-gone-81"."""
+    number = kind.removeprefix(LEVEL_PREFIX).split(GONE)[0]
+    return int(number) if kind.startswith(LEVEL_PREFIX) and number.isdigit() else None
+
+
+def event_label(kind: str) -> str:
+    """An event's kind as the conversation page names it."""
+    if GONE in kind and level_reached(kind) is not None:
+        return f"{level_kind(level_reached(kind) or 0)} (a level removed since)"
+    return kind
+
+
 @dataclass(frozen=True)
 class Timers:
     """The instants a visit's alarms ring; None where the stage sets none."""

@@ -101,15 +101,26 @@ def test_an_ics_source_cannot_be_set_from_the_web(admin: FlaskClient, session: S
     assert session.scalars(select(BusinessCalendar)).first() is None
 
 
-def test_the_server_may_name_an_ics_file_and_a_page_edit_does_not_read_it_again(
-    config: Config, session: Session, tmp_path: Path
-) -> None:
+def loaded(config: Config, session: Session, ics: Path | None = None) -> DeskSpec:
+    """The seeded desk running DESK (its office calendar closed by `ics`, read by the
+    server), as `flask pipeline load` sets it."""
     seed(config.database_url)
-    ics = tmp_path / "closed.ics"
-    ics.write_text(ICS)
     spec = pipelines.parse(desk_yaml(ics))
     configuration.apply(session, spec, None, "import", "file", utcnow(), from_server=True)
     session.commit()
+    return spec
+
+
+def loaded_with_ics(config: Config, session: Session, tmp_path: Path) -> tuple[Path, DeskSpec]:
+    ics = tmp_path / "closed.ics"
+    ics.write_text(ICS)
+    return ics, loaded(config, session, ics)
+
+
+def test_the_server_may_name_an_ics_file_and_a_page_edit_does_not_read_it_again(
+    config: Config, session: Session, tmp_path: Path
+) -> None:
+    ics, spec = loaded_with_ics(config, session, tmp_path)
     ics.unlink()  # the source is gone: reading it again would refuse every change
 
     def rename(desk_spec: DeskSpec) -> DeskSpec:
@@ -130,11 +141,7 @@ def test_the_server_may_name_an_ics_file_and_a_page_edit_does_not_read_it_again(
 def test_a_retime_concerns_only_the_pipelines_the_change_touches(
     config: Config, session: Session
 ) -> None:
-    seed(config.database_url)
-    configuration.apply(
-        session, pipelines.parse(desk_yaml()), None, "import", "file", utcnow(), from_server=True
-    )
-    session.commit()
+    loaded(config, session)
     now = utcnow()
     support = desk.receive_message(
         session, whatsapp.parse_inbound(inbound_form(phone="+5511999990001")), now
@@ -222,11 +229,7 @@ def open_sales_card(session: Session, at: datetime) -> StageVisit:
 def test_a_calendar_changed_by_a_file_re_times_stored_pipelines_the_file_leaves_out(
     config: Config, session: Session
 ) -> None:
-    seed(config.database_url)
-    configuration.apply(
-        session, pipelines.parse(desk_yaml()), None, "import", "file", utcnow(), from_server=True
-    )
-    session.commit()
+    loaded(config, session)
     visit = open_sales_card(session, utcnow())
     # Only Support in the file, and the office now closes at night: Sales uses the office.
     without_sales = (
@@ -243,12 +246,7 @@ def test_a_calendar_changed_by_a_file_re_times_stored_pipelines_the_file_leaves_
 def test_an_ics_file_read_again_with_new_days_re_times_the_pipelines_using_it(
     config: Config, session: Session, tmp_path: Path
 ) -> None:
-    seed(config.database_url)
-    ics = tmp_path / "closed.ics"
-    ics.write_text(ICS)
-    spec = pipelines.parse(desk_yaml(ics))
-    configuration.apply(session, spec, None, "import", "file", utcnow(), from_server=True)
-    session.commit()
+    ics, spec = loaded_with_ics(config, session, tmp_path)
     now = utcnow()
     visit = open_sales_card(session, now)
     today, tomorrow = now.date(), now.date() + timedelta(days=1)
@@ -272,12 +270,7 @@ def test_a_page_changing_a_calendar_keeps_its_ics_days_without_reading_the_sourc
     """Only the server reads .ics sources (a file or a URL, seconds, which a change must
     not spend holding the configuration's lock): a page's change to the calendar keeps
     the days its source closed when last read."""
-    seed(config.database_url)
-    ics = tmp_path / "closed.ics"
-    ics.write_text(ICS)
-    spec = pipelines.parse(desk_yaml(ics))
-    configuration.apply(session, spec, None, "import", "file", utcnow(), from_server=True)
-    session.commit()
+    ics, _spec = loaded_with_ics(config, session, tmp_path)
     ics.unlink()
 
     def rename_office(desk_spec: DeskSpec) -> DeskSpec:

@@ -251,15 +251,51 @@ def test_a_level_inserted_before_a_fired_one_is_owed_and_the_fired_one_keeps_its
     assert session.get_one(StageVisit, visit.id).next_due_at is None
 
 
-def test_levels_keep_their_identity_by_delay_and_people() -> None:
-    five, twenty = pipelines.EscalationSpec(300, ["b"]), pipelines.EscalationSpec(1200, ["o"])
-    three = pipelines.EscalationSpec(180, ["s"])
-    assert pipelines.match_levels([five, twenty], [five, twenty]) == {}
-    assert pipelines.match_levels([five, twenty], [five, twenty, three]) == {}  # one added
-    assert pipelines.match_levels([five], [pipelines.EscalationSpec(600, ["b"])]) == {}
+def test_levels_keep_their_identity_by_place_people_and_delay() -> None:
+    """As many levels as before: each keeps its place, whatever its new delay or people
+    (doubling every delay must not take level 2 for a new one and send it again). Fewer
+    or more: the ones removed or inserted are those that leave the rest most alike."""
+    level = pipelines.EscalationSpec
+    five, ten, twenty = level(300, ["b"]), level(600, ["s"]), level(1200, ["o"])
+    doubled = [level(600, ["b"]), level(1200, ["s"]), level(2400, ["o"])]
+    assert pipelines.match_levels([five, ten, twenty], doubled) == {}
+    assert pipelines.match_levels([five, twenty], [twenty, five]) == {}  # by place
+    assert pipelines.match_levels([five, twenty], [five, twenty, ten]) == {}  # one added
+    assert pipelines.match_levels([five, ten, twenty], [five, twenty]) == {1: 1, 2: None, 3: 2}
     assert pipelines.match_levels([five, twenty], [twenty]) == {1: None, 2: 1}
-    assert pipelines.match_levels([five, twenty], [three, five, twenty]) == {1: 2, 2: 3}
-    assert pipelines.match_levels([five, twenty], [twenty, five]) == {1: 2, 2: 1}
+    assert pipelines.match_levels([five, twenty], [level(180, ["x"]), five, twenty]) == {
+        1: 2,
+        2: 3,
+    }
+    assert pipelines.match_levels([five, twenty], [level(9, ["x"])]) == {1: 1, 2: None}
+
+
+def test_a_card_gone_on_still_owing_a_level_is_owed_it_under_its_new_number(
+    escalating: Config, session: Session
+) -> None:
+    """Level 2 came due and the card was resolved a moment later, before the clock recorded
+    it (it is still owed); then level 1 is removed. The old level 2 goes, as level 1, to
+    its own people — not as "level 2" to whoever that number names now."""
+    visit = open_visit(session)
+    breach = T0 + timedelta(minutes=10)
+    jobs.reconcile(escalating, breach + timedelta(minutes=5))
+    desk.resolve(session, visit.card_id, breach + timedelta(minutes=20, seconds=1))
+    session.commit()
+    configuration.apply(
+        session,
+        pipelines.parse(WITHOUT_FIRST_LEVEL),
+        None,
+        "import",
+        "file",
+        breach + timedelta(minutes=20, seconds=2),
+    )
+    session.commit()
+
+    jobs.reconcile(escalating, breach + timedelta(minutes=21))
+
+    assert told(session, "level-1") == ["whatsapp:+15550000002", "whatsapp:+15550000004"]
+    session.expire_all()
+    assert session.get_one(StageVisit, visit.id).next_due_at is None
 
 
 def test_escalation_mistakes_are_refused_naming_line_and_field(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
-from . import calendars, settings, sla
+from . import calendars, clock, settings, sla
 from . import desk as desk_cases
 from .models import (
     BusinessCalendar,
@@ -156,46 +156,46 @@ def retime(session: Session, pipelines: list[Pipeline]) -> list[StageVisit]:
 def renumber_levels(
     session: Session, changes: dict[tuple[str, str], dict[int, int | None]], retime: bool
 ) -> list[StageVisit]:
-    """After a stage's escalation levels were removed, inserted or reordered
-    (`pipelines.match_levels`, by (pipeline key, stage key)), its open visits follow the new
-    list, as the levels' people are read by number when they fire: a level recorded keeps
-    its identity under its new number (a removed one becomes `sla.gone_level_kind`, still
-    reached in the reports, no longer owed), and — unless `retime` re-times them anyway —
-    the levels still to come keep their instants, a new one takes the stage's schedule.
-    The visits changed; their cards and then they are locked in id order, as every writer
-    of visits locks them."""
-    changed: list[StageVisit] = []
-    for (pipeline_key, stage_key), mapping in changes.items():
-        stage = session.scalars(
-            select(Stage).join(Pipeline).where(Pipeline.key == pipeline_key, Stage.key == stage_key)
-        ).one()
-        open_here = select(StageVisit.card_id).where(
-            StageVisit.stage_id == stage.id, StageVisit.left_at.is_(None)
-        )
-        session.execute(
-            select(Card.id).where(Card.id.in_(open_here)).order_by(Card.id).with_for_update()
-        ).all()
-        visits = session.scalars(
-            select(StageVisit)
-            .where(StageVisit.stage_id == stage.id, StageVisit.left_at.is_(None))
-            .order_by(StageVisit.id)
-            .with_for_update()
-            .execution_options(populate_existing=True)
-        ).all()
-        _rename_recorded_levels(session, [visit.id for visit in visits], mapping)
-        for visit in visits:
-            if not retime:
-                _follow_levels(session, visit, stage, mapping)
-            changed.append(visit)
+    """After a stage's escalation levels were removed or inserted (`pipelines.match_levels`,
+    by (pipeline key, stage key)), the visits that may still owe its levels — open, or
+    left with an event due before they ended — follow the new list, as a level's people
+    are read by its number when it fires: a level recorded keeps its identity under its
+    new number (a removed one becomes `sla.gone_level_kind`: still reached in the reports,
+    no longer owed), the levels still to come keep their instants and a new one takes its
+    place after the visit's own deadline (an open visit `retime` re-times is left to it).
+    The visits changed, locked in id order (their cards are: `lock_open_cards`)."""
+    stages = {
+        session.scalars(
+            select(Stage.id).join(Pipeline).where(Pipeline.key == pipeline, Stage.key == stage)
+        ).one(): mapping
+        for (pipeline, stage), mapping in changes.items()
+    }
+    if not stages:
+        return []
+    owing = or_(StageVisit.left_at.is_(None), StageVisit.next_due_at.is_not(None))
+    visits = session.scalars(
+        select(StageVisit)
+        .where(StageVisit.stage_id.in_(stages), owing)
+        .order_by(StageVisit.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).all()
+    for stage_id, mapping in stages.items():
+        mine = [visit for visit in visits if visit.stage_id == stage_id]
+        _rename_recorded_levels(session, [visit.id for visit in mine], mapping)
+        for visit in mine:
+            if visit.left_at is not None or not retime:
+                _follow_levels(session, visit, mapping)
     session.flush()
-    return changed
+    return list(visits)
 
 
 def _rename_recorded_levels(
     session: Session, visit_ids: list[int], mapping: dict[int, int | None]
 ) -> None:
     """The visits' recorded levels under their new numbers, in two steps (a visit records
-    each kind once, and two levels may swap numbers)."""
+    each kind once, and two levels may swap numbers). A level the old list did not have
+    (recorded before levels were followed) is gone too."""
     events = [
         event
         for event in session.scalars(
@@ -203,13 +203,13 @@ def _rename_recorded_levels(
                 SlaEvent.visit_id.in_(visit_ids), SlaEvent.kind.like(f"{sla.LEVEL_PREFIX}%")
             )
         )
-        if sla.level_of(event.kind) in mapping
+        if sla.level_of(event.kind) is not None
     ]
     final = {}
     for event in events:
         level = sla.level_of(event.kind)
         assert level is not None
-        new = mapping[level]
+        new = mapping.get(level)
         final[event.id] = (
             sla.gone_level_kind(level, event.id) if new is None else sla.level_kind(new)
         )
@@ -220,22 +220,25 @@ def _rename_recorded_levels(
     session.flush()
 
 
-def _follow_levels(
-    session: Session, visit: StageVisit, stage: Stage, mapping: dict[int, int | None]
-) -> None:
-    """A visit not re-timed: each level keeps its instant under its new number; a level
-    new to the list takes the stage's schedule (after any SNOOZE)."""
+def _follow_levels(session: Session, visit: StageVisit, mapping: dict[int, int | None]) -> None:
+    """Each level keeps its instant under its new number; a level new to the list comes its
+    `after` of open time past the visit's own deadline (later by any SNOOZE). What the visit
+    owes next is read as it can still fire (acknowledged, or left: `escalation.owed`)."""
     recorded = desk_cases.recorded_kinds(session, visit)
-    scheduled = desk_cases.visit_timers(session, visit.card, stage, visit.entered_at)
+    old = visit.timers.levels
+    kept = {new: old[was - 1] for was, new in mapping.items() if new and was <= len(old)}
+    after = [level.after_seconds for level in visit.stage.escalations]
+    scheduled: tuple[datetime, ...] = ()
+    if visit.deadline_at is not None:
+        calendar = calendars.for_stage(visit.stage, visit.entered_at)
+        scheduled = tuple(clock.add_business_time(calendar, visit.deadline_at, a) for a in after)
     delay = timedelta(seconds=visit.escalation_delay_seconds or 0)
-    scheduled = sla.delay_levels(scheduled, delay, recorded)
-    kept = {
-        new: visit.timers.levels[old - 1]
-        for old, new in mapping.items()
-        if new and old <= len(visit.timers.levels)
-    }
-    levels = tuple(kept.get(n, at) for n, at in enumerate(scheduled.levels, 1))
-    desk_cases.set_timers(visit, replace(visit.timers, levels=levels), recorded)
+    levels = tuple(kept.get(n, at + delay) for n, at in enumerate(scheduled, 1))
+    visit.escalations_at = [at.isoformat() for at in levels]
+    owes = sla.left_behind(visit.timers, visit.left_at) if visit.left_at else visit.timers
+    if visit.acknowledged_at is not None:
+        owes = sla.without_levels(owes)
+    visit.next_due_at = sla.next_instant(owes, recorded)
 
 
 def _resolve_calendar(

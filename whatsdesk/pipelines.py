@@ -887,37 +887,38 @@ def same_calendar(a: CalendarSpec, b: CalendarSpec) -> bool:
 
 def match_levels(old: list[EscalationSpec], new: list[EscalationSpec]) -> dict[int, int | None]:
     """Which level of `new` each level of `old` became (numbers from 1), None for one that
-    was removed: a level keeps its identity when its delay and people are the same, else
-    its delay, else its people, else its place. {} when every level keeps its number (the
-    usual change: a delay or the people of a level, or levels added at the end)."""
-    matched: dict[int, int | None] = dict.fromkeys(range(1, len(old) + 1))
-    taken: set[int] = set()
+    was removed; {} when every level keeps its number. Levels are in time order, and so is
+    the answer: with as many levels as before, each keeps its place (new delays or people,
+    levels shifted or scaled); with fewer, the ones removed, or with more, the ones
+    inserted, are those that leave the rest most alike (the same people count most, then
+    the same delay; on a tie, the last ones)."""
+    if len(new) == len(old):
+        return {}
+    shorter, longer = (new, old) if len(new) < len(old) else (old, new)
 
-    def both(o: EscalationSpec, n: EscalationSpec) -> bool:
-        return delay(o, n) and people(o, n)
+    def alike(a: EscalationSpec, b: EscalationSpec) -> int:
+        return 2 * (set(a.to) == set(b.to)) + (a.after_seconds == b.after_seconds)
 
-    def delay(o: EscalationSpec, n: EscalationSpec) -> bool:
-        return o.after_seconds == n.after_seconds
-
-    def people(o: EscalationSpec, n: EscalationSpec) -> bool:
-        return set(o.to) == set(n.to)
-
-    for alike in (both, delay, people):
-        for j, before in enumerate(old, 1):
-            if matched[j] is not None:
-                continue
-            k = next(
-                (k for k, after in enumerate(new, 1) if k not in taken and alike(before, after)),
-                None,
-            )
-            if k is not None:
-                matched[j] = k
-                taken.add(k)
-    for j in range(1, len(old) + 1):  # the rest by place
-        if matched[j] is None and j <= len(new) and j not in taken:
-            matched[j] = j
-            taken.add(j)
-    return {} if all(matched[j] == j for j in matched) else matched
+    # best[i][j]: the most alike the first i of `shorter` can be, each matched in order to
+    # one of the first j of `longer`.
+    m, n = len(shorter), len(longer)
+    best = [[0] * (n + 1) for _ in range(m + 1)]
+    for i in range(1, m + 1):
+        best[i][i - 1] = -1  # cannot fit
+        for j in range(i, n + 1):
+            matched = best[i - 1][j - 1] + alike(shorter[i - 1], longer[j - 1])
+            best[i][j] = matched if j == i else max(matched, best[i][j - 1])
+    pairs, j = {}, n
+    for i in range(m, 0, -1):  # as early as a tie allows: the last ones are left over
+        while j > i and best[i][j] == best[i][j - 1]:
+            j -= 1
+        pairs[i], j = j, j - 1
+    if len(new) < len(old):  # new level i was old level pairs[i]
+        became: dict[int, int | None] = dict.fromkeys(range(1, len(old) + 1))
+        became.update({before: after for after, before in pairs.items()})
+    else:  # old level i is new level pairs[i]
+        became = dict(pairs)
+    return {} if all(became[k] == k for k in became) else became
 
 
 def same_pipeline(a: PipelineSpec, b: PipelineSpec) -> bool:

@@ -120,6 +120,13 @@ def test_a_stored_text_that_cannot_be_filled_in_gives_way_to_the_built_in_one() 
     assert ack.startswith("Hi! Thanks for your message, it has reached us. You are 1st in line")
 
 
+def test_a_stored_text_with_a_format_gives_way_to_the_built_in_one() -> None:
+    """Stored before formats were refused: `{name:>9999999}` would build a huge text."""
+    texts = bot.Texts("en", {"greeting": "Hi {name:>9999999}!"})
+
+    assert texts.say("greeting", name="Maria") == "Hi Maria!"
+
+
 def test_without_history_or_sla_the_bot_promises_no_number() -> None:
     ack = bot.Texts("en").acknowledgement(None, "Sales", bot.Wait(1, None, False))
 

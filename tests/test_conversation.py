@@ -435,6 +435,50 @@ def test_a_failed_reply_followed_by_one_that_arrived_leaves_the_customer_answere
     assert card_row(agent, card).waiting_since is None
 
 
+def test_a_reply_that_fails_after_the_card_was_resolved_reopens_it(
+    client: FlaskClient, agent: Config
+) -> None:
+    """Answer, then Resolve, is the usual way: the answer never arriving reopens the card,
+    the customer waiting since their question."""
+    asked = utcnow() - timedelta(minutes=10)
+    card = customer_writes(agent, "Where is my order?", at=asked)
+    reply_with_status(agent, card, "queued", None)
+    with session_factory(agent.database_url)() as s:
+        desk.resolve(s, card, utcnow())
+        message = s.scalars(select(Message).where(Message.user_id.is_not(None))).one()
+        desk.apply_status(s, str(message.sid), "undelivered", "30003", utcnow())
+        s.commit()
+
+    jobs.reconcile(agent, utcnow())
+
+    again = card_row(agent, card)
+    assert (again.status, again.waiting_since) == ("open", asked)
+    [line] = [t for kind, t in history(conversation(client, card)) if kind == "reply-failed"]
+    assert "did not reach the customer (the phone is unreachable (error 30003))" in line
+    assert "waiting for an answer again (reopened)." in line
+
+
+def test_a_failed_reply_on_a_card_resolved_while_another_is_open_is_noted_not_reopened(
+    client: FlaskClient, agent: Config
+) -> None:
+    card = customer_writes(agent, "Where is my order?")
+    reply_with_status(agent, card, "queued", None)
+    with session_factory(agent.database_url)() as s:
+        desk.resolve(s, card, utcnow())
+        s.commit()
+    newer = customer_writes(agent, "Another question")  # a conversation of its own
+    with session_factory(agent.database_url)() as s:
+        message = s.scalars(select(Message).where(Message.user_id.is_not(None))).one()
+        desk.apply_status(s, str(message.sid), "failed", "63016", utcnow())
+        s.commit()
+
+    jobs.reconcile(agent, utcnow())
+
+    assert newer != card and card_row(agent, card).status == "resolved"
+    [line] = [t for kind, t in history(conversation(client, card)) if kind == "reply-failed"]
+    assert f"they have another conversation open (card #{newer})." in line
+
+
 def test_a_failed_follow_up_the_customer_had_not_asked_for_leaves_them_answered(
     agent: Config,
 ) -> None:

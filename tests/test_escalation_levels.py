@@ -260,7 +260,7 @@ def test_levels_keep_their_identity_by_place_people_and_delay() -> None:
     doubled = [level(600, ["b"]), level(1200, ["s"]), level(2400, ["o"])]
     assert pipelines.match_levels([five, ten, twenty], doubled) == {}
     assert pipelines.match_levels([five, twenty], [twenty, five]) == {}  # by place
-    assert pipelines.match_levels([five, twenty], [five, twenty, ten]) == {}  # one added
+    assert pipelines.match_levels([five, twenty], [five, twenty, ten]) == {1: 1, 2: 2}  # added
     assert pipelines.match_levels([five, ten, twenty], [five, twenty]) == {1: 1, 2: None, 3: 2}
     assert pipelines.match_levels([five, twenty], [twenty]) == {1: None, 2: 1}
     assert pipelines.match_levels([five, twenty], [level(180, ["x"]), five, twenty]) == {
@@ -268,6 +268,28 @@ def test_levels_keep_their_identity_by_place_people_and_delay() -> None:
         2: 3,
     }
     assert pipelines.match_levels([five, twenty], [level(9, ["x"])]) == {1: 1, 2: None}
+
+
+def test_a_level_added_at_the_end_reaches_the_cards_escalating_now(
+    escalating: Config, session: Session
+) -> None:
+    """The stage page adds levels at the end: a card already past its breach gets the new
+    level 3 (Sofia, 30 min after its own deadline) as well."""
+    visit = open_visit(session)
+    breach = T0 + timedelta(minutes=10)
+    jobs.reconcile(escalating, breach + timedelta(minutes=5))
+    longer = CONFIG + "          - after: 30m\n            to: [sofia@example.com]\n"
+
+    configuration.apply(
+        session, pipelines.parse(longer), None, "import", "file", breach + timedelta(minutes=6)
+    )
+    session.commit()
+    jobs.reconcile(escalating, breach + timedelta(minutes=30))
+
+    assert told(session, "level-1") == ["whatsapp:+15550000002"]  # once
+    assert told(session, "level-3") == ["whatsapp:+15550000003"]
+    session.expire_all()
+    assert session.get_one(StageVisit, visit.id).timers.levels[-1] == breach + timedelta(minutes=30)
 
 
 def test_a_card_gone_on_still_owing_a_level_is_owed_it_under_its_new_number(

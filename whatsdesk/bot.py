@@ -5,12 +5,31 @@ from __future__ import annotations
 
 import logging
 import math
+import string
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 log = logging.getLogger(__name__)
+
+
+def placeholder_problem(text: str, allowed: tuple[str, ...]) -> str | None:
+    """What is wrong with the braces of `text`, which may name only `allowed`, plainly:
+    no .attribute, [index], !conversion or :format (a format such as `{customer:>9999999}`
+    would build a huge text each time it is filled in). None when nothing is."""
+    known = ", ".join("{" + p + "}" for p in allowed)
+    hint = f"may only use {known}" if known else "takes no placeholders"
+    hint += " (write {{ and }} for a brace)"
+    try:
+        fields = [part[1:] for part in string.Formatter().parse(text) if part[1] is not None]
+    except ValueError:
+        return f"{hint}; a brace is not closed"
+    unknown = [
+        name for name, spec, conversion in fields if name not in allowed or spec or conversion
+    ]
+    return f"{hint}; unknown placeholder {{{unknown[0]}}}" if unknown else None
+
 
 # What str.format raises for a text it cannot fill in: an unknown or positional
 # placeholder, a stray brace, an attribute or index on a value.
@@ -243,9 +262,13 @@ class Texts:
     def say(self, key: str, **values: object) -> str:
         """The text `key` filled in. A pipeline's own text that cannot be (stored before
         its placeholders were checked) gives way to the built-in one: the customer still
-        gets an answer, and the message that called for it is still stored."""
+        gets an answer, and the message that called for it is still stored. So does one
+        with a format or an attribute (`{name:>9999999}` would build a huge text)."""
         try:
-            return self.texts[key].format(**values)
+            own = self.texts[key]
+            if placeholder_problem(own, PLACEHOLDERS.get(key, ())):
+                raise ValueError(own)
+            return own.format(**values)
         except FILL_ERRORS:
             log.warning("the pipeline's text %r cannot be filled in; the built-in one is used", key)
             return TEXTS[self.lang][key].format(**values)

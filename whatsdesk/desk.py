@@ -797,10 +797,11 @@ def _persons_message_to_customer(message: type[Message]) -> ColumnElement[bool]:
 
 def failed_replies(now: datetime) -> Select[tuple[int]]:
     """A person's messages that answered a waiting customer (`answered_waiting_since`) and
-    did not reach them, not yet handled, whose open card still counts the customer as
-    answered: no later message of a person reached them, and the customer has not written
-    since (which would have them waiting already). A range on the outbound messages'
-    status index; empty but for failures not yet handled."""
+    did not reach them, not yet handled, whose card — open, or resolved since (a reply and
+    then Resolve is the usual way) — still counts the customer as answered: no later
+    message of a person reached them, and the customer has not written since (which would
+    have them waiting already). A range on the outbound messages' status index; empty but
+    for failures not yet handled."""
     later = aliased(Message)
     return (
         select(Message.id)
@@ -810,7 +811,6 @@ def failed_replies(now: datetime) -> Select[tuple[int]]:
             Message.status.in_(NOT_DELIVERED),
             Message.updated_at >= now - timedelta(hours=FAILED_REPLY_HOURS),
             Message.answered_waiting_since.is_not(None),
-            Card.status == "open",
             Card.waiting_since.is_(None),
             ~exists().where(
                 _persons_message_to_customer(later),
@@ -826,28 +826,46 @@ def failed_replies(now: datetime) -> Select[tuple[int]]:
 def reply_failed(session: Session, message_id: int, now: datetime) -> StageVisit | None:
     """A person's answer did not reach the customer: the customer is waiting again since
     when they were waiting before it, and the pipeline's `customer_message` automation
-    applies (e.g. back to "Waiting for our reply", with its SLA). The card's history says
-    why. Handled once: the message no longer keeps the time. The new visit, if any; nothing
-    changes when the card no longer counts them as answered by it (`failed_replies`)."""
+    applies (e.g. back to "Waiting for our reply", with its SLA); a card resolved since is
+    reopened first (as `reopen` would; not when the customer has another conversation
+    open, which then has their attention). The card's history says why. Handled once: the
+    message no longer keeps the time. The new visit, if any; nothing changes when the card
+    no longer counts them as answered by it (`failed_replies`)."""
     message = session.get_one(Message, message_id)
     assert message.card_id is not None
     card = lock_card(session, message.card_id)
     if card is None or session.scalar(failed_replies(now).where(Message.id == message_id)) is None:
         return None
-    card.waiting_since, message.answered_waiting_since = message.answered_waiting_since, None
+    since, message.answered_waiting_since = message.answered_waiting_since, None
     who = message.user.name if message.user else "A person"
     reason = failure_reason(message.error_message, message.error_code)
-    session.add(
-        CardActivity(
-            card=card,
-            kind="reply-failed",
-            body=f"⚠️ {who}'s message did not reach the customer ({reason}): "
-            "they are waiting for an answer again.",
-            created_at=now,
-        )
+    reopened = None
+    if card.status != "open":
+        other = open_card_of(session, card.contact)
+        if other is not None:
+            _log(
+                session,
+                card,
+                f"⚠️ {who}'s message did not reach the customer ({reason}); they "
+                f"have another conversation open (card #{other.id}).",
+                now,
+            )
+            return None
+        reopened = reopen(session, card.id, now)
+    card.waiting_since = since
+    _log(
+        session,
+        card,
+        f"⚠️ {who}'s message did not reach the customer ({reason}): they are "
+        f"waiting for an answer again{' (reopened)' if reopened else ''}.",
+        now,
     )
     session.flush()
-    return automate(session, card, CUSTOMER_MESSAGE, now)
+    return automate(session, card, CUSTOMER_MESSAGE, now) or reopened
+
+
+def _log(session: Session, card: Card, text: str, now: datetime) -> None:
+    session.add(CardActivity(card=card, kind="reply-failed", body=text, created_at=now))
 
 
 def resolve(session: Session, card_id: int, now: datetime, seen: int | None = None) -> Card:

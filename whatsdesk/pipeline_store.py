@@ -233,7 +233,9 @@ def _follow_levels(session: Session, visit: StageVisit, mapping: dict[int, int |
         calendar = calendars.for_stage(visit.stage, visit.entered_at)
         scheduled = tuple(clock.add_business_time(calendar, visit.deadline_at, a) for a in after)
     delay = timedelta(seconds=visit.escalation_delay_seconds or 0)
-    levels = tuple(kept.get(n, at + delay) for n, at in enumerate(scheduled, 1))
+    levels: list[datetime] = []
+    for n, at in enumerate(scheduled, 1):  # never before the level ahead of it
+        levels.append(max([kept.get(n, at + delay), *levels[-1:]]))
     visit.escalations_at = [at.isoformat() for at in levels]
     owes = sla.left_behind(visit.timers, visit.left_at) if visit.left_at else visit.timers
     if visit.acknowledged_at is not None:

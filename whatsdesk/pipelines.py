@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import re
-import string
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import yaml
 
 from . import clock
-from .bot import COMMANDS, LANGUAGES, TEXT_KEYS
+from .bot import COMMANDS, LANGUAGES, TEXT_KEYS, placeholder_problem
 from .bot import PLACEHOLDERS as BOT_PLACEHOLDERS
 
 DURATION_RE = re.compile(r"^(?:(\d+)d)?\s*(?:(\d+)h)?\s*(?:(\d+)m)?\s*(?:(\d+)s)?$")
@@ -461,23 +460,6 @@ def _replies(reader: _Reader, node: yaml.Node, path: str) -> RepliesSpec:
     return spec
 
 
-def placeholder_problem(text: str, allowed: tuple[str, ...]) -> str | None:
-    """What is wrong with the braces of `text`, which may name only `allowed`, plainly:
-    no .attribute, [index], !conversion or :format (a format such as `{customer:>9999999}`
-    would build a huge text each time it is filled in). None when nothing is."""
-    known = ", ".join("{" + p + "}" for p in allowed)
-    hint = f"may only use {known}" if known else "takes no placeholders"
-    hint += " (write {{ and }} for a brace)"
-    try:
-        fields = [part[1:] for part in string.Formatter().parse(text) if part[1] is not None]
-    except ValueError:
-        return f"{hint}; a brace is not closed"
-    unknown = [
-        name for name, spec, conversion in fields if name not in allowed or spec or conversion
-    ]
-    return f"{hint}; unknown placeholder {{{unknown[0]}}}" if unknown else None
-
-
 def _check_placeholders(
     reader: _Reader,
     node: yaml.Node | None,
@@ -887,11 +869,11 @@ def same_calendar(a: CalendarSpec, b: CalendarSpec) -> bool:
 
 def match_levels(old: list[EscalationSpec], new: list[EscalationSpec]) -> dict[int, int | None]:
     """Which level of `new` each level of `old` became (numbers from 1), None for one that
-    was removed; {} when every level keeps its number. Levels are in time order, and so is
-    the answer: with as many levels as before, each keeps its place (new delays or people,
-    levels shifted or scaled); with fewer, the ones removed, or with more, the ones
-    inserted, are those that leave the rest most alike (the same people count most, then
-    the same delay; on a tie, the last ones)."""
+    was removed; {} when there are as many levels as before: each keeps its place (new
+    delays or people, levels shifted or scaled), and the cards escalating keep their
+    instants. Levels are in time order, and so is the answer: with fewer levels, the ones
+    removed, or with more, the ones inserted, are those that leave the rest most alike
+    (the same people count most, then the same delay; on a tie, the last ones)."""
     if len(new) == len(old):
         return {}
     shorter, longer = (new, old) if len(new) < len(old) else (old, new)
@@ -904,7 +886,6 @@ def match_levels(old: list[EscalationSpec], new: list[EscalationSpec]) -> dict[i
     m, n = len(shorter), len(longer)
     best = [[0] * (n + 1) for _ in range(m + 1)]
     for i in range(1, m + 1):
-        best[i][i - 1] = -1  # cannot fit
         for j in range(i, n + 1):
             matched = best[i - 1][j - 1] + alike(shorter[i - 1], longer[j - 1])
             best[i][j] = matched if j == i else max(matched, best[i][j - 1])
@@ -918,7 +899,7 @@ def match_levels(old: list[EscalationSpec], new: list[EscalationSpec]) -> dict[i
         became.update({before: after for after, before in pairs.items()})
     else:  # old level i is new level pairs[i]
         became = dict(pairs)
-    return {} if all(became[k] == k for k in became) else became
+    return became  # levels added at the end too: the cards escalating get them
 
 
 def same_pipeline(a: PipelineSpec, b: PipelineSpec) -> bool:

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from . import desk, escalation, settings, sla
 from .desk import DeskError, Replied
 from .models import Card, CardActivity, Message, SlaEvent, StageVisit, User
-from .pipelines import CustomerTemplateSpec
+from .pipelines import REPLY_PLACEHOLDERS, CustomerTemplateSpec, placeholder_problem
 
 MAX_NOTE = 4000
 
@@ -191,13 +191,21 @@ def templates(session: Session) -> list[CustomerTemplateSpec]:
 
 
 def canned_replies(session: Session, card: Card, agent: User) -> list[tuple[str, str]]:
-    """(title, text) of each canned reply, filled in for this customer and agent."""
+    """(title, text) of each canned reply, filled in for this customer and agent; one that
+    cannot be (stored before its placeholders were checked) is left out of the page."""
     return [
-        (reply.title, fill(reply.text, card, agent)) for reply in settings.replies(session).canned
+        (reply.title, fill(reply.text, card, agent))
+        for reply in settings.replies(session).canned
+        if placeholder_problem(reply.text, REPLY_PLACEHOLDERS) is None
     ]
 
 
 def fill(text: str, card: Card, agent: User) -> str:
+    """A reply's or template's text for this customer. One stored before the rule for its
+    placeholders (a format such as `{customer:>9999999}` builds a huge text) is refused."""
+    problem = placeholder_problem(text, REPLY_PLACEHOLDERS)
+    if problem:
+        raise DeskError(f"this text cannot be sent as stored ({problem}): fix it in the settings")
     values = {"customer": card.contact.display_name, "agent": agent.name, "card": f"#{card.id}"}
     return text.format(**values)
 

@@ -184,6 +184,11 @@ def test_reloading_with_fewer_levels_keeps_the_stage_and_drops_the_rest(
     assert (level.after_seconds, level.to) == (300, ["bruno@example.com"])
 
 
+def load_file(session: Session, text: str, at: datetime, retime: bool = False) -> None:
+    """What `flask pipeline load [--retime]` does with a file at `at`."""
+    configuration.apply(session, pipelines.parse(text), None, "import", "file", at, retime=retime)
+
+
 WITHOUT_FIRST_LEVEL = CONFIG.replace(
     "          - after: 5m\n            to: [bruno@example.com]\n", ""
 )
@@ -201,15 +206,7 @@ def test_removing_a_fired_level_leaves_the_next_one_owed_to_its_own_people(
     jobs.reconcile(escalating, breach + timedelta(minutes=5))
     fired = session.scalars(select(SlaEvent).where(SlaEvent.kind == "level-1")).one()
 
-    configuration.apply(
-        session,
-        pipelines.parse(WITHOUT_FIRST_LEVEL),
-        None,
-        "import",
-        "file",
-        breach + timedelta(minutes=6),
-        retime=retime,
-    )
+    load_file(session, WITHOUT_FIRST_LEVEL, breach + timedelta(minutes=6), retime=retime)
     session.commit()
     session.expire_all()
     assert session.get_one(StageVisit, visit.id).timers.levels == (breach + timedelta(minutes=20),)
@@ -237,9 +234,7 @@ def test_a_level_inserted_before_a_fired_one_is_owed_and_the_fired_one_keeps_its
         "        escalate:\n          - after: 3m\n            to: [sofia@example.com]\n",
     )
 
-    configuration.apply(
-        session, pipelines.parse(earlier), None, "import", "file", breach + timedelta(minutes=6)
-    )
+    load_file(session, earlier, breach + timedelta(minutes=6))
     session.commit()
     jobs.reconcile(escalating, breach + timedelta(minutes=6))
     jobs.reconcile(escalating, breach + timedelta(minutes=20))
@@ -280,9 +275,7 @@ def test_a_level_added_at_the_end_reaches_the_cards_escalating_now(
     jobs.reconcile(escalating, breach + timedelta(minutes=5))
     longer = CONFIG + "          - after: 30m\n            to: [sofia@example.com]\n"
 
-    configuration.apply(
-        session, pipelines.parse(longer), None, "import", "file", breach + timedelta(minutes=6)
-    )
+    load_file(session, longer, breach + timedelta(minutes=6))
     session.commit()
     jobs.reconcile(escalating, breach + timedelta(minutes=30))
 
@@ -303,14 +296,7 @@ def test_a_card_gone_on_still_owing_a_level_is_owed_it_under_its_new_number(
     jobs.reconcile(escalating, breach + timedelta(minutes=5))
     desk.resolve(session, visit.card_id, breach + timedelta(minutes=20, seconds=1))
     session.commit()
-    configuration.apply(
-        session,
-        pipelines.parse(WITHOUT_FIRST_LEVEL),
-        None,
-        "import",
-        "file",
-        breach + timedelta(minutes=20, seconds=2),
-    )
+    load_file(session, WITHOUT_FIRST_LEVEL, breach + timedelta(minutes=20, seconds=2))
     session.commit()
 
     jobs.reconcile(escalating, breach + timedelta(minutes=21))

@@ -31,10 +31,6 @@ def placeholder_problem(text: str, allowed: tuple[str, ...]) -> str | None:
     return f"{hint}; unknown placeholder {{{unknown[0]}}}" if unknown else None
 
 
-# What str.format raises for a text it cannot fill in: an unknown or positional
-# placeholder, a stray brace, an attribute or index on a value.
-FILL_ERRORS = (KeyError, IndexError, ValueError, AttributeError, TypeError)
-
 LANGUAGES = ("en", "pt-BR", "es")
 DEFAULT_LANGUAGE = "en"
 
@@ -256,22 +252,24 @@ class Texts:
     built-in ones."""
 
     def __init__(self, lang: str, overrides: Mapping[str, str] | None = None) -> None:
+        """A pipeline's own text that breaks the placeholder rule (stored before it was
+        checked: an unknown placeholder, a stray brace, a format such as `{name:>9999999}`
+        that would build a huge text) gives way to the built-in one: the customer still
+        gets an answer, and the message that called for it is still stored."""
         self.lang = language(lang)
-        self.texts = {**TEXTS[self.lang], **(overrides or {})}
+        own = {}
+        for key, text in (overrides or {}).items():
+            if placeholder_problem(text, PLACEHOLDERS.get(key, ())) is None:
+                own[key] = text
+            else:
+                log.warning(
+                    "the pipeline's text %r cannot be filled in; the built-in one is used", key
+                )
+        self.texts = {**TEXTS[self.lang], **own}
 
     def say(self, key: str, **values: object) -> str:
-        """The text `key` filled in. A pipeline's own text that cannot be (stored before
-        its placeholders were checked) gives way to the built-in one: the customer still
-        gets an answer, and the message that called for it is still stored. So does one
-        with a format or an attribute (`{name:>9999999}` would build a huge text)."""
-        try:
-            own = self.texts[key]
-            if placeholder_problem(own, PLACEHOLDERS.get(key, ())):
-                raise ValueError(own)
-            return own.format(**values)
-        except FILL_ERRORS:
-            log.warning("the pipeline's text %r cannot be filled in; the built-in one is used", key)
-            return TEXTS[self.lang][key].format(**values)
+        """The text `key` filled in."""
+        return self.texts[key].format(**values)
 
     def acknowledgement(self, name: str | None, team: str, wait: Wait) -> str:
         """The immediate answer to a new conversation, honest about the wait."""

@@ -121,19 +121,16 @@ def apply(
     pipeline_store.load(session, spec, now, frozenset() if from_server else unchanged, holidays)
     # An .ics file read again may close other days under the same source.
     reread = {
-        key
-        for key, days in pipeline_store.ics_dates(session).items()
-        if days != ics_before.get(key, days)
+        calendar.key
+        for calendar, days in holidays.resolved
+        if days != ics_before.get(calendar.key, days)
     }
-    changed = _touched_pipelines(spec, before_spec, unchanged - reread)
-    touched = list(session.scalars(select(Pipeline).where(Pipeline.key.in_(changed))))
+    changed = _touched_pipelines(spec, before_spec, unchanged - reread) if retime else set()
     levels = _renumbered(spec, before_spec)
     # Every open card either step writes, locked at once in id order (each step locks its
     # own again, already held): no other writer of cards can hold one while waiting for us.
-    followed = {key for key, _stage in levels}
-    pipeline_store.lock_open_cards(
-        session, [p for p in touched if retime] + [p for p in _stored(session, followed)]
-    )
+    pipeline_store.lock_open_cards(session, changed | {key for key, _stage in levels})
+    touched = list(session.scalars(select(Pipeline).where(Pipeline.key.in_(changed))))
     renumbered = pipeline_store.renumber_levels(session, levels, retime)
     visits = pipeline_store.retime(session, touched) if retime else []
     visits += [visit for visit in renumbered if visit not in visits]
@@ -154,10 +151,6 @@ def _refuse_new_sources(spec: DeskSpec, before: DeskSpec) -> None:
     ]
     if problems:
         raise pipelines.PipelineFileError(problems)
-
-
-def _stored(session: Session, keys: set[str]) -> list[Pipeline]:
-    return list(session.scalars(select(Pipeline).where(Pipeline.key.in_(keys)))) if keys else []
 
 
 def _renumbered(spec: DeskSpec, before: DeskSpec) -> dict[tuple[str, str], dict[int, int | None]]:

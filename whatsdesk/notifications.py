@@ -27,12 +27,15 @@ KIND_LABELS = {
 }
 
 
+DIGEST_KEY = "digest-"  # the start of a digest's dedupe key
+
+
 def is_alert(message: Message) -> bool:
     """An SLA alert, or a digest of them (not a command's answer): what a person who sent
     STOP, or was deactivated meanwhile, is not sent."""
     key = message.dedupe_key or ""
     return is_staff_alert(message) and (
-        message.sla_event_id is not None or key.startswith("digest-")
+        message.sla_event_id is not None or key.startswith(DIGEST_KEY)
     )
 
 
@@ -116,7 +119,7 @@ def gather(session: Session, user_id: int, now: datetime) -> Batch:
         to=user.whatsapp,
         body=digest_text(session, [event_id for _id, event_id in pending]),
         user=user,
-        dedupe_key=f"digest-{user_id}-{ids[0]}",
+        dedupe_key=f"{DIGEST_KEY}{user_id}-{ids[0]}",
         now=now,
     )
     digest.sent_at = now

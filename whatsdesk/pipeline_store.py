@@ -111,12 +111,13 @@ def load(
     return loaded
 
 
-def lock_open_cards(session: Session, pipelines: list[Pipeline]) -> None:
+def lock_open_cards(session: Session, pipeline_keys: set[str]) -> None:
     """Lock the open cards of these pipelines, in id order (as every writer of visits)."""
-    if pipelines:
+    if pipeline_keys:
+        chosen = select(Pipeline.id).where(Pipeline.key.in_(pipeline_keys))
         session.execute(
             select(Card.id)
-            .where(Card.status == "open", Card.pipeline_id.in_({p.id for p in pipelines}))
+            .where(Card.status == "open", Card.pipeline_id.in_(chosen))
             .order_by(Card.id)
             .with_for_update()
         ).all()

@@ -66,9 +66,8 @@ def level_reached(kind: str) -> int | None:
 
 def event_label(kind: str) -> str:
     """An event's kind as the conversation page names it."""
-    if GONE in kind and level_reached(kind) is not None:
-        return f"{level_kind(level_reached(kind) or 0)} (a level removed since)"
-    return kind
+    level = level_reached(kind) if GONE in kind else None
+    return kind if level is None else f"{level_kind(level)} (a level removed since)"
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ template), notes, and everything the conversation page shows."""
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -192,12 +193,13 @@ def templates(session: Session) -> list[CustomerTemplateSpec]:
 
 def canned_replies(session: Session, card: Card, agent: User) -> list[tuple[str, str]]:
     """(title, text) of each canned reply, filled in for this customer and agent; one that
-    cannot be (stored before its placeholders were checked) is left out of the page."""
-    return [
-        (reply.title, fill(reply.text, card, agent))
-        for reply in settings.replies(session).canned
-        if placeholder_problem(reply.text, REPLY_PLACEHOLDERS) is None
-    ]
+    cannot be (stored before its placeholders were checked: `fill` refuses it) is left out
+    of the page."""
+    filled = []
+    for reply in settings.replies(session).canned:
+        with suppress(DeskError):
+            filled.append((reply.title, fill(reply.text, card, agent)))
+    return filled
 
 
 def fill(text: str, card: Card, agent: User) -> str:

@@ -14,7 +14,7 @@ from flask_login import current_user
 from sqlalchemy import select
 
 from .. import get_session, settings
-from ..bot import LANGUAGES
+from ..bot import LANGUAGES, placeholder_problem
 from ..configuration import STALE
 from ..models import Pipeline
 from ..pipelines import (
@@ -32,7 +32,6 @@ from ..pipelines import (
     RepliesSpec,
     format_duration,
     parse_duration,
-    placeholder_problem,
 )
 from . import forms, saving
 from .roles import settings_editor_required, settings_reader_required

@@ -13,17 +13,29 @@ from sqlalchemy import (
     ColumnElement,
     Select,
     and_,
+    bindparam,
     case,
     exists,
     func,
+    inspect,
+    literal,
     or_,
     select,
+    true,
     union_all,
     update,
 )
-from sqlalchemy.orm import Session, aliased, joinedload
+from sqlalchemy.orm import (
+    Session,
+    aliased,
+    joinedload,
+    make_transient_to_detached,
+)
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from . import bot, calendars, clock, settings, sla
+from .db import sqlite_write_lock
 from .models import (
     Card,
     CardActivity,
@@ -95,15 +107,28 @@ def desk_timezone(session: Session) -> ZoneInfo:
     return ZoneInfo(pipeline.calendar.timezone)
 
 
-def upsert_contact(session: Session, inbound: Inbound, now: datetime) -> tuple[Contact, bool]:
-    """The sender's contact with their latest message and profile (one UPDATE … RETURNING
-    for a number the desk knows), and whether it was made just now."""
+def _latest(inbound: Inbound, now: datetime) -> dict[str, Any]:
+    """What a message tells about its sender: when they last wrote, and their profile (a
+    message without one keeps the one known)."""
     latest: dict[str, Any] = {"last_inbound_at": now}
     if inbound.profile_name:
         latest["profile_name"] = inbound.profile_name
     if inbound.wa_id:
         latest["wa_id"] = inbound.wa_id
-    known = session.scalars(
+    return latest
+
+
+def upsert_contact(
+    session: Session, inbound: Inbound, now: datetime, known: bool = True
+) -> tuple[Contact, bool]:
+    """The sender's contact with their latest message and profile (one UPDATE … RETURNING
+    for a number the desk knows), and whether it was made just now. `known=False`: the
+    number had no contact a moment ago in this transaction; it is made at once (a twin
+    message making it meanwhile fails the insert, and the webhook tries again)."""
+    latest = _latest(inbound, now)
+    if not known:
+        return _new_contact(session, inbound, now, latest), True
+    found = session.scalars(
         update(Contact)
         .where(Contact.address == inbound.from_address)
         .values(latest)
@@ -111,39 +136,103 @@ def upsert_contact(session: Session, inbound: Inbound, now: datetime) -> tuple[C
         # The row it returns refreshes the contact if the session holds it already.
         execution_options={"synchronize_session": False, "populate_existing": True},
     ).one_or_none()
-    if known is not None:
-        return known, False
+    if found is not None:
+        return found, False
+    return _new_contact(session, inbound, now, latest), True
+
+
+def _new_contact(
+    session: Session, inbound: Inbound, now: datetime, latest: dict[str, Any]
+) -> Contact:
     contact = Contact(address=inbound.from_address, created_at=now, **latest)
     session.add(contact)
     session.flush()
-    return contact, True
+    return contact
 
 
-def _sid_and_sender(session: Session, inbound: Inbound) -> tuple[int | None, bool]:
-    """Before anything is written, in one round trip: the message already stored under this
-    sid (Twilio delivered it again), and whether the sender is an active staff member's
-    WhatsApp (a former employee writing in is a customer)."""
-    stored = select(Message.id).where(Message.sid == inbound.sid).scalar_subquery()
-    staff = (
-        select(User.id).where(User.whatsapp == inbound.from_address, User.active.is_(True)).exists()
-    )
-    message_id, is_staff = session.execute(select(stored, staff)).one()
-    return message_id, bool(is_staff)
+@dataclass(frozen=True)
+class _Sender:
+    """What the first read of an inbound message learns: the message already stored under
+    its sid (Twilio delivered it again), whether the sender is an active staff member's
+    WhatsApp (a former employee writing in is a customer), whether the number has a
+    contact, and the sender's open card, locked until commit (None for a number without
+    one)."""
+
+    stored: int | None
+    staff: bool
+    known: bool  # the number has a contact
+    card: Card | None
 
 
-def _locked_open_card(session: Session, contact: Contact) -> Card | None:
-    """The contact's open card, its row locked until commit as lock_card locks it, in one
-    read. A card changed while we waited for the lock is read as it now is (PostgreSQL
-    checks the conditions again on its new version): None if it was closed meanwhile."""
-    # Its pipeline is not joined in: a join is checked again against the pipeline row read
-    # before the wait, and would skip a card whose pipeline a team menu's timeout just chose.
-    return session.scalars(
-        select(Card)
-        .where(Card.contact_id == contact.id, Card.status == "open")
-        .with_for_update()
-        .execution_options(populate_existing=True)
+_CARDS = Card.__table__
+_CARD_COLUMNS = [(attr.key, attr.columns[0]) for attr in inspect(Card).column_attrs]
+_MESSAGES = Message.__table__
+_MESSAGE_KEYS = [attr.key for attr in inspect(Message).column_attrs]
+
+
+def _first_read_statement() -> Select[Any]:
+    contacts, users = Contact.__table__, User.__table__
+    locked = (
+        select(*(column.label(key) for key, column in _CARD_COLUMNS))
+        .join_from(_CARDS, contacts, contacts.c.id == _CARDS.c.contact_id)
+        .where(contacts.c.address == bindparam("address"), _CARDS.c.status == "open")
         .limit(1)
-    ).first()
+        .with_for_update(of=_CARDS)
+        .cte("locked")
+    )
+    stored = select(_MESSAGES.c.id).where(_MESSAGES.c.sid == bindparam("sid")).scalar_subquery()
+    known = select(contacts.c.id).where(contacts.c.address == bindparam("address")).exists()
+    staff = (
+        select(users.c.id)
+        .where(users.c.whatsapp == bindparam("address"), users.c.active.is_(True))
+        .exists()
+    )
+    one = select(literal(1).label("one")).subquery("one")
+    return (
+        select(stored.label("stored"), staff.label("staff"), known.label("known"), locked)
+        .select_from(one)
+        .outerjoin(locked, true())
+    )
+
+
+_FIRST_READ = _first_read_statement()
+
+
+def _first_read(session: Session, inbound: Inbound) -> _Sender:
+    """One statement, before anything is written: the sid, the sender (staff, or a number
+    the desk knows), their open card.
+
+    The card is locked as lock_card locks it (on SQLite, the database's write lock): a card
+    changed while we waited for the lock is read as it now is (PostgreSQL checks the
+    conditions again on its new version), so one closed meanwhile is not found. Its pipeline
+    is not joined in: a join is checked again against the pipeline row read before the
+    wait, and would skip a card whose pipeline a team menu's timeout just chose. The lock is
+    taken in a CTE so that the sid and the sender come back in the same row even when the
+    sender has no open card (a locking clause cannot reach the nullable side of a join)."""
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        sqlite_write_lock(connection)
+    row = connection.execute(
+        _FIRST_READ, {"address": inbound.from_address, "sid": inbound.sid}
+    ).one()
+    card = None
+    if row.id is not None:
+        card = _as_loaded(session, Card, {key: row._mapping[key] for key, _ in _CARD_COLUMNS})
+    return _Sender(row.stored, bool(row.staff), bool(row.known), card)
+
+
+def _as_loaded(session: Session, cls: Any, values: dict[str, Any]) -> Any:
+    """The session's object for a row read or written on the table (all its columns), as if
+    the ORM had loaded it: an object the session holds already is brought up to date."""
+    held = session.identity_map.get(identity_key(cls, values["id"]))
+    if held is not None:
+        for key, value in values.items():
+            set_committed_value(held, key, value)
+        return held
+    loaded = cls(**values)
+    make_transient_to_detached(loaded)
+    session.add(loaded)
+    return loaded
 
 
 def open_card_of(session: Session, contact: Contact) -> Card | None:
@@ -163,12 +252,15 @@ def receive_message(session: Session, inbound: Inbound, now: datetime) -> Receiv
       card starts, linked to the previous one.
     - The bot answers only a new conversation (honest about the wait); once a person works
       the conversation it stays silent."""
-    stored, staff = _sid_and_sender(session, inbound)
-    if stored is not None:
-        existing = session.get_one(Message, stored)
+    sender = _first_read(session, inbound)
+    if sender.stored is not None:
+        existing = session.get_one(Message, sender.stored)
         return Received(message=existing, card=existing.card, duplicate=True)
-    contact, new_contact = upsert_contact(session, inbound, now)
-    if staff:
+    card = sender.card
+    if card is not None and not sender.staff and _only_adds_to(card, inbound):
+        return _add_to_waiting_card(session, inbound, card, now)
+    contact, new_contact = upsert_contact(session, inbound, now, sender.known)
+    if sender.staff:
         # Staff writing to the desk open their 24-hour window (alerts may go as free text);
         # they are not customers: no card, no acknowledgement. What they write is a command
         # (TAKE, ACK, …) or gets the commands' help.
@@ -178,11 +270,63 @@ def receive_message(session: Session, inbound: Inbound, now: datetime) -> Receiv
         session.add(note)
         session.flush()
         return commands.handle(session, inbound, note, now)
-    # A contact made by this very message has no card yet.
-    card = None if new_contact else _locked_open_card(session, contact)
     if card is None:
         return _new_conversation(session, inbound, contact, now, first_contact=new_contact)
     return _on_open_card(session, inbound, contact, card, now)
+
+
+_CONTACTS = Contact.__table__
+# A message without a profile keeps the one known.
+_TOUCH_CONTACT = (
+    update(_CONTACTS)
+    .where(_CONTACTS.c.id == bindparam("contact"))
+    .values(
+        last_inbound_at=bindparam("at"),
+        profile_name=func.coalesce(bindparam("profile"), _CONTACTS.c.profile_name),
+        wa_id=func.coalesce(bindparam("wa"), _CONTACTS.c.wa_id),
+    )
+)
+_INSERT_MESSAGE = _MESSAGES.insert().returning(_MESSAGES.c.id)
+
+
+def _only_adds_to(card: Card, inbound: Inbound) -> bool:
+    """Whether the message only joins its open card: the customer is waiting already, the
+    card is past the team menu, and the message is not a single word (which may be a
+    command) — what most messages are. `_on_open_card` handles every other case."""
+    if card.waiting_since is None or card.menu_deadline_at is not None:
+        return False
+    return bool(inbound.media) or not bot.may_be_command(inbound.body)
+
+
+def _add_to_waiting_card(session: Session, inbound: Inbound, card: Card, now: datetime) -> Received:
+    """The message joins the card it belongs to, in two statements on the tables (the
+    ORM's unit of work would cost more than the writes): the contact's latest, the message."""
+    latest = _latest(inbound, now)
+    connection = session.connection()
+    profile = {"profile": inbound.profile_name or None, "wa": inbound.wa_id or None}
+    connection.execute(_TOUCH_CONTACT, {"contact": card.contact_id, "at": now, **profile})
+    held = session.identity_map.get(identity_key(Contact, card.contact_id))
+    if held is not None:
+        for key, value in latest.items():
+            set_committed_value(held, key, value)
+    values = dict.fromkeys(_MESSAGE_KEYS)
+    values.update(
+        sid=inbound.sid,
+        direction="in",
+        card_id=card.id,
+        contact_id=card.contact_id,
+        from_address=inbound.from_address,
+        to_address=inbound.to_address,
+        body=inbound.body,
+        media=inbound.media,
+        status="received",
+        attempts=0,
+        created_at=now,
+        updated_at=now,
+    )
+    del values["id"]
+    values["id"] = connection.execute(_INSERT_MESSAGE, values).scalar_one()
+    return Received(_as_loaded(session, Message, values), card)
 
 
 def _new_conversation(

@@ -215,10 +215,12 @@ def _ingest(r: dict[str, Any], docs: Path) -> str:
         f"floor. {repeated} requests repeated an earlier message. One inbound message costs "
         f"**{statements['new']:.1f} SQL statements** when it opens a conversation and "
         f"**{statements['open']:.1f}** on an open one, besides BEGIN and COMMIT (counted "
-        "in-process): whether the sid is stored and the sender is staff, the contact, the "
-        "open card (a one-word message, which may be a command, also reads its pipeline); "
-        "for a new conversation the pipeline, the team menu setting, the card, its stage "
-        "visit, the customer's place and wait, then the message and the bot's answer.\n",
+        "in-process): one read of whether the sid is stored, whether the sender is staff "
+        "or a known number, and their open card, locked; on an open conversation then the "
+        "contact's latest and the message (a one-word message, which may be a command, "
+        "also reads its pipeline); for a new conversation the contact, the pipeline, the "
+        "team menu setting, the card, its stage visit, the customer's place and wait, then "
+        "the message and the bot's answer.\n",
         f"![latency percentiles]({plot})\n",
     ]
     return "\n".join(rows)

@@ -4,20 +4,29 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from flask.testing import FlaskClient
 from redis import Redis
 from rq import Queue
 from rq.registry import ScheduledJobRegistry
 from sqlalchemy import select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from whatsdesk import desk, pipeline_store, pipelines, whatsapp
 from whatsdesk.alarms import clock_queue_name, never_before
 from whatsdesk.config import Config
-from whatsdesk.db import utcnow
+from whatsdesk.db import session_factory, utcnow
 from whatsdesk.models import Card, Contact, Message
 
-from conftest import MENU_YAML, inbound_form, query_plan, signed_post, statements
+from conftest import (
+    MENU_YAML,
+    commit_once_it_waits,
+    inbound_form,
+    query_plan,
+    signed_post,
+    statements,
+)
 
 INBOUND = "/twilio/whatsapp"
 
@@ -41,6 +50,25 @@ def test_a_message_on_an_open_conversation_takes_three_statements(
     # Is the sid stored, is the sender staff, their open card (locked), in one read; the
     # contact's latest; the message.
     assert len(seen) == 3 + sqlite_lock(seeded), seen
+
+
+def test_a_message_on_an_open_conversation_is_stored_as_the_first_one_was(
+    client: FlaskClient, seeded: Config, session: Session
+) -> None:
+    post(client, seeded, inbound_form(body="Hello?"))  # opens the conversation
+    post(client, seeded, inbound_form(body="Anyone there?"))  # joins it
+
+    messages = Message.__table__
+    first, second = session.execute(
+        select(messages, messages.c.content_variables.is_(None).label("sql_null"))
+        .where(messages.c.direction == "in")
+        .order_by(messages.c.id)
+    ).all()
+    differ = {"id", "sid", "body", "created_at", "updated_at"}
+    assert {k: v for k, v in first._mapping.items() if k not in differ} == {
+        k: v for k, v in second._mapping.items() if k not in differ
+    }
+    assert second.sql_null and second.card_id is not None and second.body == "Anyone there?"
 
 
 def test_a_new_conversation_from_a_new_number_takes_nine_statements(
@@ -73,6 +101,54 @@ def test_a_contact_the_session_already_holds_is_brought_up_to_date(
     session.commit()
     stored = session.scalars(select(Contact)).one()
     assert (stored.profile_name, stored.last_inbound_at) == ("Maria Silva", later)
+
+
+def test_a_card_the_session_already_holds_is_read_as_it_now_is(
+    seeded: Config, session: Session
+) -> None:
+    first_at = utcnow()
+    card = desk.receive_message(session, whatsapp.parse_inbound(inbound_form()), first_at).card
+    assert card is not None
+    session.commit()
+    with session_factory(seeded.database_url)() as elsewhere:  # an agent moves the card
+        moved = elsewhere.get_one(Card, card.id)
+        other = next(s for s in moved.pipeline.stages if s.id != moved.stage_id)
+        moved.stage_id = other.id
+        elsewhere.commit()
+
+    again = whatsapp.parse_inbound(inbound_form(body="Is anyone there?"))
+    received = desk.receive_message(session, again, first_at + timedelta(minutes=1))
+
+    assert received.card is card
+    assert card.stage.key == other.key
+    assert received.message.card is card
+    assert received.message.body == "Is anyone there?"
+
+
+def test_a_message_that_waited_on_its_twin_joins_the_card_the_twin_opened(
+    seeded: Config, session: Session
+) -> None:
+    if make_url(seeded.database_url).get_backend_name() != "postgresql":
+        pytest.skip("SQLite has no row locks: it runs one writer at a time")
+    at = utcnow()
+    session.add(Contact(address="whatsapp:+5511999990000", created_at=at))  # wrote before
+    session.commit()
+    twin = desk.receive_message(session, whatsapp.parse_inbound(inbound_form()), at)
+    assert twin.card is not None
+    joined: list[desk.Received] = []
+
+    def second() -> None:
+        with session_factory(seeded.database_url)() as other:
+            form = inbound_form(body="And it was paid already")
+            joined.append(desk.receive_message(other, whatsapp.parse_inbound(form), at))
+            other.commit()
+
+    commit_once_it_waits(session, seeded.database_url, second)
+
+    [received] = joined
+    assert received.card is not None and received.card.id == twin.card.id
+    session.expire_all()
+    assert len(session.scalars(select(Card)).all()) == 1
 
 
 def test_a_message_without_a_profile_name_keeps_the_one_known(

@@ -156,7 +156,7 @@ class _Sender:
     its sid (Twilio delivered it again), whether the sender is an active staff member's
     WhatsApp (a former employee writing in is a customer), whether the number has a
     contact, and the sender's open card, locked until commit (None for a number without
-    one)."""
+    one, and for a message stored already or a staff member's)."""
 
     stored: int | None
     staff: bool
@@ -172,20 +172,27 @@ _MESSAGE_KEYS = [attr.key for attr in inspect(Message).column_attrs]
 
 def _first_read_statement() -> Select[Any]:
     contacts, users = Contact.__table__, User.__table__
-    locked = (
-        select(*(column.label(key) for key, column in _CARD_COLUMNS))
-        .join_from(_CARDS, contacts, contacts.c.id == _CARDS.c.contact_id)
-        .where(contacts.c.address == bindparam("address"), _CARDS.c.status == "open")
-        .limit(1)
-        .with_for_update(of=_CARDS)
-        .cte("locked")
-    )
     stored = select(_MESSAGES.c.id).where(_MESSAGES.c.sid == bindparam("sid")).scalar_subquery()
     known = select(contacts.c.id).where(contacts.c.address == bindparam("address")).exists()
     staff = (
         select(users.c.id)
         .where(users.c.whatsapp == bindparam("address"), users.c.active.is_(True))
         .exists()
+    )
+    # A message delivered again, or a staff member's (their commands lock the cards they
+    # name, in their own order), locks no card.
+    locked = (
+        select(*(column.label(key) for key, column in _CARD_COLUMNS))
+        .join_from(_CARDS, contacts, contacts.c.id == _CARDS.c.contact_id)
+        .where(
+            contacts.c.address == bindparam("address"),
+            _CARDS.c.status == "open",
+            stored.is_(None),
+            ~staff,
+        )
+        .limit(1)
+        .with_for_update(of=_CARDS)
+        .cte("locked")
     )
     one = select(literal(1).label("one")).subquery("one")
     return (
@@ -209,6 +216,7 @@ def _first_read(session: Session, inbound: Inbound) -> _Sender:
     wait, and would skip a card whose pipeline a team menu's timeout just chose. The lock is
     taken in a CTE so that the sid and the sender come back in the same row even when the
     sender has no open card (a locking clause cannot reach the nullable side of a join)."""
+    session.flush()  # as the ORM's reads would: what the session holds is written first
     connection = session.connection()
     if connection.dialect.name == "sqlite":
         sqlite_write_lock(connection)
@@ -228,6 +236,8 @@ def _as_loaded(session: Session, cls: Any, values: dict[str, Any]) -> Any:
     if held is not None:
         for key, value in values.items():
             set_committed_value(held, key, value)
+        # As the ORM's populate_existing: its related objects are looked up again if used.
+        session.expire(held, [relation.key for relation in inspect(cls).relationships])
         return held
     loaded = cls(**values)
     make_transient_to_detached(loaded)
@@ -257,9 +267,13 @@ def receive_message(session: Session, inbound: Inbound, now: datetime) -> Receiv
         existing = session.get_one(Message, sender.stored)
         return Received(message=existing, card=existing.card, duplicate=True)
     card = sender.card
-    if card is not None and not sender.staff and _only_adds_to(card, inbound):
+    if card is not None and _only_adds_to(card, inbound):
         return _add_to_waiting_card(session, inbound, card, now)
     contact, new_contact = upsert_contact(session, inbound, now, sender.known)
+    if card is None and not new_contact and not sender.staff:
+        # A twin message of theirs may have opened a card since the first read: the
+        # contact's row, updated just now, waited for it to commit.
+        card = _locked_open_card(session, contact)
     if sender.staff:
         # Staff writing to the desk open their 24-hour window (alerts may go as free text);
         # they are not customers: no card, no acknowledgement. What they write is a command
@@ -287,6 +301,17 @@ _TOUCH_CONTACT = (
     )
 )
 _INSERT_MESSAGE = _MESSAGES.insert().returning(_MESSAGES.c.id)
+
+
+def _locked_open_card(session: Session, contact: Contact) -> Card | None:
+    """The contact's open card, locked as in the first read."""
+    return session.scalars(
+        select(Card)
+        .where(Card.contact_id == contact.id, Card.status == "open")
+        .with_for_update()
+        .execution_options(populate_existing=True)
+        .limit(1)
+    ).first()
 
 
 def _only_adds_to(card: Card, inbound: Inbound) -> bool:
@@ -324,8 +349,9 @@ def _add_to_waiting_card(session: Session, inbound: Inbound, card: Card, now: da
         created_at=now,
         updated_at=now,
     )
-    del values["id"]
-    values["id"] = connection.execute(_INSERT_MESSAGE, values).scalar_one()
+    # Columns left out are NULL (a JSON column given None would store JSON's null).
+    written = {key: value for key, value in values.items() if value is not None}
+    values["id"] = connection.execute(_INSERT_MESSAGE, written).scalar_one()
     return Received(_as_loaded(session, Message, values), card)
 
 

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
-from whatsdesk import create_app, desk, whatsapp
+from whatsdesk import create_app, desk, jobs, whatsapp
 from whatsdesk.alarms import TICK_AHEAD_SECONDS, Alarms
 from whatsdesk.config import Config
 from whatsdesk.db import session_factory, utcnow
@@ -457,16 +457,24 @@ def test_auth_token_signs_webhooks_when_twilio_credentials_are_set(
 # --- inbound: backing services down -----------------------------------------------------------
 
 
-def test_redis_down_answers_503_with_retry_after_and_stores_nothing(
-    seeded: Config, session: Session
+def test_redis_down_the_message_is_stored_and_the_sweep_arms_it_once_redis_answers(
+    seeded: Config, session: Session, redis: Redis
 ) -> None:
     config = seeded.with_(redis_url=CLOSED_REDIS)
     client = create_app(config).test_client()
-    answer = post(client, config, INBOUND, inbound_form())
-    assert answer.status_code == 503
-    assert answer.headers["Retry-After"] == "5"
-    assert "redis does not answer" in answer.get_data(as_text=True)
-    assert nothing_stored(session)
+    answer = post(client, config, INBOUND, inbound_form(body="My order never arrived"))
+
+    assert_empty_twiml(answer)  # a 503 would lose the message after Twilio's one retry
+    [stored] = messages(session, "in")
+    assert stored.body == "My order never arrived" and stored.card_id is not None
+    [ack] = messages(session, "out")
+    assert ack.status == "pending"
+    sends = Queue(seeded.queue_name, connection=redis)
+    assert f"send-{ack.id}" not in sends.get_job_ids()
+
+    later = utcnow() + timedelta(seconds=jobs.STALE_SEND_SECONDS + 1)
+    assert jobs.reconcile(seeded, later)["resent"] == 1  # Redis answers again: the sweep
+    assert f"send-{ack.id}" in sends.get_job_ids()
 
 
 @pytest.mark.parametrize("dead", ["postgresql-closed-port", "sqlite-impossible-path"])

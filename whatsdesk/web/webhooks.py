@@ -62,8 +62,9 @@ def inbound() -> Response:
         message = whatsapp.parse_inbound(request.form)
     except whatsapp.BadInbound as exc:
         abort(400, str(exc))
-    alarms = current_alarms()
-    alarms.ping()  # Redis down → 503 before anything is written; Twilio retries
+    # Redis is not asked first: with Redis down the message is still stored, and the sweep
+    # arms its timers and sends once Redis answers (a 503 would lose it after Twilio's one
+    # retry).
     received = _store(message)
     g.duplicate = received.duplicate
     if not received.duplicate:

@@ -144,9 +144,9 @@ def upsert_contact(
 def _new_contact(
     session: Session, inbound: Inbound, now: datetime, latest: dict[str, Any]
 ) -> Contact:
-    contact = Contact(address=inbound.from_address, created_at=now, **latest)
-    session.add(contact)
-    session.flush()
+    contact: Contact = _inserted(
+        session, Contact, address=inbound.from_address, created_at=now, **latest
+    )
     return contact
 
 
@@ -167,7 +167,6 @@ class _Sender:
 _CARDS = Card.__table__
 _CARD_COLUMNS = [(attr.key, attr.columns[0]) for attr in inspect(Card).column_attrs]
 _MESSAGES = Message.__table__
-_MESSAGE_KEYS = [attr.key for attr in inspect(Message).column_attrs]
 
 
 def _first_read_statement() -> Select[Any]:
@@ -300,7 +299,6 @@ _TOUCH_CONTACT = (
         wa_id=func.coalesce(bindparam("wa"), _CONTACTS.c.wa_id),
     )
 )
-_INSERT_MESSAGE = _MESSAGES.insert().returning(_MESSAGES.c.id)
 
 
 def _locked_open_card(session: Session, contact: Contact) -> Card | None:
@@ -334,8 +332,9 @@ def _add_to_waiting_card(session: Session, inbound: Inbound, card: Card, now: da
     if held is not None:
         for key, value in latest.items():
             set_committed_value(held, key, value)
-    values = dict.fromkeys(_MESSAGE_KEYS)
-    values.update(
+    message = _inserted(
+        session,
+        Message,
         sid=inbound.sid,
         direction="in",
         card_id=card.id,
@@ -345,14 +344,26 @@ def _add_to_waiting_card(session: Session, inbound: Inbound, card: Card, now: da
         body=inbound.body,
         media=inbound.media,
         status="received",
-        attempts=0,
         created_at=now,
         updated_at=now,
     )
-    # Columns left out are NULL (a JSON column given None would store JSON's null).
-    written = {key: value for key, value in values.items() if value is not None}
-    values["id"] = connection.execute(_INSERT_MESSAGE, written).scalar_one()
-    return Received(_as_loaded(session, Message, values), card)
+    return Received(message, card)
+
+
+def _inserted(session: Session, cls: Any, **values: Any) -> Any:
+    """A row inserted on the table in one statement (no unit of work), and the session's
+    object for it as stored (the table's defaults included), as if loaded."""
+    statement = _INSERTS.get(cls)
+    if statement is None:
+        table = cls.__table__
+        statement = _INSERTS[cls] = table.insert().returning(*table.c)
+    # Columns given None are left out: NULL (a JSON column given None would store null).
+    given = {key: value for key, value in values.items() if value is not None}
+    row = session.connection().execute(statement, given).one()
+    return _as_loaded(session, cls, dict(row._mapping))
+
+
+_INSERTS: dict[Any, Any] = {}
 
 
 def _new_conversation(
@@ -596,28 +607,61 @@ ESTIMATE_DAYS = 7
 ESTIMATE_MIN_SAMPLES = 5
 
 
-def waiting_ahead(card: Card, since: datetime) -> Select[tuple[int]]:
-    """How many of the pipeline's customers have waited longer than `card`'s: an index range
-    count on ix_cards_pipeline_queue, less those of them still choosing a team at the menu
-    (few, on the index of menu deadlines), who are in no team's line yet."""
+def _waiting_ahead_statement() -> Select[tuple[int]]:
+    """How many of the pipeline's customers have waited longer than card :card, waiting
+    since :since: an index range count on ix_cards_pipeline_queue, less those of them still
+    choosing a team at the menu (few, on the index of menu deadlines), who are in no team's
+    line yet."""
+    cards, since = _CARDS.c, bindparam("since", type_=Card.__table__.c.waiting_since.type)
     ahead = and_(
-        Card.status == "open",
-        Card.pipeline_id == card.pipeline_id,
-        Card.waiting_since.is_not(None),
-        or_(Card.waiting_since < since, and_(Card.waiting_since == since, Card.id < card.id)),
+        cards.status == "open",
+        cards.pipeline_id == bindparam("pipeline"),
+        cards.waiting_since.is_not(None),
+        or_(
+            cards.waiting_since < since,
+            and_(cards.waiting_since == since, cards.id < bindparam("card")),
+        ),
     )
-    everyone = select(func.count(Card.id)).where(ahead).scalar_subquery()
+    everyone = select(func.count(cards.id)).where(ahead).scalar_subquery()
     choosing = (
-        select(func.count(Card.id)).where(ahead, Card.menu_deadline_at.is_not(None))
+        select(func.count(cards.id)).where(ahead, cards.menu_deadline_at.is_not(None))
     ).scalar_subquery()
     return select(everyone - choosing)
+
+
+_WAITING_AHEAD = _waiting_ahead_statement()
+
+
+def _ahead_of(card: Card, since: datetime) -> dict[str, Any]:
+    return {"pipeline": card.pipeline_id, "since": since, "card": card.id}
+
+
+def waiting_ahead(card: Card, since: datetime) -> Select[tuple[int]]:
+    """The count estimate reads for `card`, its values bound (to show its query plan)."""
+    return _WAITING_AHEAD.params(_ahead_of(card, since))
+
+
+_VISITS = StageVisit.__table__
+# The stage's recent answers, in business seconds (the newest first).
+_RECENT_ANSWERS = (
+    select(_VISITS.c.business_seconds)
+    .where(
+        _VISITS.c.stage_id == bindparam("stage"),
+        _VISITS.c.left_at >= bindparam("since", type_=_VISITS.c.left_at.type),
+        _VISITS.c.business_seconds.is_not(None),
+    )
+    .order_by(_VISITS.c.left_at.desc())
+    .limit(500)
+)
 
 
 def estimate(session: Session, card: Card, now: datetime) -> bot.Wait:
     """What to tell a waiting customer: their place among the pipeline's waiting customers,
     and the wait — the next opening when closed, else the 80th percentile of the stage's
     recent answers in business time, else its SLA."""
-    ahead = session.scalar(waiting_ahead(card, card.waiting_since or now))
+    session.flush()  # the card is counted by its id
+    connection = session.connection()
+    ahead = connection.scalar(_WAITING_AHEAD, _ahead_of(card, card.waiting_since or now))
     position = (ahead or 0) + 1
     stage = card.stage
     calendar = calendars.for_stage(stage, now)
@@ -627,15 +671,8 @@ def estimate(session: Session, card: Card, now: datetime) -> bot.Wait:
         zone = ZoneInfo(row.timezone)
         opens = clock.next_open(calendar, now).astimezone(zone)
         return bot.Wait(position, None, False, opens, now.astimezone(zone), row.timezone)
-    recent = session.scalars(
-        select(StageVisit.business_seconds)
-        .where(
-            StageVisit.stage_id == stage.id,
-            StageVisit.left_at >= now - timedelta(days=ESTIMATE_DAYS),
-            StageVisit.business_seconds.is_not(None),
-        )
-        .order_by(StageVisit.left_at.desc())
-        .limit(500)
+    recent = connection.scalars(
+        _RECENT_ANSWERS, {"stage": stage.id, "since": now - timedelta(days=ESTIMATE_DAYS)}
     ).all()
     if len(recent) >= ESTIMATE_MIN_SAMPLES:
         ordered = sorted(int(seconds or 0) for seconds in recent)

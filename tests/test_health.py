@@ -1,4 +1,4 @@
-"""GET /healthz: what a load balancer or an operator sees."""
+"""GET /healthz and /readyz: what a monitor and a load balancer see."""
 
 from __future__ import annotations
 
@@ -65,3 +65,29 @@ def test_health_needs_no_login(client: FlaskClient) -> None:
     answer = client.get("/healthz", follow_redirects=False)
     assert answer.status_code == 200
     assert answer.mimetype == "application/json"
+
+
+def test_ready_while_the_database_answers(client: FlaskClient) -> None:
+    answer = client.get("/readyz")
+    assert answer.status_code == 200
+    assert answer.get_json() == {"status": "ok", "database": "ok", "redis": "ok"}
+
+
+def test_ready_but_degraded_when_redis_does_not_answer(config: Config) -> None:
+    """Messages are still taken: a load balancer keeps sending Twilio's webhooks."""
+    client = create_app(config.with_(redis_url=CLOSED_REDIS)).test_client()
+    answer = client.get("/readyz")
+    assert answer.status_code == 200
+    assert answer.get_json() == {
+        "status": "degraded",
+        "database": "ok",
+        "redis": "down (ConnectionError)",
+    }
+
+
+def test_not_ready_when_the_database_does_not_answer(config: Config, dead_database: str) -> None:
+    client = create_app(config.with_(database_url=dead_database)).test_client()
+    answer = client.get("/readyz")
+    assert answer.status_code == 503
+    assert answer.get_json()["status"] == "unavailable"
+    assert answer.get_json()["database"] == "down (OperationalError)"

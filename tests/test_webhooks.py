@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
 from whatsdesk import create_app, desk, jobs, whatsapp
-from whatsdesk.alarms import TICK_AHEAD_SECONDS, Alarms
+from whatsdesk.alarms import TICK_AHEAD_SECONDS, Alarms, second_of
 from whatsdesk.config import Config
 from whatsdesk.db import session_factory, utcnow
 from whatsdesk.models import Card, Contact, EarlyStatus, Message, Pipeline, StageVisit
@@ -473,8 +473,13 @@ def test_redis_down_the_message_is_stored_and_the_sweep_arms_it_once_redis_answe
     assert f"send-{ack.id}" not in sends.get_job_ids()
 
     later = utcnow() + timedelta(seconds=jobs.STALE_SEND_SECONDS + 1)
-    assert jobs.reconcile(seeded, later)["resent"] == 1  # Redis answers again: the sweep
+    swept = jobs.reconcile(seeded, later)  # Redis answers again: the sweep
+    assert (swept["resent"], swept["rearmed"]) == (1, 2)  # the answer; warning and breach
     assert f"send-{ack.id}" in sends.get_job_ids()
+    visit = session.scalars(select(StageVisit)).one()
+    assert visit.warning_at is not None and visit.deadline_at is not None
+    armed = Alarms(seeded.redis_url, seeded.queue_name).armed_seconds(visit.deadline_at)
+    assert armed == {second_of(visit.warning_at), second_of(visit.deadline_at)}
 
 
 @pytest.mark.parametrize("dead", ["postgresql-closed-port", "sqlite-impossible-path"])

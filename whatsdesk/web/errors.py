@@ -21,7 +21,7 @@ def register(app: Flask) -> None:
 
 
 def _wants_text() -> bool:
-    return request.path.startswith("/twilio/") or request.path == "/healthz"
+    return request.path.startswith("/twilio/") or request.path in ("/healthz", "/readyz")
 
 
 def http_error(exc: HTTPException) -> Response | tuple[str, int]:

@@ -70,6 +70,26 @@ def test_a_webhook_a_send_and_an_sla_event_show_in_the_scrape(
     assert grew("whatsdesk_sla_event_lateness_seconds_sum", kind="breach") >= 3
 
 
+def test_a_message_stored_while_redis_is_down_is_counted_as_waiting_for_the_sweep(
+    client: FlaskClient, seeded: Config, env: Config
+) -> None:
+    before = scrape(client)
+    down = seeded.with_(redis_url="redis://127.0.0.1:1/0")  # nothing answers there
+    write_in(create_app(down).test_client(), down, "+5511999990001")  # a new conversation
+    write_in(client, seeded, "+5511999990002")  # Redis answers: armed at once
+    after = scrape(client)
+
+    grew = value(after, "whatsdesk_inbound_unarmed_total") - value(
+        before, "whatsdesk_inbound_unarmed_total"
+    )
+    assert grew >= 1
+    assert (
+        value(after, "whatsdesk_inbound_messages_total", outcome="stored")
+        - value(before, "whatsdesk_inbound_messages_total", outcome="stored")
+        >= 2
+    )
+
+
 def test_open_cards_by_sla_state_and_the_queues_are_read_at_scrape_time(
     client: FlaskClient, seeded: Config, session: Session
 ) -> None:

@@ -72,6 +72,11 @@ OUTBOUND = Counter(
     "in_doubt (Twilio did not answer; the sweep asks it).",
     ["status"],
 )
+UNARMED = Counter(
+    "whatsdesk_inbound_unarmed",
+    "Inbound messages stored while Redis did not answer: their timers and sends wait for the "
+    "sweep to arm them once Redis answers.",
+)
 SLA_LATENESS = Histogram(
     "whatsdesk_sla_event_lateness_seconds",
     "Recorded minus due instant of each SLA event, by kind (level-N counted as level).",
@@ -92,6 +97,11 @@ def observe_webhook(webhook: str, status_code: int, seconds: float, duplicate: b
     else:
         outcome = INBOUND_OUTCOMES.get(status_code, "error")
     INBOUND.labels(outcome).inc()
+
+
+def observe_unarmed() -> None:
+    """A stored message whose timers and sends could not reach Redis (the sweep arms them)."""
+    UNARMED.inc()
 
 
 def observe_send(status: str) -> None:

@@ -111,6 +111,7 @@ def _arm(received: desk.Received) -> None:
             menu,
         )
     except RedisError as exc:
+        metrics.observe_unarmed()
         log.warning("could not arm jobs for %s (%s); the sweep will", received.message.sid, exc)
 
 

@@ -67,21 +67,30 @@ def test_health_needs_no_login(client: FlaskClient) -> None:
     assert answer.mimetype == "application/json"
 
 
-def test_ready_while_the_database_answers(client: FlaskClient) -> None:
+def test_ready_while_the_database_answers_and_a_pipeline_is_loaded(
+    client: FlaskClient, seeded: Config
+) -> None:
     answer = client.get("/readyz")
     assert answer.status_code == 200
-    assert answer.get_json() == {"status": "ok", "database": "ok", "redis": "ok"}
+    assert answer.get_json() == {"status": "ok", "database": "ok", "pipeline": "ok"}
 
 
-def test_ready_but_degraded_when_redis_does_not_answer(config: Config) -> None:
+def test_ready_with_redis_down(seeded: Config) -> None:
     """Messages are still taken: a load balancer keeps sending Twilio's webhooks."""
-    client = create_app(config.with_(redis_url=CLOSED_REDIS)).test_client()
+    client = create_app(seeded.with_(redis_url=CLOSED_REDIS)).test_client()
     answer = client.get("/readyz")
     assert answer.status_code == 200
+    assert answer.get_json()["status"] == "ok"
+
+
+def test_not_ready_without_a_pipeline(client: FlaskClient) -> None:
+    """The webhook would answer 503: no pipeline says where a conversation goes."""
+    answer = client.get("/readyz")
+    assert answer.status_code == 503
     assert answer.get_json() == {
-        "status": "degraded",
+        "status": "unavailable",
         "database": "ok",
-        "redis": "down (ConnectionError)",
+        "pipeline": "none loaded",
     }
 
 
@@ -89,5 +98,4 @@ def test_not_ready_when_the_database_does_not_answer(config: Config, dead_databa
     client = create_app(config.with_(database_url=dead_database)).test_client()
     answer = client.get("/readyz")
     assert answer.status_code == 503
-    assert answer.get_json()["status"] == "unavailable"
-    assert answer.get_json()["database"] == "down (OperationalError)"
+    assert answer.get_json() == {"status": "unavailable", "database": "down (OperationalError)"}

@@ -38,7 +38,7 @@ PUBLIC = {
     "reports.chart_styles": "the charts' stylesheet (pygal's), a static file in all but name",
     "auth.login": "the login page",
     "health.healthz": "monitors; says only up or down",
-    "health.readyz": "load balancers; says only up, degraded or down",
+    "health.readyz": "load balancers; says only up or down",
     "webhooks.inbound": "Twilio; refused without a valid X-Twilio-Signature",
     "webhooks.status": "Twilio; refused without a valid X-Twilio-Signature",
     "queue.home": "only a redirect to /queue, which asks for a login",
@@ -331,6 +331,7 @@ def test_every_answer_carries_the_security_headers_and_pages_nothing_the_policy_
     answers = {
         "login page": anonymous.get("/login"),
         "health": anonymous.get("/healthz"),
+        "readiness": anonymous.get("/readyz"),
         "stylesheet": anonymous.get("/static/style.css"),
         "not found": anonymous.get("/no-such-page"),
         "unsigned webhook": anonymous.post("/twilio/whatsapp", data=inbound_form()),

@@ -143,7 +143,8 @@ def test_signed_arbitrary_inbound_forms_are_stored_or_refused_with_a_reason(
 ) -> None:
     @FUZZ
     @given(form=inbound_forms())
-    # What PostgreSQL refused (503, retried by Twilio to no end) before parse_inbound checked it.
+    # What PostgreSQL refused (503: Twilio retried it once, then gave up) before parse_inbound
+    # checked it.
     @example(form=inbound_form(body="a\x00b"))
     @example(form=inbound_form(sid="\x00"))
     @example(form={**inbound_form(), "ProfileName": "x" * 256})

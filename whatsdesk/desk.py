@@ -165,12 +165,13 @@ class _Sender:
 
 
 _CARDS = Card.__table__
+_CONTACTS = Contact.__table__
 _CARD_COLUMNS = [(attr.key, attr.columns[0]) for attr in inspect(Card).column_attrs]
 _MESSAGES = Message.__table__
 
 
 def _first_read_statement() -> Select[Any]:
-    contacts, users = Contact.__table__, User.__table__
+    contacts, users = _CONTACTS, User.__table__
     stored = select(_MESSAGES.c.id).where(_MESSAGES.c.sid == bindparam("sid")).scalar_subquery()
     known = select(contacts.c.id).where(contacts.c.address == bindparam("address")).exists()
     staff = (
@@ -288,7 +289,6 @@ def receive_message(session: Session, inbound: Inbound, now: datetime) -> Receiv
     return _on_open_card(session, inbound, contact, card, now)
 
 
-_CONTACTS = Contact.__table__
 # A message without a profile keeps the one known.
 _TOUCH_CONTACT = (
     update(_CONTACTS)
@@ -332,21 +332,8 @@ def _add_to_waiting_card(session: Session, inbound: Inbound, card: Card, now: da
     if held is not None:
         for key, value in latest.items():
             set_committed_value(held, key, value)
-    message = _inserted(
-        session,
-        Message,
-        sid=inbound.sid,
-        direction="in",
-        card_id=card.id,
-        contact_id=card.contact_id,
-        from_address=inbound.from_address,
-        to_address=inbound.to_address,
-        body=inbound.body,
-        media=inbound.media,
-        status="received",
-        created_at=now,
-        updated_at=now,
-    )
+    fields = _inbound_fields(inbound, now)
+    message = _inserted(session, Message, card_id=card.id, contact_id=card.contact_id, **fields)
     return Received(message, card)
 
 
@@ -612,7 +599,8 @@ def _waiting_ahead_statement() -> Select[tuple[int]]:
     since :since: an index range count on ix_cards_pipeline_queue, less those of them still
     choosing a team at the menu (few, on the index of menu deadlines), who are in no team's
     line yet."""
-    cards, since = _CARDS.c, bindparam("since", type_=Card.__table__.c.waiting_since.type)
+    cards = _CARDS.c
+    since = bindparam("since", type_=cards.waiting_since.type)
     ahead = and_(
         cards.status == "open",
         cards.pipeline_id == bindparam("pipeline"),
@@ -683,19 +671,22 @@ def estimate(session: Session, card: Card, now: datetime) -> bot.Wait:
 def _inbound_message(
     inbound: Inbound, card: Card | None, contact: Contact, now: datetime
 ) -> Message:
-    return Message(
-        sid=inbound.sid,
-        direction="in",
-        card=card,
-        contact=contact,
-        from_address=inbound.from_address,
-        to_address=inbound.to_address,
-        body=inbound.body,
-        media=inbound.media,
-        status="received",
-        created_at=now,
-        updated_at=now,
-    )
+    return Message(card=card, contact=contact, **_inbound_fields(inbound, now))
+
+
+def _inbound_fields(inbound: Inbound, now: datetime) -> dict[str, Any]:
+    """An inbound message's columns, but for its card and contact."""
+    return {
+        "sid": inbound.sid,
+        "direction": "in",
+        "from_address": inbound.from_address,
+        "to_address": inbound.to_address,
+        "body": inbound.body,
+        "media": inbound.media,
+        "status": "received",
+        "created_at": now,
+        "updated_at": now,
+    }
 
 
 def open_card(

@@ -35,6 +35,7 @@ from prometheus_client import (  # noqa: E402
 from prometheus_client.core import GaugeMetricFamily, Metric  # noqa: E402
 from prometheus_client.multiprocess import MultiProcessCollector  # noqa: E402
 from prometheus_client.registry import Collector  # noqa: E402
+from redis.exceptions import RedisError  # noqa: E402
 from sqlalchemy.orm import Session, sessionmaker  # noqa: E402
 
 from . import desk, sla  # noqa: E402
@@ -74,7 +75,7 @@ OUTBOUND = Counter(
 )
 UNARMED = Counter(
     "whatsdesk_inbound_unarmed",
-    "Inbound messages stored while Redis did not answer: their timers and sends wait for the "
+    "Inbound messages stored whose timers or sends could not reach Redis: they wait for the "
     "sweep to arm them once Redis answers.",
 )
 SLA_LATENESS = Histogram(
@@ -150,12 +151,17 @@ class DeskCollector(Collector):
             "Jobs scheduled for later in each RQ queue (timers, retries, digests).",
             labels=["queue"],
         )
-        for queue in (self.alarms.queue, self.alarms.clock):
-            depth.add_metric([queue.name], queue.count)
-            failed.add_metric([queue.name], queue.failed_job_registry.get_job_count(cleanup=False))
-            scheduled.add_metric(
-                [queue.name], queue.scheduled_job_registry.get_job_count(cleanup=False)
-            )
+        try:
+            for queue in (self.alarms.queue, self.alarms.clock):
+                depth.add_metric([queue.name], queue.count)
+                failed_jobs = queue.failed_job_registry.get_job_count(cleanup=False)
+                failed.add_metric([queue.name], failed_jobs)
+                later = queue.scheduled_job_registry.get_job_count(cleanup=False)
+                scheduled.add_metric([queue.name], later)
+        except RedisError:
+            # Redis down: the scrape still answers, without these gauges, so that the
+            # counters (whatsdesk_inbound_unarmed_total among them) show the outage.
+            return
         yield from (depth, failed, scheduled)
 
 

@@ -1,4 +1,4 @@
-"""Clear answers for bad input, and 503 (so Twilio retries) when a backing service is down."""
+"""Clear answers for bad input, and 503 (so Twilio retries) when the database is down."""
 
 from __future__ import annotations
 

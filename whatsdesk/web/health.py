@@ -1,15 +1,17 @@
 """GET /healthz: 200 when the database and Redis answer, 503 otherwise (for monitors).
-GET /readyz: 200 while the desk can take messages, i.e. the database answers (for a load
-balancer in front of the web: with Redis down messages are still stored, and the sweep
-arms their timers and sends once Redis answers)."""
+GET /readyz: 200 while the desk can take messages: the database answers and a pipeline is
+loaded (for a load balancer in front of the web). Redis is not asked: with Redis down
+messages are still stored, and the sweep arms their timers and sends once Redis answers;
+an unreachable Redis would also make the probe wait for its timeouts."""
 
 from __future__ import annotations
 
 from flask import Blueprint, jsonify
 from flask.typing import ResponseReturnValue
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from .. import current_alarms, get_session
+from ..models import Pipeline
 
 bp = Blueprint("health", __name__)
 
@@ -23,10 +25,16 @@ def healthz() -> ResponseReturnValue:
 
 @bp.get("/readyz")
 def readyz() -> ResponseReturnValue:
-    checks = _checks()
-    if checks["database"] != "ok":
-        return jsonify(status="unavailable", **checks), 503
-    return jsonify(status="ok" if checks["redis"] == "ok" else "degraded", **checks), 200
+    pipelines: list[int] = []
+    database = _check(lambda: pipelines.extend(get_session().scalars(_ANY_PIPELINE)))
+    if database != "ok":
+        return jsonify(status="unavailable", database=database), 503
+    if not pipelines:
+        return jsonify(status="unavailable", database="ok", pipeline="none loaded"), 503
+    return jsonify(status="ok", database="ok", pipeline="ok"), 200
+
+
+_ANY_PIPELINE = select(Pipeline.id).limit(1)
 
 
 def _checks() -> dict[str, str]:

@@ -59,6 +59,11 @@ class DeskError(Exception):
     """A use-case cannot go ahead; the text says why, for a person."""
 
 
+class Raced(Exception):
+    """Another message of the same customer changed what this one had read: roll back and
+    take the message again."""
+
+
 @dataclass
 class Received:
     message: Message
@@ -270,10 +275,12 @@ def receive_message(session: Session, inbound: Inbound, now: datetime) -> Receiv
     if card is not None and _only_adds_to(card, inbound):
         return _add_to_waiting_card(session, inbound, card, now)
     contact, new_contact = upsert_contact(session, inbound, now, sender.known)
-    if card is None and not new_contact and not sender.staff:
-        # A twin message of theirs may have opened a card since the first read: the
-        # contact's row, updated just now, waited for it to commit.
-        card = _locked_open_card(session, contact)
+    if card is None and not new_contact and not sender.staff and _has_open_card(session, contact):
+        # A twin message of theirs opened a card since the first read (the contact's row,
+        # updated just now, waited for it to commit). Start again: the first read locks
+        # that card. Waiting for it here, holding the contact's row, could deadlock with a
+        # message joining the card, which locks the card before the contact's row.
+        raise Raced(f"{inbound.sid}: a conversation was opened meanwhile")
     if sender.staff:
         # Staff writing to the desk open their 24-hour window (alerts may go as free text);
         # they are not customers: no card, no acknowledgement. What they write is a command
@@ -301,15 +308,9 @@ _TOUCH_CONTACT = (
 )
 
 
-def _locked_open_card(session: Session, contact: Contact) -> Card | None:
-    """The contact's open card, locked as in the first read."""
-    return session.scalars(
-        select(Card)
-        .where(Card.contact_id == contact.id, Card.status == "open")
-        .with_for_update()
-        .execution_options(populate_existing=True)
-        .limit(1)
-    ).first()
+def _has_open_card(session: Session, contact: Contact) -> bool:
+    query = select(_CARDS.c.id).where(_CARDS.c.contact_id == contact.id, _CARDS.c.status == "open")
+    return bool(session.connection().scalar(query.exists().select()))
 
 
 def _only_adds_to(card: Card, inbound: Inbound) -> bool:

@@ -9,6 +9,8 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from werkzeug.exceptions import BadRequest, Conflict, HTTPException
 
+from ..desk import Raced
+
 log = logging.getLogger(__name__)
 
 
@@ -17,6 +19,8 @@ def register(app: Flask) -> None:
     app.register_error_handler(DBAPIError, unavailable("database"))
     app.register_error_handler(DataError, refused_by_database)
     app.register_error_handler(IntegrityError, conflict)
+    # A webhook raced twice by the same customer's other messages: Twilio's retry takes it.
+    app.register_error_handler(Raced, unavailable("database"))
     app.register_error_handler(RedisError, unavailable("redis"))
 
 

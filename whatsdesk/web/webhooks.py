@@ -73,14 +73,15 @@ def inbound() -> Response:
 
 
 def _store(message: whatsapp.Inbound) -> desk.Received:
-    """Commit the message; a concurrent twin (same sid, same new contact) wins or we retry."""
+    """Commit the message; a concurrent twin (same sid, same new contact, a conversation it
+    opened) wins or we retry."""
     session = get_session()
     for attempt in (1, 2):
         try:
             received = desk.receive_message(session, message, utcnow())
             session.commit()
             return received
-        except IntegrityError:
+        except (IntegrityError, desk.Raced):
             session.rollback()
             if attempt == 2:
                 raise

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import string
@@ -14,6 +15,7 @@ from datetime import datetime
 log = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=1024)  # a pipeline's texts are checked for every Texts made
 def placeholder_problem(text: str, allowed: tuple[str, ...]) -> str | None:
     """What is wrong with the braces of `text`, which may name only `allowed`, plainly:
     no .attribute, [index], !conversion or :format (a format such as `{customer:>9999999}`

@@ -130,7 +130,9 @@ def apply(
     # Every open card either step writes, locked at once in id order (each step locks its
     # own again, already held): no other writer of cards can hold one while waiting for us.
     pipeline_store.lock_open_cards(session, changed | {key for key, _stage in levels})
-    touched = list(session.scalars(select(Pipeline).where(Pipeline.key.in_(changed))))
+    touched = (
+        list(session.scalars(select(Pipeline).where(Pipeline.key.in_(changed)))) if changed else []
+    )
     renumbered = pipeline_store.renumber_levels(session, levels, retime)
     visits = pipeline_store.retime(session, touched) if retime else []
     visits += [visit for visit in renumbered if visit not in visits]

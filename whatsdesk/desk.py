@@ -237,17 +237,24 @@ def _first_read(session: Session, inbound: Inbound) -> _Sender:
 def _as_loaded(session: Session, cls: Any, values: dict[str, Any]) -> Any:
     """The session's object for a row read or written on the table (all its columns), as if
     the ORM had loaded it: an object the session holds already is brought up to date."""
-    held = session.identity_map.get(identity_key(cls, values["id"]))
+    held = _update_held(session, cls, values["id"], values)
     if held is not None:
-        for key, value in values.items():
-            set_committed_value(held, key, value)
-        # As the ORM's populate_existing: its related objects are looked up again if used.
-        session.expire(held, [relation.key for relation in inspect(cls).relationships])
         return held
     loaded = cls(**values)
     make_transient_to_detached(loaded)
     session.add(loaded)
     return loaded
+
+
+def _update_held(session: Session, cls: Any, ident: int, values: dict[str, Any]) -> Any:
+    """The object the session holds for row `ident` (None if none), given `values` as
+    stored now. As the ORM's populate_existing, its related objects are looked up again."""
+    held = session.identity_map.get(identity_key(cls, ident))
+    if held is not None:
+        for key, value in values.items():
+            set_committed_value(held, key, value)
+        session.expire(held, [relation.key for relation in inspect(cls).relationships])
+    return held
 
 
 def open_card_of(session: Session, contact: Contact) -> Card | None:
@@ -275,7 +282,7 @@ def receive_message(session: Session, inbound: Inbound, now: datetime) -> Receiv
     if card is not None and _only_adds_to(card, inbound):
         return _add_to_waiting_card(session, inbound, card, now)
     contact, new_contact = upsert_contact(session, inbound, now, sender.known)
-    if card is None and not new_contact and not sender.staff and _has_open_card(session, contact):
+    if card is None and not new_contact and not sender.staff and open_card_of(session, contact):
         # A twin message of theirs opened a card since the first read (the contact's row,
         # updated just now, waited for it to commit). Start again: the first read locks
         # that card. Waiting for it here, holding the contact's row, could deadlock with a
@@ -296,21 +303,8 @@ def receive_message(session: Session, inbound: Inbound, now: datetime) -> Receiv
     return _on_open_card(session, inbound, contact, card, now)
 
 
-# A message without a profile keeps the one known.
-_TOUCH_CONTACT = (
-    update(_CONTACTS)
-    .where(_CONTACTS.c.id == bindparam("contact"))
-    .values(
-        last_inbound_at=bindparam("at"),
-        profile_name=func.coalesce(bindparam("profile"), _CONTACTS.c.profile_name),
-        wa_id=func.coalesce(bindparam("wa"), _CONTACTS.c.wa_id),
-    )
-)
-
-
-def _has_open_card(session: Session, contact: Contact) -> bool:
-    query = select(_CARDS.c.id).where(_CARDS.c.contact_id == contact.id, _CARDS.c.status == "open")
-    return bool(session.connection().scalar(query.exists().select()))
+# The contact's latest (`_latest`: the columns set are the parameters given).
+_TOUCH_CONTACT = update(_CONTACTS).where(_CONTACTS.c.id == bindparam("contact"))
 
 
 def _only_adds_to(card: Card, inbound: Inbound) -> bool:
@@ -326,13 +320,8 @@ def _add_to_waiting_card(session: Session, inbound: Inbound, card: Card, now: da
     """The message joins the card it belongs to, in two statements on the tables (the
     ORM's unit of work would cost more than the writes): the contact's latest, the message."""
     latest = _latest(inbound, now)
-    connection = session.connection()
-    profile = {"profile": inbound.profile_name or None, "wa": inbound.wa_id or None}
-    connection.execute(_TOUCH_CONTACT, {"contact": card.contact_id, "at": now, **profile})
-    held = session.identity_map.get(identity_key(Contact, card.contact_id))
-    if held is not None:
-        for key, value in latest.items():
-            set_committed_value(held, key, value)
+    session.connection().execute(_TOUCH_CONTACT, {"contact": card.contact_id, **latest})
+    _update_held(session, Contact, card.contact_id, latest)
     fields = _inbound_fields(inbound, now)
     message = _inserted(session, Message, card_id=card.id, contact_id=card.contact_id, **fields)
     return Received(message, card)
@@ -980,6 +969,7 @@ def answered(session: Session, card: Card, agent: User, message: Message, now: d
 
 # Statuses of a message that never reached the person.
 NOT_DELIVERED = ("failed", "undelivered")
+REPLY_FAILED = "reply-failed"  # the card history's kind for a reply that never arrived
 # A person's message to a customer that failed this long ago no longer reopens their wait.
 FAILED_REPLY_HOURS = 24
 
@@ -1038,33 +1028,27 @@ def reply_failed(session: Session, message_id: int, now: datetime) -> StageVisit
     since, message.answered_waiting_since = message.answered_waiting_since, None
     who = message.user.name if message.user else "A person"
     reason = failure_reason(message.error_message, message.error_code)
+    lost = f"⚠️ {who}'s message did not reach the customer ({reason})"
     reopened = None
     if card.status != "open":
         other = open_card_of(session, card.contact)
         if other is not None:
-            _log(
-                session,
-                card,
-                f"⚠️ {who}'s message did not reach the customer ({reason}); they "
-                f"have another conversation open (card #{other.id}).",
-                now,
-            )
+            elsewhere = f"have another conversation open (card #{other.id})"
+            log(session, card, None, REPLY_FAILED, f"{lost}; they {elsewhere}.", now)
             return None
         reopened = reopen(session, card.id, now)
     card.waiting_since = since
-    _log(
-        session,
-        card,
-        f"⚠️ {who}'s message did not reach the customer ({reason}): they are "
-        f"waiting for an answer again{' (reopened)' if reopened else ''}.",
-        now,
-    )
+    again = f"are waiting for an answer again{' (reopened)' if reopened else ''}"
+    log(session, card, None, REPLY_FAILED, f"{lost}: they {again}.", now)
     session.flush()
     return automate(session, card, CUSTOMER_MESSAGE, now) or reopened
 
 
-def _log(session: Session, card: Card, text: str, now: datetime) -> None:
-    session.add(CardActivity(card=card, kind="reply-failed", body=text, created_at=now))
+def log(
+    session: Session, card: Card, user: User | None, kind: str, body: str, now: datetime
+) -> None:
+    """A line of the card's history: who did what, when."""
+    session.add(CardActivity(card=card, user=user, kind=kind, body=body, created_at=now))
 
 
 def resolve(session: Session, card_id: int, now: datetime, seen: int | None = None) -> Card:

@@ -245,7 +245,7 @@ def _as_template_again(session: Session, message: Message) -> Message | None:
         return None
     if message.user is None or not message.user.reachable_by_whatsapp:
         return None
-    if message.status not in ("failed", "undelivered") or message.error_code != WINDOW_CLOSED:
+    if message.status not in desk.NOT_DELIVERED or message.error_code != WINDOW_CLOSED:
         return None
     if not use_template(session, message):
         return None
@@ -263,7 +263,7 @@ def refused_alerts(now: datetime) -> ColumnElement[bool]:
         Message.direction == "out",
         Message.contact_id.is_(None),
         Message.user_id.is_not(None),
-        Message.status.in_(("failed", "undelivered")),
+        Message.status.in_(desk.NOT_DELIVERED),
         Message.error_code == WINDOW_CLOSED,
         Message.content_sid.is_(None),
         Message.updated_at >= now - timedelta(hours=TEMPLATE_RETRY_HOURS),

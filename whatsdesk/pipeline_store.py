@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
-from . import calendars, clock, settings, sla
+from . import calendars, clock, escalation, settings, sla
 from . import desk as desk_cases
 from .models import (
     BusinessCalendar,
@@ -142,10 +142,11 @@ def retime(session: Session, pipelines: list[Pipeline]) -> list[StageVisit]:
         .with_for_update()
         .execution_options(populate_existing=True)
     ).all()
+    recorded_of = escalation.recorded_of(session, visits)
     for visit in visits:
         visit.paused = visit.stage.pauses  # its time is counted as its timers are set
         timers = desk_cases.visit_timers(session, visit.card, visit.stage, visit.entered_at)
-        recorded = desk_cases.recorded_kinds(session, visit)
+        recorded = recorded_of[visit.id]
         # A SNOOZE stays: the levels still to come keep their delay over the new schedule.
         delay = timedelta(seconds=visit.escalation_delay_seconds or 0)
         timers = sla.delay_levels(timers, delay, recorded)
@@ -184,9 +185,10 @@ def renumber_levels(
     for stage_id, mapping in stages.items():
         mine = [visit for visit in visits if visit.stage_id == stage_id]
         _rename_recorded_levels(session, [visit.id for visit in mine], mapping)
+        recorded = escalation.recorded_of(session, mine)
         for visit in mine:
             if visit.left_at is not None or not retime:
-                _follow_levels(session, visit, mapping)
+                _follow_levels(visit, mapping, recorded[visit.id])
     session.flush()
     return list(visits)
 
@@ -221,11 +223,10 @@ def _rename_recorded_levels(
     session.flush()
 
 
-def _follow_levels(session: Session, visit: StageVisit, mapping: dict[int, int | None]) -> None:
+def _follow_levels(visit: StageVisit, mapping: dict[int, int | None], recorded: set[str]) -> None:
     """Each level keeps its instant under its new number; a level new to the list comes its
     `after` of open time past the visit's own deadline (later by any SNOOZE). What the visit
     owes next is read as it can still fire (acknowledged, or left: `escalation.owed`)."""
-    recorded = desk_cases.recorded_kinds(session, visit)
     old = visit.timers.levels
     kept = {new: old[was - 1] for was, new in mapping.items() if new and was <= len(old)}
     after = [level.after_seconds for level in visit.stage.escalations]

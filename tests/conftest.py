@@ -431,6 +431,14 @@ def commit_once_it_waits(session: Session, database_url: str, other: Callable[[]
     assert not thread.is_alive()
 
 
+def ics_text(*events: list[str]) -> str:
+    """An iCalendar file (CRLF line ends) holding one VEVENT per list of content lines."""
+    lines = ["BEGIN:VCALENDAR", "VERSION:2.0", "PRODID:-//whatsdesk test//EN"]
+    for vevent in events:
+        lines += ["BEGIN:VEVENT", *vevent, "END:VEVENT"]
+    return "".join(f"{line}\r\n" for line in [*lines, "END:VCALENDAR"])
+
+
 def eventually(condition: Callable[[], bool], timeout: float) -> bool:
     """Poll until the condition holds or the time is up (no fixed sleeps)."""
     deadline = time.monotonic() + timeout

@@ -17,6 +17,8 @@ from whatsdesk.config import Config
 from whatsdesk.models import BusinessCalendar, Card, StageVisit
 from whatsdesk.whatsapp import Inbound
 
+from conftest import ics_text
+
 SAO_PAULO = ZoneInfo("America/Sao_Paulo")
 FILE = """
 calendars:
@@ -157,9 +159,14 @@ def test_calendars_round_trip_through_dump(config: Config, session: Session) -> 
 def test_an_ics_file_closes_its_days(config: Config, session: Session, tmp_path: Path) -> None:
     ics = tmp_path / "closures.ics"
     ics.write_text(
-        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//whatsdesk test//EN\r\n"
-        "BEGIN:VEVENT\r\nUID:1\r\nDTSTART;VALUE=DATE:20261125\r\nDTEND;VALUE=DATE:20261127\r\n"
-        "SUMMARY:Team offsite\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+        ics_text(
+            [
+                "UID:1",
+                "DTSTART;VALUE=DATE:20261125",
+                "DTEND;VALUE=DATE:20261127",
+                "SUMMARY:Team offsite",
+            ],
+        )
     )
     assert read_ics(str(ics), ics_years(2026), "America/Sao_Paulo") == [
         date(2026, 11, 25),
@@ -180,10 +187,15 @@ def test_a_recurring_ics_holiday_closes_its_day_in_years_after_the_load(
 ) -> None:
     ics = tmp_path / "founders.ics"
     ics.write_text(
-        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//whatsdesk test//EN\r\n"
-        "BEGIN:VEVENT\r\nUID:founders\r\nDTSTART;VALUE=DATE:20201124\r\n"
-        "DTEND;VALUE=DATE:20201125\r\nRRULE:FREQ=YEARLY\r\nSUMMARY:Founders' day\r\n"
-        "END:VEVENT\r\nEND:VCALENDAR\r\n"
+        ics_text(
+            [
+                "UID:founders",
+                "DTSTART;VALUE=DATE:20201124",
+                "DTEND;VALUE=DATE:20201125",
+                "RRULE:FREQ=YEARLY",
+                "SUMMARY:Founders' day",
+            ],
+        )
     )
     yearly = "        - {date: 2025-12-31, yearly: true}\n"
     load(session, FILE.replace(yearly, f"{yearly}      ics: {ics}\n"), now=local(2026, 6, 1, 9, 0))
@@ -197,16 +209,29 @@ def test_a_recurring_ics_holiday_closes_its_day_in_years_after_the_load(
 def test_recurring_ics_events_skip_excluded_dates_and_follow_moved_ones(tmp_path: Path) -> None:
     ics = tmp_path / "closures.ics"
     ics.write_text(
-        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//whatsdesk test//EN\r\n"
-        "BEGIN:VEVENT\r\nUID:xmas\r\nDTSTART;VALUE=DATE:20201225\r\n"
-        "DTEND;VALUE=DATE:20201226\r\nRRULE:FREQ=YEARLY\r\n"
-        "EXDATE;VALUE=DATE:20271225\r\nSUMMARY:Christmas\r\nEND:VEVENT\r\n"
-        "BEGIN:VEVENT\r\nUID:xmas\r\nRECURRENCE-ID;VALUE=DATE:20281225\r\n"
-        "DTSTART;VALUE=DATE:20281227\r\nDTEND;VALUE=DATE:20281228\r\n"
-        "SUMMARY:Christmas (closed two days later)\r\nEND:VEVENT\r\n"
-        "BEGIN:VEVENT\r\nUID:stocktake\r\nDTSTART;VALUE=DATE:20260105\r\n"
-        "RRULE:FREQ=WEEKLY;COUNT=3\r\nSUMMARY:Stocktake Mondays\r\nEND:VEVENT\r\n"
-        "END:VCALENDAR\r\n"
+        ics_text(
+            [
+                "UID:xmas",
+                "DTSTART;VALUE=DATE:20201225",
+                "DTEND;VALUE=DATE:20201226",
+                "RRULE:FREQ=YEARLY",
+                "EXDATE;VALUE=DATE:20271225",
+                "SUMMARY:Christmas",
+            ],
+            [
+                "UID:xmas",
+                "RECURRENCE-ID;VALUE=DATE:20281225",
+                "DTSTART;VALUE=DATE:20281227",
+                "DTEND;VALUE=DATE:20281228",
+                "SUMMARY:Christmas (closed two days later)",
+            ],
+            [
+                "UID:stocktake",
+                "DTSTART;VALUE=DATE:20260105",
+                "RRULE:FREQ=WEEKLY;COUNT=3",
+                "SUMMARY:Stocktake Mondays",
+            ],
+        )
     )
 
     assert read_ics(str(ics), range(2026, 2030), "America/Sao_Paulo") == [
@@ -225,9 +250,14 @@ def test_an_ics_event_given_in_utc_closes_the_day_it_falls_on_in_the_calendars_z
     """23:00–24:00 on 24 Dec in São Paulo, written in UTC (02:00–03:00 on the 25th)."""
     ics = tmp_path / "evening.ics"
     ics.write_text(
-        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//whatsdesk test//EN\r\n"
-        "BEGIN:VEVENT\r\nUID:1\r\nDTSTART:20261225T020000Z\r\nDTEND:20261225T030000Z\r\n"
-        "SUMMARY:Christmas Eve stocktake\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+        ics_text(
+            [
+                "UID:1",
+                "DTSTART:20261225T020000Z",
+                "DTEND:20261225T030000Z",
+                "SUMMARY:Christmas Eve stocktake",
+            ],
+        )
     )
 
     assert read_ics(str(ics), ics_years(2026), "America/Sao_Paulo") == [date(2026, 12, 24)]
@@ -346,11 +376,15 @@ def test_a_yearly_closure_starts_in_the_year_it_was_given() -> None:
 def test_ics_timed_events_ending_at_midnight_and_cancelled_events(tmp_path: Path) -> None:
     ics = tmp_path / "events.ics"
     ics.write_text(
-        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//whatsdesk test//EN\r\n"
-        "BEGIN:VEVENT\r\nUID:1\r\nDTSTART:20261201T180000\r\nDTEND:20261202T000000\r\n"
-        "SUMMARY:Evening closure\r\nEND:VEVENT\r\n"
-        "BEGIN:VEVENT\r\nUID:2\r\nSTATUS:CANCELLED\r\nDTSTART;VALUE=DATE:20261210\r\n"
-        "SUMMARY:Called off\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+        ics_text(
+            [
+                "UID:1",
+                "DTSTART:20261201T180000",
+                "DTEND:20261202T000000",
+                "SUMMARY:Evening closure",
+            ],
+            ["UID:2", "STATUS:CANCELLED", "DTSTART;VALUE=DATE:20261210", "SUMMARY:Called off"],
+        )
     )
     assert read_ics(str(ics), ics_years(2026), "America/Sao_Paulo") == [date(2026, 12, 1)]
 
@@ -360,8 +394,13 @@ def test_an_all_day_ics_event_ending_on_its_start_day_still_closes_it(tmp_path: 
     write it for a one-day holiday: the day it names is closed, not none."""
     ics = tmp_path / "events.ics"
     ics.write_text(
-        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//whatsdesk test//EN\r\n"
-        "BEGIN:VEVENT\r\nUID:1\r\nDTSTART;VALUE=DATE:20261224\r\nDTEND;VALUE=DATE:20261224\r\n"
-        "SUMMARY:Christmas Eve\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+        ics_text(
+            [
+                "UID:1",
+                "DTSTART;VALUE=DATE:20261224",
+                "DTEND;VALUE=DATE:20261224",
+                "SUMMARY:Christmas Eve",
+            ],
+        )
     )
     assert read_ics(str(ics), ics_years(2026), "America/Sao_Paulo") == [date(2026, 12, 24)]

@@ -24,15 +24,14 @@ from conftest import (
     commit_once_it_waits,
     count,
     csrf_token,
+    ics_text,
     inbound_form,
     login,
     seed,
 )
 
-ICS = (
-    "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//whatsdesk test//EN\r\n"
-    "BEGIN:VEVENT\r\nUID:1\r\nDTSTART;VALUE=DATE:20261225\r\nDTEND;VALUE=DATE:20261226\r\n"
-    "SUMMARY:Closed\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+ICS = ics_text(
+    ["UID:1", "DTSTART;VALUE=DATE:20261225", "DTEND;VALUE=DATE:20261226", "SUMMARY:Closed"]
 )
 
 DESK = """

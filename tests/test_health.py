@@ -24,32 +24,37 @@ def dead_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return f"sqlite:///{blocker}/whatsdesk/whatsdesk.db"
 
 
+def state(client: FlaskClient, path: str) -> tuple[int, dict[str, str]]:
+    answer = client.get(path)
+    return answer.status_code, answer.get_json()
+
+
 def test_healthy_when_database_and_redis_answer(client: FlaskClient) -> None:
-    answer = client.get("/healthz")
-    assert answer.status_code == 200
-    assert answer.get_json() == {"status": "ok", "database": "ok", "redis": "ok"}
+    assert state(client, "/healthz") == (200, {"status": "ok", "database": "ok", "redis": "ok"})
 
 
 def test_unavailable_when_redis_does_not_answer(config: Config) -> None:
     client = create_app(config.with_(redis_url=CLOSED_REDIS)).test_client()
-    answer = client.get("/healthz")
-    assert answer.status_code == 503
-    assert answer.get_json() == {
-        "status": "unavailable",
-        "database": "ok",
-        "redis": "down (ConnectionError)",
-    }
+    assert state(client, "/healthz") == (
+        503,
+        {
+            "status": "unavailable",
+            "database": "ok",
+            "redis": "down (ConnectionError)",
+        },
+    )
 
 
 def test_unavailable_when_the_database_does_not_answer(config: Config, dead_database: str) -> None:
     client = create_app(config.with_(database_url=dead_database)).test_client()
-    answer = client.get("/healthz")
-    assert answer.status_code == 503
-    assert answer.get_json() == {
-        "status": "unavailable",
-        "database": "down (OperationalError)",
-        "redis": "ok",
-    }
+    assert state(client, "/healthz") == (
+        503,
+        {
+            "status": "unavailable",
+            "database": "down (OperationalError)",
+            "redis": "ok",
+        },
+    )
 
 
 def test_unavailable_when_neither_answers(config: Config) -> None:
@@ -70,9 +75,7 @@ def test_health_needs_no_login(client: FlaskClient) -> None:
 def test_ready_while_the_database_answers_and_a_pipeline_is_loaded(
     client: FlaskClient, seeded: Config
 ) -> None:
-    answer = client.get("/readyz")
-    assert answer.status_code == 200
-    assert answer.get_json() == {"status": "ok", "database": "ok", "pipeline": "ok"}
+    assert state(client, "/readyz") == (200, {"status": "ok", "database": "ok", "pipeline": "ok"})
 
 
 def test_ready_with_redis_down(seeded: Config) -> None:
@@ -85,17 +88,19 @@ def test_ready_with_redis_down(seeded: Config) -> None:
 
 def test_not_ready_without_a_pipeline(client: FlaskClient) -> None:
     """The webhook would answer 503: no pipeline says where a conversation goes."""
-    answer = client.get("/readyz")
-    assert answer.status_code == 503
-    assert answer.get_json() == {
-        "status": "unavailable",
-        "database": "ok",
-        "pipeline": "none loaded",
-    }
+    assert state(client, "/readyz") == (
+        503,
+        {
+            "status": "unavailable",
+            "database": "ok",
+            "pipeline": "none loaded",
+        },
+    )
 
 
 def test_not_ready_when_the_database_does_not_answer(config: Config, dead_database: str) -> None:
     client = create_app(config.with_(database_url=dead_database)).test_client()
-    answer = client.get("/readyz")
-    assert answer.status_code == 503
-    assert answer.get_json() == {"status": "unavailable", "database": "down (OperationalError)"}
+    assert state(client, "/readyz") == (
+        503,
+        {"status": "unavailable", "database": "down (OperationalError)"},
+    )

@@ -418,6 +418,22 @@ def test_public_url_is_the_url_checked_behind_a_proxy(seeded: Config, session: S
     signature = whatsapp.sign(token, "https://desk.example.com" + path, form)
     answer = client.post(path, data=form, headers={"X-Twilio-Signature": signature})
     assert_empty_twiml(answer)
+
+
+def test_a_signature_over_the_url_with_its_default_port_is_accepted(
+    seeded: Config, session: Session
+) -> None:
+    # Twilio may sign https://host:443/… where the desk knows https://host/….
+    config = seeded.with_(public_url="https://desk.example.com")
+    client = create_app(config).test_client()
+    form = inbound_form()
+    token = whatsapp.webhook_token(config)
+
+    signature = whatsapp.sign(token, "https://desk.example.com:443" + INBOUND, form)
+    answer = client.post(INBOUND, data=form, headers={"X-Twilio-Signature": signature})
+    assert_empty_twiml(answer)
+    assert [m.sid for m in messages(session, "in")] == [form["MessageSid"]]
+
     assert [m.sid for m in messages(session, "in")] == [form["MessageSid"]]
 
 

@@ -31,7 +31,7 @@ from sqlalchemy.orm import (
     joinedload,
     make_transient_to_detached,
 )
-from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.attributes import instance_dict, set_committed_value
 from sqlalchemy.orm.util import identity_key
 
 from . import bot, calendars, clock, settings, sla
@@ -240,7 +240,9 @@ def _as_loaded(session: Session, cls: Any, values: dict[str, Any]) -> Any:
     held = _update_held(session, cls, values["id"], values)
     if held is not None:
         return held
-    loaded = cls(**values)
+    # As the ORM loads a row: the values are the object's state, with no change events.
+    loaded = inspect(cls).class_manager.new_instance()
+    instance_dict(loaded).update(values)
     make_transient_to_detached(loaded)
     session.add(loaded)
     return loaded
@@ -294,9 +296,7 @@ def receive_message(session: Session, inbound: Inbound, now: datetime) -> Receiv
         # (TAKE, ACK, …) or gets the commands' help.
         from . import commands  # commands builds on desk (and workspace)
 
-        note = _inbound_message(inbound, None, contact, now)
-        session.add(note)
-        session.flush()
+        note = _inbound_message(session, inbound, None, contact.id, now)
         return commands.handle(session, inbound, note, now)
     if card is None:
         return _new_conversation(session, inbound, contact, now, first_contact=new_contact)
@@ -322,14 +322,15 @@ def _add_to_waiting_card(session: Session, inbound: Inbound, card: Card, now: da
     latest = _latest(inbound, now)
     session.connection().execute(_TOUCH_CONTACT, {"contact": card.contact_id, **latest})
     _update_held(session, Contact, card.contact_id, latest)
-    fields = _inbound_fields(inbound, now)
-    message = _inserted(session, Message, card_id=card.id, contact_id=card.contact_id, **fields)
-    return Received(message, card)
+    return Received(_inbound_message(session, inbound, card.id, card.contact_id, now), card)
 
 
 def _inserted(session: Session, cls: Any, **values: Any) -> Any:
     """A row inserted on the table in one statement (no unit of work), and the session's
-    object for it as stored (the table's defaults included), as if loaded."""
+    object for it as stored (the table's defaults included), as if loaded. What the session
+    holds is written first, as the ORM's own writes would (a contact made just now, the
+    visit a card leaves)."""
+    session.flush()
     statement = _INSERTS.get(cls)
     if statement is None:
         table = cls.__table__
@@ -361,11 +362,10 @@ def _new_conversation(
         return _ask_menu(session, inbound, contact, card, menu, now)
     if card.waiting_since is None:
         card.waiting_since = now
-    # The wait is read before the messages are added, so that one flush writes both, the
-    # customer's first: the thread reads in order (the two share created_at).
+    # The customer's message is written before the bot's answer: the thread reads in order
+    # (the two share created_at).
     wait = estimate(session, card, now) if opened else None
-    message = _inbound_message(inbound, card, contact, now)
-    session.add(message)
+    message = _inbound_message(session, inbound, card.id, contact.id, now)
     outbound = []
     if wait is not None:
         ack = texts.acknowledgement(contact.profile_name, card.pipeline.name, wait)
@@ -392,18 +392,28 @@ def _on_open_card(
     if card.waiting_since is None:  # they had an answer: this is a new question
         new_visit = automate(session, card, CUSTOMER_MESSAGE, now)
         card.waiting_since = now
-    message = _inbound_message(inbound, card, contact, now)
-    session.add(message)
+    message = _inbound_message(session, inbound, card.id, contact.id, now)
     session.flush()
     return Received(message, card, new_visit=new_visit)
 
 
 def _bot_says(
-    session: Session, contact: Contact, card: Card | None, text: str, key: str, now: datetime
+    session: Session,
+    contact: Contact,
+    card: Card | None,
+    text: str,
+    key: str,
+    now: datetime,
+    **template: Any,
 ) -> Message:
-    return queue_outbound(
-        session, to=contact.address, body=text, card=card, contact=contact, dedupe_key=key, now=now
+    """The bot's answer to the customer, written at once (one INSERT, as `queue_outbound`
+    records it); `template`: its content_sid and content_variables, if it has them."""
+    row = outbound_row(to=contact.address, body=text, now=now, dedupe_key=key)
+    card_id = card.id if card is not None else None
+    message: Message = _inserted(
+        session, Message, **row, card_id=card_id, contact_id=contact.id, **template
     )
+    return message
 
 
 def _reopen_or_open(
@@ -432,14 +442,9 @@ def _reopen_or_open(
             return last, reopen(session, last.id, now, last.pipeline.reopen_stage), False
     previous = last.id if last is not None else None
     if menu is not None:
-        first = pipeline.stages[0]
-        card = Card(contact=contact, pipeline=pipeline, stage=first, status="open", opened_at=now)
-        card.resolution_used_seconds = card.paused_seconds = 0
-        card.previous_card_id = previous
-        card.menu_deadline_at = now + timedelta(seconds=menu.wait_seconds)
-        card.waiting_since = now
-        session.add(card)
-        session.flush()
+        # Its stage until a team is chosen: the first of the default pipeline.
+        deadline = now + timedelta(seconds=menu.wait_seconds)
+        card = _new_card(session, contact, pipeline, pipeline.stages[0], now, previous, deadline)
         return card, None, True
     card, visit = open_card(session, contact, pipeline, now, previous)
     return card, visit, True
@@ -466,15 +471,16 @@ def _ask_menu(
     """Ask which team (again, when `message` is the customer's answer that matched none)."""
     again = message is not None
     if message is None:
-        message = _inbound_message(inbound, card, contact, now)
-        session.add(message)
-        session.flush()
+        message = _inbound_message(session, inbound, card.id, contact.id, now)
     texts = bot.Texts(menu.language)
     question = texts.menu(contact.profile_name, menu_options(session, menu), again=again)
-    ask = _bot_says(session, contact, card, question, f"menu-{inbound.sid}", now)
+    template = {}
     if menu.template_sid and not again:  # the same question with quick-reply buttons
-        ask.content_sid = menu.template_sid
-        ask.content_variables = {"1": contact.profile_name or ""}
+        template = {
+            "content_sid": menu.template_sid,
+            "content_variables": {"1": contact.profile_name or ""},
+        }
+    ask = _bot_says(session, contact, card, question, f"menu-{inbound.sid}", now, **template)
     session.flush()
     return Received(message, card, outbound=[ask], menu_deadline=card.menu_deadline_at)
 
@@ -484,9 +490,7 @@ def _menu_answer(
 ) -> Received:
     """The customer answers the team menu: the chosen pipeline's clock starts and the bot
     tells them the wait; anything else gets the options again."""
-    message = _inbound_message(inbound, card, contact, now)
-    session.add(message)
-    session.flush()
+    message = _inbound_message(session, inbound, card.id, contact.id, now)
     menu = settings.menu(session)
     options = menu_options(session, menu) if menu is not None else []
     choice = bot.menu_choice(inbound.body, inbound.button_payload, options)
@@ -560,9 +564,7 @@ def _command(
     now: datetime,
 ) -> Received:
     """STOP, START or STATUS: recorded, answered by the bot, no conversation opened."""
-    message = _inbound_message(inbound, card, contact, now)
-    session.add(message)
-    session.flush()
+    message = _inbound_message(session, inbound, card.id if card else None, contact.id, now)
     if command == "stop":
         contact.opted_out_at = now
         answer = texts.say("stopped")
@@ -659,9 +661,12 @@ def estimate(session: Session, card: Card, now: datetime) -> bot.Wait:
 
 
 def _inbound_message(
-    inbound: Inbound, card: Card | None, contact: Contact, now: datetime
+    session: Session, inbound: Inbound, card_id: int | None, contact_id: int, now: datetime
 ) -> Message:
-    return Message(card=card, contact=contact, **_inbound_fields(inbound, now))
+    """The customer's message, written at once (one INSERT)."""
+    fields = _inbound_fields(inbound, now)
+    message: Message = _inserted(session, Message, card_id=card_id, contact_id=contact_id, **fields)
+    return message
 
 
 def _inbound_fields(inbound: Inbound, now: datetime) -> dict[str, Any]:
@@ -689,11 +694,39 @@ def open_card(
     """A new conversation, the customer waiting since now, and its first stage visit (the
     card and the visit written in one flush)."""
     first = first_stage(pipeline)
-    card = Card(contact=contact, pipeline=pipeline, stage=first, status="open", opened_at=now)
-    card.resolution_used_seconds = card.paused_seconds = 0
-    card.previous_card_id, card.waiting_since = previous_card_id, now
-    session.add(card)
+    if contact.id is None:  # a contact the caller made just now is written first
+        session.add(contact)
+        session.flush()
+    card = _new_card(session, contact, pipeline, first, now, previous_card_id)
     return card, _start_visit(session, card, first, now)
+
+
+def _new_card(
+    session: Session,
+    contact: Contact,
+    pipeline: Pipeline,
+    stage: Stage,
+    now: datetime,
+    previous_card_id: int | None,
+    menu_deadline_at: datetime | None = None,
+) -> Card:
+    """An open card in `stage`, the customer waiting since now, written at once (one
+    INSERT, no unit of work)."""
+    card: Card = _inserted(
+        session,
+        Card,
+        contact_id=contact.id,
+        pipeline_id=pipeline.id,
+        stage_id=stage.id,
+        status="open",
+        opened_at=now,
+        waiting_since=now,
+        resolution_used_seconds=0,
+        paused_seconds=0,
+        previous_card_id=previous_card_id,
+        menu_deadline_at=menu_deadline_at,
+    )
+    return card
 
 
 def current_visit(session: Session, card: Card) -> StageVisit | None:
@@ -761,23 +794,38 @@ def enter_stage(session: Session, card: Card, stage: Stage, now: datetime) -> St
 
 def _start_visit(session: Session, card: Card, stage: Stage, now: datetime) -> StageVisit:
     """A visit of `card` to `stage` with its timers; the card has no other visit open."""
-    card.stage = stage
+    if card.stage_id != stage.id:
+        card.stage = stage
     timers = visit_timers(session, card, stage, now)
-    new = StageVisit(card=card, stage=stage, entered_at=now, paused=stage.pauses)
-    set_timers(new, timers, set())
-    new.outcome = ONGOING
-    session.add(new)
-    session.flush()
-    return new
+    visit: StageVisit = _inserted(
+        session,
+        StageVisit,
+        card_id=card.id,
+        stage_id=stage.id,
+        entered_at=now,
+        paused=stage.pauses,
+        outcome=ONGOING,
+        **timer_columns(timers, set()),
+    )
+    return visit
+
+
+def timer_columns(timers: sla.Timers, recorded: set[str]) -> dict[str, Any]:
+    """A visit's columns for its timers, with the next instant it owes an event at."""
+    return {
+        "warning_at": timers.warning_at,
+        "deadline_at": timers.deadline_at,
+        "escalations_at": [at.isoformat() for at in timers.levels],
+        "resolution_warning_at": timers.resolution_warning_at,
+        "resolution_at": timers.resolution_at,
+        "timeout_at": timers.timeout_at,
+        "next_due_at": sla.next_instant(timers, recorded),
+    }
 
 
 def set_timers(visit: StageVisit, timers: sla.Timers, recorded: set[str]) -> None:
-    visit.warning_at, visit.deadline_at = timers.warning_at, timers.deadline_at
-    visit.escalations_at = [at.isoformat() for at in timers.levels]
-    visit.resolution_warning_at = timers.resolution_warning_at
-    visit.resolution_at = timers.resolution_at
-    visit.timeout_at = timers.timeout_at
-    visit.next_due_at = sla.next_instant(timers, recorded)
+    for key, value in timer_columns(timers, recorded).items():
+        setattr(visit, key, value)
 
 
 def leave(visit: StageVisit, now: datetime) -> None:

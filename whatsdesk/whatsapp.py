@@ -80,10 +80,17 @@ def sign(token: str, url: str, form: Mapping[str, str]) -> str:
 
 
 def signature_valid(token: str, url: str, form: Any, signature: str) -> bool:
-    """Check X-Twilio-Signature against the URL Twilio called and every posted field."""
+    """Check X-Twilio-Signature against the URL Twilio called and every posted field (each
+    value of a repeated one). The URL as the desk sees it is the one Twilio signed but for
+    a port Twilio may add or drop (443 behind a proxy): that signature alone is computed
+    first (one HMAC, on every message); the validator then tries the URL with and without
+    its port."""
     if not signature:
         return False
-    return bool(RequestValidator(token).validate(url, form, signature))
+    validator = RequestValidator(token)
+    if hmac.compare_digest(validator.compute_signature(url, form), signature):
+        return True
+    return bool(validator.validate(url, form, signature))
 
 
 # --- inbound ----------------------------------------------------------------------------------

@@ -42,6 +42,9 @@ from whatsdesk.redis_server import PrivateRedis
 PASSWORD = "correct-horse-42"
 BACKENDS = ["sqlite"] + (["postgresql"] if os.environ.get("TEST_DATABASE_URL") else [])
 RUN_ID = uuid.uuid4().hex[:8]
+# Nothing listens on these: a backing service that is down.
+CLOSED_REDIS = "redis://127.0.0.1:1/0"
+CLOSED_DATABASE = "postgresql+psycopg://postgres@127.0.0.1:1/none"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -10,8 +10,7 @@ from flask.testing import FlaskClient
 from whatsdesk import create_app
 from whatsdesk.config import Config
 
-CLOSED_REDIS = "redis://127.0.0.1:1/0"
-CLOSED_DATABASE = "postgresql+psycopg://postgres@127.0.0.1:1/none"
+from conftest import CLOSED_DATABASE, CLOSED_REDIS
 
 
 @pytest.fixture(params=["postgresql-closed-port", "sqlite-impossible-path"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from redis import Redis
 from rq import Queue
 from rq.registry import ScheduledJobRegistry
@@ -16,7 +17,7 @@ from whatsdesk.config import Config
 from whatsdesk.db import utcnow
 from whatsdesk.models import Card, Message, StageVisit
 
-from conftest import MENU_YAML, inbound_form
+from conftest import CLOSED_REDIS, MENU_YAML, inbound_form
 
 
 def asked(session: Session, at: object) -> Card:
@@ -95,3 +96,21 @@ def test_a_card_moved_while_its_customer_chooses_stays_where_it_was_put(
         "Hi Maria! Thanks for your message, it has reached us. Which team can help you? "
         "Reply with a number:\n1. Sales\n2. Support"
     ]
+
+
+def test_a_menu_timed_out_while_redis_is_down_is_kept_and_its_answer_sent_later(
+    env: Config, session: Session, redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = utcnow()
+    card = asked(session, now - timedelta(minutes=3))
+    monkeypatch.setenv("REDIS_URL", CLOSED_REDIS)  # the job's Redis blinks as it runs
+
+    assert jobs.menu_timeout(card.id) == "default pipeline"  # not an error RQ would retry
+
+    session.expire_all()
+    assert (card.pipeline.key, card.menu_deadline_at) == ("support", None)
+    ack = session.scalars(select(Message).where(Message.direction == "out")).all()[-1]
+    later = utcnow() + timedelta(seconds=jobs.STALE_SEND_SECONDS + 1)
+    jobs.reconcile(env, later)  # Redis answers: the sweep hands the answer on
+    assert "Support team" in ack.body
+    assert f"send-{ack.id}" in Queue(env.queue_name, connection=redis).get_job_ids()

@@ -15,7 +15,7 @@ from whatsdesk.config import Config
 from whatsdesk.db import utcnow
 from whatsdesk.models import Message, StageVisit
 
-from conftest import fresh, inbound_form, signed_post
+from conftest import CLOSED_REDIS, fresh, inbound_form, signed_post
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -43,8 +43,8 @@ def write_in(client: FlaskClient, config: Config, phone: str) -> None:
 def test_a_webhook_a_send_and_an_sla_event_show_in_the_scrape(
     client: FlaskClient, seeded: Config, env: Config, session: Session
 ) -> None:
-    # Other test processes share the metrics directory: their counts only add, so compare
-    # this test's scrapes by difference, at least what this test did.
+    # Earlier tests of this process (and what they started) count in the same directory:
+    # compare this test's scrapes by difference, at least what this test did.
     before = scrape(client)
     write_in(client, seeded, "+5511999990000")
     assert client.post("/twilio/whatsapp", data=inbound_form()).status_code == 403  # unsigned
@@ -74,7 +74,7 @@ def test_a_message_stored_while_redis_is_down_is_counted_and_shows_in_a_scrape_t
     client: FlaskClient, seeded: Config
 ) -> None:
     before = scrape(client)
-    down = seeded.with_(redis_url="redis://127.0.0.1:1/0")  # nothing answers there
+    down = seeded.with_(redis_url=CLOSED_REDIS)
     without_redis = create_app(down).test_client()
     write_in(without_redis, down, "+5511999990001")  # a new conversation: timers, an answer
     during = scrape(without_redis)  # the counters, without the queues' gauges

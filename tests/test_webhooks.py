@@ -24,14 +24,20 @@ from whatsdesk.config import Config
 from whatsdesk.db import session_factory, utcnow
 from whatsdesk.models import Card, Contact, EarlyStatus, Message, Pipeline, StageVisit
 
-from conftest import commit_once_it_waits, count, fresh, inbound_form, signed_post
+from conftest import (
+    CLOSED_DATABASE,
+    CLOSED_REDIS,
+    commit_once_it_waits,
+    count,
+    fresh,
+    inbound_form,
+    signed_post,
+)
 
 INBOUND = "/twilio/whatsapp"
 STATUS = "/twilio/status"
 PHONE = "+5511999990000"
 ADDRESS = f"whatsapp:{PHONE}"
-CLOSED_REDIS = "redis://127.0.0.1:1/0"
-CLOSED_DATABASE = "postgresql+psycopg://postgres@127.0.0.1:1/none"
 
 
 def post(client: FlaskClient, config: Config, path: str, form: dict[str, str]) -> TestResponse:

@@ -60,7 +60,7 @@ def main() -> int:
         f"\nwhatsdesk is running in {mode}.\n"
         f"  Queue:      {base}/queue\n"
         + (f"  Simulator:  {base}/simulator\n" if config.simulator else "")
-        + f"  Health:     {base}/healthz\n"
+        + f"  Health:     {base}/healthz (monitors), {base}/readyz (load balancers)\n"
         f"  Redis:      {redis_url}{' (private)' if redis else ''}\n"
         "Press Ctrl-C to stop everything.\n",
         flush=True,

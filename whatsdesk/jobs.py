@@ -207,7 +207,10 @@ def _time_out_menu(config: Config, card_id: int, now: datetime) -> bool:
         visit = received.new_visit
         timers = [(visit.id, visit.timers)] if visit is not None else []
         sends = [m.id for m in received.outbound]
-    _alarms(config).arm(timers, sends)
+    try:
+        _alarms(config).arm(timers, sends)
+    except RedisError as exc:  # committed: the sweep finds the waiting send and timers
+        log.warning("card %s left the team menu but Redis did not take its jobs (%s)", card_id, exc)
     return True
 
 

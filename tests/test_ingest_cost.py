@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -17,7 +18,7 @@ from whatsdesk import desk, pipeline_store, pipelines, whatsapp
 from whatsdesk.alarms import clock_queue_name, never_before
 from whatsdesk.config import Config
 from whatsdesk.db import session_factory, utcnow
-from whatsdesk.models import Card, Contact, Message
+from whatsdesk.models import Card, Contact, Message, StageVisit
 
 from conftest import (
     MENU_YAML,
@@ -82,6 +83,21 @@ def test_a_new_conversation_from_a_new_number_takes_ten_statements(
     # write is one INSERT, none through the unit of work.
     expected = 10 + sqlite_lock(seeded)
     assert len(seen) == expected, "\n".join(s[:90] for s in seen)
+
+
+def test_a_resolution_target_adds_no_statement_to_a_new_conversation(
+    client: FlaskClient, seeded: Config, session: Session
+) -> None:
+    spec = pipeline_store.dump(session)
+    support = replace(spec.pipelines[0], resolution_seconds=1800)
+    pipeline_store.load(session, replace(spec, pipelines=[support]), utcnow())
+    session.commit()
+    with statements(seeded) as seen:
+        post(client, seeded, inbound_form(body="My order never arrived"))
+    # A card opened just now has recorded no resolution event: none is read.
+    assert len(seen) == 10 + sqlite_lock(seeded), "\n".join(s[:90] for s in seen)
+    visit = session.scalars(select(StageVisit)).one()
+    assert visit.resolution_at is not None
 
 
 def test_a_contact_the_session_already_holds_is_brought_up_to_date(

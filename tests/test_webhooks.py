@@ -424,6 +424,7 @@ def test_public_url_is_the_url_checked_behind_a_proxy(seeded: Config, session: S
     signature = whatsapp.sign(token, "https://desk.example.com" + path, form)
     answer = client.post(path, data=form, headers={"X-Twilio-Signature": signature})
     assert_empty_twiml(answer)
+    assert [m.sid for m in messages(session, "in")] == [form["MessageSid"]]
 
 
 def test_a_signature_over_the_url_with_its_default_port_is_accepted(
@@ -440,7 +441,13 @@ def test_a_signature_over_the_url_with_its_default_port_is_accepted(
     assert_empty_twiml(answer)
     assert [m.sid for m in messages(session, "in")] == [form["MessageSid"]]
 
-    assert [m.sid for m in messages(session, "in")] == [form["MessageSid"]]
+
+def test_a_signature_header_that_is_not_ascii_is_refused(
+    client: FlaskClient, seeded: Config, session: Session
+) -> None:
+    answer = client.post(INBOUND, data=inbound_form(), headers={"X-Twilio-Signature": "é"})
+    assert answer.status_code == 403
+    assert nothing_stored(session)
 
 
 def test_public_url_set_refuses_a_form_signed_for_the_internal_url(

@@ -694,11 +694,10 @@ def open_card(
     """A new conversation, the customer waiting since now, and its first stage visit (the
     card and the visit written in one flush)."""
     first = first_stage(pipeline)
-    if contact.id is None:  # a contact the caller made just now is written first
-        session.add(contact)
-        session.flush()
+    session.add(contact)  # a contact the caller made just now is written first
+    session.flush()
     card = _new_card(session, contact, pipeline, first, now, previous_card_id)
-    return card, _start_visit(session, card, first, now)
+    return card, _start_visit(session, card, first, now, set())
 
 
 def _new_card(
@@ -752,8 +751,11 @@ def recorded_kinds(session: Session, visit: StageVisit) -> set[str]:
     return own | card_events(session, visit.card_id)
 
 
-def visit_timers(session: Session, card: Card, stage: Stage, now: datetime) -> sla.Timers:
-    """The instants a visit of `card` to `stage` starting now will ring at."""
+def visit_timers(
+    session: Session, card: Card, stage: Stage, now: datetime, done: set[str] | None = None
+) -> sla.Timers:
+    """The instants a visit of `card` to `stage` starting now will ring at. `done`: the
+    card's resolution events, read when not given (a card opened just now has none)."""
     calendar = calendars.for_stage(stage, now)
     levels_after = [e.after_seconds for e in stage.escalations]
     timers = sla.timers_for(now, stage.sla_seconds, stage.warning_seconds, calendar, levels_after)
@@ -763,7 +765,8 @@ def visit_timers(session: Session, card: Card, stage: Stage, now: datetime) -> s
     resolution_warning_at = resolution_at = None
     pipeline = card.pipeline
     if pipeline.resolution_seconds and not stage.pauses:
-        done = card_events(session, card.id) if card.id else set()
+        if done is None:
+            done = card_events(session, card.id)
         if sla.RESOLUTION_BREACH not in done:
             resolution_warning_at, resolution_at = sla.resolution_timers(
                 now,
@@ -792,11 +795,16 @@ def enter_stage(session: Session, card: Card, stage: Stage, now: datetime) -> St
     return _start_visit(session, card, stage, now)
 
 
-def _start_visit(session: Session, card: Card, stage: Stage, now: datetime) -> StageVisit:
-    """A visit of `card` to `stage` with its timers; the card has no other visit open."""
+def _start_visit(
+    session: Session, card: Card, stage: Stage, now: datetime, done: set[str] | None = None
+) -> StageVisit:
+    """A visit of `card` to `stage` with its timers; the card has no other visit open.
+    `done`: the card's resolution events, when known (see visit_timers)."""
+    # Only here does a card change stage, and _inserted's flush below writes it: stage_id is
+    # current. A card already there (one opened just now) is left clean.
     if card.stage_id != stage.id:
         card.stage = stage
-    timers = visit_timers(session, card, stage, now)
+    timers = visit_timers(session, card, stage, now, done)
     visit: StageVisit = _inserted(
         session,
         StageVisit,

@@ -8,7 +8,7 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.orm import Session
 
-from . import calendars, clock, escalation, settings, sla
+from . import calendars, escalation, settings, sla
 from . import desk as desk_cases
 from .models import (
     BusinessCalendar,
@@ -233,7 +233,7 @@ def _follow_levels(visit: StageVisit, mapping: dict[int, int | None], recorded: 
     scheduled: tuple[datetime, ...] = ()
     if visit.deadline_at is not None:
         calendar = calendars.for_stage(visit.stage, visit.entered_at)
-        scheduled = tuple(clock.add_business_time(calendar, visit.deadline_at, a) for a in after)
+        scheduled = sla.level_instants(visit.deadline_at, calendar, after)
     delay = timedelta(seconds=visit.escalation_delay_seconds or 0)
     levels: list[datetime] = []
     for n, at in enumerate(scheduled, 1):  # never before the level ahead of it

@@ -173,8 +173,15 @@ def timers_for(
         deadline = add_business_time(calendar, warning, warning_seconds)
     else:
         deadline = add_business_time(calendar, entered_at, sla_seconds)
-    levels = tuple(add_business_time(calendar, deadline, after) for after in levels_after)
-    return Timers(warning, deadline, levels)
+    return Timers(warning, deadline, level_instants(deadline, calendar, levels_after))
+
+
+def level_instants(
+    deadline: datetime, calendar: Calendar | None, levels_after: Sequence[int]
+) -> tuple[datetime, ...]:
+    """Escalation level N's instant: `levels_after[N-1]` seconds of open time after the
+    deadline."""
+    return tuple(add_business_time(calendar, deadline, after) for after in levels_after)
 
 
 def resolution_timers(

@@ -88,7 +88,9 @@ def signature_valid(token: str, url: str, form: Any, signature: str) -> bool:
     if not signature:
         return False
     validator = RequestValidator(token)
-    if hmac.compare_digest(validator.compute_signature(url, form), signature):
+    computed = validator.compute_signature(url, form)
+    # As bytes: compare_digest refuses str with anything but ASCII (a header may have it).
+    if hmac.compare_digest(computed.encode(), signature.encode("utf-8", "surrogateescape")):
         return True
     return bool(validator.validate(url, form, signature))
 

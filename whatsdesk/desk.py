@@ -691,8 +691,8 @@ def open_card(
     now: datetime,
     previous_card_id: int | None = None,
 ) -> tuple[Card, StageVisit]:
-    """A new conversation, the customer waiting since now, and its first stage visit (the
-    card and the visit written in one flush)."""
+    """A new conversation, the customer waiting since now, and its first stage visit (each
+    written at once, one INSERT)."""
     first = first_stage(pipeline)
     session.add(contact)  # a contact the caller made just now is written first
     session.flush()

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from whatsdesk import (
     accounts,
+    audit,
     commands,
     configuration,
     desk,
@@ -880,6 +881,9 @@ def test_a_new_number_for_someone_who_sent_stop_gets_alerts(
     session.commit()
 
     assert sofia.reachable_by_whatsapp
+    change = audit.entries(session, limit=1)[0]  # the audit log says the STOP was lifted
+    assert (change.before["alerts"], change.after["alerts"]) == ("stopped by STOP", "on")
+    assert change.after["whatsapp"] == "whatsapp:+15550000099"
 
 
 def test_a_command_on_a_resolved_card_changes_nothing(

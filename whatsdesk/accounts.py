@@ -145,7 +145,13 @@ def profile(user: User) -> dict[str, Any]:
         "shift_calendar": user.shift_calendar.key if user.shift_calendar else None,
         "can_edit_settings": user.can_edit_settings,
         "active": user.active,
+        **alerts_state(user),
     }
+
+
+def alerts_state(user: User) -> dict[str, str]:
+    """Whether alerts reach the account's WhatsApp, as the audit log shows it."""
+    return {"alerts": "on" if user.alerts_stopped_at is None else "stopped by STOP"}
 
 
 def add_user(

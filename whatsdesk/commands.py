@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from . import audit, bot, calendars, desk, escalation, sla, workspace
-from .accounts import AUDIT_ACTION
+from .accounts import AUDIT_ACTION, alerts_state
 from .desk import DeskError, Received
 from .models import Card, Message, SlaEvent, StageVisit, User
 from .whatsapp import Inbound
@@ -372,7 +372,7 @@ def alerts_on_or_off(session: Session, user: User, on: bool, now: datetime) -> O
     """STOP from a staff member's number: no alerts reach it (the next person in line for
     each alert is told instead, in the end every supervisor); START: they reach it again.
     Audited, and shown on the staff page."""
-    before = {"alerts": "on" if user.alerts_stopped_at is None else "stopped by STOP"}
+    before = alerts_state(user)
     if on:
         user.alerts_stopped_at = None
         text = "✅ Alerts reach this number again. Send STOP to stop them."
@@ -382,8 +382,7 @@ def alerts_on_or_off(session: Session, user: User, on: bool, now: datetime) -> O
             "🔕 No more alerts to this number: each goes to the next person it names, "
             "else to the supervisors. Send START to get them again."
         )
-    after = {"alerts": "on" if on else "stopped by STOP"}
-    audit.record(session, user, AUDIT_ACTION, user.email, before, after, now)
+    audit.record(session, user, AUDIT_ACTION, user.email, before, alerts_state(user), now)
     return Outcome(text)
 
 

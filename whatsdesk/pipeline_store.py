@@ -199,27 +199,22 @@ def _rename_recorded_levels(
     """The visits' recorded levels under their new numbers, in two steps (a visit records
     each kind once, and two levels may swap numbers). A level the old list did not have
     (recorded before levels were followed) is gone too."""
-    events = [
-        event
-        for event in session.scalars(
-            select(SlaEvent).where(
-                SlaEvent.visit_id.in_(visit_ids), SlaEvent.kind.like(f"{sla.LEVEL_PREFIX}%")
-            )
+    recorded = session.scalars(
+        select(SlaEvent).where(
+            SlaEvent.visit_id.in_(visit_ids), SlaEvent.kind.like(f"{sla.LEVEL_PREFIX}%")
         )
-        if sla.level_of(event.kind) is not None
-    ]
-    final = {}
-    for event in events:
+    )
+    final: dict[SlaEvent, str] = {}
+    for event in recorded:
         level = sla.level_of(event.kind)
-        assert level is not None
+        if level is None:  # a level already gone keeps its name
+            continue
         new = mapping.get(level)
-        final[event.id] = (
-            sla.gone_level_kind(level, event.id) if new is None else sla.level_kind(new)
-        )
+        final[event] = sla.gone_level_kind(level, event.id) if new is None else sla.level_kind(new)
         event.kind = f"renumbering-{event.id}"
     session.flush()
-    for event in events:
-        event.kind = final[event.id]
+    for event, kind in final.items():
+        event.kind = kind
     session.flush()
 
 

@@ -131,28 +131,21 @@ def upsert_contact(
     number had no contact a moment ago in this transaction; it is made at once (a twin
     message making it meanwhile fails the insert, and the webhook tries again)."""
     latest = _latest(inbound, now)
-    if not known:
-        return _new_contact(session, inbound, now, latest), True
-    found = session.scalars(
-        update(Contact)
-        .where(Contact.address == inbound.from_address)
-        .values(latest)
-        .returning(Contact),
-        # The row it returns refreshes the contact if the session holds it already.
-        execution_options={"synchronize_session": False, "populate_existing": True},
-    ).one_or_none()
-    if found is not None:
-        return found, False
-    return _new_contact(session, inbound, now, latest), True
-
-
-def _new_contact(
-    session: Session, inbound: Inbound, now: datetime, latest: dict[str, Any]
-) -> Contact:
+    if known:
+        found = session.scalars(
+            update(Contact)
+            .where(Contact.address == inbound.from_address)
+            .values(latest)
+            .returning(Contact),
+            # The row it returns refreshes the contact if the session holds it already.
+            execution_options={"synchronize_session": False, "populate_existing": True},
+        ).one_or_none()
+        if found is not None:
+            return found, False
     contact: Contact = _inserted(
         session, Contact, address=inbound.from_address, created_at=now, **latest
     )
-    return contact
+    return contact, True
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import platform
+import resource
 import shutil
 import signal
 import socket
@@ -286,6 +287,54 @@ def children(pid: int) -> list[int]:
             return [int(x) for x in found.read().split()]
     except OSError:
         return []
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_fields(pid: int) -> tuple[str, float]:
+    """(command name, CPU seconds of the process and of its children it has reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+            line = stat.read()
+    except OSError:  # ended meanwhile: its time is in its parent's reaped children
+        return "", 0.0
+    name, rest = line[line.index("(") + 1 : line.rindex(")")], line[line.rindex(")") + 2 :]
+    fields = rest.split()
+    return name, sum(int(x) for x in fields[11:15]) / _TICK  # utime stime cutime cstime
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds used so far by a process and every descendant (an RQ work horse that has
+    ended counts in its parent's reaped time)."""
+    return _cpu_fields(pid)[1] + sum(tree_cpu(child) for child in children(pid))
+
+
+def named_cpu(name: str) -> float:
+    """CPU seconds used so far by every process of this command name (PostgreSQL's server)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            found, seconds = _cpu_fields(int(entry))
+            total += seconds if found == name else 0.0
+    return total
+
+
+@contextmanager
+def cpu_per_request(groups: dict[str, Callable[[], float]]) -> Iterator[dict[str, float]]:
+    """Milliseconds of CPU each group of processes spends while the block runs, set on the
+    yielded dict as `{group: total ms}` on exit (the load generator, a child that ends in
+    the block, as "load generator"); divide by the requests served."""
+    spent: dict[str, float] = {}
+    before = {name: read() for name, read in groups.items()}
+    load = resource.getrusage(resource.RUSAGE_CHILDREN)
+    yield spent
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    for name, read in groups.items():
+        spent[name] = (read() - before[name]) * 1000
+    spent["load generator"] = (
+        after.ru_utime + after.ru_stime - load.ru_utime - load.ru_stime
+    ) * 1000
 
 
 # --- statistics ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ never seen before) and four continue one already open (see `customer_of`)."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import urllib.parse
@@ -23,7 +24,18 @@ from whatsdesk.db import get_engine, session_factory
 from whatsdesk.models import Card, Message
 
 from . import data
-from .harness import WORK, Sizes, Stores, children, processes, rss_mib
+from .harness import (
+    WORK,
+    Running,
+    Sizes,
+    Stores,
+    children,
+    cpu_per_request,
+    named_cpu,
+    processes,
+    rss_mib,
+    tree_cpu,
+)
 
 CONNECTIONS = 8  # the Procfile's web: 2 workers × 4 threads
 # The most the desk could take on this machine, so each request is a new message (a
@@ -87,6 +99,31 @@ def wrk(base: str, requests: Path, seconds: int, name: str) -> dict[str, Any]:
     return answer
 
 
+def measured(
+    stores: Stores, running: Running, requests: Path, seconds: int, name: str
+) -> dict[str, Any]:
+    """The wrk run, with the CPU each process group spent per request served: the
+    Procfile's processes running, PostgreSQL's server, the Redis server, and wrk."""
+    assert stores.redis.process is not None
+    redis_pid = stores.redis.process.pid
+    groups = {
+        label: (lambda pid=pid: tree_cpu(pid))
+        for label, pid in [(n, p) for n in running.processes for p in running.pids(n)]
+    }
+    groups["PostgreSQL"] = lambda: named_cpu("postgres")
+    groups["Redis"] = lambda: tree_cpu(redis_pid)
+    with cpu_per_request(groups) as spent:
+        result = wrk(running.base, requests, seconds, name)
+    served = max(1, result["requests"])
+    result["cpu_ms"] = {group: ms / served for group, ms in spent.items()}
+    # The share of the two cores' time the run used: near 1, the cores were the limit.
+    result["cpu_busy"] = sum(spent.values()) / 1000 / (result["duration_us"] / 1e6) / CORES
+    return result
+
+
+CORES = os.cpu_count() or 1
+
+
 def floor(stores: Stores, sizes: Sizes) -> dict[str, Any]:
     with get_engine(stores.database_url).begin() as conn:
         conn.execute(
@@ -98,7 +135,7 @@ def floor(stores: Stores, sizes: Sizes) -> dict[str, Any]:
     with processes(stores, ["web"], swap={"app:app": "bench.floor_app:app"}) as running:
         requests = requests_file(running.base, "floor", 20_000, "floor")
         wrk(running.base, requests, 3, "floor-warmup")
-        result = wrk(running.base, requests, sizes.ingest_seconds, "floor")
+        result = measured(stores, running, requests, sizes.ingest_seconds, "floor")
     return result
 
 
@@ -112,7 +149,7 @@ def desk(stores: Stores, sizes: Sizes, names: list[str]) -> dict[str, Any]:
         warmup = requests_file(running.base, token, 2000, "warm")
         wrk(running.base, warmup, 3, "desk-warmup")
         requests = requests_file(running.base, token, count, "desk")
-        result = wrk(running.base, requests, sizes.ingest_seconds, "desk")
+        result = measured(stores, running, requests, sizes.ingest_seconds, "desk")
         web = children(running.pids("web")[0])
         result["rss_web_mib"] = max((rss_mib(pid) for pid in web), default=0.0)
         if "worker" in names:

@@ -206,6 +206,7 @@ def _ingest(r: dict[str, Any], docs: Path) -> str:
             f"| {label} | {x['requests']:,} | {x['rate']:,.0f} | {_ms(x['p50_ms'])} | "
             f"{_ms(x['p99_ms'])} | {_ms(x['max_us'] / 1000)} | {x['errors']} | {counts} |"
         )
+    rows += _ingest_cpu(r)
     repeated = r["web"]["repeated"] + r["desk"]["repeated"]
     rows += [
         "",
@@ -224,6 +225,33 @@ def _ingest(r: dict[str, Any], docs: Path) -> str:
         f"![latency percentiles]({plot})\n",
     ]
     return "\n".join(rows)
+
+
+# Who spends the CPU of an ingest run, in the table's order.
+CPU_GROUPS = ("web", "worker", "sweep", "PostgreSQL", "Redis", "load generator")
+
+
+def _ingest_cpu(r: dict[str, Any]) -> list[str]:
+    """CPU per request by process group, measured from /proc around each run."""
+    if not all("cpu_ms" in r[key] for key, _label in INGEST_RUNS):
+        return []
+    rows = [
+        "",
+        "CPU per request, by process (milliseconds of CPU time over the run ÷ requests "
+        "served, read from /proc before and after it; the load generator is wrk). The last "
+        "column is the share of the two cores the run kept busy: near 100 %, the cores are "
+        "the limit, and the rate is what the machine has divided by the total.\n",
+        "| | " + " | ".join(CPU_GROUPS) + " | total | cores busy |",
+        "| --- " * (len(CPU_GROUPS) + 3) + "|",
+    ]
+    for key, label in INGEST_RUNS:
+        cpu = r[key]["cpu_ms"]
+        cells = [f"{cpu[g]:.2f}" if g in cpu else "–" for g in CPU_GROUPS]
+        rows.append(
+            f"| {label} | " + " | ".join(cells) + f" | {sum(cpu.values()):.2f} | "
+            f"{r[key]['cpu_busy']:.0%} |"
+        )
+    return rows
 
 
 def _precision(runs: list[dict[str, Any]], docs: Path) -> str:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,9 +18,9 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from bench import data, ingest
+from bench import data, ingest, report
 from bench.__main__ import report_again, save
-from bench.harness import Sizes
+from bench.harness import Sizes, named_cpu, tree_cpu
 from whatsdesk import desk, reports, whatsapp
 from whatsdesk.config import Config
 from whatsdesk.models import Card, Message, SlaEvent
@@ -131,3 +133,42 @@ def test_a_run_of_some_benchmarks_leaves_the_last_whole_runs_figures_and_documen
     assert "## Why a target is missed" not in partial  # the reading is of the whole run
     assert report_again(work, docs) == 0  # --report: still from the whole run
     assert "| date | 2026-11-30 02:30 UTC |" in (docs / "benchmarks.md").read_text("utf-8")
+
+
+def test_the_cpu_of_a_child_that_has_ended_counts_for_its_parent() -> None:
+    """The ingest run's CPU accounting reads /proc: a job's work horse (a forked child that
+    ends during the run) is counted in its worker's time once reaped."""
+    script = (
+        "import os, sys\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    sum(range(20_000_000))\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "print('reaped', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert parent.stdout is not None and parent.stdout.readline() == "reaped\n"
+        assert tree_cpu(parent.pid) > 0.1  # the child's sum, far more than its parent's start
+        assert named_cpu("no-such-program") == 0.0
+    finally:
+        parent.communicate("")
+
+
+def test_the_ingest_report_says_who_spent_the_cpu_of_each_run() -> None:
+    cpu = {"web": 2.0, "PostgreSQL": 0.3, "Redis": 0.1, "load generator": 0.1}
+    runs = {key: {"cpu_ms": cpu, "cpu_busy": 0.9} for key, _label in report.INGEST_RUNS}
+    runs["desk"] = {"cpu_ms": {**cpu, "worker": 2.5, "sweep": 0.01}, "cpu_busy": 0.97}
+
+    table = report._ingest_cpu(runs)
+
+    assert "| floor (one row, one job) | 2.00 | – | – | 0.30 | 0.10 | 0.10 | 2.50 | 90% |" in table
+    assert (
+        "| desk: web, worker and sweep | 2.00 | 2.50 | 0.01 | 0.30 | 0.10 | 0.10 | 5.01 | 97% |"
+        in table
+    )
+    assert report._ingest_cpu({key: {} for key, _label in report.INGEST_RUNS}) == []

@@ -292,32 +292,42 @@ def children(pid: int) -> list[int]:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def _cpu_fields(pid: int) -> tuple[str, float]:
-    """(command name, CPU seconds of the process and of its children it has reaped)."""
+def process_cpu(pid: int) -> float:
+    """CPU seconds used so far by a process and by the children it has reaped (0 once it
+    has ended: its time is then in its parent's reaped children)."""
     try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as stat:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
             line = stat.read()
-    except OSError:  # ended meanwhile: its time is in its parent's reaped children
-        return "", 0.0
-    name, rest = line[line.index("(") + 1 : line.rindex(")")], line[line.rindex(")") + 2 :]
-    fields = rest.split()
-    return name, sum(int(x) for x in fields[11:15]) / _TICK  # utime stime cutime cstime
+    except OSError:
+        return 0.0
+    fields = line[line.rindex(b")") + 2 :].split()  # after the command name, which may hold ")"
+    return sum(int(x) for x in fields[11:15]) / _TICK  # utime stime cutime cstime
 
 
 def tree_cpu(pid: int) -> float:
     """CPU seconds used so far by a process and every descendant (an RQ work horse that has
     ended counts in its parent's reaped time)."""
-    return _cpu_fields(pid)[1] + sum(tree_cpu(child) for child in children(pid))
+    return process_cpu(pid) + sum(tree_cpu(child) for child in children(pid))
 
 
-def named_cpu(name: str) -> float:
-    """CPU seconds used so far by every process of this command name (PostgreSQL's server)."""
-    total = 0.0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            found, seconds = _cpu_fields(int(entry))
-            total += seconds if found == name else 0.0
-    return total
+def trees_cpu(pids: Sequence[int]) -> float:
+    """`tree_cpu` of several processes together (the copies of one Procfile process)."""
+    return sum(tree_cpu(pid) for pid in pids)
+
+
+def postgres_server_pid(database_url: str) -> int | None:
+    """The pid of the PostgreSQL server behind this URL when it runs on this machine: the
+    parent of a connection's backend (None for a server elsewhere)."""
+    with get_engine(database_url).connect() as conn:
+        backend = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    try:
+        with open(f"/proc/{backend}/status", encoding="utf-8") as status:
+            for line in status:
+                if line.startswith("PPid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 @contextmanager

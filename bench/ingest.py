@@ -13,7 +13,9 @@ import os
 import random
 import subprocess
 import urllib.parse
+from collections.abc import Callable
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +33,11 @@ from .harness import (
     Stores,
     children,
     cpu_per_request,
-    named_cpu,
+    postgres_server_pid,
     processes,
     rss_mib,
     tree_cpu,
+    trees_cpu,
 )
 
 CONNECTIONS = 8  # the Procfile's web: 2 workers × 4 threads
@@ -103,25 +106,28 @@ def measured(
     stores: Stores, running: Running, requests: Path, seconds: int, name: str
 ) -> dict[str, Any]:
     """The wrk run, with the CPU each process group spent per request served: the
-    Procfile's processes running, PostgreSQL's server, the Redis server, and wrk."""
+    Procfile's processes running (each name's copies together), PostgreSQL's server (the
+    whole cluster, which is otherwise idle during a run), the Redis server, and wrk."""
     assert stores.redis.process is not None
     redis_pid = stores.redis.process.pid
-    groups = {
-        label: (lambda pid=pid: tree_cpu(pid))
-        for label, pid in [(n, p) for n in running.processes for p in running.pids(n)]
+    groups: dict[str, Callable[[], float]] = {
+        name: partial(trees_cpu, tuple(running.pids(name))) for name in running.processes
     }
-    groups["PostgreSQL"] = lambda: named_cpu("postgres")
+    postgres = postgres_server_pid(stores.database_url)
+    if postgres is not None:  # a server on another machine is not counted
+        groups["PostgreSQL"] = lambda: tree_cpu(postgres)
     groups["Redis"] = lambda: tree_cpu(redis_pid)
     with cpu_per_request(groups) as spent:
         result = wrk(running.base, requests, seconds, name)
     served = max(1, result["requests"])
     result["cpu_ms"] = {group: ms / served for group, ms in spent.items()}
-    # The share of the two cores' time the run used: near 1, the cores were the limit.
+    # The share of the cores' time the processes measured used: near 1, the cores were the
+    # limit (the rest went to the harness, the kernel's own threads, or nobody).
     result["cpu_busy"] = sum(spent.values()) / 1000 / (result["duration_us"] / 1e6) / CORES
     return result
 
 
-CORES = os.cpu_count() or 1
+CORES = len(os.sched_getaffinity(0))  # the cores this run may use
 
 
 def floor(stores: Stores, sizes: Sizes) -> dict[str, Any]:

@@ -238,9 +238,12 @@ def _ingest_cpu(r: dict[str, Any]) -> list[str]:
     rows = [
         "",
         "CPU per request, by process (milliseconds of CPU time over the run ÷ requests "
-        "served, read from /proc before and after it; the load generator is wrk). The last "
-        "column is the share of the two cores the run kept busy: near 100 %, the cores are "
-        "the limit, and the rate is what the machine has divided by the total.\n",
+        "served, read from /proc before and after it). PostgreSQL is the whole local "
+        "server, otherwise idle during a run; the load generator is wrk. The worker's "
+        "figure counts the jobs it carried out during the run: some of the warm-up's, and "
+        "not those still queued when wrk stopped. The last column is the share of the "
+        "cores' time these processes used: near 100 %, the cores are the limit, and the "
+        "rate is what the machine has divided by the total.\n",
         "| | " + " | ".join(CPU_GROUPS) + " | total | cores busy |",
         "| --- " * (len(CPU_GROUPS) + 3) + "|",
     ]

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -310,11 +310,6 @@ def tree_cpu(pid: int) -> float:
     return process_cpu(pid) + sum(tree_cpu(child) for child in children(pid))
 
 
-def trees_cpu(pids: Sequence[int]) -> float:
-    """`tree_cpu` of several processes together (the copies of one Procfile process)."""
-    return sum(tree_cpu(pid) for pid in pids)
-
-
 def postgres_server_pid(database_url: str) -> int | None:
     """The pid of the PostgreSQL server behind this URL when it runs on this machine: the
     parent of a connection's backend (None for a server elsewhere)."""
@@ -331,17 +326,21 @@ def postgres_server_pid(database_url: str) -> int | None:
 
 
 @contextmanager
-def cpu_per_request(groups: dict[str, Callable[[], float]]) -> Iterator[dict[str, float]]:
-    """Milliseconds of CPU each group of processes spends while the block runs, set on the
-    yielded dict as `{group: total ms}` on exit (the load generator, a child that ends in
-    the block, as "load generator"); divide by the requests served."""
+def cpu_per_request(groups: Mapping[str, Sequence[int]]) -> Iterator[dict[str, float]]:
+    """Milliseconds of CPU each group of processes (with their descendants) spends while the
+    block runs, set on the yielded dict as `{group: total ms}` on exit (the load generator,
+    a child that ends in the block, as "load generator"); divide by the requests served."""
+
+    def used(pids: Sequence[int]) -> float:
+        return sum(tree_cpu(pid) for pid in pids)
+
     spent: dict[str, float] = {}
-    before = {name: read() for name, read in groups.items()}
+    before = {name: used(pids) for name, pids in groups.items()}
     load = resource.getrusage(resource.RUSAGE_CHILDREN)
     yield spent
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    for name, read in groups.items():
-        spent[name] = (read() - before[name]) * 1000
+    for name, pids in groups.items():
+        spent[name] = (used(pids) - before[name]) * 1000
     spent["load generator"] = (
         after.ru_utime + after.ru_stime - load.ru_utime - load.ru_stime
     ) * 1000

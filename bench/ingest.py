@@ -13,9 +13,7 @@ import os
 import random
 import subprocess
 import urllib.parse
-from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,11 +34,10 @@ from .harness import (
     postgres_server_pid,
     processes,
     rss_mib,
-    tree_cpu,
-    trees_cpu,
 )
 
 CONNECTIONS = 8  # the Procfile's web: 2 workers × 4 threads
+CORES = len(os.sched_getaffinity(0))  # the cores this run may use
 # The most the desk could take on this machine, so each request is a new message (a
 # replayed one would be a cheap duplicate); a run that goes faster says it repeated some.
 MAX_RATE = 1200
@@ -110,13 +107,11 @@ def measured(
     whole cluster, which is otherwise idle during a run), the Redis server, and wrk."""
     assert stores.redis.process is not None
     redis_pid = stores.redis.process.pid
-    groups: dict[str, Callable[[], float]] = {
-        name: partial(trees_cpu, tuple(running.pids(name))) for name in running.processes
-    }
+    groups = {name: running.pids(name) for name in running.processes}
     postgres = postgres_server_pid(stores.database_url)
     if postgres is not None:  # a server on another machine is not counted
-        groups["PostgreSQL"] = lambda: tree_cpu(postgres)
-    groups["Redis"] = lambda: tree_cpu(redis_pid)
+        groups["PostgreSQL"] = [postgres]
+    groups["Redis"] = [redis_pid]
     with cpu_per_request(groups) as spent:
         result = wrk(running.base, requests, seconds, name)
     served = max(1, result["requests"])
@@ -125,9 +120,6 @@ def measured(
     # limit (the rest went to the harness, the kernel's own threads, or nobody).
     result["cpu_busy"] = sum(spent.values()) / 1000 / (result["duration_us"] / 1e6) / CORES
     return result
-
-
-CORES = len(os.sched_getaffinity(0))  # the cores this run may use
 
 
 def floor(stores: Stores, sizes: Sizes) -> dict[str, Any]:

@@ -4,7 +4,12 @@ PostgreSQL with full processing, against the stack's floor, in the same run.
 The desk runs twice: its `web` alone, measured as the floor is (the jobs it queues wait in
 Redis, no worker takes them), and `web` with the Procfile's `worker` and `sweep` carrying
 them out on the same cores. The traffic: one message in five opens a conversation (a number
-never seen before) and four continue one already open (see `customer_of`)."""
+never seen before) and four continue one already open (see `customer_of`).
+
+The host's speed drifts within a run, so the ratio is also taken in short rounds: the
+floor and the desk's web, both up, take turns (which goes first alternates), and each
+round's ratio compares two runs seconds apart. The median of the rounds is the ratio the
+target is checked on; the long runs' ratio is shown beside it."""
 
 from __future__ import annotations
 
@@ -13,8 +18,10 @@ import os
 import random
 import subprocess
 import urllib.parse
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 from sqlalchemy import func, select, text
@@ -42,12 +49,16 @@ CORES = len(os.sched_getaffinity(0))  # the cores this run may use
 # replayed one would be a cheap duplicate); a run that goes faster says it repeated some.
 MAX_RATE = 1200
 PATH = "/twilio/whatsapp"
+FLOOR = {"app:app": "bench.floor_app:app"}  # the floor under the Procfile's web command line
 
 
 # Each requests file writes from numbers of its own, so a warm-up opens none of the
 # conversations its run then counts as new.
 SERIES = {"floor": 1, "warm": 2, "desk": 3}
 NEW_EVERY = 5  # one message in this many opens a conversation
+# The rounds of the ratio (quick pass, full sizes): how many, and each side's seconds.
+ROUNDS = {False: 3, True: 6}
+ROUND_SECONDS = {False: 3, True: 5}
 
 
 def customer_of(n: int, rng: random.Random) -> int:
@@ -60,12 +71,13 @@ def customer_of(n: int, rng: random.Random) -> int:
     return newest if n % NEW_EVERY == 0 else rng.randrange(newest + 1)
 
 
-def requests_file(base: str, token: str, count: int, name: str) -> Path:
-    """`count` distinct messages (see `customer_of`), each signed for `base`."""
-    rng = random.Random(3)
-    path = WORK / f"{name}.requests"
+def requests_file(base: str, token: str, count: int, name: str, first: int = 0) -> Path:
+    """`count` distinct messages (see `customer_of`), each signed for `base`: messages
+    `first` … `first + count - 1` of the series, which continue those before them."""
+    rng = random.Random(3 + first)
+    path = WORK / (f"{name}.requests" if not first else f"{name}-{first}.requests")
     with path.open("w", encoding="utf-8") as out:
-        for n in range(count):
+        for n in range(first, first + count):
             phone = f"+551{SERIES[name]}{customer_of(n, rng):09d}"
             form = {
                 "MessageSid": f"SM{name[:4]}{n:028x}",
@@ -122,7 +134,45 @@ def measured(
     return result
 
 
-def floor(stores: Stores, sizes: Sizes) -> dict[str, Any]:
+@dataclass
+class Series:
+    """The distinct messages one server is sent, run after run: each run's file goes on from
+    the last message the runs before it served, so every run has the same mix (a customer
+    drawn to write again has had their first message served)."""
+
+    running: Running
+    token: str
+    name: str
+    served: int = 0
+
+    def run(self, stores: Stores, seconds: int, label: str) -> dict[str, Any]:
+        count = MAX_RATE * seconds
+        requests = requests_file(self.running.base, self.token, count, self.name, self.served)
+        result = measured(stores, self.running, requests, seconds, label)
+        result["repeated"] = max(0, result["requests"] - count)
+        self.served += min(result["requests"], count)
+        return result
+
+
+def web_rss_mib(running: Running) -> float:
+    """The RSS of the largest of web's gunicorn workers."""
+    return max((rss_mib(pid) for pid in children(running.pids("web")[0])), default=0.0)
+
+
+def _stored(stores: Stores) -> dict[str, int]:
+    """The desk's inbound messages of the measured series stored, and its cards."""
+    with session_factory(stores.database_url)() as session:
+        stored = session.scalar(
+            select(func.count(Message.id)).where(
+                Message.direction == "in", Message.sid.like("SMdesk%")
+            )
+        )
+        return {"stored": stored or 0, "cards": session.scalar(select(func.count(Card.id))) or 0}
+
+
+def floor_and_web(stores: Stores, sizes: Sizes) -> dict[str, Any]:
+    """The floor and the desk's web alone, both up on the same cores, each idle while the
+    other is measured: a long run of each, then the rounds (see the module's doc)."""
     with get_engine(stores.database_url).begin() as conn:
         conn.execute(
             text(
@@ -130,37 +180,54 @@ def floor(stores: Stores, sizes: Sizes) -> dict[str, Any]:
                 "body text, created_at timestamptz DEFAULT now())"
             )
         )
-    with processes(stores, ["web"], swap={"app:app": "bench.floor_app:app"}) as running:
-        requests = requests_file(running.base, "floor", 20_000, "floor")
-        wrk(running.base, requests, 3, "floor-warmup")
-        result = measured(stores, running, requests, sizes.ingest_seconds, "floor")
-    return result
+    data.seed(stores.database_url, datetime.now(UTC))
+    token = whatsapp.webhook_token(stores.config)
+    with (
+        processes(stores, ["web"], swap=FLOOR) as floor_web,
+        processes(stores, ["web"]) as desk_web,
+    ):
+        warmup = requests_file(desk_web.base, token, 2000, "warm")  # the floor reads no signature
+        for running, name in ((floor_web, "floor"), (desk_web, "desk")):
+            wrk(running.base, warmup, 3, f"{name}-warmup")
+        series = {
+            "floor": Series(floor_web, token, "floor"),
+            "desk": Series(desk_web, token, "desk"),
+        }
+        floor = series["floor"].run(stores, sizes.ingest_seconds, "floor")
+        web = series["desk"].run(stores, sizes.ingest_seconds, "desk")
+        web.update(_stored(stores))
+        web["rss_web_mib"] = web_rss_mib(desk_web)
+        rounds = []
+        for k in range(ROUNDS[sizes.full]):
+            order = ("floor", "desk") if k % 2 == 0 else ("desk", "floor")
+            ran = {
+                name: series[name].run(stores, ROUND_SECONDS[sizes.full], f"{name}-round")
+                for name in order
+            }
+            floor_rate, desk_rate = ran["floor"]["rate"], ran["desk"]["rate"]
+            rounds.append({
+                "first": order[0],
+                "floor": floor_rate,
+                "desk": desk_rate,
+                "ratio": desk_rate / floor_rate if floor_rate else 0.0,
+                "repeated": ran["desk"]["repeated"],
+            })  # fmt: skip
+    return {"floor": floor, "web": web, "rounds": rounds}
 
 
 def desk(stores: Stores, sizes: Sizes, names: list[str]) -> dict[str, Any]:
-    """The Procfile's processes `names` on the same two cores: `web` alone as the floor is
-    run, or with `worker` and `sweep` as in production."""
+    """The Procfile's processes `names` on the same two cores (`web` with `worker` and
+    `sweep`, as in production), measured as the floor is."""
     data.seed(stores.database_url, datetime.now(UTC))
-    count = MAX_RATE * sizes.ingest_seconds
     token = whatsapp.webhook_token(stores.config)
     with processes(stores, names) as running:
         warmup = requests_file(running.base, token, 2000, "warm")
         wrk(running.base, warmup, 3, "desk-warmup")
-        requests = requests_file(running.base, token, count, "desk")
-        result = measured(stores, running, requests, sizes.ingest_seconds, "desk")
-        web = children(running.pids("web")[0])
-        result["rss_web_mib"] = max((rss_mib(pid) for pid in web), default=0.0)
+        result = Series(running, token, "desk").run(stores, sizes.ingest_seconds, "desk")
+        result["rss_web_mib"] = web_rss_mib(running)
         if "worker" in names:
             result["rss_worker_mib"] = rss_mib(running.pids("worker")[0])
-    result["repeated"] = max(0, result["requests"] - count)
-    with session_factory(stores.database_url)() as session:
-        stored = session.scalar(
-            select(func.count(Message.id)).where(
-                Message.direction == "in", Message.sid.like("SMdesk%")
-            )
-        )
-        result["stored"] = stored or 0
-        result["cards"] = session.scalar(select(func.count(Card.id))) or 0
+    result.update(_stored(stores))
     return result
 
 
@@ -204,19 +271,22 @@ def statements_per_message(stores: Stores, count: int = 25) -> dict[str, float]:
 
 
 def run(stores: Stores, sizes: Sizes) -> dict[str, Any]:
-    """The floor, the desk's web alone (the ratio: web alone ÷ floor, both measured alike),
-    then the desk's web with its worker and sweep."""
+    """The floor and the desk's web alone (the ratio: web alone ÷ floor, both measured
+    alike, over a long run and as the median of the rounds), then the desk's web with its
+    worker and sweep."""
     stores.empty()
-    base = floor(stores, sizes)
-    stores.empty()
-    alone = desk(stores, sizes, ["web"])
+    alike = floor_and_web(stores, sizes)
     stores.empty()
     full = desk(stores, sizes, ["web", "worker", "sweep"])
+    base, alone = alike["floor"], alike["web"]
     return {
         "floor": base,
         "web": alone,
         "desk": full,
         "ratio": alone["rate"] / base["rate"] if base["rate"] else 0.0,
+        "rounds": alike["rounds"],
+        "round_ratio": median(r["ratio"] for r in alike["rounds"]),
+        "round_seconds": ROUND_SECONDS[sizes.full],
         "statements_per_message": statements_per_message(stores),
         "connections": CONNECTIONS,
         "seconds": sizes.ingest_seconds,

@@ -110,8 +110,8 @@ def _summary(results: dict[str, Any]) -> str:
                 f"{_check(run['rate'] >= 800 and run['p99_ms'] < 50)} |"
             )
         rows.append(
-            f"| ingest (web alone) ÷ floor | {r['ratio']:.2f} | ≥ 0.6 | "
-            f"{_check(r['ratio'] >= 0.6)} |"
+            f"| ingest (web alone) ÷ floor | {_ratio(r)} | ≥ 0.6 | "
+            f"{_check(r.get('round_ratio', r['ratio']) >= 0.6)} |"
         )
     for run in results.get("precision", []):
         late = run["lateness_ms"]
@@ -176,6 +176,35 @@ INGEST_RUNS = (
 )
 
 
+def _ratio(r: dict[str, Any]) -> str:
+    """The ratio checked against the target: the median of the rounds (the long runs' beside
+    it); results from before the rounds have the long runs' alone."""
+    if "round_ratio" not in r:
+        return f"{r['ratio']:.2f}"
+    return (
+        f"{r['round_ratio']:.2f} (median of {len(r['rounds'])} rounds; long runs {r['ratio']:.2f})"
+    )
+
+
+def _rounds(r: dict[str, Any]) -> list[str]:
+    if "rounds" not in r:
+        return []
+    rows = [
+        "",
+        f"The ratio in rounds: the floor and the desk's web both up, {r['round_seconds']} s "
+        "of each in turn (the side that goes first alternates), each round's ratio from two "
+        "runs seconds apart, so the host's drift within the run weighs less. The median is "
+        "the ratio checked against the target.\n",
+        "| round | first | floor, req/s | desk, msg/s | ratio |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for n, x in enumerate(r["rounds"], 1):
+        rows.append(
+            f"| {n} | {x['first']} | {x['floor']:,.0f} | {x['desk']:,.0f} | {x['ratio']:.2f} |"
+        )
+    return rows
+
+
 def _ingest(r: dict[str, Any], docs: Path) -> str:
     plot = _plot(
         docs / "bench-ingest.svg",
@@ -194,8 +223,9 @@ def _ingest(r: dict[str, Any], docs: Path) -> str:
         "that inserts one row and enqueues one RQ job, which no worker takes. The desk runs "
         "twice: its `web` alone, measured as the floor is (the jobs it queues wait in Redis), "
         "then with the Procfile's `worker` and `sweep` carrying them out (sending each "
-        "acknowledgement, firing timers) on the same cores. Each run follows a 3-second "
-        "warm-up from numbers of its own.\n",
+        "acknowledgement, firing timers) on the same cores. The floor and the desk's `web` "
+        "alone are up together, each idle while the other is measured. Each server has a "
+        "3-second warm-up from numbers of its own first.\n",
         "| | requests | msg/s | p50 | p99 | max | errors | stored | cards |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -207,10 +237,13 @@ def _ingest(r: dict[str, Any], docs: Path) -> str:
             f"{_ms(x['p99_ms'])} | {_ms(x['max_us'] / 1000)} | {x['errors']} | {counts} |"
         )
     rows += _ingest_cpu(r)
-    repeated = r["web"]["repeated"] + r["desk"]["repeated"]
+    rows += _rounds(r)
+    repeated = sum(r[key].get("repeated", 0) for key in ("web", "desk")) + sum(
+        x.get("repeated", 0) for x in r.get("rounds", [])
+    )
     rows += [
         "",
-        f"Ratio desk (web alone) ÷ floor: **{r['ratio']:.2f}**, both measured alike; with "
+        f"Ratio desk (web alone) ÷ floor: **{_ratio(r)}**, both measured alike; with "
         f"the worker and sweep on the same cores the desk does "
         f"{r['desk']['rate'] / r['floor']['rate'] if r['floor']['rate'] else 0:.2f} of the "
         f"floor. {repeated} requests repeated an earlier message. One inbound message costs "

@@ -55,6 +55,50 @@ def test_the_replayed_webhooks_are_messages_the_desk_takes_one_in_five_opening_a
     assert session.scalar(select(func.count(Card.id)).where(Card.status == "open")) == 2
 
 
+def test_a_run_after_another_goes_on_with_the_same_mix_of_new_and_open_conversations(
+    seeded: Config, client: FlaskClient, session: Session, monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    monkeypatch.setattr(ingest, "WORK", tmp_path)
+    token = whatsapp.webhook_token(seeded)
+    for first in (0, 10):  # the first run served 10 messages; the next file goes on from there
+        requests = ingest.requests_file("http://localhost", token, 10, "desk", first)
+        for line in requests.read_text("utf-8").splitlines():
+            signature, body = line.split("\t")
+            answer = client.post(
+                ingest.PATH,
+                data=body,
+                content_type="application/x-www-form-urlencoded",
+                headers={"X-Twilio-Signature": signature},
+            )
+            assert answer.status_code == 200, answer.get_data(as_text=True)
+    fresh(session)
+    inbound = session.scalar(
+        select(func.count(Message.id)).where(Message.direction == "in", Message.sid.like("SMdesk%"))
+    )
+    assert inbound == 20  # no sid of the second file repeats one of the first
+    assert session.scalar(select(func.count(Card.id)).where(Card.status == "open")) == 4
+
+
+def test_the_ingest_ratio_checked_is_the_median_of_the_rounds() -> None:
+    rounds = [
+        {"first": "floor", "floor": 900.0, "desk": 360.0, "ratio": 0.4, "repeated": 0},
+        {"first": "desk", "floor": 800.0, "desk": 520.0, "ratio": 0.65, "repeated": 0},
+        {"first": "floor", "floor": 1000.0, "desk": 350.0, "ratio": 0.35, "repeated": 0},
+    ]
+    run = {"rate": 300.0, "p99_ms": 70.0}
+    results = {"floor": run, "web": run, "desk": run, "ratio": 0.61, "rounds": rounds}
+    results["round_ratio"] = 0.4
+
+    summary = report._summary({"ingest": results})
+
+    assert (
+        "| ingest (web alone) ÷ floor | 0.40 (median of 3 rounds; long runs 0.61) | ≥ 0.6 | ❌"
+        in (summary)
+    )
+    assert "| 2 | desk | 800 | 520 | 0.65 |" in report._rounds({**results, "round_seconds": 5})
+
+
 def test_the_bulk_data_fits_the_schema_and_shows_on_the_pages_the_benchmarks_time(
     config: Config, app: Flask, session: Session
 ) -> None:

@@ -43,6 +43,14 @@ def test_places_in_line_read_as_ordinals(position: int, lang: str, said: str) ->
 
 
 @pytest.mark.parametrize(
+    ("lang", "said"),
+    [("en", "101st or later"), ("pt-BR", "101º ou posterior"), ("es", "101º o posterior")],
+)
+def test_a_place_beyond_those_counted_reads_as_the_least_it_is(lang: str, said: str) -> None:
+    assert bot.ordinal(101, lang, or_later=True) == said
+
+
+@pytest.mark.parametrize(
     ("seconds", "rounded"), [(1, 60), (240, 240), (700, 720), (3700, 4500), (20000, 21600)]
 )
 def test_usual_waits_are_rounded_up_to_what_people_say(seconds: int, rounded: int) -> None:

@@ -143,6 +143,26 @@ def test_a_stored_text_the_bot_cannot_fill_in_never_loses_the_message(
     assert ack.body.startswith("Hi Maria! Thanks for your message, it has reached us. You are")
 
 
+def test_a_customer_behind_more_than_the_desk_counts_is_told_the_least_place_they_have(
+    client: FlaskClient, seeded: Config, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The place in line is counted only as far as MOST_AHEAD customers (a new conversation
+    costs the same however long the line): beyond, the customer hears "or later"."""
+    monkeypatch.setattr(desk, "MOST_AHEAD", 2)
+    for n in range(4):
+        form = inbound_form(phone=f"+551199999{n:04d}", body="My order never arrived")
+        assert post(client, seeded, INBOUND, form).status_code == 200
+
+    said = [ack.body.split(". ")[1].split(";")[0] for ack in messages(session, "out")]
+
+    assert said == [
+        "You are 1st in line",
+        "You are 2nd in line",
+        "You are 3rd or later in line",  # two ahead: at least third
+        "You are 3rd or later in line",
+    ]
+
+
 def test_new_card_arms_sla_timers_and_the_acknowledgement_send_in_redis(
     client: FlaskClient, seeded: Config, session: Session, redis: Redis
 ) -> None:

@@ -9,7 +9,7 @@ import math
 import string
 import unicodedata
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 log = logging.getLogger(__name__)
@@ -177,14 +177,22 @@ def spoken(seconds: float, lang: str = DEFAULT_LANGUAGE) -> str:
     return _AND[lang].join(parts[:2]) or f"0 {_UNITS[lang][3][1]}"
 
 
-def ordinal(position: int, lang: str = DEFAULT_LANGUAGE) -> str:
-    """1st, 2nd, 23rd in English; 1º, 2º in Portuguese and Spanish."""
+_OR_LATER = {"en": " or later", "pt-BR": " ou posterior", "es": " o posterior"}
+
+
+def ordinal(position: int, lang: str = DEFAULT_LANGUAGE, or_later: bool = False) -> str:
+    """1st, 2nd, 23rd in English; 1º, 2º in Portuguese and Spanish; `or_later`: a place the
+    customer is at least at ("101st or later")."""
     if lang != "en":
-        return f"{position}º"
-    suffix = (
-        "th" if 10 <= position % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(position % 10, "th")
-    )
-    return f"{position}{suffix}"
+        said = f"{position}º"
+    else:
+        suffix = (
+            "th"
+            if 10 <= position % 100 <= 20
+            else {1: "st", 2: "nd", 3: "rd"}.get(position % 10, "th")
+        )
+        said = f"{position}{suffix}"
+    return said + _OR_LATER[lang] if or_later else said
 
 
 def friendly_wait(seconds: float) -> float:
@@ -247,6 +255,7 @@ class Wait:
     opens_local: datetime | None = None  # closed now: the next opening, in local time
     today_local: datetime | None = None
     zone: str = ""
+    or_later: bool = False  # more are ahead than are counted: `position` is the least it is
 
 
 class Texts:
@@ -279,7 +288,7 @@ class Texts:
         return " ".join([greeting, self.say("received"), self._wait(team, wait)])
 
     def _wait(self, team: str, wait: Wait, key: str | None = None) -> str:
-        position = ordinal(wait.position, self.lang)
+        position = ordinal(wait.position, self.lang, wait.or_later)
         if wait.opens_local is not None and wait.today_local is not None:
             opens = opening(wait.opens_local, wait.today_local, self.lang)
             return self.say("closed", opens=opens, zone=wait.zone, position=position)
@@ -307,7 +316,7 @@ class Texts:
             return self.say("status_answered", team=team)
         if wait.opens_local is not None or wait.seconds is None:
             return self._wait(team, wait)
-        return self._wait(team, Wait(wait.position, wait.seconds, True), key="status_waiting")
+        return self._wait(team, replace(wait, usual=True), key="status_waiting")
 
 
 def menu_choice(body: str, payload: str | None, options: Sequence[tuple[str, str]]) -> str | None:

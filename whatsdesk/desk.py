@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 
 from sqlalchemy import (
     ColumnElement,
+    Integer,
     Select,
     and_,
     bindparam,
@@ -580,33 +581,39 @@ ESTIMATE_MIN_SAMPLES = 5
 
 
 def _waiting_ahead_statement() -> Select[tuple[int]]:
-    """How many of the pipeline's customers have waited longer than card :card, waiting
-    since :since: an index range count on ix_cards_pipeline_queue, less those of them still
-    choosing a team at the menu (few, on the index of menu deadlines), who are in no team's
-    line yet."""
+    """How many of the pipeline's customers, up to :most, have waited longer than card
+    :card, waiting since :since, less those still choosing a team at the menu (who are in
+    no team's line yet): a range of ix_cards_pipeline_queue, read only as far as :most
+    customers, so a new conversation costs the same with 100 waiting or 100,000."""
     cards = _CARDS.c
     since = bindparam("since", type_=cards.waiting_since.type)
-    ahead = and_(
-        cards.status == "open",
-        cards.pipeline_id == bindparam("pipeline"),
-        cards.waiting_since.is_not(None),
-        or_(
-            cards.waiting_since < since,
-            and_(cards.waiting_since == since, cards.id < bindparam("card")),
-        ),
+    ahead = (
+        select(cards.id)
+        .where(
+            cards.status == "open",
+            cards.pipeline_id == bindparam("pipeline"),
+            cards.waiting_since.is_not(None),
+            or_(
+                cards.waiting_since < since,
+                and_(cards.waiting_since == since, cards.id < bindparam("card")),
+            ),
+            cards.menu_deadline_at.is_(None),
+        )
+        .limit(bindparam("most", type_=Integer()))
+        .subquery("ahead")
     )
-    everyone = select(func.count(cards.id)).where(ahead).scalar_subquery()
-    choosing = (
-        select(func.count(cards.id)).where(ahead, cards.menu_deadline_at.is_not(None))
-    ).scalar_subquery()
-    return select(everyone - choosing)
+    return select(func.count()).select_from(ahead)
 
 
 _WAITING_AHEAD = _waiting_ahead_statement()
 
 
+# The most customers counted ahead: beyond, the customer is told "101st or later".
+MOST_AHEAD = 100
+
+
 def _ahead_of(card: Card, since: datetime) -> dict[str, Any]:
-    return {"pipeline": card.pipeline_id, "since": since, "card": card.id}
+    return {"pipeline": card.pipeline_id, "since": since, "card": card.id, "most": MOST_AHEAD}
 
 
 def waiting_ahead(card: Card, since: datetime) -> Select[tuple[int]]:
@@ -634,8 +641,8 @@ def estimate(session: Session, card: Card, now: datetime) -> bot.Wait:
     recent answers in business time, else its SLA."""
     session.flush()  # the card is counted by its id
     connection = session.connection()
-    ahead = connection.scalar(_WAITING_AHEAD, _ahead_of(card, card.waiting_since or now))
-    position = (ahead or 0) + 1
+    ahead = connection.scalar(_WAITING_AHEAD, _ahead_of(card, card.waiting_since or now)) or 0
+    position, or_later = ahead + 1, ahead >= MOST_AHEAD
     stage = card.stage
     calendar = calendars.for_stage(stage, now)
     if calendar is not None and not clock.is_open(calendar, now):
@@ -643,14 +650,23 @@ def estimate(session: Session, card: Card, now: datetime) -> bot.Wait:
         assert row is not None
         zone = ZoneInfo(row.timezone)
         opens = clock.next_open(calendar, now).astimezone(zone)
-        return bot.Wait(position, None, False, opens, now.astimezone(zone), row.timezone)
+        return bot.Wait(
+            position,
+            seconds=None,
+            usual=False,
+            opens_local=opens,
+            today_local=now.astimezone(zone),
+            zone=row.timezone,
+            or_later=or_later,
+        )
     recent = connection.scalars(
         _RECENT_ANSWERS, {"stage": stage.id, "since": now - timedelta(days=ESTIMATE_DAYS)}
     ).all()
     if len(recent) >= ESTIMATE_MIN_SAMPLES:
         ordered = sorted(int(seconds or 0) for seconds in recent)
-        return bot.Wait(position, ordered[math.ceil(0.8 * len(ordered)) - 1], True)
-    return bot.Wait(position, stage.sla_seconds, False)
+        usual = ordered[math.ceil(0.8 * len(ordered)) - 1]
+        return bot.Wait(position, usual, True, or_later=or_later)
+    return bot.Wait(position, stage.sla_seconds, False, or_later=or_later)
 
 
 def _inbound_message(

@@ -232,10 +232,11 @@ def processes(
     extra: dict[str, str] | None = None,
     workers: int = 1,
     swap: dict[str, str] | None = None,
+    tag: str = "",
 ) -> Iterator[Running]:
     """The Procfile's command lines, as `make run` starts them (`workers` copies of the
     worker); `swap` replaces arguments (`app:app` by the floor endpoint, the worker class by
-    the sweep-only one). Output goes to instance/bench."""
+    the sweep-only one). Output goes to instance/bench, in logs named `tag` + name."""
     port = free_port()
     env = environment(stores, port, extra)
     WORK.mkdir(parents=True, exist_ok=True)
@@ -244,7 +245,7 @@ def processes(
         argv = procfile.command(name, env)
         argv = [(swap or {}).get(arg, arg) for arg in argv]
         for copy in range(workers if name == "worker" else 1):
-            log = open(WORK / f"{name}-{copy}.log", "ab")  # noqa: SIM115 (closed with the process)
+            log = open(WORK / f"{tag}{name}-{copy}.log", "ab")  # noqa: SIM115 (closed with it)
             running.setdefault(name, []).append(
                 subprocess.Popen(
                     argv,
@@ -258,7 +259,7 @@ def processes(
     base = f"http://127.0.0.1:{port}"
     try:
         if "web" in names and not eventually(lambda: answers(base + "/healthz"), 60):
-            raise RuntimeError(f"web did not start: see {WORK}/web-0.log")
+            raise RuntimeError(f"web did not start: see {WORK}/{tag}web-0.log")
         yield Running(base, env, running)
     finally:
         everyone = [p for group in running.values() for p in group]

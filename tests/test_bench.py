@@ -81,6 +81,7 @@ def test_a_run_after_another_goes_on_with_the_same_mix_of_new_and_open_conversat
 
 
 def test_the_ingest_ratio_checked_is_the_median_of_the_rounds() -> None:
+    # Their median 0.40 misses the target; their mean (0.47) would too, but reads otherwise.
     rounds = [
         {"first": "floor", "floor": 900.0, "desk": 360.0, "ratio": 0.4, "repeated": 0},
         {"first": "desk", "floor": 800.0, "desk": 520.0, "ratio": 0.65, "repeated": 0},
@@ -88,7 +89,6 @@ def test_the_ingest_ratio_checked_is_the_median_of_the_rounds() -> None:
     ]
     run = {"rate": 300.0, "p99_ms": 70.0}
     results = {"floor": run, "web": run, "desk": run, "ratio": 0.61, "rounds": rounds}
-    results["round_ratio"] = 0.4
 
     summary = report._summary({"ingest": results})
 

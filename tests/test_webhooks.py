@@ -149,7 +149,7 @@ def test_a_customer_behind_more_than_the_desk_counts_is_told_the_least_place_the
     """The place in line is counted only as far as MOST_AHEAD customers (a new conversation
     costs the same however long the line): beyond, the customer hears "or later"."""
     monkeypatch.setattr(desk, "MOST_AHEAD", 2)
-    for n in range(4):
+    for n in range(5):
         form = inbound_form(phone=f"+551199999{n:04d}", body="My order never arrived")
         assert post(client, seeded, INBOUND, form).status_code == 200
 
@@ -158,8 +158,9 @@ def test_a_customer_behind_more_than_the_desk_counts_is_told_the_least_place_the
     assert said == [
         "You are 1st in line",
         "You are 2nd in line",
-        "You are 3rd or later in line",  # two ahead: at least third
-        "You are 3rd or later in line",
+        "You are 3rd in line",  # two ahead, as many as are counted: still exact
+        "You are 4th or later in line",  # more than two ahead
+        "You are 4th or later in line",
     ]
 
 

@@ -177,12 +177,12 @@ def spoken(seconds: float, lang: str = DEFAULT_LANGUAGE) -> str:
     return _AND[lang].join(parts[:2]) or f"0 {_UNITS[lang][3][1]}"
 
 
-_OR_LATER = {"en": " or later", "pt-BR": " ou posterior", "es": " o posterior"}
+_OR_LATER = {"en": " or later", "pt-BR": " ou mais", "es": " o más"}
 
 
 def ordinal(position: int, lang: str = DEFAULT_LANGUAGE, or_later: bool = False) -> str:
     """1st, 2nd, 23rd in English; 1º, 2º in Portuguese and Spanish; `or_later`: a place the
-    customer is at least at ("101st or later")."""
+    customer is at least at ("102nd or later")."""
     if lang != "en":
         said = f"{position}º"
     else:

@@ -599,7 +599,9 @@ def _waiting_ahead_statement() -> Select[tuple[int]]:
             ),
             cards.menu_deadline_at.is_(None),
         )
-        .limit(bindparam("most", type_=Integer()))
+        # Written into the statement: a prepared statement's generic plan guesses at a bound
+        # LIMIT, and could read every row ahead.
+        .limit(bindparam("most", type_=Integer(), literal_execute=True))
         .subquery("ahead")
     )
     return select(func.count()).select_from(ahead)
@@ -608,12 +610,13 @@ def _waiting_ahead_statement() -> Select[tuple[int]]:
 _WAITING_AHEAD = _waiting_ahead_statement()
 
 
-# The most customers counted ahead: beyond, the customer is told "101st or later".
+# The most customers counted ahead: with more, the customer is told "102nd or later".
 MOST_AHEAD = 100
 
 
 def _ahead_of(card: Card, since: datetime) -> dict[str, Any]:
-    return {"pipeline": card.pipeline_id, "since": since, "card": card.id, "most": MOST_AHEAD}
+    # One more than MOST_AHEAD is read, to tell "more than MOST_AHEAD" from exactly as many.
+    return {"pipeline": card.pipeline_id, "since": since, "card": card.id, "most": MOST_AHEAD + 1}
 
 
 def waiting_ahead(card: Card, since: datetime) -> Select[tuple[int]]:
@@ -642,7 +645,7 @@ def estimate(session: Session, card: Card, now: datetime) -> bot.Wait:
     session.flush()  # the card is counted by its id
     connection = session.connection()
     ahead = connection.scalar(_WAITING_AHEAD, _ahead_of(card, card.waiting_since or now)) or 0
-    position, or_later = ahead + 1, ahead >= MOST_AHEAD
+    position, or_later = ahead + 1, ahead > MOST_AHEAD
     stage = card.stage
     calendar = calendars.for_stage(stage, now)
     if calendar is not None and not clock.is_open(calendar, now):

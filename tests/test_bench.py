@@ -31,37 +31,22 @@ from whatsdesk.models import Card, Message, SlaEvent
 from conftest import fresh, login, now
 
 
+@pytest.mark.parametrize(
+    ("firsts", "stored", "opened"),
+    [
+        ((0,), 10, 2),
+        # A run after another: its file goes on from the messages the first served, with the
+        # same mix and no sid repeated.
+        ((0, 10), 20, 4),
+    ],
+)
 def test_the_replayed_webhooks_are_messages_the_desk_takes_one_in_five_opening_a_conversation(
     seeded: Config, client: FlaskClient, session: Session, monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
+    tmp_path: Path, firsts: tuple[int, ...], stored: int, opened: int,
 ) -> None:  # fmt: skip
     monkeypatch.setattr(ingest, "WORK", tmp_path)
     token = whatsapp.webhook_token(seeded)
-    requests = ingest.requests_file("http://localhost", token, 10, "desk")
-    for line in requests.read_text("utf-8").splitlines():
-        signature, body = line.split("\t")
-        answer = client.post(
-            ingest.PATH,
-            data=body,
-            content_type="application/x-www-form-urlencoded",
-            headers={"X-Twilio-Signature": signature},
-        )
-        assert answer.status_code == 200, answer.get_data(as_text=True)
-    fresh(session)
-    inbound = session.scalar(
-        select(func.count(Message.id)).where(Message.direction == "in", Message.sid.like("SMdesk%"))
-    )
-    assert inbound == 10
-    assert session.scalar(select(func.count(Card.id)).where(Card.status == "open")) == 2
-
-
-def test_a_run_after_another_goes_on_with_the_same_mix_of_new_and_open_conversations(
-    seeded: Config, client: FlaskClient, session: Session, monkeypatch: pytest.MonkeyPatch,
-    tmp_path: Path,
-) -> None:  # fmt: skip
-    monkeypatch.setattr(ingest, "WORK", tmp_path)
-    token = whatsapp.webhook_token(seeded)
-    for first in (0, 10):  # the first run served 10 messages; the next file goes on from there
+    for first in firsts:
         requests = ingest.requests_file("http://localhost", token, 10, "desk", first)
         for line in requests.read_text("utf-8").splitlines():
             signature, body = line.split("\t")
@@ -76,8 +61,8 @@ def test_a_run_after_another_goes_on_with_the_same_mix_of_new_and_open_conversat
     inbound = session.scalar(
         select(func.count(Message.id)).where(Message.direction == "in", Message.sid.like("SMdesk%"))
     )
-    assert inbound == 20  # no sid of the second file repeats one of the first
-    assert session.scalar(select(func.count(Card.id)).where(Card.status == "open")) == 4
+    assert inbound == stored
+    assert session.scalar(select(func.count(Card.id)).where(Card.status == "open")) == opened
 
 
 def test_the_ingest_ratio_checked_is_the_median_of_the_rounds() -> None:

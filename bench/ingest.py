@@ -21,7 +21,6 @@ import urllib.parse
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from statistics import median
 from typing import Any
 
 from sqlalchemy import func, select, text
@@ -172,6 +171,14 @@ def _stored(stores: Stores) -> dict[str, int]:
         return {"stored": stored or 0, "cards": session.scalar(select(func.count(Card.id))) or 0}
 
 
+def warm_up(token: str, desk: Running, *others: Running) -> None:
+    """3 s of messages from numbers of their own (the "warm" series) into the desk, then
+    into each of `others` (the floor reads no signature)."""
+    warmup = requests_file(desk.base, token, 2000, "warm")
+    for running in (desk, *others):
+        wrk(running.base, warmup, 3, "warmup")
+
+
 def floor_and_web(stores: Stores, sizes: Sizes) -> dict[str, Any]:
     """The floor and the desk's web alone, both up on the same cores, each idle while the
     other is measured: a long run of each, then the rounds (see the module's doc)."""
@@ -188,9 +195,7 @@ def floor_and_web(stores: Stores, sizes: Sizes) -> dict[str, Any]:
         processes(stores, ["web"], swap=FLOOR, tag="floor-") as floor_web,
         processes(stores, ["web"]) as desk_web,
     ):
-        warmup = requests_file(desk_web.base, token, 2000, "warm")  # the floor reads no signature
-        for running, name in ((floor_web, "floor"), (desk_web, "desk")):
-            wrk(running.base, warmup, 3, f"{name}-warmup")
+        warm_up(token, desk_web, floor_web)
         series = {
             "floor": Series(floor_web, token, "floor"),
             "desk": Series(desk_web, token, "desk"),
@@ -217,18 +222,16 @@ def floor_and_web(stores: Stores, sizes: Sizes) -> dict[str, Any]:
     return {"floor": floor, "web": web, "rounds": rounds}
 
 
-def desk(stores: Stores, sizes: Sizes, names: list[str]) -> dict[str, Any]:
-    """The Procfile's processes `names` on the same two cores (`web` with `worker` and
-    `sweep`, as in production), measured as the floor is."""
+def desk(stores: Stores, sizes: Sizes) -> dict[str, Any]:
+    """The desk as in production: the Procfile's `web`, `worker` and `sweep` on the same two
+    cores, measured as the floor is."""
     data.seed(stores.database_url, datetime.now(UTC))
     token = whatsapp.webhook_token(stores.config)
-    with processes(stores, names) as running:
-        warmup = requests_file(running.base, token, 2000, "warm")
-        wrk(running.base, warmup, 3, "desk-warmup")
+    with processes(stores, ["web", "worker", "sweep"]) as running:
+        warm_up(token, running)
         result = Series(running, token, "desk").run(stores, sizes.ingest_seconds, "desk")
         result["rss_web_mib"] = web_rss_mib(running)
-        if "worker" in names:
-            result["rss_worker_mib"] = rss_mib(running.pids("worker")[0])
+        result["rss_worker_mib"] = rss_mib(running.pids("worker")[0])
     result.update(_stored(stores))
     return result
 
@@ -272,11 +275,6 @@ def statements_per_message(stores: Stores, count: int = 25) -> dict[str, float]:
     return per_message
 
 
-def round_ratio(rounds: list[dict[str, Any]]) -> float:
-    """The ratio the target is checked on: the median of the rounds'."""
-    return median(r["ratio"] for r in rounds)
-
-
 def run(stores: Stores, sizes: Sizes) -> dict[str, Any]:
     """The floor and the desk's web alone (the ratio: web alone ÷ floor, both measured
     alike, over a long run and as the median of the rounds), then the desk's web with its
@@ -284,7 +282,7 @@ def run(stores: Stores, sizes: Sizes) -> dict[str, Any]:
     stores.empty()
     alike = floor_and_web(stores, sizes)
     stores.empty()
-    full = desk(stores, sizes, ["web", "worker", "sweep"])
+    full = desk(stores, sizes)
     base, alone = alike["floor"], alike["web"]
     return {
         "floor": base,
@@ -292,7 +290,6 @@ def run(stores: Stores, sizes: Sizes) -> dict[str, Any]:
         "desk": full,
         "ratio": alone["rate"] / base["rate"] if base["rate"] else 0.0,
         "rounds": alike["rounds"],
-        "round_ratio": round_ratio(alike["rounds"]),
         "round_seconds": ROUND_SECONDS[sizes.full],
         "statements_per_message": statements_per_message(stores),
         "connections": CONNECTIONS,

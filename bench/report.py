@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import pygal
 from pygal.style import CleanStyle
 
 from .harness import Sizes, percentile
-from .ingest import round_ratio
 
 POINTS = [1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9, 100]
 
@@ -180,7 +180,7 @@ INGEST_RUNS = (
 def _checked_ratio(r: dict[str, Any]) -> float:
     """The ratio checked against the target: the median of the rounds; results from before
     the rounds have the long runs' alone."""
-    return round_ratio(r["rounds"]) if r.get("rounds") else float(r["ratio"])
+    return median(x["ratio"] for x in r["rounds"]) if r.get("rounds") else float(r["ratio"])
 
 
 def _ratio(r: dict[str, Any]) -> str:
@@ -192,7 +192,7 @@ def _ratio(r: dict[str, Any]) -> str:
 
 
 def _rounds(r: dict[str, Any]) -> list[str]:
-    if "rounds" not in r:
+    if not r.get("rounds"):
         return []
     rows = [
         "",
@@ -243,9 +243,7 @@ def _ingest(r: dict[str, Any], docs: Path) -> str:
         )
     rows += _ingest_cpu(r)
     rows += _rounds(r)
-    repeated = sum(r[key].get("repeated", 0) for key in ("web", "desk")) + sum(
-        x.get("repeated", 0) for x in r.get("rounds", [])
-    )
+    repeated = sum(x["repeated"] for x in (r["web"], r["desk"], *r.get("rounds", [])))
     rows += [
         "",
         f"Ratio desk (web alone) ÷ floor: **{_ratio(r)}**, both measured alike; with "

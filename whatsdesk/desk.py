@@ -667,8 +667,8 @@ def estimate(session: Session, card: Card, now: datetime) -> bot.Wait:
     ).all()
     if len(recent) >= ESTIMATE_MIN_SAMPLES:
         ordered = sorted(int(seconds or 0) for seconds in recent)
-        usual = ordered[math.ceil(0.8 * len(ordered)) - 1]
-        return bot.Wait(position, usual, True, or_later=or_later)
+        seconds = ordered[math.ceil(0.8 * len(ordered)) - 1]
+        return bot.Wait(position, seconds, True, or_later=or_later)
     return bot.Wait(position, stage.sla_seconds, False, or_later=or_later)
 
 

@@ -18,6 +18,7 @@ import os
 import random
 import subprocess
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +28,7 @@ from sqlalchemy import func, select, text
 
 from whatsdesk import whatsapp
 from whatsdesk.db import get_engine, session_factory
-from whatsdesk.models import Card, Message
+from whatsdesk.models import Card, Contact, Message
 
 from . import data
 from .harness import (
@@ -52,12 +53,19 @@ FLOOR = {"app:app": "bench.floor_app:app"}  # the floor under the Procfile's web
 
 
 # Each requests file writes from numbers of its own, so a warm-up opens none of the
-# conversations its run then counts as new.
-SERIES = {"floor": 1, "warm": 2, "desk": 3}
+# conversations its run then counts as new ("new": each message from a number of its own).
+SERIES = {"floor": 1, "warm": 2, "desk": 3, "new": 4}
 NEW_EVERY = 5  # one message in this many opens a conversation
 # The rounds of the ratio (quick pass, full sizes): how many, and each side's seconds.
 ROUNDS = {False: 3, True: 6}
 ROUND_SECONDS = {False: 3, True: 5}
+# The rounds by kind of message (the floor, then each kind alone, as long as a round's side).
+KIND_ROUNDS = {False: 2, True: 4}
+KINDS = ("floor", "open", "new")
+KIND_FIGURES = ("rate", "p99_ms", "cpu_ms", "cpu_busy", "repeated", "errors")  # kept of each
+
+# Who writes message n of a requests file, given the file's seeded random numbers.
+Writer = Callable[[int, random.Random], str]
 
 
 def customer_of(n: int, rng: random.Random) -> int:
@@ -70,14 +78,34 @@ def customer_of(n: int, rng: random.Random) -> int:
     return newest if n % NEW_EVERY == 0 else rng.randrange(newest + 1)
 
 
-def requests_file(base: str, token: str, count: int, name: str, first: int = 0) -> Path:
-    """`count` distinct messages (see `customer_of`), each signed for `base`: messages
-    `first` … `first + count - 1` of the series, which continue those before them."""
+def series_writer(name: str) -> Writer:
+    """The mix of `customer_of`, from the series' own numbers."""
+    return lambda n, rng: f"+551{SERIES[name]}{customer_of(n, rng):09d}"
+
+
+def new_writer(n: int, _rng: random.Random) -> str:
+    """Every message from a number never seen before: each opens a conversation."""
+    return f"+551{SERIES['new']}{n:09d}"
+
+
+def open_writer(numbers: list[str]) -> Writer:
+    """Every message from one of `numbers` (drawn, seeded, uniformly), customers whose
+    conversation is open: each joins it."""
+    return lambda _n, rng: rng.choice(numbers)
+
+
+def requests_file(
+    base: str, token: str, count: int, name: str, first: int = 0, writer: Writer | None = None
+) -> Path:
+    """`count` distinct messages, each signed for `base`: messages `first` … `first + count
+    - 1` of the series, which continue those before them. Written by `writer` (by default
+    the series' mix, `customer_of`)."""
     rng = random.Random(3 + first)
+    who = writer or series_writer(name)
     path = WORK / (f"{name}.requests" if not first else f"{name}-{first}.requests")
     with path.open("w", encoding="utf-8") as out:
         for n in range(first, first + count):
-            phone = f"+551{SERIES[name]}{customer_of(n, rng):09d}"
+            phone = who(n, rng)
             form = {
                 "MessageSid": f"SM{name[:4]}{n:028x}",
                 "AccountSid": "AC" + "0" * 32,
@@ -142,11 +170,14 @@ class Series:
     running: Running
     token: str
     name: str
+    writer: Writer | None = None  # who writes each message (`requests_file`)
     served: int = 0
 
     def run(self, stores: Stores, seconds: int, label: str) -> dict[str, Any]:
         count = MAX_RATE * seconds
-        requests = requests_file(self.running.base, self.token, count, self.name, self.served)
+        requests = requests_file(
+            self.running.base, self.token, count, self.name, self.served, self.writer
+        )
         result = measured(stores, self.running, requests, seconds, label)
         result["repeated"] = max(0, result["requests"] - count)
         # wrk counts the answers: up to one request a connection was sent and not answered
@@ -169,6 +200,18 @@ def _stored(stores: Stores) -> dict[str, int]:
             )
         )
         return {"stored": stored or 0, "cards": session.scalar(select(func.count(Card.id))) or 0}
+
+
+def open_numbers(database_url: str, name: str = "desk") -> list[str]:
+    """The numbers of series `name` whose conversation is open, as stored."""
+    with session_factory(database_url)() as session:
+        addresses = session.scalars(
+            select(Contact.address)
+            .join(Card, Card.contact_id == Contact.id)
+            .where(Card.status == "open", Contact.address.like(f"whatsapp:+551{SERIES[name]}%"))
+            .order_by(Contact.address)
+        )
+        return [address.removeprefix("whatsapp:") for address in addresses]
 
 
 def warm_up(token: str, desk: Running, *others: Running) -> None:
@@ -219,7 +262,28 @@ def floor_and_web(stores: Stores, sizes: Sizes) -> dict[str, Any]:
                 "ratio": desk_rate / floor_rate if floor_rate else 0.0,
                 "repeated": ran["desk"]["repeated"],
             })  # fmt: skip
-    return {"floor": floor, "web": web, "rounds": rounds}
+        kinds = by_kind(stores, sizes, series["floor"], desk_web, token)
+    return {"floor": floor, "web": web, "rounds": rounds, "kinds": kinds}
+
+
+def by_kind(
+    stores: Stores, sizes: Sizes, floor: Series, desk_web: Running, token: str
+) -> dict[str, list[dict[str, Any]]]:
+    """Each kind of message alone, in rounds as the ratio's, each round's order the other
+    way round from the one before: the floor, messages on the conversations the mix has
+    opened ("open"), and messages that each open one ("new")."""
+    numbers = open_numbers(stores.database_url)
+    kinds = {
+        "floor": floor,
+        "open": Series(desk_web, token, "open", open_writer(numbers)),
+        "new": Series(desk_web, token, "new", new_writer),
+    }
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in KINDS}
+    for k in range(KIND_ROUNDS[sizes.full]):
+        for name in KINDS if k % 2 == 0 else KINDS[::-1]:
+            result = kinds[name].run(stores, ROUND_SECONDS[sizes.full], f"{name}-kind")
+            runs[name].append({key: result[key] for key in KIND_FIGURES})
+    return runs
 
 
 def desk(stores: Stores, sizes: Sizes) -> dict[str, Any]:
@@ -290,6 +354,8 @@ def run(stores: Stores, sizes: Sizes) -> dict[str, Any]:
         "desk": full,
         "ratio": alone["rate"] / base["rate"] if base["rate"] else 0.0,
         "rounds": alike["rounds"],
+        "kinds": alike["kinds"],
+        "new_every": NEW_EVERY,
         "round_seconds": ROUND_SECONDS[sizes.full],
         "statements_per_message": statements_per_message(stores),
         "connections": CONNECTIONS,

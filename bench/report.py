@@ -12,6 +12,7 @@ from pygal.style import CleanStyle
 from .harness import Sizes, percentile
 
 POINTS = [1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9, 100]
+RATIO_TARGET = 0.6  # ingest (web alone) ÷ floor
 
 
 def _ms(value: float | None) -> str:
@@ -111,8 +112,8 @@ def _summary(results: dict[str, Any]) -> str:
                 f"{_check(run['rate'] >= 800 and run['p99_ms'] < 50)} |"
             )
         rows.append(
-            f"| ingest (web alone) ÷ floor | {_ratio(r)} | ≥ 0.6 | "
-            f"{_check(_checked_ratio(r) >= 0.6)} |"
+            f"| ingest (web alone) ÷ floor | {_ratio(r)} | ≥ {RATIO_TARGET} | "
+            f"{_check(_checked_ratio(r) >= RATIO_TARGET)} |"
         )
     for run in results.get("precision", []):
         late = run["lateness_ms"]
@@ -243,7 +244,9 @@ def _ingest(r: dict[str, Any], docs: Path) -> str:
         )
     rows += _ingest_cpu(r)
     rows += _rounds(r)
-    repeated = sum(x["repeated"] for x in (r["web"], r["desk"], *r.get("rounds", [])))
+    rows += _kinds(r)
+    kind_runs = [x for name in KIND_LABELS for x in r.get("kinds", {}).get(name, [])]
+    repeated = sum(x["repeated"] for x in (r["web"], r["desk"], *r.get("rounds", []), *kind_runs))
     rows += [
         "",
         f"Ratio desk (web alone) ÷ floor: **{_ratio(r)}**, both measured alike; with "
@@ -261,6 +264,74 @@ def _ingest(r: dict[str, Any], docs: Path) -> str:
         f"![latency percentiles]({plot})\n",
     ]
     return "\n".join(rows)
+
+
+# The desk's kinds of message measured alone (`ingest.by_kind`), in the table's order.
+KIND_LABELS = {"open": "a message on an open conversation", "new": "a message opening one"}
+
+
+def _kinds(r: dict[str, Any]) -> list[str]:
+    """Each kind of message alone against the floor: the rounds' medians, and what the two
+    costs mean for the mix's ratio."""
+    kinds = r.get("kinds")
+    if not kinds:
+        return []
+    floor = kinds["floor"]
+    groups = [g for g in CPU_GROUPS if any(g in x["cpu_ms"] for x in floor)]
+
+    def cpu(runs: list[dict[str, Any]]) -> dict[str, float]:
+        return {g: median(x["cpu_ms"].get(g, 0.0) for x in runs) for g in groups}
+
+    rows = [
+        "",
+        f"By kind of message: the floor, then messages on the conversations the mix opened, "
+        f"then messages from numbers never seen before, each opening a conversation — each "
+        f"alone for {r['round_seconds']} s, in {len(floor)} rounds (the order reversed every "
+        "other round). Each figure is the median of its rounds; a kind's ratio is the median "
+        "of its rounds' ratios to the floor of the same round. CPU per request in "
+        "milliseconds, as above.\n",
+        "| | msg/s | ÷ floor | p99 | " + " | ".join(groups) + " | total |",
+        "| --- " * (len(groups) + 5) + "|",
+    ]
+    totals: dict[str, float] = {}
+    for name, label in (("floor", "floor (one row, one job)"), *KIND_LABELS.items()):
+        runs = kinds[name]
+        spent = cpu(runs)
+        totals[name] = sum(spent.values())
+        pairs = zip(runs, floor, strict=True)
+        ratio = median(x["rate"] / f["rate"] if f["rate"] else 0.0 for x, f in pairs)
+        rows.append(
+            f"| {label} | {median(x['rate'] for x in runs):,.0f} | {ratio:.2f} | "
+            f"{_ms(median(x['p99_ms'] for x in runs))} | "
+            + " | ".join(f"{spent[g]:.2f}" for g in groups)
+            + f" | {totals[name]:.2f} |"
+        )
+    share = 1 / r["new_every"]
+    rows += ["", _mix_needs(totals["floor"], totals["open"], totals["new"], share)]
+    return rows
+
+
+def _mix_needs(floor: float, open_: float, new: float, share: float) -> str:
+    """What the kinds' CPU per request means for the mix (`share` of messages opening a
+    conversation) against the target ratio."""
+    mix = (1 - share) * open_ + share * new
+    budget = floor / RATIO_TARGET
+    new_budget = (budget - (1 - share) * open_) / share
+    said = (
+        f"At the runs' mix (one message in {round(1 / share)} opens a conversation) these "
+        f"costs come to {mix:.2f} ms a message, a ratio of {floor / mix:.2f} by CPU. "
+        f"{RATIO_TARGET} of the floor allows {budget:.2f} ms a message on average"
+    )
+    if new_budget < open_:
+        return (
+            f"{said}; a message on an open conversation alone costs {open_:.2f} ms, so the "
+            f"target is out of reach at this mix even were opening a conversation to cost no "
+            "more than joining one."
+        )
+    return (
+        f"{said}: with messages on open conversations at {open_:.2f} ms, one opening a "
+        f"conversation may cost at most {new_budget:.2f} ms (it costs {new:.2f})."
+    )
 
 
 # Who spends the CPU of an ingest run, in the table's order.

@@ -9,7 +9,9 @@ never seen before) and four continue one already open (see `customer_of`).
 The host's speed drifts within a run, so the ratio is also taken in short rounds: the
 floor and the desk's web, both up, take turns (which goes first alternates), and each
 round's ratio compares two runs seconds apart. The median of the rounds is the ratio the
-target is checked on; the long runs' ratio is shown beside it."""
+target is checked on; the long runs' ratio is shown beside it. Then each kind of message is
+measured alone against the floor, in rounds the same way (`by_kind`): what one joining an
+open conversation costs, and what one opening a conversation costs."""
 
 from __future__ import annotations
 
@@ -78,14 +80,19 @@ def customer_of(n: int, rng: random.Random) -> int:
     return newest if n % NEW_EVERY == 0 else rng.randrange(newest + 1)
 
 
+def numbers_of(name: str) -> str:
+    """The start of series `name`'s phone numbers."""
+    return f"+551{SERIES[name]}"
+
+
 def series_writer(name: str) -> Writer:
     """The mix of `customer_of`, from the series' own numbers."""
-    return lambda n, rng: f"+551{SERIES[name]}{customer_of(n, rng):09d}"
+    return lambda n, rng: f"{numbers_of(name)}{customer_of(n, rng):09d}"
 
 
 def new_writer(n: int, _rng: random.Random) -> str:
     """Every message from a number never seen before: each opens a conversation."""
-    return f"+551{SERIES['new']}{n:09d}"
+    return f"{numbers_of('new')}{n:09d}"
 
 
 def open_writer(numbers: list[str]) -> Writer:
@@ -191,15 +198,15 @@ def web_rss_mib(running: Running) -> float:
     return max((rss_mib(pid) for pid in children(running.pids("web")[0])), default=0.0)
 
 
-def _stored(stores: Stores) -> dict[str, int]:
-    """The desk's inbound messages of the measured series stored, and its cards."""
-    with session_factory(stores.database_url)() as session:
-        stored = session.scalar(
+def stored(database_url: str, name: str = "desk") -> dict[str, int]:
+    """The inbound messages of series `name` stored, and the desk's cards."""
+    with session_factory(database_url)() as session:
+        count = session.scalar(
             select(func.count(Message.id)).where(
-                Message.direction == "in", Message.sid.like("SMdesk%")
+                Message.direction == "in", Message.sid.like(f"SM{name[:4]}%")
             )
         )
-        return {"stored": stored or 0, "cards": session.scalar(select(func.count(Card.id))) or 0}
+        return {"stored": count or 0, "cards": session.scalar(select(func.count(Card.id))) or 0}
 
 
 def open_numbers(database_url: str, name: str = "desk") -> list[str]:
@@ -208,7 +215,7 @@ def open_numbers(database_url: str, name: str = "desk") -> list[str]:
         addresses = session.scalars(
             select(Contact.address)
             .join(Card, Card.contact_id == Contact.id)
-            .where(Card.status == "open", Contact.address.like(f"whatsapp:+551{SERIES[name]}%"))
+            .where(Card.status == "open", Contact.address.like(f"whatsapp:{numbers_of(name)}%"))
             .order_by(Contact.address)
         )
         return [address.removeprefix("whatsapp:") for address in addresses]
@@ -222,9 +229,15 @@ def warm_up(token: str, desk: Running, *others: Running) -> None:
         wrk(running.base, warmup, 3, "warmup")
 
 
+def in_turn(names: tuple[str, ...], k: int) -> tuple[str, ...]:
+    """Round k's order: the names as given, and the other way round every other round."""
+    return names if k % 2 == 0 else names[::-1]
+
+
 def floor_and_web(stores: Stores, sizes: Sizes) -> dict[str, Any]:
     """The floor and the desk's web alone, both up on the same cores, each idle while the
-    other is measured: a long run of each, then the rounds (see the module's doc)."""
+    other is measured: a long run of each, then the rounds, then the rounds by kind of
+    message (see the module's doc)."""
     with get_engine(stores.database_url).begin() as conn:
         conn.execute(
             text(
@@ -245,11 +258,11 @@ def floor_and_web(stores: Stores, sizes: Sizes) -> dict[str, Any]:
         }
         floor = series["floor"].run(stores, sizes.ingest_seconds, "floor")
         web = series["desk"].run(stores, sizes.ingest_seconds, "desk")
-        web.update(_stored(stores))
+        web.update(stored(stores.database_url))
         web["rss_web_mib"] = web_rss_mib(desk_web)
         rounds = []
         for k in range(ROUNDS[sizes.full]):
-            order = ("floor", "desk") if k % 2 == 0 else ("desk", "floor")
+            order = in_turn(("floor", "desk"), k)
             ran = {
                 name: series[name].run(stores, ROUND_SECONDS[sizes.full], f"{name}-round")
                 for name in order
@@ -273,6 +286,8 @@ def by_kind(
     way round from the one before: the floor, messages on the conversations the mix has
     opened ("open"), and messages that each open one ("new")."""
     numbers = open_numbers(stores.database_url)
+    if not numbers:
+        raise RuntimeError("ingest: the mix's runs left no open conversation to write to")
     kinds = {
         "floor": floor,
         "open": Series(desk_web, token, "open", open_writer(numbers)),
@@ -280,7 +295,7 @@ def by_kind(
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in KINDS}
     for k in range(KIND_ROUNDS[sizes.full]):
-        for name in KINDS if k % 2 == 0 else KINDS[::-1]:
+        for name in in_turn(KINDS, k):
             result = kinds[name].run(stores, ROUND_SECONDS[sizes.full], f"{name}-kind")
             runs[name].append({key: result[key] for key in KIND_FIGURES})
     return runs
@@ -296,7 +311,7 @@ def desk(stores: Stores, sizes: Sizes) -> dict[str, Any]:
         result = Series(running, token, "desk").run(stores, sizes.ingest_seconds, "desk")
         result["rss_web_mib"] = web_rss_mib(running)
         result["rss_worker_mib"] = rss_mib(running.pids("worker")[0])
-    result.update(_stored(stores))
+    result.update(stored(stores.database_url))
     return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -278,33 +279,29 @@ def _kinds(r: dict[str, Any]) -> list[str]:
         return []
     floor = kinds["floor"]
     groups = [g for g in CPU_GROUPS if any(g in x["cpu_ms"] for x in floor)]
-
-    def cpu(runs: list[dict[str, Any]]) -> dict[str, float]:
-        return {g: median(x["cpu_ms"].get(g, 0.0) for x in runs) for g in groups}
-
     rows = [
         "",
         f"By kind of message: the floor, then messages on the conversations the mix opened, "
         f"then messages from numbers never seen before, each opening a conversation — each "
         f"alone for {r['round_seconds']} s, in {len(floor)} rounds (the order reversed every "
-        "other round). Each figure is the median of its rounds; a kind's ratio is the median "
-        "of its rounds' ratios to the floor of the same round. CPU per request in "
-        "milliseconds, as above.\n",
-        "| | msg/s | ÷ floor | p99 | " + " | ".join(groups) + " | total |",
-        "| --- " * (len(groups) + 5) + "|",
+        "other round). Each figure is the median of its rounds (the total, the sum of the "
+        "medians before it); a kind's ratio is the median of its rounds' ratios to the floor "
+        "of the same round. CPU per request in milliseconds, as above.\n",
+        "| | msg/s | ÷ floor | p99 | errors | " + " | ".join(groups) + " | total | cores busy |",
+        "| --- " * (len(groups) + 7) + "|",
     ]
     totals: dict[str, float] = {}
-    for name, label in (("floor", "floor (one row, one job)"), *KIND_LABELS.items()):
+    for name, label in (("floor", dict(INGEST_RUNS)["floor"]), *KIND_LABELS.items()):
         runs = kinds[name]
-        spent = cpu(runs)
+        spent = {g: median(x["cpu_ms"].get(g, 0.0) for x in runs) for g in groups}
         totals[name] = sum(spent.values())
         pairs = zip(runs, floor, strict=True)
         ratio = median(x["rate"] / f["rate"] if f["rate"] else 0.0 for x, f in pairs)
         rows.append(
             f"| {label} | {median(x['rate'] for x in runs):,.0f} | {ratio:.2f} | "
-            f"{_ms(median(x['p99_ms'] for x in runs))} | "
-            + " | ".join(f"{spent[g]:.2f}" for g in groups)
-            + f" | {totals[name]:.2f} |"
+            f"{_ms(median(x['p99_ms'] for x in runs))} | {sum(x['errors'] for x in runs)} | "
+            + _cpu_cells(spent, groups)
+            + f" | {totals[name]:.2f} | {median(x['cpu_busy'] for x in runs):.0%} |"
         )
     share = 1 / r["new_every"]
     rows += ["", _mix_needs(totals["floor"], totals["open"], totals["new"], share)]
@@ -312,26 +309,32 @@ def _kinds(r: dict[str, Any]) -> list[str]:
 
 
 def _mix_needs(floor: float, open_: float, new: float, share: float) -> str:
-    """What the kinds' CPU per request means for the mix (`share` of messages opening a
-    conversation) against the target ratio."""
+    """What the kinds' CPU per request means, by CPU, for the mix (`share` of messages
+    opening a conversation) against the target ratio: where the cores are the limit, the
+    ratio of the rates is the ratio of the CPU per request."""
     mix = (1 - share) * open_ + share * new
     budget = floor / RATIO_TARGET
-    new_budget = (budget - (1 - share) * open_) / share
     said = (
-        f"At the runs' mix (one message in {round(1 / share)} opens a conversation) these "
-        f"costs come to {mix:.2f} ms a message, a ratio of {floor / mix:.2f} by CPU. "
-        f"{RATIO_TARGET} of the floor allows {budget:.2f} ms a message on average"
+        f"By CPU, at the runs' mix (one message in {round(1 / share)} opens a conversation), "
+        f"these costs come to {mix:.2f} ms a message, a ratio of {floor / mix:.2f}. "
+        f"{RATIO_TARGET} of the floor's CPU is {budget:.2f} ms a message on average"
     )
-    if new_budget < open_:
+    if open_ > budget:
         return (
             f"{said}; a message on an open conversation alone costs {open_:.2f} ms, so the "
             f"target is out of reach at this mix even were opening a conversation to cost no "
             "more than joining one."
         )
+    new_budget = (budget - (1 - share) * open_) / share
     return (
         f"{said}: with messages on open conversations at {open_:.2f} ms, one opening a "
         f"conversation may cost at most {new_budget:.2f} ms (it costs {new:.2f})."
     )
+
+
+def _cpu_cells(cpu: dict[str, float], groups: Iterable[str]) -> str:
+    """A row's CPU per request by process group, "–" for a group not in the run."""
+    return " | ".join(f"{cpu[g]:.2f}" if g in cpu else "–" for g in groups)
 
 
 # Who spends the CPU of an ingest run, in the table's order.
@@ -356,9 +359,8 @@ def _ingest_cpu(r: dict[str, Any]) -> list[str]:
     ]
     for key, label in INGEST_RUNS:
         cpu = r[key]["cpu_ms"]
-        cells = [f"{cpu[g]:.2f}" if g in cpu else "–" for g in CPU_GROUPS]
         rows.append(
-            f"| {label} | " + " | ".join(cells) + f" | {sum(cpu.values()):.2f} | "
+            f"| {label} | " + _cpu_cells(cpu, CPU_GROUPS) + f" | {sum(cpu.values()):.2f} | "
             f"{r[key]['cpu_busy']:.0%} |"
         )
     return rows

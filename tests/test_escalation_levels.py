@@ -18,6 +18,7 @@ from whatsdesk import (
     jobs,
     pipeline_store,
     pipelines,
+    reports,
     sla,
     whatsapp,
 )
@@ -218,6 +219,27 @@ def test_removing_a_fired_level_leaves_the_next_one_owed_to_its_own_people(
     assert session.get_one(StageVisit, visit.id).next_due_at is None
     assert sla.level_reached(f"level-1-gone-{fired.id}") == 1  # the reports still count it
     assert sla.event_label(f"level-1-gone-{fired.id}") == "level-1 (a level removed since)"
+
+
+def test_a_visit_at_a_removed_level_and_at_the_level_now_so_numbered_counts_once_in_reports(
+    escalating: Config, session: Session
+) -> None:
+    """Level 1 fired; an admin removes it, and the old level 2, level 1 now, fires too. The
+    reports count the visits that reached each level: this one once at level 1."""
+    open_visit(session)
+    breach = T0 + timedelta(minutes=10)
+    jobs.reconcile(escalating, breach + timedelta(minutes=5))
+    load_file(session, WITHOUT_FIRST_LEVEL, breach + timedelta(minutes=6))
+    session.commit()
+    jobs.reconcile(escalating, breach + timedelta(minutes=20))
+    session.expire_all()
+    fired = session.scalars(select(SlaEvent.kind).where(SlaEvent.kind.like("level-%"))).all()
+    assert sorted(map(sla.level_reached, fired)) == [1, 1]  # two events at level 1
+
+    report = reports.build(session, reports.Period("custom", T0.date(), T0.date(), "UTC"))
+
+    [stage] = [s for s in report.stages if s.stage.key == "new"]
+    assert stage.levels == {1: 1}
 
 
 def test_a_level_inserted_before_a_fired_one_is_owed_and_the_fired_one_keeps_its_identity(

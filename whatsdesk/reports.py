@@ -24,6 +24,7 @@ from .models import Pipeline, SlaEvent, Stage, StageVisit, User
 from .pipelines import StageSpec
 from .sla import (
     BREACH,
+    GONE,
     LEVEL_PREFIX,
     RESOLUTION_BREACH,
     RESOLUTION_WARNING,
@@ -379,6 +380,8 @@ def build(session: Session, period: Period) -> Report:
         Tally(o, *users.get(o, (f"User #{o}", "")), v) if o else Tally(None, UNASSIGNED, "", v)
         for o, v in owners.items()
     ]
+    for (stage_id, reached), twice in _levels_reached_twice(session, period).items():
+        levels[stage_id][reached] -= twice
     conversion, resolution = _conversions(session, period, by_id)
     times = stage_times(session, period)
     max_level = max(
@@ -422,6 +425,36 @@ def _event_counts(session: Session, period: Period) -> list[Any]:
         .group_by(day, SlaEvent.kind, StageVisit.stage_id, SlaEvent.owner_id)
     )
     return list(session.execute(query))
+
+
+def _levels_reached_twice(session: Session, period: Period) -> dict[tuple[int, int], int]:
+    """{(stage id, level): visits counted more than once at it}: a visit that reached a
+    level later removed (`sla.gone_level_kind`) and then the level now numbered the same
+    has two events at one level, and the report counts visits. Only visits with a removed
+    level's event in the period are read."""
+    in_period = and_(SlaEvent.fired_at >= period.start, SlaEvent.fired_at < period.end)
+    with_gone = select(SlaEvent.visit_id).where(
+        in_period, SlaEvent.kind.like(f"{LEVEL_PREFIX}%{GONE}%")
+    )
+    rows = session.execute(
+        select(StageVisit.stage_id, SlaEvent.visit_id, SlaEvent.kind)
+        .join(StageVisit, StageVisit.id == SlaEvent.visit_id)
+        .where(
+            in_period,
+            SlaEvent.kind.like(f"{LEVEL_PREFIX}%"),
+            SlaEvent.visit_id.in_(with_gone),
+        )
+    )
+    events: dict[tuple[int, int, int], int] = defaultdict(int)  # (stage, visit, level)
+    for stage_id, visit_id, kind in rows:
+        reached = level_reached(kind)
+        if reached is not None:
+            events[stage_id, visit_id, reached] += 1
+    twice: dict[tuple[int, int], int] = defaultdict(int)
+    for (stage_id, _visit, reached), n in events.items():
+        if n > 1:
+            twice[stage_id, reached] += n - 1
+    return twice
 
 
 def _conversions(

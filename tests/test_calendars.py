@@ -356,9 +356,10 @@ def test_arithmetic_calendar_of_a_stored_one_has_its_holidays(
     assert not clock.is_open(calendar, local(2026, 12, 25, 10, 0))
 
 
-def test_a_holiday_given_with_a_time_is_refused() -> None:
+@pytest.mark.parametrize("given", ["2026-12-24 10:00:00", "2026-02-29", "2026-13-01"])
+def test_a_holiday_given_with_a_time_or_as_no_real_day_is_refused(given: str) -> None:
     with pytest.raises(pipelines.PipelineFileError) as refused:
-        pipelines.parse(FILE.replace("        - 2026-12-24\n", "        - 2026-12-24 10:00:00\n"))
+        pipelines.parse(FILE.replace("        - 2026-12-24\n", f"        - {given}\n"))
     assert refused.value.problems == [
         "line 12: calendars[0].holidays.dates[0]: expected a date such as 2026-12-24"
     ]

@@ -677,6 +677,7 @@ def test_an_imported_file_shows_on_the_pages(
     [
         ("sla: 2m\n    warning: 1m", "sla: 2m\n    warning: 3m"),
         ("pipelines:", "pipelines: ["),
+        ("sla: 2m\n    warning: 1m", "sla: 2026-02-29\n    warning: 1m"),  # YAML's date, no day
     ],
 )
 def test_an_import_with_mistakes_lists_them_by_line_and_changes_nothing(

@@ -317,9 +317,7 @@ class _Reader:
         node = fields.get(name)
         if node is None or (isinstance(node, yaml.ScalarNode) and node.value in ("", "null", "~")):
             return None
-        value: Any = (
-            yaml.safe_load(yaml.serialize(node)) if isinstance(node, yaml.ScalarNode) else None
-        )
+        value = _scalar(node)
         try:
             return parse_duration(value)
         except ValueError as exc:
@@ -330,11 +328,23 @@ class _Reader:
         node = fields.get(name)
         if node is None:
             return False
-        value = yaml.safe_load(yaml.serialize(node)) if isinstance(node, yaml.ScalarNode) else None
+        value = _scalar(node)
         if not isinstance(value, bool):
             self.fail(node, f"{path}.{name}", "expected true or false")
             return False
         return value
+
+
+def _scalar(node: yaml.Node) -> Any:
+    """A scalar node's value as YAML reads it (None for any other node). A value YAML's own
+    types refuse, such as the impossible date 2026-02-29, is its text: the caller's check
+    then names what was expected, as for any other wrong value."""
+    if not isinstance(node, yaml.ScalarNode):
+        return None
+    try:
+        return yaml.safe_load(yaml.serialize(node))
+    except (ValueError, yaml.YAMLError):
+        return node.value
 
 
 def _refuse_aliases(source: str) -> None:
@@ -478,9 +488,7 @@ def _notifications(reader: _Reader, node: yaml.Node, path: str) -> Notifications
     spec = NotificationsSpec()
     window = fields.get("digest_window")
     if window is not None:
-        raw = (
-            yaml.safe_load(yaml.serialize(window)) if isinstance(window, yaml.ScalarNode) else None
-        )
+        raw = _scalar(window)
         if raw in (0, "0", "off", False):
             spec.digest_seconds = 0
         else:
@@ -799,9 +807,7 @@ def _holiday_date(reader: _Reader, node: yaml.Node, path: str) -> HolidayDate | 
         if day_node is None:
             reader.fail(node, f"{path}.date", "is required")
             return None
-    value = (
-        yaml.safe_load(yaml.serialize(day_node)) if isinstance(day_node, yaml.ScalarNode) else None
-    )
+    value = _scalar(day_node)
     if isinstance(value, str):
         try:
             value = date.fromisoformat(value.strip())

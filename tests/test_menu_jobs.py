@@ -45,6 +45,23 @@ def test_the_sweep_gives_an_unanswered_menu_to_the_default_pipeline(
     assert jobs.reconcile(env, now + timedelta(seconds=5))["fired"] == 0  # once
 
 
+def test_a_customer_who_sent_stop_at_the_menu_is_not_told_the_wait_when_it_times_out(
+    env: Config, session: Session
+) -> None:
+    now = utcnow()
+    card = asked(session, now - timedelta(minutes=3))
+    stop = whatsapp.parse_inbound(inbound_form(phone="+15550008001", body="STOP"))
+    desk.receive_message(session, stop, now - timedelta(minutes=2))
+    session.commit()
+
+    assert jobs.reconcile(env, now)["fired"] == 1
+
+    session.expire_all()
+    assert (card.pipeline.key, card.stage.key, card.menu_deadline_at) == ("support", "new", None)
+    last = session.scalars(select(Message).where(Message.direction == "out")).all()[-1]
+    assert last.body.startswith("You won't get any more messages from us")  # STOP's answer
+
+
 def test_the_sweep_puts_a_lost_menu_timer_back_and_an_early_job_waits(
     env: Config, session: Session, redis: Redis
 ) -> None:
@@ -73,6 +90,21 @@ def test_with_a_quick_reply_template_the_menu_goes_as_that_template(
     [ask] = received.outbound
     assert (ask.content_sid, ask.content_variables) == (template, {"1": "Ann"})
     assert ask.body.endswith("1. Sales\n2. Support")  # what the history shows
+
+
+def test_a_customer_without_a_profile_name_gets_the_menu_as_text(
+    env: Config, session: Session
+) -> None:
+    """The template's variable is the name, and Twilio refuses an empty one."""
+    template = "HX" + "ab" * 16
+    pipeline_store.load(session, pipelines.parse(MENU_YAML + f"  template: {template}\n"), utcnow())
+    inbound = whatsapp.parse_inbound(inbound_form(phone="+15550008003", name=""))
+
+    received = desk.receive_message(session, inbound, utcnow())
+
+    [ask] = received.outbound
+    assert (ask.content_sid, ask.content_variables) == (None, None)
+    assert ask.body.endswith("1. Sales\n2. Support")
 
 
 def test_a_card_moved_while_its_customer_chooses_stays_where_it_was_put(

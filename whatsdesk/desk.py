@@ -469,10 +469,12 @@ def _ask_menu(
     texts = bot.Texts(menu.language)
     question = texts.menu(contact.profile_name, menu_options(session, menu), again=again)
     template = {}
-    if menu.template_sid and not again:  # the same question with quick-reply buttons
+    # The same question with quick-reply buttons, its variable the customer's name: Twilio
+    # refuses an empty variable, so a customer without a profile name gets the text alone.
+    if menu.template_sid and not again and contact.profile_name:
         template = {
             "content_sid": menu.template_sid,
-            "content_variables": {"1": contact.profile_name or ""},
+            "content_variables": {"1": contact.profile_name},
         }
     ask = _bot_says(session, contact, card, question, f"menu-{inbound.sid}", now, **template)
     session.flush()
@@ -506,6 +508,11 @@ def _chosen(
     pipeline = session.scalars(select(Pipeline).where(Pipeline.key == key)).one()
     card.pipeline = pipeline
     visit = _leave_menu(session, card, first_stage(pipeline), menu, now)
+    if message is None and card.contact.opted_out_at is not None:
+        # The menu timed out on a customer who sent STOP meanwhile: their card is with the
+        # team, and the bot says nothing they did not ask for (a choice is asking).
+        session.flush()
+        return Received(_latest_inbound(session, card), card, new_visit=visit)
     texts = bot.Texts(pipeline.language, pipeline.texts)
     wait = estimate(session, card, now)
     ack = texts.acknowledgement(card.contact.profile_name, pipeline.name, wait)
@@ -513,6 +520,16 @@ def _chosen(
     reply = _bot_says(session, card.contact, card, ack, key_of, now)
     session.flush()
     return Received(message or reply, card, new_visit=visit, outbound=[reply])
+
+
+def _latest_inbound(session: Session, card: Card) -> Message:
+    """The customer's latest message on the card."""
+    return session.scalars(
+        select(Message)
+        .where(Message.card_id == card.id, Message.direction == "in")
+        .order_by(Message.id.desc())
+        .limit(1)
+    ).one()
 
 
 def _leave_menu(

@@ -80,7 +80,7 @@ def tables(report: Report) -> dict[str, Table]:
             report.pipelines,
         ),
         "agents": Table(
-            "Violations by agent (the card's current owner)",
+            "Violations by agent (whose card it was when each fired)",
             [
                 Column("Agent", "text", lambda a: a.name),
                 Column("Email", "text", lambda a: a.email),

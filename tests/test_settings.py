@@ -526,6 +526,22 @@ def test_editing_a_calendar_keeps_its_key(
     assert office.hours == {"mon-fri": ["09:00-12:00", "13:00-18:00"]}
 
 
+def test_a_holiday_subdivision_named_in_any_case_is_kept_as_the_holidays_list_spells_it(
+    client: FlaskClient, desk: Config, session: Session
+) -> None:
+    """Codes are upper case, but some subdivisions are names (Bayern, São Paulo Capital):
+    they are saved, and saved again on the next edit, in the list's own spelling."""
+    login(client, ADMIN)
+    city = {**CALENDAR, "subdivision": "são paulo capital"}
+
+    assert post(client, "/settings/calendars", city).status_code == 302  # type: ignore[attr-defined]
+    assert post(client, "/settings/calendars/office", city).status_code == 302  # type: ignore[attr-defined]
+
+    [office] = stored(session).calendars
+    assert (office.country, office.subdivision) == ("BR", "São Paulo Capital")
+    assert 'value="São Paulo Capital"' in text(client.get("/settings/calendars/office"))
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [

@@ -82,6 +82,19 @@ def country_holidays(country: str, subdivision: str | None, years: range) -> lis
     return list(found.keys())
 
 
+def subdivision_named(country: str, subdivision: str) -> str:
+    """The holidays package's own spelling of `country`'s subdivision given in any case: a
+    code (sp → SP) or a name it knows (bayern → Bayern, são paulo capital → São Paulo
+    Capital); as given when none matches, for `country_holidays` to refuse."""
+    try:
+        entity = public_holidays.country_holidays(country)
+    except NotImplementedError:
+        return subdivision
+    names = [*entity.subdivisions, *getattr(entity, "subdivisions_aliases", {})]
+    wanted = subdivision.casefold()
+    return next((name for name in names if name.casefold() == wanted), subdivision)
+
+
 def own_dates(day: date, yearly: bool, years: range) -> list[date]:
     """A business's own closed day, every year when yearly (29 Feb: leap years only)."""
     if not yearly:

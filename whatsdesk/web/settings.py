@@ -627,10 +627,12 @@ def _calendar_from_form(form: Form, old: CalendarSpec | None, desk: DeskSpec) ->
         except ValueError as exc:
             problems.append(f"Hours: {str(exc).removeprefix('hours: ')}")
     country = form.get("country", "").strip().upper() or None
-    subdivision = form.get("subdivision", "").strip().upper() or None
+    subdivision = form.get("subdivision", "").strip() or None
     if subdivision and not country:
         problems.append("Public holidays: a subdivision needs a country")
     elif country:
+        if subdivision:
+            subdivision = calendars.subdivision_named(country, subdivision)
         today = utcnow().year
         try:
             calendars.country_holidays(country, subdivision, range(today, today + 1))

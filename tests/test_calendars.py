@@ -356,6 +356,14 @@ def test_arithmetic_calendar_of_a_stored_one_has_its_holidays(
     assert not clock.is_open(calendar, local(2026, 12, 25, 10, 0))
 
 
+def test_a_subdivision_longer_than_any_name_the_holidays_list_has_is_refused() -> None:
+    with pytest.raises(pipelines.PipelineFileError) as refused:
+        pipelines.parse(FILE.replace("subdivision: SP", "subdivision: " + "S" * 65))
+    assert refused.value.problems == [
+        "line 10: calendars[0].holidays.subdivision: is 65 characters; at most 64"
+    ]
+
+
 @pytest.mark.parametrize("given", ["2026-12-24 10:00:00", "2026-02-29", "2026-13-01"])
 def test_a_holiday_given_with_a_time_or_as_no_real_day_is_refused(given: str) -> None:
     with pytest.raises(pipelines.PipelineFileError) as refused:

@@ -470,6 +470,26 @@ def test_retime_moves_the_deadlines_of_open_cards(
     assert visit.deadline_at == entered + timedelta(hours=1)
 
 
+def test_retime_from_a_stage_page_moves_only_that_stage_s_cards(
+    client: FlaskClient, desk: Config, session: Session
+) -> None:
+    """The first stage's SLA was lengthened for new cards only; re-timing the next stage
+    later leaves the first stage's open cards as they were (and sets off no alert)."""
+    signed_post(client, desk, "/twilio/whatsapp", inbound_form())
+    login(client, ADMIN)
+    entered = session.scalars(select(StageVisit)).one().entered_at
+    post(client, STAGE, stage_form(sla="1h", warning="10m"))  # new cards only
+
+    following = stage_form(name="In progress", sla="2h", warning="", alert=[], retime="on")
+    answer = post(client, "/settings/pipelines/support/stages/open", following)
+
+    assert "Re-timed 0 open card(s)." in text(client.get(answer.headers["Location"]))  # type: ignore[attr-defined]
+    fresh(session)
+    visit = session.scalars(select(StageVisit)).one()
+    assert visit.deadline_at == entered + timedelta(minutes=2)
+    assert [s.sla_seconds for s in stored(session).pipelines[0].stages[:2]] == [3600, 7200]
+
+
 # --- calendars -----------------------------------------------------------------------------------
 
 CALENDAR = {

@@ -125,16 +125,16 @@ def apply(
         for calendar, days in holidays.resolved
         if days != ics_before.get(calendar.key, days)
     }
-    changed = _touched_pipelines(spec, before_spec, unchanged - reread) if retime else set()
+    scope = _retime_scope(spec, before_spec, unchanged - reread) if retime else {}
     levels = _renumbered(spec, before_spec)
     # Every open card either step writes, locked at once in id order (each step locks its
     # own again, already held): no other writer of cards can hold one while waiting for us.
-    pipeline_store.lock_open_cards(session, changed | {key for key, _stage in levels})
+    pipeline_store.lock_open_cards(session, set(scope) | {key for key, _stage in levels})
     touched = (
-        list(session.scalars(select(Pipeline).where(Pipeline.key.in_(changed)))) if changed else []
+        list(session.scalars(select(Pipeline).where(Pipeline.key.in_(scope)))) if scope else []
     )
     renumbered = pipeline_store.renumber_levels(session, levels, retime)
-    visits = pipeline_store.retime(session, touched) if retime else []
+    visits = pipeline_store.retime(session, touched, _stage_ids(touched, scope)) if retime else []
     visits += [visit for visit in renumbered if visit not in visits]
     session.flush()
     session.expire_all()  # read back what was written, not what the session remembers
@@ -169,31 +169,50 @@ def _renumbered(spec: DeskSpec, before: DeskSpec) -> dict[tuple[str, str], dict[
     return changes
 
 
-def _touched_pipelines(
+def _retime_scope(
     spec: DeskSpec, before: DeskSpec, unchanged: frozenset[str] | set[str]
-) -> set[str]:
-    """The keys of the pipelines whose open cards a re-time concerns: new or changed
-    pipelines of `spec`, and every pipeline, in `spec` or only stored, using a calendar the
-    change alters."""
+) -> dict[str, set[str] | None]:
+    """{pipeline key: the keys of its stages whose open visits a re-time concerns, or None
+    for all of them}. All of a new pipeline's, or of one whose own clock the change alters
+    (its calendar, its resolution SLA, or the calendar it uses); otherwise each stage whose
+    own settings changed, or whose own calendar the change alters. A stored pipeline the
+    change leaves out counts for the calendars it uses. Re-timing sets a visit's every
+    timer from its stage as it now stands, so a stage the change did not touch keeps the
+    timers it has (an earlier change saved for new cards only stays so)."""
     old = {pipeline.key: pipeline for pipeline in before.pipelines}
-    calendars = {c.key for c in spec.calendars} - unchanged
+    altered = {c.key for c in spec.calendars} - unchanged
 
-    def uses_changed_calendar(pipeline: pipelines.PipelineSpec) -> bool:
-        return bool(
-            ({pipeline.calendar} | {stage.calendar for stage in pipeline.stages}) & calendars
-        )
+    def own_clock(pipeline: pipelines.PipelineSpec) -> tuple[object, ...]:
+        return (pipeline.calendar, pipeline.resolution_seconds, pipeline.resolution_warning_seconds)
 
+    scope: dict[str, set[str] | None] = {}
     in_spec = {pipeline.key for pipeline in spec.pipelines}
+    left_out = [pipeline for pipeline in before.pipelines if pipeline.key not in in_spec]
+    for pipeline in [*spec.pipelines, *left_out]:
+        was = old.get(pipeline.key) if pipeline.key in in_spec else pipeline
+        if was is None or own_clock(was) != own_clock(pipeline) or pipeline.calendar in altered:
+            scope[pipeline.key] = None
+            continue
+        stages_before = {stage.key: stage for stage in was.stages}
+        stages = {
+            stage.key
+            for stage in pipeline.stages
+            if stage.key not in stages_before
+            or not pipelines.same_stage(stages_before[stage.key], stage)
+            or stage.calendar in altered
+        }
+        if stages:
+            scope[pipeline.key] = stages
+    return scope
+
+
+def _stage_ids(touched: list[Pipeline], scope: dict[str, set[str] | None]) -> set[int]:
+    """The ids of the stages `scope` names (`_retime_scope`), of the pipelines read."""
     return {
-        pipeline.key
-        for pipeline in spec.pipelines
-        if pipeline.key not in old
-        or not pipelines.same_pipeline(old[pipeline.key], pipeline)
-        or uses_changed_calendar(pipeline)
-    } | {
-        pipeline.key
-        for pipeline in before.pipelines
-        if pipeline.key not in in_spec and uses_changed_calendar(pipeline)
+        stage.id
+        for pipeline in touched
+        for stage in pipeline.stages
+        if scope[pipeline.key] is None or stage.key in (scope[pipeline.key] or ())
     }
 
 

@@ -116,7 +116,7 @@ class BusinessCalendar(Base):
     timezone: Mapped[str] = mapped_column(String(64))
     hours: Mapped[dict[str, list[str]]] = mapped_column(JSON)  # {"mon-fri": ["09:00-18:00"]}
     holiday_country: Mapped[str | None] = mapped_column(String(8))
-    holiday_subdivision: Mapped[str | None] = mapped_column(String(16))
+    holiday_subdivision: Mapped[str | None] = mapped_column(String(64))
     # [{"date": "2026-12-24", "yearly": false}, …]: the business's own closed days.
     closed_dates: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
     ics_source: Mapped[str | None] = mapped_column(Text)

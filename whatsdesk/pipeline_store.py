@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select, true
 from sqlalchemy.orm import Session
 
 from . import calendars, escalation, settings, sla
@@ -123,21 +124,25 @@ def lock_open_cards(session: Session, pipeline_keys: set[str]) -> None:
         ).all()
 
 
-def retime(session: Session, pipelines: list[Pipeline]) -> list[StageVisit]:
-    """Re-time the open visits of these pipelines to their stages' current SLAs, as if
-    they had entered under them; the caller moves their RQ jobs (Alarms.schedule_timers).
-    Events already recorded stay recorded. The cards and then their visits are locked in id
-    order, as every writer of visits locks them, and read as they then are: a SNOOZE or an
-    event committed meanwhile is re-timed, not overwritten."""
+def retime(
+    session: Session, pipelines: list[Pipeline], stage_ids: Collection[int] | None = None
+) -> list[StageVisit]:
+    """Re-time the open visits of these pipelines (in the stages `stage_ids` names, or all)
+    to their stages' current SLAs, as if they had entered under them; the caller moves
+    their RQ jobs (Alarms.schedule_timers). Events already recorded stay recorded. The
+    cards and then their visits are locked in id order, as every writer of visits locks
+    them, and read as they then are: a SNOOZE or an event committed meanwhile is re-timed,
+    not overwritten."""
     open_cards = (
         select(Card.id)
         .where(Card.status == "open", Card.pipeline_id.in_([p.id for p in pipelines]))
         .order_by(Card.id)
     )
     session.execute(open_cards.with_for_update()).all()
+    in_stages = StageVisit.stage_id.in_(stage_ids) if stage_ids is not None else true()
     visits = session.scalars(
         select(StageVisit)
-        .where(StageVisit.left_at.is_(None), StageVisit.card_id.in_(open_cards))
+        .where(StageVisit.left_at.is_(None), StageVisit.card_id.in_(open_cards), in_stages)
         .order_by(StageVisit.id)
         .with_for_update()
         .execution_options(populate_existing=True)

@@ -70,6 +70,7 @@ FIELD_LIMITS = {
     "name": 120,
     "title": 120,
     "timezone": 64,
+    "subdivision": 64,
     "calendar": 64,
     "stage": 64,
     "to": 64,
@@ -910,6 +911,10 @@ def match_levels(old: list[EscalationSpec], new: list[EscalationSpec]) -> dict[i
 
 def same_pipeline(a: PipelineSpec, b: PipelineSpec) -> bool:
     return _pipeline_dict(a) == _pipeline_dict(b)
+
+
+def same_stage(a: StageSpec, b: StageSpec) -> bool:
+    return _stage_dict(a) == _stage_dict(b)
 
 
 def _calendar_dict(spec: CalendarSpec) -> dict[str, Any]:

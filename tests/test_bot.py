@@ -100,6 +100,39 @@ def test_the_next_opening_is_said_as_people_say_it(local: datetime, lang: str, s
     assert bot.opening(local, datetime(2026, 10, 9, 23, 59), lang) == said
 
 
+@pytest.mark.parametrize(
+    ("local", "lang", "said"),
+    [
+        (datetime(2026, 10, 9, 13, 50), "en", "by 13:50 today"),
+        (datetime(2026, 10, 10, 9, 30), "pt-BR", "até as 09:30 de amanhã"),
+        (datetime(2026, 10, 12, 10, 55), "en", "by 10:55 on Monday"),
+        (datetime(2026, 10, 12, 10, 55), "pt-BR", "até as 10:55 de segunda-feira"),
+        (datetime(2026, 10, 12, 10, 55), "es", "antes de las 10:55 del lunes"),
+        (datetime(2026, 10, 30, 9, 0), "es", "antes de las 09:00 del 2026-10-30"),
+    ],
+)
+def test_when_a_wait_ends_is_said_as_people_say_it(local: datetime, lang: str, said: str) -> None:
+    assert bot.by_when(local, datetime(2026, 10, 9, 11, 0), lang) == said
+
+
+def test_a_wait_past_closing_is_said_as_when_it_ends() -> None:
+    friday, monday = datetime(2026, 10, 9, 17, 55), datetime(2026, 10, 12, 10, 55)
+    wait = bot.Wait(1, 7200, True, by_local=monday, today_local=friday, zone="Europe/Lisbon")
+
+    assert (
+        bot.Texts("en")
+        .acknowledgement(None, "Support", wait)
+        .endswith(
+            "You are 1st in line; at our usual pace you'll have an answer by 10:55 on Monday "
+            "(Europe/Lisbon time)."
+        )
+    )
+    assert bot.Texts("es").status("Soporte", wait) == (
+        "Eres el 1º en la fila; a nuestro ritmo habitual tendrás una respuesta antes de las "
+        "10:55 del lunes (hora de Europe/Lisbon)."
+    )
+
+
 def test_a_pipelines_texts_replace_the_built_in_ones() -> None:
     texts = bot.Texts("en", {"received": "Got it."})
     ack = texts.acknowledgement("Ann", "Support", bot.Wait(2, 300, False))

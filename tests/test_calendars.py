@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from whatsdesk import clock, desk, pipeline_store, pipelines
 from whatsdesk.calendars import ics_years, read_ics
 from whatsdesk.config import Config
-from whatsdesk.models import BusinessCalendar, Card, StageVisit
+from whatsdesk.models import BusinessCalendar, Card, Message, StageVisit
 from whatsdesk.whatsapp import Inbound
 
 from conftest import ics_text
@@ -96,6 +96,26 @@ def test_a_two_hour_sla_on_friday_afternoon_falls_on_monday_morning(
     visit = visit_of(session, card)
     assert visit.deadline_at == local(2026, 11, 30, 10, 30)
     assert visit.warning_at == local(2026, 11, 30, 10, 0)  # 30 open minutes before
+
+
+def test_a_customer_writing_near_closing_is_told_when_the_answer_will_come(
+    config: Config, session: Session
+) -> None:
+    """Two business hours from Friday 17:30 end on Monday at 10:30: "within 2 hours" would
+    promise what the desk does not."""
+    load(session, FILE)
+    card = customer_writes(session, local(2026, 11, 27, 17, 30))
+
+    [ack] = session.scalars(
+        select(Message).where(Message.card_id == card.id, Message.direction == "out")
+    ).all()
+    assert ack.body.endswith(
+        "You are 1st in line; a person from our Support team will answer by 10:30 on Monday "
+        "(America/Sao_Paulo time)."
+    )
+    customer_writes(session, local(2026, 11, 25, 10, 0))  # Wednesday morning: within the day
+    said = session.scalars(select(Message.body).order_by(Message.id.desc()).limit(1)).one()
+    assert said.endswith("a person from our Support team will answer within 2 hours.")
 
 
 def test_a_message_at_night_starts_its_clock_at_the_next_opening(

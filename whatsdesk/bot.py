@@ -47,6 +47,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "wait_usual": "You are {position} in line; we usually answer within {wait}.",
         "wait_unknown": "You are {position} in line; a person from our {team} team will "
         "answer as soon as possible.",
+        "wait_promise_by": "You are {position} in line; a person from our {team} team will "
+        "answer {by} ({zone} time).",
+        "wait_usual_by": "You are {position} in line; at our usual pace you'll have an answer "
+        "{by} ({zone} time).",
         "closed": "We're closed right now. We open again {opens} ({zone} time) and you'll be "
         "{position} in line.",
         "status_waiting": "You are {position} in line in {team}; we usually answer within {wait}.",
@@ -68,6 +72,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "wait_usual": "Você é o {position} da fila; costumamos responder em até {wait}.",
         "wait_unknown": "Você é o {position} da fila; uma pessoa da equipe de {team} vai "
         "responder assim que possível.",
+        "wait_promise_by": "Você é o {position} da fila; uma pessoa da equipe de {team} vai "
+        "responder {by} (horário de {zone}).",
+        "wait_usual_by": "Você é o {position} da fila; no nosso ritmo de costume, você terá uma "
+        "resposta {by} (horário de {zone}).",
         "closed": "Estamos fechados agora. Abrimos de novo {opens} (horário de {zone}) e você "
         "será o {position} da fila.",
         "status_waiting": "Você é o {position} da fila de {team}; costumamos responder em até "
@@ -90,6 +98,10 @@ TEXTS: dict[str, dict[str, str]] = {
         "wait_usual": "Eres el {position} en la fila; solemos responder en menos de {wait}.",
         "wait_unknown": "Eres el {position} en la fila; una persona del equipo de {team} te "
         "responderá lo antes posible.",
+        "wait_promise_by": "Eres el {position} en la fila; una persona del equipo de {team} te "
+        "responderá {by} (hora de {zone}).",
+        "wait_usual_by": "Eres el {position} en la fila; a nuestro ritmo habitual tendrás una "
+        "respuesta {by} (hora de {zone}).",
         "closed": "Ahora estamos cerrados. Abrimos de nuevo {opens} (hora de {zone}) y serás "
         "el {position} en la fila.",
         "status_waiting": "Eres el {position} en la fila de {team}; solemos responder en "
@@ -112,6 +124,8 @@ PLACEHOLDERS: dict[str, tuple[str, ...]] = {
     "wait_promise": ("position", "team", "wait"),
     "wait_usual": ("position", "team", "wait"),
     "wait_unknown": ("position", "team"),
+    "wait_promise_by": ("position", "team", "by", "zone"),
+    "wait_usual_by": ("position", "team", "by", "zone"),
     "closed": ("position", "opens", "zone"),
     "status_waiting": ("position", "team", "wait"),
     "status_answered": ("team",),
@@ -217,6 +231,32 @@ def opening(local: datetime, today: datetime, lang: str = DEFAULT_LANGUAGE) -> s
     return _ON[lang].format(day=f"{local:%Y-%m-%d}", time=time)
 
 
+# "By" an instant, as a person says it (`by_when`): today, tomorrow, a weekday, a date.
+_BY = {
+    "en": ("by {time} today", "by {time} tomorrow", "by {time} on {day}"),
+    "pt-BR": ("até as {time} de hoje", "até as {time} de amanhã", "até as {time} de {day}"),
+    "es": (
+        "antes de las {time} de hoy",
+        "antes de las {time} de mañana",
+        "antes de las {time} del {day}",
+    ),
+}
+
+
+def by_when(local: datetime, today: datetime, lang: str = DEFAULT_LANGUAGE) -> str:
+    """When a wait ends, as a person says it: 'by 10:55 on Monday', 'by 09:30 tomorrow' —
+    `local` and `today` in the business's own timezone."""
+    time = f"{local:%H:%M}"
+    days = (local.date() - today.date()).days
+    same_day, next_day, on_day = _BY[lang]
+    if days == 0:
+        return same_day.format(time=time)
+    if days == 1:
+        return next_day.format(time=time)
+    day = _WEEKDAYS[lang][local.weekday()] if days < 7 else f"{local:%Y-%m-%d}"
+    return on_day.format(time=time, day=day)
+
+
 def may_be_command(body: str) -> bool:
     """Whether the message is a single word: only then can command_of find a command in it,
     whatever the language and keywords."""
@@ -253,6 +293,8 @@ class Wait:
     seconds: float | None  # the estimate; None when there is neither history nor an SLA
     usual: bool  # the estimate comes from recent answers (else it is the SLA's promise)
     opens_local: datetime | None = None  # closed now: the next opening, in local time
+    # Open now, but the wait runs past closing: when it ends, in local time.
+    by_local: datetime | None = None
     today_local: datetime | None = None
     zone: str = ""
     or_later: bool = False  # more are ahead than are counted: `position` is the least it is
@@ -294,6 +336,10 @@ class Texts:
             return self.say("closed", opens=opens, zone=wait.zone, position=position)
         if wait.seconds is None:
             return self.say("wait_unknown", team=team, position=position)
+        if wait.by_local is not None and wait.today_local is not None:
+            by = by_when(wait.by_local, wait.today_local, self.lang)
+            chosen = "wait_usual_by" if wait.usual else "wait_promise_by"
+            return self.say(chosen, team=team, position=position, by=by, zone=wait.zone)
         spoken_wait = spoken(friendly_wait(wait.seconds) if wait.usual else wait.seconds, self.lang)
         chosen = key or ("wait_usual" if wait.usual else "wait_promise")
         return self.say(chosen, team=team, position=position, wait=spoken_wait)
@@ -314,7 +360,7 @@ class Texts:
             return self.say("status_none")
         if wait is None:
             return self.say("status_answered", team=team)
-        if wait.opens_local is not None or wait.seconds is None:
+        if wait.opens_local is not None or wait.by_local is not None or wait.seconds is None:
             return self._wait(team, wait)
         return self._wait(team, replace(wait, usual=True), key="status_waiting")
 

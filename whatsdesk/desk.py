@@ -684,9 +684,23 @@ def estimate(session: Session, card: Card, now: datetime) -> bot.Wait:
     ).all()
     if len(recent) >= ESTIMATE_MIN_SAMPLES:
         ordered = sorted(int(seconds or 0) for seconds in recent)
-        seconds = ordered[math.ceil(0.8 * len(ordered)) - 1]
-        return bot.Wait(position, seconds, True, or_later=or_later)
-    return bot.Wait(position, stage.sla_seconds, False, or_later=or_later)
+        wait = bot.Wait(position, ordered[math.ceil(0.8 * len(ordered)) - 1], True)
+    else:
+        wait = bot.Wait(position, stage.sla_seconds, False)
+    wait = replace(wait, or_later=or_later)
+    if calendar is None or not wait.seconds:
+        return wait
+    # Business time: a wait that runs past closing ends later than it sounds, so it is
+    # said as when it ends ("by Monday at 10:55").
+    ends = clock.add_business_time(calendar, now, wait.seconds)
+    if ends <= now + timedelta(seconds=wait.seconds):
+        return wait
+    row = calendars.row_for_stage(stage)
+    assert row is not None
+    zone = ZoneInfo(row.timezone)
+    return replace(
+        wait, by_local=ends.astimezone(zone), today_local=now.astimezone(zone), zone=row.timezone
+    )
 
 
 def _inbound_message(

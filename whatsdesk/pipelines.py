@@ -336,7 +336,7 @@ class _Reader:
         return value
 
 
-def _scalar(node: yaml.Node) -> Any:
+def _scalar(node: yaml.Node | None) -> Any:
     """A scalar node's value as YAML reads it (None for any other node). A value YAML's own
     types refuse, such as the impossible date 2026-02-29, is its text: the caller's check
     then names what was expected, as for any other wrong value."""

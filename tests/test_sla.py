@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from whatsdesk import sla
+from whatsdesk.clock import Calendar
 from whatsdesk.durations import humanize
 
 ENTERED = datetime(2025, 3, 4, 9, 0, tzinfo=UTC)
@@ -195,3 +196,19 @@ def test_a_snooze_delay_moves_only_the_levels_not_yet_fired() -> None:
     assert delayed.levels == (first, second + timedelta(minutes=10))
     assert (delayed.warning_at, delayed.deadline_at) == (timers.warning_at, timers.deadline_at)
     assert sla.delay_levels(timers, timedelta(0), recorded=set()) == timers
+
+
+def test_a_resolution_warning_already_due_waits_for_the_next_opening() -> None:
+    """A card that has used 40 of its 60 resolution minutes comes back on Saturday night:
+    its warning (30 minutes ahead) is due at once, but nobody is told at 02:00 on a
+    weekend — it comes when the business opens, as a stage's warning would."""
+    office = Calendar.from_hours("America/Sao_Paulo", {"mon-fri": ["09:00-18:00"]})
+    saturday_night = datetime(2026, 11, 28, 5, 0, tzinfo=UTC)  # 02:00 in São Paulo
+    monday_opening = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)  # 09:00
+
+    warning, deadline = sla.resolution_timers(saturday_night, 3600, 2400, 1800, office)
+
+    assert (warning, deadline) == (monday_opening, monday_opening + timedelta(minutes=20))
+    # Open now: at once.
+    monday_ten = monday_opening + timedelta(hours=1)
+    assert sla.resolution_timers(monday_ten, 3600, 2400, 1800, office)[0] == monday_ten

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from .clock import Calendar, add_business_time
+from .clock import Calendar, add_business_time, next_open
 
 WARNING = "warning"
 BREACH = "breach"
@@ -202,8 +202,8 @@ def resolution_timers(
     deadline = add_business_time(calendar, entered_at, left) if left else entered_at
     if not warning_seconds or warning_seconds >= sla_seconds:
         return None, deadline
-    if left <= warning_seconds:  # already inside the warning's lead time
-        return min(entered_at, deadline), deadline
+    if left <= warning_seconds:  # already inside the warning's lead time: at once, or at
+        return min(next_open(calendar, entered_at), deadline), deadline  # the next opening
     return add_business_time(calendar, entered_at, left - warning_seconds), deadline
 
 

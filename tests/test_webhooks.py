@@ -401,6 +401,39 @@ def test_media_only_message_is_stored_with_its_media(
     assert count(session, Card) == 1
 
 
+@pytest.mark.parametrize(
+    ("shared", "read"),
+    [
+        (
+            {
+                "Latitude": "-23.561414",
+                "Longitude": "-46.655881",
+                "Label": "Office",
+                "Address": "Av. Paulista, 1000",
+            },
+            "📍 Location: Office — Av. Paulista, 1000 (-23.561414, -46.655881) "
+            "https://www.openstreetmap.org/?mlat=-23.561414&mlon=-46.655881"
+            "#map=17/-23.561414/-46.655881",
+        ),
+        # Coordinates that are no place on Earth are left out; what it says is kept.
+        (
+            {"Latitude": "123", "Longitude": "nan", "Address": "Rua Augusta"},
+            "📍 Location: Rua Augusta",
+        ),
+    ],
+)
+def test_a_shared_location_is_stored_as_text_agents_read(
+    client: FlaskClient, seeded: Config, session: Session, shared: dict[str, str], read: str
+) -> None:
+    form = inbound_form(body="")
+    form.update(shared)
+    assert_empty_twiml(post(client, seeded, INBOUND, form))
+
+    [inbound] = messages(session, "in")
+    assert inbound.body == read
+    assert count(session, Card) == 1
+
+
 def test_emoji_body_is_stored_intact(client: FlaskClient, seeded: Config, session: Session) -> None:
     body = "Olá 👋🏽 ação — 你好 👨‍👩‍👧"
     assert_empty_twiml(post(client, seeded, INBOUND, inbound_form(body=body, name="Zoë 🌸")))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import math
 import re
 import uuid
 from collections.abc import Mapping
@@ -61,7 +62,14 @@ EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response />'
 SID_RE = re.compile(r"^[A-Za-z0-9]{10,64}\Z")
 # What the desk stores from an inbound form, with its column's length: PostgreSQL refuses
 # longer text, and a NUL character anywhere, so such a form gets a 400, not a 503 retried.
-STORED_FIELDS = {"To": 64, "WaId": 32, "ProfileName": 255, "Body": None}
+STORED_FIELDS = {
+    "To": 64,
+    "WaId": 32,
+    "ProfileName": 255,
+    "Body": None,
+    "Label": 1000,  # a shared location's
+    "Address": 1000,
+}
 
 
 # --- signatures -------------------------------------------------------------------------------
@@ -132,13 +140,35 @@ def parse_inbound(form: Mapping[str, str]) -> Inbound:
         sid=sid,
         from_address=sender,
         to_address=form.get("To", ""),
-        body=form.get("Body", ""),
+        body="\n".join(text for text in (form.get("Body", ""), _location(form)) if text),
         profile_name=form.get("ProfileName") or None,
         wa_id=form.get("WaId") or None,
         media=_media(form),
         button_payload=form.get("ButtonPayload") or None,
         replied_to_sid=_sid_or_none(form.get("OriginalRepliedMessageSid", "")),
     )
+
+
+def _location(form: Mapping[str, str]) -> str:
+    """A location the customer shared, as the text agents read (with a map link when its
+    coordinates are real ones); "" when the message shares none."""
+    place = " — ".join(
+        text for text in (form.get("Label", "").strip(), form.get("Address", "").strip()) if text
+    )
+    try:
+        latitude, longitude = float(form.get("Latitude", "")), float(form.get("Longitude", ""))
+    except ValueError:
+        latitude = longitude = math.nan
+    located = -90 <= latitude <= 90 and -180 <= longitude <= 180  # False for NaN
+    if not located and not place:
+        return ""
+    said = ["📍 Location:", *([place] if place else [])]
+    if located:
+        said.append(
+            f"({latitude}, {longitude}) https://www.openstreetmap.org/"
+            f"?mlat={latitude}&mlon={longitude}#map=17/{latitude}/{longitude}"
+        )
+    return " ".join(said)
 
 
 def _sid_or_none(value: str) -> str | None:

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from whatsdesk import clock, desk, pipeline_store, pipelines
+from whatsdesk import clock, desk, escalation, pipeline_store, pipelines, sla
 from whatsdesk.calendars import ics_years, read_ics
 from whatsdesk.config import Config
 from whatsdesk.models import BusinessCalendar, Card, Message, StageVisit
@@ -154,6 +154,19 @@ def test_a_24_7_stage_ignores_its_pipelines_calendar_and_records_business_time(
     ).first()
     assert first is not None
     assert (first.wall_seconds, first.business_seconds) == (19 * 3600, 3600)
+
+
+def test_a_24_7_stage_s_alerts_tell_times_in_the_business_s_timezone(
+    config: Config, session: Session
+) -> None:
+    load(session, FILE)
+    card = customer_writes(session, local(2026, 11, 27, 17, 0))
+    urgent = desk.move_card(session, card.id, "urgent", local(2026, 11, 28, 12, 0))
+    session.commit()
+
+    said = escalation.alert_text(urgent, sla.WARNING, local(2026, 11, 28, 13, 30))
+
+    assert "The deadline is in 30m 00s (14:00:00 America/Sao_Paulo)" in said
 
 
 def test_calendars_round_trip_through_dump(config: Config, session: Session) -> None:

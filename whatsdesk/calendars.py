@@ -33,6 +33,12 @@ def row_for_stage(stage: Stage) -> BusinessCalendar | None:
     return None if stage.always_open else (stage.calendar or stage.pipeline.calendar)
 
 
+def told_in(stage: Stage) -> BusinessCalendar | None:
+    """The calendar whose timezone a stage's times are told in: its clock's, else (a 24/7
+    stage) its pipeline's, so that staff read the business's own clock; None: UTC."""
+    return row_for_stage(stage) or stage.pipeline.calendar
+
+
 def for_stage(stage: Stage, around: datetime) -> clock.Calendar | None:
     """The calendar a stage's clock follows (None: 24/7)."""
     row = row_for_stage(stage)

@@ -297,7 +297,7 @@ def acknowledge(
     visit = _visit_to_act_on(session, card, command)
     if visit.acknowledged_at is not None:
         by = visit.acknowledged_by.name if visit.acknowledged_by else "someone"
-        when = escalation.local_time(calendars.row_for_stage(visit.stage), visit.acknowledged_at)
+        when = escalation.local_time(calendars.told_in(visit.stage), visit.acknowledged_at)
         return Outcome(
             f"Card #{card.id} was already acknowledged in {visit.stage.name} by {by} at {when}.",
             card,
@@ -330,7 +330,7 @@ def snooze(session: Session, user: User, card: Card, command: Command, now: date
         shift.total_seconds()
     )
     visit.next_due_at = sla.next_instant(escalation.owed_timers(visit), recorded)
-    when = escalation.local_time(calendars.row_for_stage(visit.stage), levels[pending[0] - 1])
+    when = escalation.local_time(calendars.told_in(visit.stage), levels[pending[0] - 1])
     what = f"level {pending[0]} in {stage} now comes at {when}"
     workspace.log(
         session,

@@ -408,7 +408,7 @@ def alert_text(visit: StageVisit, kind: str, now: datetime) -> str:
     if kind == sla.WARNING:
         assert visit.deadline_at is not None
         left = humanize(math.ceil((visit.deadline_at - now).total_seconds()))
-        deadline = local_time(calendars.row_for_stage(visit.stage), visit.deadline_at)
+        deadline = local_time(calendars.told_in(visit.stage), visit.deadline_at)
         return (
             f"⚠️ SLA warning — {who} in {where} has waited {waited}. "
             f"The deadline is in {left} ({deadline}). Card #{card.id}."

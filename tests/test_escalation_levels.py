@@ -24,7 +24,7 @@ from whatsdesk import (
 )
 from whatsdesk.alarms import clock_queue_name, second_of, tick_job_id
 from whatsdesk.config import Config
-from whatsdesk.models import Message, SlaEvent, StageEscalation, StageVisit
+from whatsdesk.models import Card, Message, SlaEvent, StageEscalation, StageVisit, User
 
 from conftest import PASSWORD, STAFF, inbound_form
 
@@ -126,6 +126,31 @@ def test_each_alert_offers_the_commands_its_reader_may_use(
     assert endings[("level-2", "whatsapp:+15550000004")] == supervisor  # Otto
     assert endings[("level-2", "whatsapp:+15550000002")] == agent  # Bruno
     assert endings[("level-1", "whatsapp:+15550000002")] == agent
+
+
+@pytest.mark.parametrize(
+    ("owner", "ending"),
+    [
+        ("ana@example.com", "Ana Agent has it (card #{card})."),
+        ("bruno@example.com", "It is yours: answer the customer on the desk (card #{card})."),
+    ],
+)
+def test_an_agent_told_of_a_card_someone_has_is_not_offered_take(
+    escalating: Config, session: Session, owner: str, ending: str
+) -> None:
+    visit = open_visit(session)
+    card = session.get_one(Card, visit.card_id)
+    card.owner = session.scalars(select(User).where(User.email == owner)).one()
+    session.commit()
+
+    jobs.reconcile(escalating, T0 + timedelta(minutes=16))  # breach, level 1 (Bruno)
+
+    [body] = session.scalars(
+        select(Message.body)
+        .join(SlaEvent)
+        .where(SlaEvent.kind == "level-1", Message.to_address == "whatsapp:+15550000002")
+    ).all()
+    assert body.splitlines()[-1] == ending.format(card=card.id)
 
 
 def test_the_sweep_puts_a_levels_clock_job_back_once_it_rings_within_the_lookahead(

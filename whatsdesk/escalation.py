@@ -228,7 +228,7 @@ def notify(
             event,
             desk.outbound_row(
                 to=str(user.whatsapp),
-                body=f"{text}\n{how_to_act(visit.card_id, user)}" if actionable else text,
+                body=f"{text}\n{how_to_act(visit.card, user)}" if actionable else text,
                 dedupe_key=None,  # keyed in write_alerts, once the event has its id
                 now=now,
             )
@@ -442,12 +442,18 @@ def alert_text(visit: StageVisit, kind: str, now: datetime) -> str:
     )
 
 
-def how_to_act(card_id: int, person: User) -> str:
+def how_to_act(card: Card, person: User) -> str:
     """The line under a breach or an escalation that says how the person may answer it by
-    WhatsApp (commands.py): ACK, SNOOZE and ASSIGN are for supervisors."""
+    WhatsApp (commands.py): ACK, SNOOZE and ASSIGN are for supervisors; an agent may TAKE
+    only a card nobody has."""
     if person.is_supervisor:
-        return f"Reply TAKE, ACK, SNOOZE 30 or ASSIGN <name> (card #{card_id})."
-    return f"Reply TAKE to make it yours (card #{card_id})."
+        return f"Reply TAKE, ACK, SNOOZE 30 or ASSIGN <name> (card #{card.id})."
+    if card.owner_id is None:
+        return f"Reply TAKE to make it yours (card #{card.id})."
+    if card.owner_id == person.id:
+        return f"It is yours: answer the customer on the desk (card #{card.id})."
+    assert card.owner is not None
+    return f"{card.owner.name} has it (card #{card.id})."
 
 
 def local_time(row: BusinessCalendar | None, moment: datetime) -> str:

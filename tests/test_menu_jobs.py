@@ -92,6 +92,21 @@ def test_with_a_quick_reply_template_the_menu_goes_as_that_template(
     assert ask.body.endswith("1. Sales\n2. Support")  # what the history shows
 
 
+def test_status_while_choosing_a_team_asks_the_question_again(
+    env: Config, session: Session
+) -> None:
+    now = utcnow()
+    asked(session, now)
+    status = whatsapp.parse_inbound(inbound_form(phone="+15550008001", body="STATUS"))
+
+    received = desk.receive_message(session, status, now)
+
+    [answer] = received.outbound
+    assert "Which team can help you? Reply with a number:" in answer.body
+    assert answer.body.endswith("1. Sales\n2. Support")
+    assert "in line" not in answer.body
+
+
 def test_a_customer_without_a_profile_name_gets_the_menu_as_text(
     env: Config, session: Session
 ) -> None:

@@ -584,6 +584,11 @@ def _command(
         answer = texts.say("started")
     elif card is None:
         answer = texts.status(None, None)
+    elif card.menu_deadline_at is not None and (menu := settings.menu(session)) is not None:
+        # Still choosing a team: in no team's line yet, so the question again.
+        answer = bot.Texts(menu.language).menu(
+            contact.profile_name, menu_options(session, menu), again=False
+        )
     else:
         wait = estimate(session, card, now) if card.waiting_since is not None else None
         answer = texts.status(card.pipeline.name, wait)

@@ -490,6 +490,21 @@ def test_retime_from_a_stage_page_moves_only_that_stage_s_cards(
     assert [s.sla_seconds for s in stored(session).pipelines[0].stages[:2]] == [3600, 7200]
 
 
+def test_retime_on_a_stage_page_applies_its_earlier_change_for_new_cards_only(
+    client: FlaskClient, desk: Config, session: Session
+) -> None:
+    signed_post(client, desk, "/twilio/whatsapp", inbound_form())
+    login(client, ADMIN)
+    entered = session.scalars(select(StageVisit)).one().entered_at
+    post(client, STAGE, stage_form(sla="1h", warning="10m"))  # new cards only
+
+    answer = post(client, STAGE, stage_form(sla="1h", warning="10m", retime="on"))  # as saved
+
+    assert "Re-timed 1 open card(s)." in text(client.get(answer.headers["Location"]))  # type: ignore[attr-defined]
+    fresh(session)
+    assert session.scalars(select(StageVisit)).one().deadline_at == entered + timedelta(hours=1)
+
+
 # --- calendars -----------------------------------------------------------------------------------
 
 CALENDAR = {
@@ -714,6 +729,8 @@ def test_an_imported_file_shows_on_the_pages(
         ("sla: 2m\n    warning: 1m", "sla: 2m\n    warning: 3m"),
         ("pipelines:", "pipelines: ["),
         ("sla: 2m\n    warning: 1m", "sla: 2026-02-29\n    warning: 1m"),  # YAML's date, no day
+        ("sla: 2m\n    warning: 1m", "sla: !!timestamp soon\n    warning: 1m"),  # a tag refused
+        ("pause: true", "pause: !!bool maybe"),
     ],
 )
 def test_an_import_with_mistakes_lists_them_by_line_and_changes_nothing(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -18,6 +18,11 @@ from .db import sqlite_write_lock
 from .models import Pipeline, Stage, User
 from .pipelines import DeskSpec
 from .sla import Timers
+
+# What a change re-times (`apply`): nothing, the open cards the change concerns (True), or
+# those and the ones named, {pipeline key: stage keys, or None for all its stages} (a page's
+# own stage or pipeline, re-timed when asked even if the save changed nothing of it).
+Retime = bool | Mapping[str, "set[str] | None"]
 
 
 @dataclass
@@ -94,12 +99,12 @@ def apply(
     action: str,
     target: str,
     now: datetime,
-    retime: bool = False,
+    retime: Retime = False,
     from_server: bool = False,
 ) -> Applied:
     """Load `spec` (refused whole, with PipelineFileError, on any problem: nothing changes)
-    and audit it; `retime` re-times the open cards of the pipelines the change touches (its
-    own SLAs, or a calendar it uses) to the new SLAs.
+    and audit it; `retime` (see `Retime`) re-times the open cards the change concerns
+    (`_retime_scope`) to their stages' settings as they now are.
 
     `from_server`: the operator's `flask pipeline load`, which may name .ics files and URLs
     (read by the server) and reads every calendar's again. From the web, a new or changed
@@ -126,6 +131,10 @@ def apply(
         if days != ics_before.get(calendar.key, days)
     }
     scope = _retime_scope(spec, before_spec, unchanged - reread) if retime else {}
+    if isinstance(retime, Mapping):  # and what the page asked to re-time, changed or not
+        for key, stages in retime.items():
+            had = scope.get(key, set())
+            scope[key] = None if stages is None or had is None else had | stages
     levels = _renumbered(spec, before_spec)
     # Every open card either step writes, locked at once in id order (each step locks its
     # own again, already held): no other writer of cards can hold one while waiting for us.
@@ -133,7 +142,7 @@ def apply(
     touched = (
         list(session.scalars(select(Pipeline).where(Pipeline.key.in_(scope)))) if scope else []
     )
-    renumbered = pipeline_store.renumber_levels(session, levels, retime)
+    renumbered = pipeline_store.renumber_levels(session, levels, bool(retime))
     visits = pipeline_store.retime(session, touched, _stage_ids(touched, scope)) if retime else []
     visits += [visit for visit in renumbered if visit not in visits]
     session.flush()
@@ -223,7 +232,7 @@ def edit(
     action: str,
     target: str,
     now: datetime,
-    retime: bool = False,
+    retime: Retime = False,
 ) -> Applied:
     """Apply `change` to the current configuration (a page's edit of one part of it), read
     afresh from the database: a change's check of what its page showed (`version`) compares

@@ -509,8 +509,9 @@ def _chosen(
     card.pipeline = pipeline
     visit = _leave_menu(session, card, first_stage(pipeline), menu, now)
     if message is None and card.contact.opted_out_at is not None:
-        # The menu timed out on a customer who sent STOP meanwhile: their card is with the
-        # team, and the bot says nothing they did not ask for (a choice is asking).
+        # The menu timed out on a customer who has sent STOP (and not START since): their
+        # card is with the team, and the bot says nothing they did not ask for (a choice
+        # is asking).
         session.flush()
         return Received(_latest_inbound(session, card), card, new_visit=visit)
     texts = bot.Texts(pipeline.language, pipeline.texts)

@@ -193,7 +193,7 @@ def _fire_locked(
     with session.no_autoflush:  # these reads do not depend on what the batch writes
         text = alert_text(visit, kind, now)
         told = recipients(session, visit, kind, known)
-    fired.alerts += notify(event, told, text, now)
+        fired.alerts += notify(event, told, text, now)  # reads the card's owner
     if kind == sla.BREACH and visit.left_at is None:  # a card that moved on keeps its owner
         _reassign(session, visit, now, fired, known)
     return fired

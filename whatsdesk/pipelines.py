@@ -344,7 +344,10 @@ def _scalar(node: yaml.Node | None) -> Any:
         return None
     try:
         return yaml.safe_load(yaml.serialize(node))
-    except (ValueError, yaml.YAMLError):
+    # What PyYAML's constructors raise for a value their type refuses: ValueError for an
+    # impossible date, AttributeError or KeyError for an explicit tag such as !!timestamp
+    # or !!bool on a text that is neither.
+    except (ValueError, yaml.YAMLError, AttributeError, KeyError, TypeError, OverflowError):
         return node.value
 
 

@@ -329,7 +329,7 @@ class Report:
     days: dict[date, Violations]
     stages: list[StageReport]
     pipelines: list[Tally]  # by name, with violations in the period
-    agents: list[Tally]  # by the card's current owner, the most violations first
+    agents: list[Tally]  # by whose card it was when each fired, the most violations first
     resolution_conversion: list[tuple[str, Conversion]]  # (pipeline name, …) by name
     max_level: int
 

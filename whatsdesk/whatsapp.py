@@ -164,11 +164,16 @@ def _location(form: Mapping[str, str]) -> str:
         return ""
     said = ["📍 Location:", *([place] if place else [])]
     if located:
+        lat, lon = _decimal(latitude), _decimal(longitude)
         said.append(
-            f"({latitude}, {longitude}) https://www.openstreetmap.org/"
-            f"?mlat={latitude}&mlon={longitude}#map=17/{latitude}/{longitude}"
+            f"({lat}, {lon}) https://www.openstreetmap.org/?mlat={lat}&mlon={lon}#map=17/{lat}/{lon}"
         )
     return " ".join(said)
+
+
+def _decimal(degrees: float) -> str:
+    """Degrees as plain decimals (never 1e-05), to the seventh place at most."""
+    return f"{degrees:.7f}".rstrip("0").rstrip(".")
 
 
 def _sid_or_none(value: str) -> str | None:

@@ -27,12 +27,13 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    # A name longer than the old column is cut to fit rather than lost with the row.
+    # A name longer than the old column cannot be kept: cut, it would name no subdivision
+    # and the calendar could not be built. The calendar keeps its country's holidays.
     calendars = sa.table("calendars", sa.column("holiday_subdivision", sa.String))
     op.execute(
         calendars.update()
         .where(sa.func.length(calendars.c.holiday_subdivision) > 16)
-        .values(holiday_subdivision=sa.func.substr(calendars.c.holiday_subdivision, 1, 16))
+        .values(holiday_subdivision=None)
     )
     with op.batch_alter_table("calendars", schema=None) as batch_op:
         batch_op.alter_column(

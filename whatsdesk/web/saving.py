@@ -18,7 +18,10 @@ log = logging.getLogger(__name__)
 
 
 def save(
-    change: Callable[[DeskSpec], DeskSpec], action: str, target: str, retime: bool = False
+    change: Callable[[DeskSpec], DeskSpec],
+    action: str,
+    target: str,
+    retime: configuration.Retime = False,
 ) -> configuration.Applied:
     """Apply `change` (validated whole, audited) and commit; or roll back and raise
     PipelineFileError with problems for a person (no 'line N:' of a file nobody wrote)."""

@@ -212,3 +212,24 @@ def test_a_resolution_warning_already_due_waits_for_the_next_opening() -> None:
     # Open now: at once.
     monday_ten = monday_opening + timedelta(hours=1)
     assert sla.resolution_timers(monday_ten, 3600, 2400, 1800, office)[0] == monday_ten
+
+
+def test_a_timeout_fired_late_takes_nothing_due_after_it() -> None:
+    """Swept at 09:15 after an outage: the breach (09:02) and the timeout (09:05) are due;
+    level 1 (09:12) and the resolution breach (09:14) fell after the card should have left."""
+    minute = timedelta(minutes=1)
+    timers = sla.Timers(
+        warning_at=None,
+        deadline_at=ENTERED + 2 * minute,
+        levels=(ENTERED + 12 * minute,),
+        resolution_at=ENTERED + 14 * minute,
+        timeout_at=ENTERED + 5 * minute,
+    )
+
+    assert sla.due_kinds(ENTERED + 15 * minute, timers, ()) == ["breach", "timeout"]
+    # Without a timeout due, everything that has come is due.
+    assert sla.due_kinds(ENTERED + 15 * minute, timers, {"timeout"}) == [
+        "breach",
+        "resolution-breach",
+        "level-1",
+    ]

@@ -241,8 +241,12 @@ def notify(
 def _time_out(
     session: Session, visit: StageVisit, event: SlaEvent, now: datetime, fired: Fired
 ) -> None:
-    """The stage's own timer: tell the customer, then resolve the card or move it on."""
+    """The stage's own timer: tell the customer, then resolve the card or move it on — at
+    the timeout's instant, also when it fires late (a sweep catching up after an outage):
+    the card left the stage then, and the next stage's clock starts then. The goodbye goes
+    now, so the customer's 24-hour window is read now."""
     stage, card = visit.stage, visit.card
+    at = event.due_at
     action = stage.timeout_action or RESOLVE
     if action == RESOLVE and card.waiting_since is not None:
         # The customer is waiting for an answer (they wrote and no automation took the card
@@ -267,10 +271,10 @@ def _time_out(
             )
         )
     if action == RESOLVE:
-        desk.resolve(session, card.id, now)
+        desk.resolve(session, card.id, at)
         event.detail = {**event.detail, "action": RESOLVE}
     else:
-        fired.visits.append(desk.move_card(session, card.id, action, now))
+        fired.visits.append(desk.move_card(session, card.id, action, at))
         event.detail = {**event.detail, "action": "move", "to": action}
     session.flush()
 

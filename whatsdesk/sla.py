@@ -236,11 +236,17 @@ def due_kinds(now: datetime, timers: Timers, recorded: Iterable[str]) -> list[st
     """Events to fire now: their instant has come, nobody recorded them, none superseded."""
     _require_aware(now)
     done = set(recorded)
-    return [
+    due = [
         kind
         for kind in timers.kinds()
         if kind not in done and is_due(now, timers, kind) and not is_superseded(now, timers, kind)
     ]
+    timeout_at = timers.instant(TIMEOUT) if TIMEOUT in due else None
+    if timeout_at is None:
+        return due
+    # Fired late (a sweep catching up): the card left the stage at its timeout, so what
+    # fell due after it is not the stage's to fire.
+    return [kind for kind in due if (timers.instant(kind) or timeout_at) <= timeout_at]
 
 
 def upcoming_kinds(now: datetime, timers: Timers, recorded: Iterable[str]) -> list[str]:

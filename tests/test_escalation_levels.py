@@ -107,36 +107,29 @@ def test_each_level_tells_its_named_people_once(escalating: Config, session: Ses
     assert session.get(StageVisit, visit.id).next_due_at is None  # type: ignore[union-attr]
 
 
-TIMING_OUT = """
-pipelines:
-  - key: support
-    name: Support
-    default: true
-    stages:
-      - key: new
-        name: New
-        sla: 2m
-        escalate:
-          - after: 10m
-            to: [otto@example.com]
-        timeout: {after: 5m, then: open}
+# New times out 12 minutes after entry, between its breach (10m) and its level 1 (15m).
+TIMING_OUT = (
+    CONFIG
+    + """\
+        timeout: {after: 12m, then: open}
       - key: open
         name: Open
         sla: 1h
 """
+)
 
 
 def test_a_timeout_fired_late_moves_the_card_at_its_instant_and_takes_no_later_level(
     escalating: Config, session: Session
 ) -> None:
-    """Entered at 12:00, timing out at 12:05; nothing ran until 12:15. Level 1 (12:12)
+    """Entered at 12:00, timing out at 12:12; nothing ran until 12:20. Level 1 (12:15)
     would have come after the card left New: it is not sent, and Open's clock started at
-    12:05."""
+    12:12."""
     pipeline_store.load(session, pipelines.parse(TIMING_OUT), T0)
     session.commit()
     visit = open_visit(session)
 
-    jobs.reconcile(escalating, T0 + timedelta(minutes=15))
+    jobs.reconcile(escalating, T0 + timedelta(minutes=20))
 
     session.expire_all()
     kinds = session.scalars(select(SlaEvent.kind).where(SlaEvent.visit_id == visit.id)).all()
@@ -146,8 +139,8 @@ def test_a_timeout_fired_late_moves_the_card_at_its_instant_and_takes_no_later_l
     card = session.get_one(Card, visit.card_id)
     current = desk.current_visit(session, card)
     assert current is not None and current.stage.key == "open"
-    assert (left.left_at, current.entered_at) == (T0 + timedelta(minutes=5),) * 2
-    assert current.deadline_at == T0 + timedelta(minutes=65)
+    assert (left.left_at, current.entered_at) == (T0 + timedelta(minutes=12),) * 2
+    assert current.deadline_at == T0 + timedelta(minutes=72)
 
 
 def test_each_alert_offers_the_commands_its_reader_may_use(

@@ -130,11 +130,7 @@ def apply(
         for calendar, days in holidays.resolved
         if days != ics_before.get(calendar.key, days)
     }
-    scope = _retime_scope(spec, before_spec, unchanged - reread) if retime else {}
-    if isinstance(retime, Mapping):  # and what the page asked to re-time, changed or not
-        for key, stages in retime.items():
-            had = scope.get(key, set())
-            scope[key] = None if stages is None or had is None else had | stages
+    scope = _retime_scope(spec, before_spec, unchanged - reread, retime) if retime else {}
     levels = _renumbered(spec, before_spec)
     # Every open card either step writes, locked at once in id order (each step locks its
     # own again, already held): no other writer of cards can hold one while waiting for us.
@@ -179,7 +175,7 @@ def _renumbered(spec: DeskSpec, before: DeskSpec) -> dict[tuple[str, str], dict[
 
 
 def _retime_scope(
-    spec: DeskSpec, before: DeskSpec, unchanged: frozenset[str] | set[str]
+    spec: DeskSpec, before: DeskSpec, unchanged: frozenset[str] | set[str], asked: Retime
 ) -> dict[str, set[str] | None]:
     """{pipeline key: the keys of its stages whose open visits a re-time concerns, or None
     for all of them}. All of a new pipeline's, or of one whose own clock the change alters
@@ -187,7 +183,8 @@ def _retime_scope(
     own settings changed, or whose own calendar the change alters. A stored pipeline the
     change leaves out counts for the calendars it uses. Re-timing sets a visit's every
     timer from its stage as it now stands, so a stage the change did not touch keeps the
-    timers it has (an earlier change saved for new cards only stays so)."""
+    timers it has (an earlier change saved for new cards only stays so) unless `asked`
+    names it (see `Retime`)."""
     old = {pipeline.key: pipeline for pipeline in before.pipelines}
     altered = {c.key for c in spec.calendars} - unchanged
 
@@ -212,6 +209,9 @@ def _retime_scope(
         }
         if stages:
             scope[pipeline.key] = stages
+    for key, named in asked.items() if isinstance(asked, Mapping) else ():
+        had = scope.get(key, set())
+        scope[key] = None if named is None or had is None else had | named
     return scope
 
 

@@ -671,42 +671,30 @@ def estimate(session: Session, card: Card, now: datetime) -> bot.Wait:
     position, or_later = ahead + 1, ahead > MOST_AHEAD
     stage = card.stage
     calendar = calendars.for_stage(stage, now)
-    if calendar is not None and not clock.is_open(calendar, now):
+    zone, local = None, {}  # the business's clock, for a wait told as an instant
+    if calendar is not None:
         row = calendars.row_for_stage(stage)
         assert row is not None
         zone = ZoneInfo(row.timezone)
-        opens = clock.next_open(calendar, now).astimezone(zone)
-        return bot.Wait(
-            position,
-            seconds=None,
-            usual=False,
-            opens_local=opens,
-            today_local=now.astimezone(zone),
-            zone=row.timezone,
-            or_later=or_later,
-        )
+        local = {"today_local": now.astimezone(zone), "zone": row.timezone}
+        if not clock.is_open(calendar, now):
+            opens = clock.next_open(calendar, now).astimezone(zone)
+            return bot.Wait(position, None, False, opens_local=opens, or_later=or_later, **local)
     recent = connection.scalars(
         _RECENT_ANSWERS, {"stage": stage.id, "since": now - timedelta(days=ESTIMATE_DAYS)}
     ).all()
     if len(recent) >= ESTIMATE_MIN_SAMPLES:
         ordered = sorted(int(seconds or 0) for seconds in recent)
-        wait = bot.Wait(position, ordered[math.ceil(0.8 * len(ordered)) - 1], True)
+        seconds, usual = ordered[math.ceil(0.8 * len(ordered)) - 1], True
     else:
-        wait = bot.Wait(position, stage.sla_seconds, False)
-    wait = replace(wait, or_later=or_later)
-    if calendar is None or not wait.seconds:
-        return wait
-    # Business time: a wait that runs past closing ends later than it sounds, so it is
-    # said as when it ends ("by Monday at 10:55").
-    ends = clock.add_business_time(calendar, now, wait.seconds)
-    if ends <= now + timedelta(seconds=wait.seconds):
-        return wait
-    row = calendars.row_for_stage(stage)
-    assert row is not None
-    zone = ZoneInfo(row.timezone)
-    return replace(
-        wait, by_local=ends.astimezone(zone), today_local=now.astimezone(zone), zone=row.timezone
-    )
+        seconds, usual = stage.sla_seconds, False
+    if calendar is not None and seconds:
+        # Business time: a wait that runs past closing ends later than it sounds, so it is
+        # said as when it ends ("by 10:55 on Monday").
+        ends = clock.add_business_time(calendar, now, seconds)
+        if ends > now + timedelta(seconds=seconds):
+            local["by_local"] = ends.astimezone(zone)
+    return bot.Wait(position, seconds, usual, or_later=or_later, **local)
 
 
 def _inbound_message(

@@ -152,6 +152,8 @@ def parse_inbound(form: Mapping[str, str]) -> Inbound:
 def _location(form: Mapping[str, str]) -> str:
     """A location the customer shared, as the text agents read (with a map link when its
     coordinates are real ones); "" when the message shares none."""
+    if not any(form.get(name) for name in ("Latitude", "Longitude", "Label", "Address")):
+        return ""
     place = " — ".join(
         text for text in (form.get("Label", "").strip(), form.get("Address", "").strip()) if text
     )
